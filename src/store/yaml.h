@@ -1,0 +1,41 @@
+/* yaml.h - the YAML document form of stored records.
+ *
+ * Provides: the emitter that writes one record as one YAML document in the contract's
+ * exact layout (a `---` line, block style, 2-space indentation, keys in insertion order,
+ * strings plain unless plain would read back as something else, then double-quoted with
+ * escapes; `{}` and `[]` for empty containers; DS_V_BINARY as `!!binary <base64>`), and the
+ * loader (libyaml) that reads such a document back into an identical ds_value_t tree.
+ *
+ * Round-trip law: for every value v the JSON parser can produce,
+ *   ds_yaml_load_doc(ds_yaml_emit_doc(v)) equals v (ds_value_equal), including number
+ *   lexemes, strings that look like numbers/bools/null/dates, control characters, astral
+ *   unicode, empty containers and key order.
+ * Loader scalar resolution (plain scalars only; quoted scalars are always strings):
+ *   "", "~", "null" -> null; "true"/"false" -> bool; a scalar matching the JSON number
+ *   grammar -> number (lexeme kept); `!!binary` tag -> binary; everything else -> string.
+ * Must not: accept aliases/anchors or multiple documents in ds_yaml_load_doc (reported as
+ * errors, never a crash).
+ */
+#ifndef DS_STORE_YAML_H
+#define DS_STORE_YAML_H
+
+#include <stddef.h>
+
+#include "core/buf.h"
+#include "store/value.h"
+
+/**
+ * Appends "---\n" and the block-style document for `doc` to b. `doc` is normally an
+ * object (a stored record); a scalar or array document is emitted as `--- <scalar>` /
+ * a block sequence. The output always ends with '\n'.
+ */
+void ds_yaml_emit_doc(ds_buf_t *b, const ds_value_t *doc);
+
+/**
+ * Parses exactly one YAML document from s[0..n) into arena `a`.
+ * Returns 0 and *out, or DS_ECORRUPT with a one-line reason ("line 3: ...") in err.
+ */
+int ds_yaml_load_doc(ds_arena_t *a, const char *s, size_t n, ds_value_t **out, char *err,
+                     size_t errlen);
+
+#endif
