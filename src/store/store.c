@@ -355,5 +355,5 @@ int ds_store_list(ds_store_t *st, void (*cb)(void *ud, const char *path), void *
 void ds_store_get_stats(const ds_store_t *st, ds_store_stats_t *out) {
   *out = st->stats;
   out->streams = st->nstreams;
-  out->open_files = st->nopen + st->norphans;
+  out->open_files = st->nopen;
 }

@@ -126,8 +126,6 @@ struct ds_store_s {
   ds_store_stream_t *lru_head, *lru_tail;
   unsigned nopen;
   ds_store_stream_t *dirty_head;
-  int *orphans; /* descriptors evicted while dirty: fsynced (or closed) by the next flush */
-  size_t norphans, caporphans;
   uv_timer_t *timer;
   struct ds__fsync_job_s *job; /* running group fsync, NULL when idle */
   ds__cbq_t pending;           /* sync callbacks waiting for the next fsync */

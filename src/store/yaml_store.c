@@ -24,8 +24,9 @@
  * the next round. INTERVAL = a timer starts such a round every fsync_interval_ms (at most
  * one interval of acknowledged records is at risk on power loss; kill -9 loses nothing);
  * sync callbacks run at once. NEVER = no fsync (the kernel writes back eventually).
- * Open descriptors are bounded by max_open_files (LRU); an evicted descriptor that still
- * needs an fsync is handed to the next round, which closes it.
+ * Open descriptors are bounded by max_open_files (LRU). fsync rounds reopen each file by
+ * name in the worker (fsync flushes the file, not the descriptor), so eviction, deletion
+ * and the worker never share a descriptor and a round needs at most one extra one.
  * Full disk: ENOSPC/EDQUOT/EFBIG on append -> DS_ENOSPC after truncating the partial write
  * away, so stored data is never damaged and appends work again once space returns.
  * Must not: parse whole files on the hot path, block the loop on fsync (except at close
@@ -55,8 +56,8 @@
 typedef struct ds__fsync_job_s {
   uv_work_t req;
   ds_store_t *st; /* NULL once the store closed; the job then only finishes itself */
-  int *fds;       /* owned: fsynced then closed by the worker */
-  size_t nfds, capfds;
+  char **files;   /* .yaml files to fdatasync */
+  size_t nfiles, capfiles;
   char **dirs;
   size_t ndirs, capdirs;
   int status;
@@ -210,14 +211,6 @@ static void dirty_remove(ds_store_t *st, ds_store_stream_t *s) {
   s->in_dirty = 0;
 }
 
-static void orphan_push(ds_store_t *st, int fd) {
-  if (st->norphans == st->caporphans) {
-    st->caporphans = st->caporphans ? st->caporphans * 2 : 16;
-    st->orphans = ds_xrealloc(st->orphans, st->caporphans * sizeof *st->orphans);
-  }
-  st->orphans[st->norphans++] = fd;
-}
-
 /* ---- sidecars ---- */
 
 static int read_offset_sidecar(const char *file, uint64_t *out) {
@@ -298,20 +291,14 @@ static void close_fd_of(ds_store_t *st, ds_store_stream_t *s) {
   if (s->fd < 0) return;
   lru_unlink(st, s);
   st->nopen--;
-  /* A descriptor with writes not yet fsynced is handed to the next fsync round so that the
-   * durability promise survives the eviction. */
-  if (s->in_dirty && st->opts.fsync != DS_FSYNC_NEVER) orphan_push(st, s->fd);
-  else close(s->fd);
+  close(s->fd); /* still in the dirty list if it needs an fsync: the round reopens it */
   s->fd = -1;
 }
 
-static void evict(ds_store_t *st, ds_store_stream_t *s) {
-  flush_sidecars(s);
-  close_fd_of(st, s);
-}
-
+/* Eviction only closes: the sidecars do not need the descriptor and a dirty stream stays in
+ * the dirty list, so the next flush or fsync round still covers it. */
 static void make_room(ds_store_t *st) {
-  while (st->nopen >= st->opts.max_open_files && st->lru_tail) evict(st, st->lru_tail);
+  while (st->nopen >= st->opts.max_open_files && st->lru_tail) close_fd_of(st, st->lru_tail);
 }
 
 static void attach_fd(ds_store_t *st, ds_store_stream_t *s, int fd) {
@@ -786,11 +773,21 @@ static long y_read(ds_store_stream_t *s, uint64_t from, size_t max_records, size
 
 /* ---- fsync rounds ---- */
 
+/* fdatasync of a file by name; a file deleted meanwhile needs no sync. */
+static int sync_file(const char *file) {
+  int fd = open(file, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno == ENOENT ? 0 : DS_EIO;
+  int rc = 0;
+  if (fdatasync(fd) < 0) rc = map_errno(errno) == DS_ENOSPC ? DS_ENOSPC : DS_EIO;
+  close(fd);
+  return rc;
+}
+
 static void job_work(uv_work_t *req) {
   ds__fsync_job_t *job = req->data;
-  for (size_t i = 0; i < job->nfds; i++) {
-    if (fdatasync(job->fds[i]) < 0 && job->status == 0) job->status = map_errno(errno) == DS_ENOSPC ? DS_ENOSPC : DS_EIO;
-    close(job->fds[i]);
+  for (size_t i = 0; i < job->nfiles; i++) {
+    int rc = sync_file(job->files[i]);
+    if (rc < 0 && job->status == 0) job->status = rc;
   }
   for (size_t i = 0; i < job->ndirs; i++) {
     int rc = fsync_dir(job->dirs[i]);
@@ -801,7 +798,8 @@ static void job_work(uv_work_t *req) {
 static void job_free(ds__fsync_job_t *job) {
   for (size_t i = 0; i < job->ndirs; i++) free(job->dirs[i]);
   free(job->dirs);
-  free(job->fds);
+  for (size_t i = 0; i < job->nfiles; i++) free(job->files[i]);
+  free(job->files);
   ds__cbq_free(&job->cbs);
   free(job);
 }
@@ -823,12 +821,12 @@ static void job_done(uv_work_t *req, int status) {
   job_free(job);
 }
 
-static void job_add_fd(ds__fsync_job_t *job, int fd) {
-  if (job->nfds == job->capfds) {
-    job->capfds = job->capfds ? job->capfds * 2 : 16;
-    job->fds = ds_xrealloc(job->fds, job->capfds * sizeof *job->fds);
+static void job_add_file(ds__fsync_job_t *job, const char *file) {
+  if (job->nfiles == job->capfiles) {
+    job->capfiles = job->capfiles ? job->capfiles * 2 : 16;
+    job->files = ds_xrealloc(job->files, job->capfiles * sizeof *job->files);
   }
-  job->fds[job->nfds++] = fd;
+  job->files[job->nfiles++] = ds_xstrdup(file);
 }
 
 static void job_add_dir(ds__fsync_job_t *job, char *dir) {
@@ -844,9 +842,9 @@ static void job_add_dir(ds__fsync_job_t *job, char *dir) {
   job->dirs[job->ndirs++] = dir;
 }
 
-/* Snapshots everything written so far (dirty streams' descriptors are dup'ed so that LRU
- * eviction or deletion on the loop cannot race the worker) and fsyncs it off the loop. The
- * pending callbacks ride on this round. */
+/* Snapshots the set of files written since the last round and fsyncs them off the loop
+ * (by name: no descriptor is shared with the loop thread). The pending callbacks ride on
+ * this round. */
 static void start_round(ds_store_t *st) {
   ds__fsync_job_t *job = ds_xcalloc(1, sizeof *job);
   job->st = st;
@@ -854,22 +852,13 @@ static void start_round(ds_store_t *st) {
   while (st->dirty_head) {
     ds_store_stream_t *s = st->dirty_head;
     flush_sidecars(s);
-    if (s->fd >= 0) {
-      int d = fcntl(s->fd, F_DUPFD_CLOEXEC, 0);
-      if (d >= 0) {
-        job_add_fd(job, d);
-      } else if (fdatasync(s->fd) < 0) { /* out of descriptors: sync inline, rarely */
-        job->status = DS_EIO;
-      }
-    }
+    job_add_file(job, s->file);
     if (s->need_dirsync) {
       job_add_dir(job, parent_dir(s->file));
       s->need_dirsync = 0;
     }
     dirty_remove(st, s);
   }
-  for (size_t i = 0; i < st->norphans; i++) job_add_fd(job, st->orphans[i]);
-  st->norphans = 0;
   job->cbs = st->pending;
   memset(&st->pending, 0, sizeof st->pending);
   st->job = job;
@@ -880,7 +869,7 @@ static void start_round(ds_store_t *st) {
   }
 }
 
-static int has_dirty(const ds_store_t *st) { return st->dirty_head || st->norphans; }
+static int has_dirty(const ds_store_t *st) { return st->dirty_head != NULL; }
 
 static int y_sync(ds_store_t *st, void (*cb)(void *ud, int status), void *ud) {
   if (st->opts.fsync != DS_FSYNC_ALWAYS) {
@@ -912,8 +901,6 @@ static void on_timer(uv_timer_t *t) {
       s->need_dirsync = 0;
       dirty_remove(st, s);
     }
-    for (size_t i = 0; i < st->norphans; i++) close(st->orphans[i]);
-    st->norphans = 0;
     break;
   case DS_FSYNC_ALWAYS: /* fsync only when asked; keep the sidecars fresh */
     for (ds_store_stream_t *s = st->dirty_head; s; s = s->dirty_next) flush_sidecars(s);
@@ -931,7 +918,7 @@ static void y_close(ds_store_t *st) {
   int do_sync = st->opts.fsync != DS_FSYNC_NEVER;
   while (st->dirty_head) {
     ds_store_stream_t *s = st->dirty_head;
-    if (do_sync && s->fd >= 0 && fdatasync(s->fd) < 0) status = DS_EIO;
+    if (do_sync && (s->fd >= 0 ? fdatasync(s->fd) : sync_file(s->file)) < 0) status = DS_EIO;
     if (do_sync && s->need_dirsync) {
       char *dir = parent_dir(s->file);
       if (fsync_dir(dir) < 0) status = DS_EIO;
@@ -939,13 +926,6 @@ static void y_close(ds_store_t *st) {
     }
     dirty_remove(st, s);
   }
-  for (size_t i = 0; i < st->norphans; i++) {
-    if (do_sync && fdatasync(st->orphans[i]) < 0) status = DS_EIO;
-    close(st->orphans[i]);
-  }
-  free(st->orphans);
-  st->orphans = NULL;
-  st->norphans = 0;
   if (st->job) st->job->st = NULL; /* it finishes on the loop and runs its own callbacks */
   st->job = NULL;
   ds__cbq_run(&st->pending, status);
