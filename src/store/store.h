@@ -126,8 +126,9 @@ int ds_store_delete(ds_store_t *st, const char *path);
 int ds_store_list(ds_store_t *st, void (*cb)(void *ud, const char *path), void *ud);
 
 /** Statistics for /debug and tests. appends = records appended; records_read = records
- *  delivered by reads, of which cache_hits came from memory and cache_misses were decoded
- *  from disk; fsyncs = completed fsync rounds (one group commit = one round); open_files =
+ *  delivered by reads; cache_hits = records served from memory, cache_misses = records
+ *  decoded from disk (a read decodes only what it returns, plus at most one record that
+ *  did not fit max_bytes); fsyncs = completed fsync rounds (one group commit = one round); open_files =
  *  stream descriptors currently open; streams = cached stream handles. */
 typedef struct ds_store_stats_s {
   uint64_t appends, records_read, cache_hits, cache_misses, fsyncs, open_files, streams;
