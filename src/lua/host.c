@@ -91,6 +91,7 @@ static void task_done(ds_task_t *t, int status, lua_State *L, void *ud) {
     char line[512];
     const char *pname = (size_t)c->plugin < h->nplugins ? h->plugins[c->plugin].name : "?";
     if (c->hook >= 0) {
+      h->hooks_failed++;
       ds__hook_t *hk = &h->hooks[c->hook];
       ds_error("lua", "plugin %s: hook for %s failed: %s", pname, hk->type, first_line(msg, line, sizeof line));
       ds_debug("lua", "%s", msg ? msg : "?");
@@ -577,6 +578,17 @@ ds_lua_host_t *ds_lua_host_new(uv_loop_t *loop, ds_streams_t *streams, const ds_
   h->phase = DS_PHASE_RUN;
   ds_streams_set_observer(streams, observer, h);
   return h;
+}
+
+void ds_lua_host_stats(const ds_lua_host_t *h, ds_lua_host_stats_t *out) {
+  ds_sched_stats_t st;
+  ds_sched_stats(h->sched, &st);
+  out->tasks_live = st.live;
+  out->tasks_killed = st.killed;
+  out->hooks_failed = h->hooks_failed;
+  out->events_dispatched = h->events_dispatched;
+  out->refs = (uint64_t)ds_vm_ref_count(h->vm);
+  out->mem_bytes = ds_vm_mem_used(h->vm);
 }
 
 void ds_lua_host_shutdown(ds_lua_host_t *h) {

@@ -67,7 +67,7 @@ struct ds_lua_host_s {
   int dispatch_open, dispatch_active;
   ds__lsub_t *subs; /* live Lua subscriptions */
   ds__lreq_t *reqs; /* HTTP requests owned by Lua routes */
-  uint64_t events_seen, events_dispatched;
+  uint64_t events_seen, events_dispatched, hooks_failed;
 };
 
 /** Per-task context (the task's done ud): which plugin it runs for. */
