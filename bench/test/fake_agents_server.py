@@ -9,15 +9,20 @@ are chunked, non-live ones carry Content-Length), HTTP/1.1 keep-alive and pipeli
 It is not a benchmark target: never compare its figures with anything.
 
 Usage: /usr/bin/python3 fake_agents_server.py [--port N]   (prints "listening on URL")
+Fault injection for the tools' own tests: FAKE_DROP_EVERY=N skips every Nth live event,
+FAKE_DUPLICATE=1 sends every live event twice.
 """
 import asyncio
 import json
+import os
 import sys
 from datetime import datetime, timezone
 from urllib.parse import unquote, urlsplit, parse_qs
 
 streams = {}   # path -> list of encoded "data" JSON strings
 waiters = {}   # path -> set of asyncio.Queue
+DROP_EVERY = int(os.environ.get("FAKE_DROP_EVERY", "0"))
+DUPLICATE = os.environ.get("FAKE_DUPLICATE") == "1"
 
 
 def now_iso():
@@ -126,7 +131,11 @@ async def handle(reader, writer):
                 while True:
                     off, data = await queue.get()
                     if off > sent:
-                        writer.write(chunk(frame(off, data)))
+                        # fault injection, to prove dsbench-fanout notices broken delivery
+                        if not (DROP_EVERY and off % DROP_EVERY == 0):
+                            writer.write(chunk(frame(off, data)))
+                            if DUPLICATE:
+                                writer.write(chunk(frame(off, data)))
                         sent = off
                         if queue.empty():
                             await writer.drain()
