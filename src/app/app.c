@@ -8,6 +8,7 @@
 #include <uv.h>
 
 #include "api/agents.h"
+#include "app/auth.h"
 #include "core/buf.h"
 #include "core/err.h"
 #include "core/log.h"
@@ -22,6 +23,7 @@ typedef struct app_s {
   ds_streams_t *streams;
   ds_http_server_t *http;
   ds_agents_api_t *agents;
+  ds_auth_t *auth;
   uv_signal_t sigint, sigterm;
   int stopping;
   int http_stopped;
@@ -76,8 +78,78 @@ static void handle_stats(app_t *app, ds_http_req_t *req) {
   ds_buf_free(&b);
 }
 
+/* Security and CORS headers on every response, this layer's own errors included. */
+static void add_common_headers(void *ud, const ds_http_req_t *req, const ds_http_header_t *hdrs,
+                               ds_buf_t *out) {
+  app_t *app = ud;
+  if (!ds_http_headers_have(hdrs, "X-Content-Type-Options"))
+    ds_buf_puts(out, "X-Content-Type-Options: nosniff\r\n");
+  if (!ds_http_headers_have(hdrs, "Cross-Origin-Resource-Policy"))
+    ds_buf_puts(out, "Cross-Origin-Resource-Policy: cross-origin\r\n");
+  if (!req || ds_http_headers_have(hdrs, "Access-Control-Allow-Origin")) return;
+  const char *allow = ds_auth_cors_origin(app->auth, ds_http_req_header(req, "origin"));
+  if (!allow) return;
+  ds_buf_printf(out, "Access-Control-Allow-Origin: %s\r\n", allow);
+  if (strcmp(allow, "*") != 0) ds_buf_puts(out, "Vary: Origin\r\n");
+  ds_buf_puts(out, "Access-Control-Expose-Headers: Stream-Offset, Stream-Next-Offset, "
+                   "Stream-Up-To-Date, Stream-Closed, Stream-Cursor, Stream-TTL, "
+                   "Stream-Expires-At, Stream-SSE-Data-Encoding, ETag, Location, Producer-Epoch, "
+                   "Producer-Seq, Producer-Expected-Seq, Producer-Received-Seq\r\n");
+}
+
+/* CORS preflight: answered before authorization, since browsers send no credentials. */
+static void handle_preflight(app_t *app, ds_http_req_t *req) {
+  const char *origin = ds_http_req_header(req, "origin");
+  if (!ds_auth_cors_origin(app->auth, origin)) {
+    ds_http_respond_error(req, 403, NULL, "origin not allowed");
+    return;
+  }
+  const char *asked = ds_http_req_header(req, "access-control-request-headers");
+  ds_http_header_t h[] = {
+      {"Access-Control-Allow-Methods", "GET, HEAD, POST, PUT, DELETE, OPTIONS"},
+      {"Access-Control-Allow-Headers",
+       asked && *asked ? asked
+                       : "Authorization, Content-Type, Last-Event-ID, If-None-Match, Stream-TTL, "
+                         "Stream-Expires-At, Stream-Seq, Stream-Closed, Stream-Forked-From, "
+                         "Stream-Fork-Offset, Stream-Fork-Sub-Offset, Producer-Id, "
+                         "Producer-Epoch, Producer-Seq"},
+      {"Access-Control-Max-Age", "600"},
+      {NULL, NULL}};
+  ds_http_respond(req, 204, h, NULL, 0);
+}
+
+static int authorize(app_t *app, ds_http_req_t *req) {
+  if (!ds_auth_enabled(app->auth)) return 1;
+  char *qt = NULL;
+  size_t ql = 0;
+  if (ds_http_query_get(req->query, "access_token", &qt, &ql) < 0) {
+    free(qt);
+    qt = NULL;
+  }
+  int rc = ds_auth_check(app->auth, req->method, req->path, req->path_len,
+                         ds_http_req_header(req, "authorization"), qt);
+  free(qt);
+  if (rc == 401) {
+    static const ds_http_header_t h[] = {{"WWW-Authenticate", "Bearer"}, {NULL, NULL}};
+    ds_http_respond_error(req, 401, h, "missing or invalid bearer token");
+    return 0;
+  }
+  if (rc == 403) {
+    ds_http_respond_error(req, 403, NULL, "token not allowed to %s %.*s",
+                          ds_auth_scope_for_method(req->method) == DS_SCOPE_READ ? "read" : "append to",
+                          (int)(req->path_len > 200 ? 200 : req->path_len), req->path);
+    return 0;
+  }
+  return 1;
+}
+
 static void route(void *ud, ds_http_req_t *req) {
   app_t *app = ud;
+  if (strcmp(req->method, "OPTIONS") == 0 && ds_http_req_header(req, "origin")) {
+    handle_preflight(app, req);
+    return;
+  }
+  if (!authorize(app, req)) return;
   if (path_is(req, "/agents")) {
     ds_agents_api_handle(app->agents, req);
     return;
@@ -138,6 +210,12 @@ int ds_app_run(const ds_config_t *cfg) {
   uv_loop_init(&app.loop);
 
   char *data_dir = cfg->data_dir;
+  app.auth = ds_auth_load(cfg->config_path, err, sizeof err);
+  if (!app.auth) {
+    ds_error("server", "refusing to start: %s", err);
+    goto done_loop;
+  }
+  if (ds_auth_enabled(app.auth)) ds_info("server", "bearer-token authorization is on");
   ds_store_opts_t so = {.kind = cfg->storage,
                         .data_dir = data_dir,
                         .fsync = cfg->fsync,
@@ -169,6 +247,7 @@ int ds_app_run(const ds_config_t *cfg) {
     ds_agents_api_shutdown(app.agents);
     goto done_streams;
   }
+  ds_http_server_set_header_hook(app.http, add_common_headers, &app);
   uv_signal_init(&app.loop, &app.sigint);
   uv_signal_init(&app.loop, &app.sigterm);
   app.sigint.data = app.sigterm.data = &app;
@@ -188,6 +267,7 @@ done_streams:
   ds_store_close(app.store);
 done_loop:
   uv_run(&app.loop, UV_RUN_DEFAULT);
+  ds_auth_free(app.auth);
   if (uv_loop_close(&app.loop) != 0) {
     ds_warn("server", "event loop still had open handles at exit");
   }
