@@ -100,10 +100,18 @@ static int header_ok(const ds_http_header_t *h) {
   return !strpbrk(h->name, "\r\n:") && !strpbrk(h->value, "\r\n");
 }
 
-static int has_header(const ds_http_header_t *hdrs, const char *name) {
+static const char *find_header(const ds_http_header_t *hdrs, const char *name) {
   for (const ds_http_header_t *h = hdrs; h && h->name; h++)
-    if (strcasecmp(h->name, name) == 0) return 1;
-  return 0;
+    if (strcasecmp(h->name, name) == 0) return h->value ? h->value : "";
+  return NULL;
+}
+
+static int has_header(const ds_http_header_t *hdrs, const char *name) { return find_header(hdrs, name) != NULL; }
+
+/* A handler may ask for the connection to end after this response. */
+static int wants_close(const ds_http_header_t *hdrs) {
+  const char *v = find_header(hdrs, "connection");
+  return v && strcasecmp(v, "close") == 0;
 }
 
 /* Appends the status line, the caller's headers (minus those this layer owns) and Date. */
@@ -170,6 +178,7 @@ void ds_http_respond(ds_http_req_t *req, int status, const ds_http_header_t *hdr
   ds__req_t *r = (ds__req_t *)req;
   ds__conn_t *c = answerable(r, DS__REQ_ACTIVE);
   if (!c) return;
+  if (wants_close(hdrs)) r->keep_alive = 0;
   int closing = !r->keep_alive || c->srv->stopping || c->close_after;
   int no_body = status < 200 || status == 204 || status == 304;
   int user_cl = r->is_head && has_header(hdrs, "content-length");
@@ -212,7 +221,7 @@ void ds_http_stream_start(ds_http_req_t *req, int status, const ds_http_header_t
   ds__conn_t *c = answerable(r, DS__REQ_ACTIVE);
   if (!c) return;
   int chunked = req->http_minor >= 1;
-  if (!chunked || c->srv->stopping || c->close_after) r->keep_alive = 0;
+  if (!chunked || c->srv->stopping || c->close_after || wants_close(hdrs)) r->keep_alive = 0;
   size_t before = c->stage.len;
   put_head(&c->stage, c->srv, status, hdrs, 0);
   if (chunked) ds_buf_puts(&c->stage, "Transfer-Encoding: chunked\r\n");
