@@ -205,11 +205,11 @@ static int timer_cb(CURLM *m, long timeout_ms, void *userp) {
 
 static const char *classify(CURLcode rc) {
   switch (rc) {
-  case CURLE_OK: return DS_HTTP_OK;
-  case CURLE_COULDNT_CONNECT: return DS_HTTP_ECONNREFUSED;
+  case CURLE_OK: return DS_HTTPC_OK;
+  case CURLE_COULDNT_CONNECT: return DS_HTTPC_ECONNREFUSED;
   case CURLE_COULDNT_RESOLVE_HOST:
-  case CURLE_COULDNT_RESOLVE_PROXY: return DS_HTTP_EDNS;
-  case CURLE_OPERATION_TIMEDOUT: return DS_HTTP_ETIMEDOUT;
+  case CURLE_COULDNT_RESOLVE_PROXY: return DS_HTTPC_EDNS;
+  case CURLE_OPERATION_TIMEDOUT: return DS_HTTPC_ETIMEDOUT;
   case CURLE_SSL_CONNECT_ERROR:
   case CURLE_PEER_FAILED_VERIFICATION:
   case CURLE_SSL_CERTPROBLEM:
@@ -223,17 +223,17 @@ static const char *classify(CURLcode rc) {
   case CURLE_SSL_INVALIDCERTSTATUS:
   case CURLE_SSL_CRL_BADFILE:
   case CURLE_SSL_SHUTDOWN_FAILED:
-  case CURLE_USE_SSL_FAILED: return DS_HTTP_ETLS;
+  case CURLE_USE_SSL_FAILED: return DS_HTTPC_ETLS;
   case CURLE_RECV_ERROR:
   case CURLE_SEND_ERROR:
   case CURLE_PARTIAL_FILE:
   case CURLE_GOT_NOTHING:
-  case CURLE_HTTP2_STREAM: return DS_HTTP_ECLOSED;
+  case CURLE_HTTP2_STREAM: return DS_HTTPC_ECLOSED;
   case CURLE_WEIRD_SERVER_REPLY:
   case CURLE_BAD_CONTENT_ENCODING:
   case CURLE_UNSUPPORTED_PROTOCOL:
-  case CURLE_HTTP2: return DS_HTTP_EPROTO;
-  default: return DS_HTTP_EIO;
+  case CURLE_HTTP2: return DS_HTTPC_EPROTO;
+  default: return DS_HTTPC_EIO;
   }
 }
 
@@ -302,7 +302,7 @@ static void finish(ds_http_xfer_t *x, const char *code, const char *msg) {
     x->in_multi = 0;
   }
   if (!x->cancelled) {
-    if (strcmp(code, DS_HTTP_OK) == 0 && !x->headers_done) {
+    if (strcmp(code, DS_HTTPC_OK) == 0 && !x->headers_done) {
       curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &x->status);
       deliver_headers(x);
     }
@@ -342,7 +342,7 @@ static void on_stall_timer(uv_timer_t *t) {
   char msg[96];
   snprintf(msg, sizeof msg, "no data received for %ld ms", x->stall_ms);
   x->stalled = 1;
-  finish(x, DS_HTTP_ESTALLED, msg);
+  finish(x, DS_HTTPC_ESTALLED, msg);
 }
 
 /* Adds queued transfers and removes cancelled ones once curl is not on the stack. */
@@ -361,7 +361,7 @@ static void run_deferred(ds_http_client_t *c) {
         if (curl_multi_add_handle(c->multi, x->easy) == CURLM_OK) {
           x->in_multi = 1;
         } else {
-          finish(x, DS_HTTP_EIO, "curl_multi_add_handle failed");
+          finish(x, DS_HTTPC_EIO, "curl_multi_add_handle failed");
           c->deferred = 1;
           break;
         }

@@ -17,25 +17,25 @@
 #include <stddef.h>
 #include <uv.h>
 
+#include "http/http.h"
+
 typedef struct ds_http_client_s ds_http_client_t;
 typedef struct ds_http_xfer_s ds_http_xfer_t;
 
-typedef struct ds_http_header_s {
-  const char *name;  /* as received, without the colon */
-  const char *value; /* leading and trailing blanks removed */
-} ds_http_header_t;
+/* Response headers are handed over as ds_http_header_t {name, value} (http/http.h): name
+ * as received, value with leading and trailing blanks removed. */
 
 /* Stable error codes handed to on_done (the `code` argument). An HTTP error status is not
  * an error here: the caller sees the status in on_headers and decides. */
-#define DS_HTTP_OK "OK"                     /* the answer arrived complete */
-#define DS_HTTP_ECONNREFUSED "ECONNREFUSED" /* could not connect (refused / unreachable) */
-#define DS_HTTP_EDNS "EDNS"                 /* host name did not resolve */
-#define DS_HTTP_ETLS "ETLS"                 /* TLS handshake or certificate failure */
-#define DS_HTTP_ETIMEDOUT "ETIMEDOUT"       /* connect or total timeout elapsed */
-#define DS_HTTP_ESTALLED "ESTALLED"         /* no byte received for stall_timeout_ms */
-#define DS_HTTP_ECLOSED "ECLOSED"           /* connection closed or reset mid-answer */
-#define DS_HTTP_EPROTO "EPROTO"             /* the peer did not speak valid HTTP */
-#define DS_HTTP_EIO "EIO"                   /* any other transfer failure */
+#define DS_HTTPC_OK "OK"                     /* the answer arrived complete */
+#define DS_HTTPC_ECONNREFUSED "ECONNREFUSED" /* could not connect (refused / unreachable) */
+#define DS_HTTPC_EDNS "EDNS"                 /* host name did not resolve */
+#define DS_HTTPC_ETLS "ETLS"                 /* TLS handshake or certificate failure */
+#define DS_HTTPC_ETIMEDOUT "ETIMEDOUT"       /* connect or total timeout elapsed */
+#define DS_HTTPC_ESTALLED "ESTALLED"         /* no byte received for stall_timeout_ms */
+#define DS_HTTPC_ECLOSED "ECLOSED"           /* connection closed or reset mid-answer */
+#define DS_HTTPC_EPROTO "EPROTO"             /* the peer did not speak valid HTTP */
+#define DS_HTTPC_EIO "EIO"                   /* any other transfer failure */
 
 /**
  * Callbacks of one transfer. `ud` is the pointer given to ds_http_client_request. All
@@ -49,7 +49,7 @@ typedef struct ds_http_xfer_cbs_s {
   /** A piece of the (de-chunked) body, in arrival order. */
   void (*on_data)(ds_http_xfer_t *x, const char *p, size_t n, void *ud);
   /**
-   * The transfer ended: code is DS_HTTP_OK or one of the error codes above, msg a one-line
+   * The transfer ended: code is DS_HTTPC_OK or one of the error codes above, msg a one-line
    * human description (never NULL). Called exactly once unless cancelled. The transfer is
    * released when this returns; `x` must not be used afterwards.
    */

@@ -482,32 +482,32 @@ static void test_refused(void **state) {
   uv_run(&f->loop, UV_RUN_NOWAIT);
   char u[64];
   snprintf(u, sizeof u, "http://127.0.0.1:%d/x", port);
-  expect_failure(f, u, 0, 0, DS_HTTP_ECONNREFUSED);
+  expect_failure(f, u, 0, 0, DS_HTTPC_ECONNREFUSED);
 }
 
 static void test_dns(void **state) {
-  expect_failure(*state, "http://no-such-host.invalid/v1/responses", 0, 0, DS_HTTP_EDNS);
+  expect_failure(*state, "http://no-such-host.invalid/v1/responses", 0, 0, DS_HTTPC_EDNS);
 }
 
 static void test_tls(void **state) {
   fx_t *f = *state;
   char u[64];
   snprintf(u, sizeof u, "https://127.0.0.1:%d/ok", f->srv.port); /* plain HTTP behind https */
-  expect_failure(f, u, 0, 0, DS_HTTP_ETLS);
+  expect_failure(f, u, 0, 0, DS_HTTPC_ETLS);
 }
 
 static void test_timeout(void **state) {
   fx_t *f = *state;
   char u[64];
   url(f, u, sizeof u, "/silent");
-  expect_failure(f, u, 0, 300, DS_HTTP_ETIMEDOUT);
+  expect_failure(f, u, 0, 300, DS_HTTPC_ETIMEDOUT);
 }
 
 static void test_stall(void **state) {
   fx_t *f = *state;
   char u[64];
   url(f, u, sizeof u, "/hold");
-  expect_failure(f, u, 200, 0, DS_HTTP_ESTALLED);
+  expect_failure(f, u, 200, 0, DS_HTTPC_ESTALLED);
   /* stalling closes the connection just like a cancel */
   assert_true(run_until(&f->loop, cond_peer_closed, f, 10000));
 }
@@ -516,21 +516,21 @@ static void test_partial(void **state) {
   fx_t *f = *state;
   char u[64];
   url(f, u, sizeof u, "/partial");
-  expect_failure(f, u, 0, 0, DS_HTTP_ECLOSED);
+  expect_failure(f, u, 0, 0, DS_HTTPC_ECLOSED);
 }
 
 static void test_reset(void **state) {
   fx_t *f = *state;
   char u[64];
   url(f, u, sizeof u, "/reset");
-  expect_failure(f, u, 0, 0, DS_HTTP_ECLOSED);
+  expect_failure(f, u, 0, 0, DS_HTTPC_ECLOSED);
 }
 
 static void test_garbage(void **state) {
   fx_t *f = *state;
   char u[64];
   url(f, u, sizeof u, "/garbage");
-  expect_failure(f, u, 0, 0, DS_HTTP_EPROTO);
+  expect_failure(f, u, 0, 0, DS_HTTPC_EPROTO);
 }
 
 static void test_http_status(void **state) {
