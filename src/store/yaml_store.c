@@ -69,6 +69,8 @@ typedef struct ds__fsync_job_s {
 static int map_errno(int e) {
   if (e == ENOSPC || e == EDQUOT || e == EFBIG) return DS_ENOSPC;
   if (e == ENOENT) return DS_ENOTFOUND;
+  if (e == ENAMETOOLONG) return DS_EINVAL; /* a segment longer than the file system allows */
+  if (e == ENOTDIR || e == EISDIR) return DS_ECONFLICT; /* "a" vs "a.yaml/b" on disk */
   return DS_EIO;
 }
 
@@ -688,6 +690,39 @@ static int y_append(ds_store_stream_t *s, const ds_record_in_t *recs, size_t n) 
   return 0;
 }
 
+/* Rebuilds the in-memory index from the documents when a read found it lying (an entry
+ * not pointing at the document of its offset: open only verifies the last entry). */
+static int rebuild_index(ds_store_t *st, ds_store_stream_t *s) {
+  int rc = ensure_fd(st, s);
+  if (rc < 0) return rc;
+  size_t old_len = s->idx_len;
+  uint64_t *old = ds_xmalloc((old_len ? old_len : 1) * sizeof *old);
+  if (old_len) memcpy(old, s->idx, old_len * sizeof *old);
+  s->idx_len = 0;
+  if (s->size > 0) {
+    if (!is_doc_start(s->fd, 0, s->size)) rc = DS_ECORRUPT;
+    else {
+      idx_push(s, 0);
+      rc = scan_docs(s, s->fd, 3, s->size);
+    }
+  }
+  if (rc == 0 && s->idx_len != old_len) rc = DS_ECORRUPT; /* documents do not match offsets */
+  if (rc < 0) ds_error("store", "%s: index rebuild failed: %s", s->file, ds_strerror(rc));
+  int same = rc == 0 && memcmp(old, s->idx, old_len * sizeof *old) == 0;
+  if (rc < 0 || same) { /* keep the old index; the document itself is the problem */
+    free(s->idx);
+    s->idx = old;
+    s->idx_len = s->idx_cap = old_len;
+    return DS_ECORRUPT;
+  }
+  free(old);
+  ds_warn("store", "%s: index did not match the documents; rebuilt (%zu documents)", s->file,
+          s->idx_len);
+  s->idx_flushed = 0;
+  write_idx_sidecar(s);
+  return 0;
+}
+
 static uint64_t doc_end(const ds_store_stream_t *s, size_t i) {
   return i + 1 < s->idx_len ? s->idx[i + 1] : s->size;
 }
@@ -700,7 +735,7 @@ static long y_read(ds_store_stream_t *s, uint64_t from, size_t max_records, size
   uint64_t off = from;
   ds_buf_t raw = DS_BUF_INIT, repr = DS_BUF_INIT;
   long rc = 0;
-  int stop = 0;
+  int stop = 0, healed = 0;
   while (!stop && off < s->next && (size_t)delivered < max_records) {
     const ds__crec_t *r = ds__cache_get(&s->cache, off);
     if (r) {
@@ -744,6 +779,11 @@ static long y_read(ds_store_stream_t *s, uint64_t from, size_t max_records, size
       st->stats.cache_misses++;
       if (ds_record_decode_yaml(doc, len, &repr, &got_off, err, sizeof err) < 0 ||
           got_off != s->base + i) {
+        if (!healed) { /* maybe the index lies: rebuild it once and retry from here */
+          healed = 1;
+          st->stats.cache_misses--;
+          if (rebuild_index(st, s) == 0) break;
+        }
         ds_error("store", "%s: record %" PRIu64 " at byte %" PRIu64 " is corrupt: %s", s->file,
                  s->base + i, s->idx[i], got_off != s->base + i ? "offset mismatch" : err);
         rc = DS_ECORRUPT;

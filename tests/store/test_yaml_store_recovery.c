@@ -287,6 +287,68 @@ static void test_not_a_stream_file(void **state) {
   fx_done(&f, 1);
 }
 
+static void test_idx_lies_in_the_middle(void **state) {
+  /* open only verifies the last entry; a wrong middle entry is found by the read and the
+   * index is rebuilt from the documents */
+  fx_t f;
+  fx_init(&f, NULL);
+  char *file = make_stream(&f, "i/mid", 0, 9);
+  uint64_t starts[64];
+  size_t n = doc_starts(file, starts, 64);
+  starts[4] += 7; /* still increasing, no longer a document start */
+  write_idx(file, starts, n);
+  reopen_and_check(&f, "i/mid", 0, 9);
+  check_idx_file(file);
+  free(file);
+  fx_done(&f, 1);
+}
+
+static void test_corrupt_document_in_the_middle(void **state) {
+  fx_t f;
+  fx_init(&f, NULL);
+  char *file = make_stream(&f, "c/doc", 0, 6);
+  uint64_t starts[64];
+  assert_int_equal(doc_starts(file, starts, 64), 6);
+  size_t len;
+  char *txt = t_read_file(file, &len);
+  char *hit = strstr(txt + starts[3], "test:event");
+  assert_non_null(hit);
+  memcpy(hit, "{{{{{{{{{{", 10); /* same length: positions stay valid */
+  t_write_file(file, txt, len, "wb");
+  free(txt);
+  fx_open(&f);
+  ds_store_stream_t *s;
+  assert_int_equal(ds_store_get(f.st, "c/doc", 0, 0, &s), 0);
+  assert_int_equal(ds_store_next_offset(s), 6);
+  t_coll_t c = {0};
+  assert_int_equal(ds_store_read(s, 0, 0, 0, t_collect, &c), 3); /* what precedes it */
+  t_coll_free(&c);
+  assert_int_equal(ds_store_read(s, 3, 0, 0, t_collect, &c), DS_ECORRUPT);
+  assert_int_equal(c.n, 0);
+  assert_int_equal(ds_store_read(s, 4, 0, 0, t_collect, &c), 2); /* later records readable */
+  t_coll_free(&c);
+  fx_close(&f);
+  free(file);
+  fx_done(&f, 1);
+}
+
+static void test_path_collisions(void **state) {
+  fx_t f;
+  fx_init(&f, NULL);
+  fx_open(&f);
+  ds_store_stream_t *s;
+  assert_int_equal(ds_store_get(f.st, "a", 1, 0, &s), 0);          /* streams/a.yaml */
+  assert_int_equal(ds_store_get(f.st, "a.yaml/b", 1, 0, &s), DS_ECONFLICT); /* needs dir a.yaml */
+  assert_int_equal(ds_store_get(f.st, "x.yaml/y", 1, 0, &s), 0);   /* dir x.yaml */
+  assert_int_equal(ds_store_get(f.st, "x", 1, 0, &s), DS_ECONFLICT);
+  char seg[400];
+  memset(seg, 'q', sizeof seg - 1);
+  seg[sizeof seg - 1] = '\0';
+  assert_int_equal(ds_store_get(f.st, seg, 1, 0, &s), DS_EINVAL); /* longer than NAME_MAX */
+  fx_close(&f);
+  fx_done(&f, 1);
+}
+
 /* ---- the file cannot grow ---- */
 
 static void test_append_all_or_nothing_fsize(void **state) {
@@ -390,6 +452,9 @@ int main(void) {
       cmocka_unit_test(test_offset_sidecar_repair),
       cmocka_unit_test(test_idx_sidecar_repair),
       cmocka_unit_test(test_not_a_stream_file),
+      cmocka_unit_test(test_idx_lies_in_the_middle),
+      cmocka_unit_test(test_corrupt_document_in_the_middle),
+      cmocka_unit_test(test_path_collisions),
       cmocka_unit_test(test_append_all_or_nothing_fsize),
       cmocka_unit_test(test_disk_full_tmpfs),
   };
