@@ -8,10 +8,12 @@
 #include <uv.h>
 
 #include "api/agents.h"
+#include "app/auth.h"
 #include "core/buf.h"
 #include "core/err.h"
 #include "core/log.h"
 #include "http/http.h"
+#include "lua/host.h"
 #include "store/store.h"
 #include "stream/streams.h"
 
@@ -22,6 +24,8 @@ typedef struct app_s {
   ds_streams_t *streams;
   ds_http_server_t *http;
   ds_agents_api_t *agents;
+  ds_lua_host_t *lua; /* NULL when config.lua says agents = false */
+  ds_auth_t *auth;
   uv_signal_t sigint, sigterm;
   int stopping;
   int http_stopped;
@@ -72,12 +76,93 @@ static void handle_stats(app_t *app, ds_http_req_t *req) {
                 (unsigned long long)st.cache_hits, (unsigned long long)st.cache_misses,
                 (unsigned long long)st.fsyncs, (unsigned long long)st.open_files,
                 (unsigned long long)st.streams);
+  if (app->lua) {
+    ds_lua_host_stats_t ls;
+    ds_lua_host_stats(app->lua, &ls);
+    b.len--; /* reopen the object */
+    ds_buf_printf(&b,
+                  ",\"lua\":{\"tasks_live\":%llu,\"refs\":%llu,\"hooks_failed\":%llu,"
+                  "\"events_dispatched\":%llu,\"tasks_killed\":%llu,\"mem_bytes\":%llu}}",
+                  (unsigned long long)ls.tasks_live, (unsigned long long)ls.refs,
+                  (unsigned long long)ls.hooks_failed, (unsigned long long)ls.events_dispatched,
+                  (unsigned long long)ls.tasks_killed, (unsigned long long)ls.mem_bytes);
+  }
   respond_json(req, 200, &b);
   ds_buf_free(&b);
 }
 
+/* Security and CORS headers on every response, this layer's own errors included. */
+static void add_common_headers(void *ud, const ds_http_req_t *req, const ds_http_header_t *hdrs,
+                               ds_buf_t *out) {
+  app_t *app = ud;
+  if (!ds_http_headers_have(hdrs, "X-Content-Type-Options"))
+    ds_buf_puts(out, "X-Content-Type-Options: nosniff\r\n");
+  if (!ds_http_headers_have(hdrs, "Cross-Origin-Resource-Policy"))
+    ds_buf_puts(out, "Cross-Origin-Resource-Policy: cross-origin\r\n");
+  if (!req || ds_http_headers_have(hdrs, "Access-Control-Allow-Origin")) return;
+  const char *allow = ds_auth_cors_origin(app->auth, ds_http_req_header(req, "origin"));
+  if (!allow) return;
+  ds_buf_printf(out, "Access-Control-Allow-Origin: %s\r\n", allow);
+  if (strcmp(allow, "*") != 0) ds_buf_puts(out, "Vary: Origin\r\n");
+  ds_buf_puts(out, "Access-Control-Expose-Headers: Stream-Offset, Stream-Next-Offset, "
+                   "Stream-Up-To-Date, Stream-Closed, Stream-Cursor, Stream-TTL, "
+                   "Stream-Expires-At, Stream-SSE-Data-Encoding, ETag, Location, Producer-Epoch, "
+                   "Producer-Seq, Producer-Expected-Seq, Producer-Received-Seq\r\n");
+}
+
+/* CORS preflight: answered before authorization, since browsers send no credentials. */
+static void handle_preflight(app_t *app, ds_http_req_t *req) {
+  const char *origin = ds_http_req_header(req, "origin");
+  if (!ds_auth_cors_origin(app->auth, origin)) {
+    ds_http_respond_error(req, 403, NULL, "origin not allowed");
+    return;
+  }
+  const char *asked = ds_http_req_header(req, "access-control-request-headers");
+  ds_http_header_t h[] = {
+      {"Access-Control-Allow-Methods", "GET, HEAD, POST, PUT, DELETE, OPTIONS"},
+      {"Access-Control-Allow-Headers",
+       asked && *asked ? asked
+                       : "Authorization, Content-Type, Last-Event-ID, If-None-Match, Stream-TTL, "
+                         "Stream-Expires-At, Stream-Seq, Stream-Closed, Stream-Forked-From, "
+                         "Stream-Fork-Offset, Stream-Fork-Sub-Offset, Producer-Id, "
+                         "Producer-Epoch, Producer-Seq"},
+      {"Access-Control-Max-Age", "600"},
+      {NULL, NULL}};
+  ds_http_respond(req, 204, h, NULL, 0);
+}
+
+static int authorize(app_t *app, ds_http_req_t *req) {
+  if (!ds_auth_enabled(app->auth)) return 1;
+  char *qt = NULL;
+  size_t ql = 0;
+  if (ds_http_query_get(req->query, "access_token", &qt, &ql) < 0) {
+    free(qt);
+    qt = NULL;
+  }
+  int rc = ds_auth_check(app->auth, req->method, req->path, req->path_len,
+                         ds_http_req_header(req, "authorization"), qt);
+  free(qt);
+  if (rc == 401) {
+    static const ds_http_header_t h[] = {{"WWW-Authenticate", "Bearer"}, {NULL, NULL}};
+    ds_http_respond_error(req, 401, h, "missing or invalid bearer token");
+    return 0;
+  }
+  if (rc == 403) {
+    ds_http_respond_error(req, 403, NULL, "token not allowed to %s %.*s",
+                          ds_auth_scope_for_method(req->method) == DS_SCOPE_READ ? "read" : "append to",
+                          (int)(req->path_len > 200 ? 200 : req->path_len), req->path);
+    return 0;
+  }
+  return 1;
+}
+
 static void route(void *ud, ds_http_req_t *req) {
   app_t *app = ud;
+  if (strcmp(req->method, "OPTIONS") == 0 && ds_http_req_header(req, "origin")) {
+    handle_preflight(app, req);
+    return;
+  }
+  if (!authorize(app, req)) return;
   if (path_is(req, "/agents")) {
     ds_agents_api_handle(app->agents, req);
     return;
@@ -94,6 +179,7 @@ static void route(void *ud, ds_http_req_t *req) {
     handle_stats(app, req);
     return;
   }
+  if (app->lua && ds_lua_host_handle(app->lua, req)) return;
   ds_http_respond_error(req, 404, NULL, "no route for %s %.*s", req->method,
                         (int)(req->path_len > 200 ? 200 : req->path_len), req->path);
 }
@@ -113,6 +199,7 @@ static void begin_shutdown(app_t *app, const char *why) {
   /* End live readers first (final chunk), then stop HTTP: connections with a complete
    * response are flushed; in-flight appends were already stored synchronously. */
   ds_agents_api_shutdown(app->agents);
+  ds_lua_host_shutdown(app->lua); /* cancels tasks; Lua-routed requests get their answer */
   ds_http_server_stop(app->http, on_http_stopped, app);
 }
 
@@ -138,6 +225,12 @@ int ds_app_run(const ds_config_t *cfg) {
   uv_loop_init(&app.loop);
 
   char *data_dir = cfg->data_dir;
+  app.auth = ds_auth_load(cfg->config_path, err, sizeof err);
+  if (!app.auth) {
+    ds_error("server", "refusing to start: %s", err);
+    goto done_loop;
+  }
+  if (ds_auth_enabled(app.auth)) ds_info("server", "bearer-token authorization is on");
   ds_store_opts_t so = {.kind = cfg->storage,
                         .data_dir = data_dir,
                         .fsync = cfg->fsync,
@@ -154,6 +247,15 @@ int ds_app_run(const ds_config_t *cfg) {
   ds_agents_opts_t ao = {.keepalive_ms = cfg->keepalive_ms,
                          .subscriber_backlog_bytes = cfg->subscriber_backlog_bytes};
   app.agents = ds_agents_api_new(&app.loop, app.streams, &ao);
+  if (cfg->agents_enabled) {
+    ds_lua_host_opts_t lo = {.config_path = cfg->config_path};
+    app.lua = ds_lua_host_new(&app.loop, app.streams, &lo, err, sizeof err);
+    if (!app.lua) {
+      ds_error("server", "refusing to start: Lua agent layer: %s", err);
+      ds_agents_api_shutdown(app.agents);
+      goto done_streams;
+    }
+  }
 
   ds_http_opts_t ho = {.host = cfg->host,
                        .port = cfg->port,
@@ -167,8 +269,10 @@ int ds_app_run(const ds_config_t *cfg) {
   if (ds_http_server_start(&app.loop, &ho, route, &app, &app.http, err, sizeof err) != 0) {
     ds_error("server", "cannot listen on %s:%d: %s", cfg->host, cfg->port, err);
     ds_agents_api_shutdown(app.agents);
+    ds_lua_host_shutdown(app.lua);
     goto done_streams;
   }
+  ds_http_server_set_header_hook(app.http, add_common_headers, &app);
   uv_signal_init(&app.loop, &app.sigint);
   uv_signal_init(&app.loop, &app.sigterm);
   app.sigint.data = app.sigterm.data = &app;
@@ -183,11 +287,13 @@ int ds_app_run(const ds_config_t *cfg) {
 
 done_streams:
   uv_run(&app.loop, UV_RUN_DEFAULT); /* let closing handles finish */
+  ds_lua_host_free(app.lua); /* logs leaked refs/tasks, if any */
   ds_streams_free(app.streams);
   ds_agents_api_free(app.agents);
   ds_store_close(app.store);
 done_loop:
   uv_run(&app.loop, UV_RUN_DEFAULT);
+  ds_auth_free(app.auth);
   if (uv_loop_close(&app.loop) != 0) {
     ds_warn("server", "event loop still had open handles at exit");
   }

@@ -24,6 +24,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "core/buf.h"
 #include "core/rbuf.h"
 
 typedef struct ds_http_server_s ds_http_server_t;
@@ -57,6 +58,19 @@ int ds_http_server_port(const ds_http_server_t *srv);
  *  their final chunk, close callbacks run), then frees the server and calls done(ud) once
  *  every handle is closed. */
 void ds_http_server_stop(ds_http_server_t *srv, void (*done)(void *ud), void *ud);
+
+/**
+ * Optional hook that adds headers to every response this server sends, the layer's own
+ * error responses included (security and CORS headers belong here). It appends complete
+ * "Name: value\r\n" lines to `out`. `req` is NULL for errors raised before a request was
+ * parsed; `hdrs` is the handler's own header list (may be NULL): the hook should not
+ * repeat a header named there (see ds_http_headers_have()).
+ */
+typedef void (*ds_http_header_hook_fn)(void *ud, const ds_http_req_t *req,
+                                       const ds_http_header_t *hdrs, ds_buf_t *out);
+void ds_http_server_set_header_hook(ds_http_server_t *srv, ds_http_header_hook_fn fn, void *ud);
+/** 1 if the NULL-terminated header list has a header with that name (case-insensitive). */
+int ds_http_headers_have(const ds_http_header_t *hdrs, const char *name);
 
 typedef struct ds_http_stats_s {
   uint64_t connections_open, connections_total, requests_total, streams_open;

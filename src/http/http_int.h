@@ -118,6 +118,8 @@ struct ds_http_server_s {
   char host[256];
   ds_http_handler_fn handler;
   void *ud;
+  ds_http_header_hook_fn header_hook;
+  void *header_hook_ud;
   uv_tcp_t listener;
   int listening;
   uv_timer_t sweep;

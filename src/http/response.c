@@ -100,15 +100,32 @@ static int header_ok(const ds_http_header_t *h) {
   return !strpbrk(h->name, "\r\n:") && !strpbrk(h->value, "\r\n");
 }
 
-static int has_header(const ds_http_header_t *hdrs, const char *name) {
+static const char *find_header(const ds_http_header_t *hdrs, const char *name) {
   for (const ds_http_header_t *h = hdrs; h && h->name; h++)
-    if (strcasecmp(h->name, name) == 0) return 1;
-  return 0;
+    if (strcasecmp(h->name, name) == 0) return h->value ? h->value : "";
+  return NULL;
+}
+
+int ds_http_headers_have(const ds_http_header_t *hdrs, const char *name) {
+  return find_header(hdrs, name) != NULL;
+}
+
+#define has_header ds_http_headers_have
+
+/* A handler may ask for the connection to end after this response. */
+static int wants_close(const ds_http_header_t *hdrs) {
+  const char *v = find_header(hdrs, "connection");
+  return v && strcasecmp(v, "close") == 0;
+}
+
+void ds_http_server_set_header_hook(ds_http_server_t *srv, ds_http_header_hook_fn fn, void *ud) {
+  srv->header_hook = fn;
+  srv->header_hook_ud = ud;
 }
 
 /* Appends the status line, the caller's headers (minus those this layer owns) and Date. */
-static void put_head(ds_buf_t *b, ds_http_server_t *srv, int status, const ds_http_header_t *hdrs,
-                     int keep_user_cl) {
+static void put_head(ds_buf_t *b, ds_http_server_t *srv, const ds_http_req_t *req, int status,
+                     const ds_http_header_t *hdrs, int keep_user_cl) {
   ds_buf_printf(b, "HTTP/1.1 %d %s\r\n", status, ds_http_status_text(status));
   for (const ds_http_header_t *h = hdrs; h && h->name; h++) {
     if (!h->value) continue;
@@ -125,6 +142,7 @@ static void put_head(ds_buf_t *b, ds_http_server_t *srv, int status, const ds_ht
     ds_buf_puts(b, h->value);
     ds_buf_append(b, "\r\n", 2);
   }
+  if (srv->header_hook) srv->header_hook(srv->header_hook_ud, req, hdrs, b);
   ds_buf_puts(b, "Date: ");
   ds_buf_puts(b, ds__server_date(srv));
   ds_buf_append(b, "\r\n", 2);
@@ -150,7 +168,8 @@ void ds__queue_error(ds__conn_t *c, int status, const char *msg, int closing, in
   put_error_body(&body, msg);
   size_t before = c->stage.len;
   static const ds_http_header_t json[] = {{"Content-Type", "application/json"}, {NULL, NULL}};
-  put_head(&c->stage, c->srv, status, json, 0);
+  put_head(&c->stage, c->srv, c->req && c->req->state != DS__REQ_RECEIVING ? &c->req->pub : NULL,
+           status, json, 0);
   ds_buf_printf(&c->stage, "Content-Length: %zu\r\n%s\r\n", body.len,
                 closing ? "Connection: close\r\n" : "");
   if (!is_head) ds_buf_append(&c->stage, body.data, body.len);
@@ -170,12 +189,13 @@ void ds_http_respond(ds_http_req_t *req, int status, const ds_http_header_t *hdr
   ds__req_t *r = (ds__req_t *)req;
   ds__conn_t *c = answerable(r, DS__REQ_ACTIVE);
   if (!c) return;
+  if (wants_close(hdrs)) r->keep_alive = 0;
   int closing = !r->keep_alive || c->srv->stopping || c->close_after;
   int no_body = status < 200 || status == 204 || status == 304;
   int user_cl = r->is_head && has_header(hdrs, "content-length");
   size_t before = c->stage.len;
   ds_buf_reserve(&c->stage, 256 + (no_body || r->is_head ? 0 : len));
-  put_head(&c->stage, c->srv, status, hdrs, user_cl);
+  put_head(&c->stage, c->srv, req, status, hdrs, user_cl);
   if (!no_body && !user_cl) ds_buf_printf(&c->stage, "Content-Length: %zu\r\n", len);
   if (closing) ds_buf_puts(&c->stage, "Connection: close\r\n");
   else if (req->http_minor == 0) ds_buf_puts(&c->stage, "Connection: keep-alive\r\n");
@@ -212,9 +232,9 @@ void ds_http_stream_start(ds_http_req_t *req, int status, const ds_http_header_t
   ds__conn_t *c = answerable(r, DS__REQ_ACTIVE);
   if (!c) return;
   int chunked = req->http_minor >= 1;
-  if (!chunked || c->srv->stopping || c->close_after) r->keep_alive = 0;
+  if (!chunked || c->srv->stopping || c->close_after || wants_close(hdrs)) r->keep_alive = 0;
   size_t before = c->stage.len;
-  put_head(&c->stage, c->srv, status, hdrs, 0);
+  put_head(&c->stage, c->srv, req, status, hdrs, 0);
   if (chunked) ds_buf_puts(&c->stage, "Transfer-Encoding: chunked\r\n");
   if (!r->keep_alive) ds_buf_puts(&c->stage, "Connection: close\r\n");
   ds_buf_append(&c->stage, "\r\n", 2);
