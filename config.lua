@@ -41,4 +41,36 @@ return {
     sse_reconnect_ms = 60000,           -- SSE responses end after this (clients reconnect)
     subscriptions = true,               -- the reserved webhook / pull-wake subscription APIs
   },
+  -- The agent layer (lua/ policy + plugins/); `agents = false` turns it off entirely.
+  -- Documented key by key in README.md, "Agents and plugins".
+  agents = {
+    default_model = "openai",           -- model of a path before any iterate:agent:config:set
+    models = {
+      openai = {
+        model = "gpt-4o",
+        base_url = "https://api.openai.com/v1",
+        api_key_env = "OPENAI_API_KEY",  -- name of the environment variable, never the key
+        system_prompt = nil,             -- optional system prompt sent first
+        api = "responses",               -- "responses" or "chat" (Chat Completions servers)
+      },
+      grok = {
+        url = "wss://api.x.ai/v1/realtime",
+        api_key_env = "XAI_API_KEY",
+        voice = "ara",
+        instructions = "You are a helpful voice assistant.",
+        idle_timeout_ms = 300000,        -- close a path's idle realtime connection after
+      },
+      echo = {
+        delay_ms = 0,                    -- pause before each streamed word (demos, tests)
+      },
+    },
+    prefixes = nil,                     -- list of path prefixes served by the agent; nil = all
+    plugin_dir = "plugins",             -- relative to the directory holding lua/
+    plugins_enabled = nil,              -- list of plugin names to load; nil = all found
+    plugins_disabled = {},              -- plugin names never loaded
+    instruction_budget = 50000000,      -- Lua instructions a hook may run without yielding
+    load_instruction_budget = 10000000, -- ... and a plugin's load phase in total
+    max_hook_errors = 5,                -- a plugin whose hooks fail this often is disabled
+    memory_limit_mb = 512,              -- cap on the Lua state's memory
+  },
 }

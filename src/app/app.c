@@ -13,6 +13,7 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "http/http.h"
+#include "lua/host.h"
 #include "store/store.h"
 #include "stream/streams.h"
 
@@ -23,6 +24,7 @@ typedef struct app_s {
   ds_streams_t *streams;
   ds_http_server_t *http;
   ds_agents_api_t *agents;
+  ds_lua_host_t *lua; /* NULL when config.lua says agents = false */
   ds_auth_t *auth;
   uv_signal_t sigint, sigterm;
   int stopping;
@@ -74,6 +76,17 @@ static void handle_stats(app_t *app, ds_http_req_t *req) {
                 (unsigned long long)st.cache_hits, (unsigned long long)st.cache_misses,
                 (unsigned long long)st.fsyncs, (unsigned long long)st.open_files,
                 (unsigned long long)st.streams);
+  if (app->lua) {
+    ds_lua_host_stats_t ls;
+    ds_lua_host_stats(app->lua, &ls);
+    b.len--; /* reopen the object */
+    ds_buf_printf(&b,
+                  ",\"lua\":{\"tasks_live\":%llu,\"refs\":%llu,\"hooks_failed\":%llu,"
+                  "\"events_dispatched\":%llu,\"tasks_killed\":%llu,\"mem_bytes\":%llu}}",
+                  (unsigned long long)ls.tasks_live, (unsigned long long)ls.refs,
+                  (unsigned long long)ls.hooks_failed, (unsigned long long)ls.events_dispatched,
+                  (unsigned long long)ls.tasks_killed, (unsigned long long)ls.mem_bytes);
+  }
   respond_json(req, 200, &b);
   ds_buf_free(&b);
 }
@@ -166,6 +179,7 @@ static void route(void *ud, ds_http_req_t *req) {
     handle_stats(app, req);
     return;
   }
+  if (app->lua && ds_lua_host_handle(app->lua, req)) return;
   ds_http_respond_error(req, 404, NULL, "no route for %s %.*s", req->method,
                         (int)(req->path_len > 200 ? 200 : req->path_len), req->path);
 }
@@ -185,6 +199,7 @@ static void begin_shutdown(app_t *app, const char *why) {
   /* End live readers first (final chunk), then stop HTTP: connections with a complete
    * response are flushed; in-flight appends were already stored synchronously. */
   ds_agents_api_shutdown(app->agents);
+  ds_lua_host_shutdown(app->lua); /* cancels tasks; Lua-routed requests get their answer */
   ds_http_server_stop(app->http, on_http_stopped, app);
 }
 
@@ -232,6 +247,15 @@ int ds_app_run(const ds_config_t *cfg) {
   ds_agents_opts_t ao = {.keepalive_ms = cfg->keepalive_ms,
                          .subscriber_backlog_bytes = cfg->subscriber_backlog_bytes};
   app.agents = ds_agents_api_new(&app.loop, app.streams, &ao);
+  if (cfg->agents_enabled) {
+    ds_lua_host_opts_t lo = {.config_path = cfg->config_path};
+    app.lua = ds_lua_host_new(&app.loop, app.streams, &lo, err, sizeof err);
+    if (!app.lua) {
+      ds_error("server", "refusing to start: Lua agent layer: %s", err);
+      ds_agents_api_shutdown(app.agents);
+      goto done_streams;
+    }
+  }
 
   ds_http_opts_t ho = {.host = cfg->host,
                        .port = cfg->port,
@@ -245,6 +269,7 @@ int ds_app_run(const ds_config_t *cfg) {
   if (ds_http_server_start(&app.loop, &ho, route, &app, &app.http, err, sizeof err) != 0) {
     ds_error("server", "cannot listen on %s:%d: %s", cfg->host, cfg->port, err);
     ds_agents_api_shutdown(app.agents);
+    ds_lua_host_shutdown(app.lua);
     goto done_streams;
   }
   ds_http_server_set_header_hook(app.http, add_common_headers, &app);
@@ -262,6 +287,7 @@ int ds_app_run(const ds_config_t *cfg) {
 
 done_streams:
   uv_run(&app.loop, UV_RUN_DEFAULT); /* let closing handles finish */
+  ds_lua_host_free(app.lua); /* logs leaked refs/tasks, if any */
   ds_streams_free(app.streams);
   ds_agents_api_free(app.agents);
   ds_store_close(app.store);

@@ -235,6 +235,11 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len) {
   return 0;
 }
 
+static int is_tchar(unsigned char ch) {
+  if ((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z')) return 1;
+  return ch && strchr("!#$%&'*+-.^_`|~", ch) != NULL;
+}
+
 static int on_header_field_complete(llhttp_t *p) {
   ds__conn_t *c = p->data;
   ds__req_t *r = c->req;
@@ -243,6 +248,9 @@ static int on_header_field_complete(llhttp_t *p) {
   r->field_open = 0;
   for (size_t i = r->hoff[r->nhoff - 1]; i < r->head.len; i++) {
     char ch = r->head.data[i];
+    /* RFC 9112 5.1: no whitespace between name and colon ("X : y" is a smuggling
+     * vector that llhttp 8.1 accepts); names are tokens */
+    if (!is_tchar((unsigned char)ch)) return fail_cb(c, 400, "malformed request: invalid header name");
     if (ch >= 'A' && ch <= 'Z') r->head.data[i] = (char)(ch + 32);
   }
   ds_buf_putc(&r->head, '\0');
@@ -301,7 +309,10 @@ static int on_headers_complete(llhttp_t *p) {
   }
   c->headers_done = 1;
   if (!r->head.len) ds_buf_putc(&r->head, '\0');
-  /* pointers into head are stable from here on: head is never appended to again */
+  /* pointers into head are stable from here on: head is never appended to again, so
+   * trim it to size (a long-lived streaming request keeps it) */
+  r->head.data = ds_xrealloc(r->head.data, r->head.len + 1);
+  r->head.cap = r->head.len + 1;
   size_t nh = r->nhoff / 2;
   r->pub.headers = nh ? ds_xmalloc(nh * sizeof *r->pub.headers) : NULL;
   r->pub.nheaders = nh;
@@ -309,6 +320,9 @@ static int on_headers_complete(llhttp_t *p) {
     r->pub.headers[i].name = r->head.data + r->hoff[2 * i];
     r->pub.headers[i].value = r->head.data + r->hoff[2 * i + 1];
   }
+  free(r->hoff);
+  r->hoff = NULL;
+  r->nhoff = r->hoff_cap = 0;
   r->pub.method = llhttp_method_name((llhttp_method_t)p->method);
   r->pub.target = r->head.data;
   const char *q = strchr(r->pub.target, '?');
@@ -369,7 +383,7 @@ static int on_message_complete(llhttp_t *p) {
   ds__conn_t *c = p->data;
   ds__req_t *r = c->req;
   if (!c->headers_done) return fail_cb(c, 400, "malformed request: incomplete head");
-  r->pub.body = ds_buf_cstr(&r->body);
+  r->pub.body = r->body.len ? ds_buf_cstr(&r->body) : "";
   r->pub.body_len = r->body.len;
   r->keep_alive = (uint8_t)llhttp_should_keep_alive(p);
   r->state = DS__REQ_ACTIVE;
@@ -576,7 +590,9 @@ static void after_output(ds__conn_t *c) {
     void *ud = r->drain_ud;
     r->drain_cb = NULL;
     cb(ud);
-    return; /* whatever cb queued marks the connection dirty again */
+    /* look again (close_after, a new registration) once cb's output is flushed */
+    ds__conn_mark_dirty(c);
+    return;
   }
   if (c->close_after && !c->lingering) start_linger(c);
 }
@@ -748,6 +764,13 @@ void ds__conn_sweep(ds__conn_t *c, uint64_t now) {
 void ds__conn_server_stop(ds__conn_t *c) {
   if (c->closing) return;
   ds__req_t *r = c->req;
+  if (r && r->state != DS__REQ_RECEIVING && c->in_dispatch) {
+    /* The handler of this very request stopped the server and still holds req: let it
+     * answer (with Connection: close); the stop deadline bounds the wait. */
+    ds__conn_close_after(c);
+    set_deadline(c, DS__T_LINGER, DS__STOP_MS);
+    return;
+  }
   if (r && r->state == DS__REQ_STREAMING && r->chunked_out) ds__conn_queue_copy(c, "0\r\n\r\n", 5);
   if (r && r->state == DS__REQ_RECEIVING) {
     c->req = NULL;

@@ -100,13 +100,23 @@ static int header_ok(const ds_http_header_t *h) {
   return !strpbrk(h->name, "\r\n:") && !strpbrk(h->value, "\r\n");
 }
 
-int ds_http_headers_have(const ds_http_header_t *hdrs, const char *name) {
+static const char *find_header(const ds_http_header_t *hdrs, const char *name) {
   for (const ds_http_header_t *h = hdrs; h && h->name; h++)
-    if (strcasecmp(h->name, name) == 0) return 1;
-  return 0;
+    if (strcasecmp(h->name, name) == 0) return h->value ? h->value : "";
+  return NULL;
+}
+
+int ds_http_headers_have(const ds_http_header_t *hdrs, const char *name) {
+  return find_header(hdrs, name) != NULL;
 }
 
 #define has_header ds_http_headers_have
+
+/* A handler may ask for the connection to end after this response. */
+static int wants_close(const ds_http_header_t *hdrs) {
+  const char *v = find_header(hdrs, "connection");
+  return v && strcasecmp(v, "close") == 0;
+}
 
 void ds_http_server_set_header_hook(ds_http_server_t *srv, ds_http_header_hook_fn fn, void *ud) {
   srv->header_hook = fn;
@@ -179,6 +189,7 @@ void ds_http_respond(ds_http_req_t *req, int status, const ds_http_header_t *hdr
   ds__req_t *r = (ds__req_t *)req;
   ds__conn_t *c = answerable(r, DS__REQ_ACTIVE);
   if (!c) return;
+  if (wants_close(hdrs)) r->keep_alive = 0;
   int closing = !r->keep_alive || c->srv->stopping || c->close_after;
   int no_body = status < 200 || status == 204 || status == 304;
   int user_cl = r->is_head && has_header(hdrs, "content-length");
@@ -221,7 +232,7 @@ void ds_http_stream_start(ds_http_req_t *req, int status, const ds_http_header_t
   ds__conn_t *c = answerable(r, DS__REQ_ACTIVE);
   if (!c) return;
   int chunked = req->http_minor >= 1;
-  if (!chunked || c->srv->stopping || c->close_after) r->keep_alive = 0;
+  if (!chunked || c->srv->stopping || c->close_after || wants_close(hdrs)) r->keep_alive = 0;
   size_t before = c->stage.len;
   put_head(&c->stage, c->srv, req, status, hdrs, 0);
   if (chunked) ds_buf_puts(&c->stage, "Transfer-Encoding: chunked\r\n");

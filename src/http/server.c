@@ -6,6 +6,7 @@
  * Must not: parse HTTP or build responses itself.
  */
 #include <netdb.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -153,6 +154,10 @@ int ds_http_server_start(uv_loop_t *loop, const ds_http_opts_t *opts, ds_http_ha
                          void *ud, ds_http_server_t **out, char *err, size_t errlen) {
   ds_http_server_t *srv;
   *out = NULL;
+  /* A peer closing mid-write must cost an EPIPE, not the process. Only the default
+   * disposition is replaced, so an application's own handler stays. */
+  struct sigaction sa;
+  if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) signal(SIGPIPE, SIG_IGN);
   server_init(loop, opts, handler, ud, &srv);
 
   struct addrinfo hints, *res = NULL;

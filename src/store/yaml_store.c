@@ -527,6 +527,7 @@ static int recover(ds_store_t *st, ds_store_stream_t *s, int fd) {
 /* ---- store ops ---- */
 
 static void on_timer(uv_timer_t *t);
+static int sync_file(const char *file);
 
 static int y_open(ds_store_t *st, char *err, size_t errlen) {
   size_t n = strlen(st->data_dir);
@@ -574,15 +575,23 @@ static int y_load(ds_store_t *st, ds_store_stream_t *s, int create, uint64_t bas
     int rc = mkdir_p(dir);
     free(dir);
     if (rc < 0) return rc == DS_ENOTFOUND ? DS_EIO : rc;
-    fd = open(s->file, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-    if (fd < 0) return map_errno(errno) == DS_ENOTFOUND ? DS_EIO : map_errno(errno);
     s->base = s->next = base;
     s->size = 0;
     s->idx_flushed = 0;
-    /* The base must be on disk before anyone relies on it (forks start at K). */
-    if ((rc = write_offset_sidecar(s)) < 0 || (rc = write_idx_sidecar(s)) < 0) {
-      close(fd);
-      unlink(s->file);
+    /* Sidecars first, the .yaml (whose existence is the stream's) last: an interrupted
+     * create leaves no stream. A fork's base lives only in the .offset sidecar until its
+     * first record, so that one is fsynced (forks are rare; plain creates stay cheap). */
+    if ((rc = write_offset_sidecar(s)) == 0 && base != 0) {
+      char *p = sidecar(s->file, ".offset");
+      rc = sync_file(p);
+      free(p);
+    }
+    if (rc == 0) rc = write_idx_sidecar(s);
+    if (rc == 0) {
+      fd = open(s->file, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+      if (fd < 0) rc = map_errno(errno) == DS_ENOTFOUND ? DS_EIO : map_errno(errno);
+    }
+    if (rc < 0) {
       char *p = sidecar(s->file, ".offset");
       unlink(p);
       free(p);

@@ -341,6 +341,8 @@ static int path_is(const ds_http_req_t *req, const char *p) {
   return req->path_len == strlen(p) && memcmp(req->path, p, req->path_len) == 0;
 }
 
+static void on_stopped(void *ud);
+
 static void handler(void *ud, ds_http_req_t *req) {
   test_ctx_t *t = ud;
   atomic_fetch_add(&g_handler_calls, 1);
@@ -401,6 +403,17 @@ static void handler(void *ud, ds_http_req_t *req) {
     uv_timer_start(&d->timer, deferred_fire, qnum(req, "ms", 10), 0);
     ds_http_req_on_close(req, deferred_on_close, d);
     atomic_fetch_add(&g_deferred_started, 1);
+    return;
+  }
+  if (path_is(req, "/stop-now")) { /* stopping from inside a handler, then answering */
+    t->srv = NULL;
+    ds_http_server_stop(ds_http_req_server(req), on_stopped, t);
+    ds_http_respond(req, 200, NULL, "bye", 3);
+    return;
+  }
+  if (path_is(req, "/close")) {
+    static const ds_http_header_t h[] = {{"Connection", "close"}, {NULL, NULL}};
+    ds_http_respond(req, 200, h, "bye", 3);
     return;
   }
   if (path_is(req, "/error")) {
@@ -639,6 +652,9 @@ static void c_limits(test_ctx_t *t) {
   expect_error(t, "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 400,
                "malformed request");
   expect_error(t, "GET / HTTP/1.1\r\nHost: a\r\nX: a\001b\r\n\r\n", 400, "malformed request");
+  expect_error(t, "GET / HTTP/1.1\r\nHost: a\r\nX : y\r\n\r\n", 400, "malformed request");
+  expect_error(t, "GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+               400, "malformed request");
 }
 static void test_limits(void **s) {
   ds_http_opts_t o = {.max_body_bytes = 1000, .max_header_bytes = 2048};
@@ -656,6 +672,30 @@ static void c_nul_header(test_ctx_t *t) {
   resp_free(&r);
   cli_close(&c);
 }
+/* Upgrade and CONNECT are not supported: they are answered as ordinary requests and the
+ * connection keeps parsing HTTP afterwards (no tunnel). A handler's Connection: close is
+ * honoured. */
+static void c_upgrade(test_ctx_t *t) {
+  cli_t c;
+  resp_t r;
+  CHECK(cli_open(t, &c, 0) == 0);
+  CHECK(cli_sends(&c, "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+                      "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n"
+                      "GET /after HTTP/1.1\r\nHost: a\r\n\r\n"
+                      "GET /close HTTP/1.1\r\nHost: a\r\n\r\n") == 0);
+  CHECK(cli_response(&c, &r, 0) == 0 && r.status == 200 && strstr(r.body, "\"path\":\"/ws\""));
+  resp_free(&r);
+  CHECK(cli_response(&c, &r, 0) == 0 && r.status == 200 && strstr(r.body, "\"method\":\"CONNECT\""));
+  resp_free(&r);
+  CHECK(cli_response(&c, &r, 0) == 0 && r.status == 200 && strstr(r.body, "\"path\":\"/after\""));
+  resp_free(&r);
+  CHECK(cli_response(&c, &r, 0) == 0 && r.status == 200 && strstr(r.head, "Connection: close"));
+  resp_free(&r);
+  CHECK(cli_expect_eof(&c));
+  cli_close(&c);
+}
+static void test_upgrade(void **s) { http_run(NULL, c_upgrade); }
+
 static void test_nul_header(void **s) { http_run(NULL, c_nul_header); }
 
 static void c_timeouts(test_ctx_t *t) {
@@ -879,6 +919,25 @@ static void c_stop(test_ctx_t *t) {
 }
 static void test_stop(void **s) { http_run(NULL, c_stop); }
 
+static void c_stop_in_handler(test_ctx_t *t) {
+  cli_t c, other;
+  resp_t r;
+  CHECK(cli_open(t, &other, 0) == 0);
+  CHECK(cli_sends(&other, "GET /deferred?ms=60000 HTTP/1.1\r\nHost: a\r\n\r\n") == 0);
+  CHECK(wait_for(&g_deferred_started, 1));
+  CHECK(cli_open(t, &c, 0) == 0);
+  CHECK(cli_sends(&c, "GET /stop-now HTTP/1.1\r\nHost: a\r\n\r\n") == 0);
+  CHECK(cli_response(&c, &r, 0) == 0);
+  CHECK(r.status == 200 && strcmp(r.body, "bye") == 0 && strstr(r.head, "Connection: close"));
+  resp_free(&r);
+  CHECK(cli_expect_eof(&c));
+  CHECK(cli_expect_eof(&other));
+  CHECK(wait_for(&g_deferred_closed, 1));
+  cli_close(&c);
+  cli_close(&other);
+}
+static void test_stop_in_handler(void **s) { http_run(NULL, c_stop_in_handler); }
+
 /* ---- pure helpers ---- */
 
 static void test_query(void **s) {
@@ -949,9 +1008,11 @@ int main(void) {
       cmocka_unit_test(test_keepalive),   cmocka_unit_test(test_pipeline),
       cmocka_unit_test(test_chunked),     cmocka_unit_test(test_continue),
       cmocka_unit_test(test_limits),      cmocka_unit_test(test_nul_header),
+      cmocka_unit_test(test_upgrade),
       cmocka_unit_test(test_timeouts),    cmocka_unit_test(test_maxconn),
       cmocka_unit_test(test_head_http10), cmocka_unit_test(test_streaming),
       cmocka_unit_test(test_disconnect),  cmocka_unit_test(test_stop),
+      cmocka_unit_test(test_stop_in_handler),
   };
   return cmocka_run_group_tests_name("http", tests, NULL, NULL);
 }
