@@ -77,7 +77,7 @@ struct ds_store_stream_s {
   ds_store_stream_t *lru_prev, *lru_next; /* open-descriptor list, MRU first */
   ds_store_stream_t *dirty_prev, *dirty_next;
   int in_dirty;                         /* appended since the last fsync snapshot */
-  int need_dirsync;                     /* created since the last fsync: sync parent dir */
+  int need_dirsync;                     /* created since the last fsync: directory levels to sync */
   int broken;                           /* a failed append could not be truncated back */
   uint64_t *idx;                        /* file position of each document */
   size_t idx_len, idx_cap;

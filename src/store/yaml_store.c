@@ -105,14 +105,18 @@ static int pwrite_full(int fd, const void *buf, size_t n, uint64_t off) {
   return 0;
 }
 
-static int mkdir_p(const char *dir) {
+/* mkdir -p; *created (optional) counts the directories it had to create. */
+static int mkdir_p(const char *dir, int *created) {
   char *p = ds_xstrdup(dir);
   int rc = 0;
+  if (created) *created = 0;
   for (char *q = p + 1;; q++) {
     if (*q == '/' || *q == '\0') {
       char c = *q;
       *q = '\0';
-      if (mkdir(p, 0755) < 0 && errno != EEXIST) {
+      if (mkdir(p, 0755) == 0) {
+        if (created) (*created)++;
+      } else if (errno != EEXIST) {
         rc = map_errno(errno);
         break;
       }
@@ -534,7 +538,7 @@ static int y_open(ds_store_t *st, char *err, size_t errlen) {
   st->root = ds_xmalloc(n + sizeof "/streams");
   memcpy(st->root, st->data_dir, n);
   memcpy(st->root + n, "/streams", sizeof "/streams");
-  int rc = mkdir_p(st->root);
+  int rc = mkdir_p(st->root, NULL);
   if (rc < 0) {
     if (err && errlen) snprintf(err, errlen, "cannot create %s: %s", st->root, strerror(errno));
     return rc;
@@ -572,7 +576,8 @@ static int y_load(ds_store_t *st, ds_store_stream_t *s, int create, uint64_t bas
   if (fd < 0 && errno == ENOENT) {
     if (!create) return DS_ENOTFOUND;
     char *dir = parent_dir(s->file);
-    int rc = mkdir_p(dir);
+    int created = 0;
+    int rc = mkdir_p(dir, &created);
     free(dir);
     if (rc < 0) return rc == DS_ENOTFOUND ? DS_EIO : rc;
     s->base = s->next = base;
@@ -600,7 +605,7 @@ static int y_load(ds_store_t *st, ds_store_stream_t *s, int create, uint64_t bas
       free(p);
       return rc;
     }
-    s->need_dirsync = 1;
+    s->need_dirsync = 1 + created; /* the parent, and the parent of each new directory */
     dirty_add(st, s);
   } else if (fd < 0) {
     return map_errno(errno) == DS_ENOTFOUND ? DS_EIO : map_errno(errno);
@@ -902,10 +907,14 @@ static void start_round(ds_store_t *st) {
     ds_store_stream_t *s = st->dirty_head;
     flush_sidecars(s);
     job_add_file(job, s->file);
-    if (s->need_dirsync) {
-      job_add_dir(job, parent_dir(s->file));
-      s->need_dirsync = 0;
+    char *dir = s->need_dirsync ? parent_dir(s->file) : NULL;
+    for (int lv = 0; lv < s->need_dirsync; lv++) {
+      char *up = parent_dir(dir);
+      job_add_dir(job, dir);
+      dir = up;
     }
+    free(dir);
+    s->need_dirsync = 0;
     dirty_remove(st, s);
   }
   job->cbs = st->pending;
@@ -968,11 +977,15 @@ static void y_close(ds_store_t *st) {
   while (st->dirty_head) {
     ds_store_stream_t *s = st->dirty_head;
     if (do_sync && (s->fd >= 0 ? fdatasync(s->fd) : sync_file(s->file)) < 0) status = DS_EIO;
-    if (do_sync && s->need_dirsync) {
-      char *dir = parent_dir(s->file);
+    char *dir = do_sync && s->need_dirsync ? parent_dir(s->file) : NULL;
+    for (int lv = 0; dir && lv < s->need_dirsync; lv++) {
       if (fsync_dir(dir) < 0) status = DS_EIO;
+      char *up = parent_dir(dir);
       free(dir);
+      dir = up;
     }
+    free(dir);
+    s->need_dirsync = 0;
     dirty_remove(st, s);
   }
   if (st->job) st->job->st = NULL; /* it finishes on the loop and runs its own callbacks */
