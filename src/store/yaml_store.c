@@ -27,6 +27,9 @@
  * Open descriptors are bounded by max_open_files (LRU). fsync rounds reopen each file by
  * name in the worker (fsync flushes the file, not the descriptor), so eviction, deletion
  * and the worker never share a descriptor and a round needs at most one extra one.
+ * Memory: each stream's hot tail holds at most tail_cache_bytes, and all of them together
+ * at most 64 * tail_cache_bytes (64 MiB by default): past that, the oldest cached records of the
+ * least recently appended streams are dropped (they are read from disk when needed).
  * Full disk: ENOSPC/EDQUOT/EFBIG on append -> DS_ENOSPC after truncating the partial write
  * away, so stored data is never damaged and appends work again once space returns.
  * Must not: parse whole files on the hot path, block the loop on fsync (except at close
@@ -215,6 +218,44 @@ static void dirty_remove(ds_store_t *st, ds_store_stream_t *s) {
   if (s->dirty_next) s->dirty_next->dirty_prev = s->dirty_prev;
   s->dirty_prev = s->dirty_next = NULL;
   s->in_dirty = 0;
+}
+
+/* ---- store-wide cache budget ---- */
+
+static void cache_lru_unlink(ds_store_t *st, ds_store_stream_t *s) {
+  if (!s->in_cache_lru) return;
+  if (s->cache_prev) s->cache_prev->cache_next = s->cache_next;
+  else st->cache_head = s->cache_next;
+  if (s->cache_next) s->cache_next->cache_prev = s->cache_prev;
+  else st->cache_tail = s->cache_prev;
+  s->cache_prev = s->cache_next = NULL;
+  s->in_cache_lru = 0;
+}
+
+static void cache_lru_front(ds_store_t *st, ds_store_stream_t *s) {
+  if (st->cache_head == s) return;
+  cache_lru_unlink(st, s);
+  s->cache_next = st->cache_head;
+  if (st->cache_head) st->cache_head->cache_prev = s;
+  st->cache_head = s;
+  if (!st->cache_tail) st->cache_tail = s;
+  s->in_cache_lru = 1;
+}
+
+/* Accounts for a change of s's cache and trims the least recently appended caches. */
+static void cache_account(ds_store_t *st, ds_store_stream_t *s, size_t before) {
+  st->cache_total = st->cache_total - before + s->cache.bytes;
+  if (s->cache.count) cache_lru_front(st, s);
+  else cache_lru_unlink(st, s);
+  while (st->cache_total > st->cache_budget && st->cache_tail) {
+    ds_store_stream_t *v = st->cache_tail;
+    while (v->cache.count && st->cache_total > st->cache_budget) {
+      size_t b = v->cache.bytes;
+      ds__cache_pop(&v->cache);
+      st->cache_total -= b - v->cache.bytes;
+    }
+    if (!v->cache.count) cache_lru_unlink(st, v);
+  }
 }
 
 /* ---- sidecars ---- */
@@ -547,6 +588,8 @@ static int y_open(ds_store_t *st, char *err, size_t errlen) {
     if (err && errlen) snprintf(err, errlen, "%s is not writable: %s", st->root, strerror(errno));
     return DS_EIO;
   }
+  st->cache_budget = st->opts.tail_cache_bytes * 64;
+  if (st->cache_budget / 64 != st->opts.tail_cache_bytes) st->cache_budget = SIZE_MAX;
   st->timer = ds_xmalloc(sizeof *st->timer);
   uv_timer_init(st->loop, st->timer);
   st->timer->data = st;
@@ -563,6 +606,8 @@ static void y_free_stream(ds_store_t *st, ds_store_stream_t *s) {
     s->fd = -1;
   }
   dirty_remove(st, s);
+  st->cache_total -= s->cache.bytes; /* store.c frees the records themselves */
+  cache_lru_unlink(st, s);
   free(s->idx);
   s->idx = NULL;
   free(s->file);
@@ -692,6 +737,7 @@ static int y_append(ds_store_stream_t *s, const ds_record_in_t *recs, size_t n) 
     return map_errno(err) == DS_ENOSPC ? DS_ENOSPC : DS_EIO;
   }
   uint64_t pos = s->size;
+  size_t cache_before = s->cache.bytes;
   for (size_t i = 0; i < n; i++) {
     idx_push(s, pos);
     pos += recs[i].yaml_len;
@@ -700,6 +746,7 @@ static int y_append(ds_store_stream_t *s, const ds_record_in_t *recs, size_t n) 
   }
   s->size = pos;
   s->next += n;
+  cache_account(st, s, cache_before);
   dirty_add(st, s);
   return 0;
 }
