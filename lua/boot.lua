@@ -125,6 +125,7 @@ end
 function M.start(ds, cfg)
   local conf = M.normalize(cfg)
   local registry = models_mod.new()
+  registry:register("openai", require("openai").new(ds)) -- the built-in model (lua/openai.lua)
   local agent = agent_mod.install(ds, conf, registry)
   local base = {}
   for _, k in ipairs(SAFE_GLOBALS) do

@@ -309,6 +309,9 @@ static int init_state(lua_State *L) {
   ds__task_open(L);
   ds__stream_open(L);
   ds__http_open(L);
+  lua_getfield(L, -1, "http"); /* [ds http] */
+  ds_l_http_open(L, h->httpc);
+  lua_pop(L, 1); /* [ds] */
   lua_pushcfunction(L, l_on);
   lua_setfield(L, -2, "on");
   lua_getglobal(L, "package");
@@ -530,6 +533,16 @@ ds_lua_host_t *ds_lua_host_new(uv_loop_t *loop, ds_streams_t *streams, const ds_
   }
   h->L = ds_vm_state(h->vm);
   h->sched = ds_sched_new(loop, h->vm);
+  h->httpc = ds_l_http_new(loop);
+  if (!h->httpc) {
+    ds_sched_shutdown(h->sched);
+    uv_run(loop, UV_RUN_NOWAIT);
+    ds_vm_free(h->vm);
+    ds_sched_free(h->sched);
+    free(h);
+    snprintf(err, errlen, "cannot create the HTTP client");
+    return NULL;
+  }
   uv_idle_init(loop, &h->dispatch);
   h->dispatch.data = h;
   h->dispatch_open = 1;
@@ -604,6 +617,7 @@ void ds_lua_host_shutdown(ds_lua_host_t *h) {
   h->ptail = NULL;
   ds__stream_close_all(h);
   ds_sched_shutdown(h->sched);
+  ds_l_http_shutdown(h->httpc);
   ds__http_close_all(h);
   if (h->dispatch_open) {
     if (h->dispatch_active) uv_idle_stop(&h->dispatch);
@@ -636,6 +650,7 @@ int ds_lua_host_free(ds_lua_host_t *h) {
   long tasks = (long)st.live;
   long refs = ds_vm_free(h->vm);
   ds_sched_free(h->sched);
+  refs += ds_l_http_free(h->httpc); /* after the state closed: every Response collected */
   free(h->hooks);
   free(h->routes);
   free(h->plugins);

@@ -12,6 +12,7 @@
 
 #include "core/buf.h"
 #include "lua/host.h"
+#include "lua/l_http_client.h"
 #include "lua/sched.h"
 #include "lua/vm.h"
 
@@ -67,6 +68,7 @@ struct ds_lua_host_s {
   int dispatch_open, dispatch_active;
   ds__lsub_t *subs; /* live Lua subscriptions */
   ds__lreq_t *reqs; /* HTTP requests owned by Lua routes */
+  ds_l_http_t *httpc; /* outbound HTTP for ds.http.request (l_http_client.c) */
   uint64_t events_seen, events_dispatched, hooks_failed;
 };
 
