@@ -60,6 +60,8 @@ describe("plugins", function()
     srv:cleanup()
     assert(ok, err)
     assert.falsy(log:find("leaked"), log)
+    assert.falsy(log:find("Sanitizer"), log)
+    assert.falsy(log:find("runtime error"), log)
   end)
 
   it("a plugin dropped into plugins/ works after a restart", function()
