@@ -95,11 +95,15 @@ static int looks_numeric(const unsigned char *s, size_t n) {
 /* Words some YAML reader resolves to null/bool (any case form), the merge key and the
  * YAML 1.1 value key. */
 static int special_word(const unsigned char *s, size_t n) {
-  static const char *const words[] = {"null", "~", "true", "false", "yes", "no",
-                                      "on",   "off", "y",   "n",     "<<",  "="};
+  static const struct {
+    const char *w;
+    size_t n;
+  } words[] = {{"null", 4}, {"~", 1},  {"true", 4}, {"false", 5}, {"yes", 3}, {"no", 2},
+               {"on", 2},   {"off", 3}, {"y", 1},   {"n", 1},     {"<<", 2},  {"=", 1}};
   if (n > 5) return 0;
   for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
-    if (ieq(s, n, words[i])) return 1;
+    if (words[i].n == n && lower(s[0]) == (unsigned char)words[i].w[0] && ieq(s, n, words[i].w))
+      return 1;
   return 0;
 }
 
@@ -131,7 +135,23 @@ static inline size_t special_mb(const unsigned char *p, const unsigned char *end
   return 0;
 }
 
-int ds_yaml_scalar_plain_ok(const char *str, size_t n) {
+/* plain_syntax_ok's byte classes: yesc_class with '"' and '\\' ordinary (fine in a plain
+ * scalar), plus 4 = ':' and 5 = ' ' (which matter only before ' ' and '#'), so that an
+ * ordinary byte costs one lookup. */
+static const unsigned char plain_class[256] = {
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+};
+
+/* The syntactic half of the quoting rule: s[0..n) read as a plain scalar on one line
+ * (after "key: " or "- ", or as a key before ": ") is exactly these bytes. */
+static int plain_syntax_ok(const char *str, size_t n) {
   if (n == 0) return 0;
   const unsigned char *s = (const unsigned char *)str, *end = s + n;
   if (s[0] == ' ' || s[n - 1] == ' ' || s[n - 1] == ':') return 0;
@@ -145,17 +165,23 @@ int ds_yaml_scalar_plain_ok(const char *str, size_t n) {
   }
   if (n >= 3 && memcmp(s, "...", 3) == 0) return 0;
   for (const unsigned char *p = s; p < end; p++) {
-    unsigned char k = yesc_class[*p];
-    if (!k) {
-      if (*p == ':' && p + 1 < end && p[1] == ' ') return 0;
-      if (*p == ' ' && p + 1 < end && p[1] == '#') return 0;
-      continue;
+    unsigned char k = plain_class[*p];
+    if (!k) continue;
+    if (k == 4) {
+      if (p + 1 < end && p[1] == ' ') return 0;
+    } else if (k == 5) {
+      if (p + 1 < end && p[1] == '#') return 0;
+    } else if (k == 1 || special_mb(p, end)) {
+      return 0;
     }
-    if (k == 1) return 0;
-    if (k == 3 && special_mb(p, end)) return 0;
   }
-  if (special_word(s, n) || looks_numeric(s, n)) return 0;
   return 1;
+}
+
+int ds_yaml_scalar_plain_ok(const char *str, size_t n) {
+  /* ... and the resolution half: no YAML reader may take it for anything but a string */
+  const unsigned char *s = (const unsigned char *)str;
+  return plain_syntax_ok(str, n) && !special_word(s, n) && !looks_numeric(s, n);
 }
 
 /* ---------------------------------------------------------------------------------- */
@@ -459,8 +485,8 @@ static int open_container(loader_t *L, const yaml_event_t *ev, ds_value_t *c) {
   return 0;
 }
 
-int ds_yaml_load_doc(ds_arena_t *a, const char *s, size_t n, ds_value_t **out, char *err,
-                     size_t errlen) {
+int ds__yaml_load_doc_libyaml(ds_arena_t *a, const char *s, size_t n, ds_value_t **out,
+                              char *err, size_t errlen) {
   loader_t L;
   memset(&L, 0, sizeof L);
   L.a = a;
@@ -539,4 +565,327 @@ int ds_yaml_load_doc(ds_arena_t *a, const char *s, size_t n, ds_value_t **out, c
   }
   *out = L.root;
   return 0;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Fast loader: the emitter's own layout, without libyaml                             */
+/*
+ * Catch-up reads decode every cold record, and libyaml (a general parser that allocates
+ * per document, per token and per event) made that the dominant cost of a read. This
+ * loader accepts exactly the shapes ds_yaml_emit_doc writes for a non-empty mapping
+ * document: 2-space block indentation, keys plain (ds_yaml_scalar_plain_ok) or
+ * double-quoted with the emitter's escapes, values on the key's line, `- ` items, `{}`,
+ * `[]`, `!!binary`. Anything else (a hand-edited file, a comment, a tab, `~`, an explicit
+ * `? key`, ...) makes it decline, and the libyaml loader reads the document instead (and
+ * reports errors), so the result never depends on which loader ran: each accepted shape
+ * is valid YAML that libyaml reads to the same tree (tests/store/test_roundtrip.c checks
+ * both loaders on every generated document).
+ */
+
+typedef struct {
+  const unsigned char *p, *end;
+  ds_arena_t *a;
+  ds_buf_t *tmp; /* decoded quoted scalars */
+  int depth;
+} fl_t;
+
+enum { FL_OK = 0, FL_DECLINE = -1 };
+
+static int fl_members(fl_t *F, ds_value_t *obj, int indent, int first_inline);
+static int fl_items(fl_t *F, ds_value_t *arr, int indent, int first_inline);
+
+/* Raw bytes the emitter never leaves unescaped: controls (line breaks included), DEL, and
+ * the multi-byte characters YAML treats as breaks or non-printable. */
+static int fl_raw_ok(const unsigned char *p, const unsigned char *end, size_t *adv) {
+  unsigned char k = yesc_class[*p];
+  *adv = 1;
+  if (k == 1) return 0;
+  if (k == 3 && special_mb(p, end)) return 0;
+  return 1;
+}
+
+static void fl_put_cp(ds_buf_t *b, unsigned cp) {
+  char u[4];
+  size_t n;
+  if (cp < 0x80) {
+    u[0] = (char)cp;
+    n = 1;
+  } else if (cp < 0x800) {
+    u[0] = (char)(0xC0 | (cp >> 6));
+    u[1] = (char)(0x80 | (cp & 0x3F));
+    n = 2;
+  } else {
+    u[0] = (char)(0xE0 | (cp >> 12));
+    u[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+    u[2] = (char)(0x80 | (cp & 0x3F));
+    n = 3;
+  }
+  ds_buf_append(b, u, n);
+}
+
+static int fl_hex(const unsigned char *p, int n, unsigned *out) {
+  unsigned v = 0;
+  for (int i = 0; i < n; i++) {
+    unsigned char c = p[i];
+    if (!ishex(c)) return -1;
+    v = v * 16 + (unsigned)(isdig(c) ? c - '0' : lower(c) - 'a' + 10);
+  }
+  *out = v;
+  return 0;
+}
+
+/* A double-quoted scalar at F->p (on the opening quote), decoded into F->tmp; F->p ends
+ * after the closing quote. Only the escapes the emitter writes are accepted. */
+static int fl_quoted(fl_t *F) {
+  const unsigned char *p = F->p + 1, *end = F->end, *run = p;
+  ds_buf_reset(F->tmp);
+  for (;;) {
+    if (p >= end) return FL_DECLINE;
+    unsigned char c = *p;
+    if (c == '"') break;
+    if (c != '\\') {
+      size_t adv;
+      if (!fl_raw_ok(p, end, &adv)) return FL_DECLINE;
+      p += adv;
+      continue;
+    }
+    if (p > run) ds_buf_append(F->tmp, run, (size_t)(p - run));
+    if (p + 1 >= end) return FL_DECLINE;
+    unsigned cp;
+    switch (p[1]) {
+    case '"': ds_buf_putc(F->tmp, '"'); p += 2; break;
+    case '\\': ds_buf_putc(F->tmp, '\\'); p += 2; break;
+    case '0': ds_buf_putc(F->tmp, '\0'); p += 2; break;
+    case 't': ds_buf_putc(F->tmp, '\t'); p += 2; break;
+    case 'n': ds_buf_putc(F->tmp, '\n'); p += 2; break;
+    case 'r': ds_buf_putc(F->tmp, '\r'); p += 2; break;
+    case 'x':
+      if (end - p < 4 || fl_hex(p + 2, 2, &cp) != 0) return FL_DECLINE;
+      fl_put_cp(F->tmp, cp); /* YAML's \xNN names the code point U+00NN */
+      p += 4;
+      break;
+    case 'u':
+      if (end - p < 6 || fl_hex(p + 2, 4, &cp) != 0) return FL_DECLINE;
+      if (cp >= 0xD800 && cp <= 0xDFFF) return FL_DECLINE; /* libyaml rejects these */
+      fl_put_cp(F->tmp, cp);
+      p += 6;
+      break;
+    default:
+      return FL_DECLINE;
+    }
+    run = p;
+  }
+  if (p > run) ds_buf_append(F->tmp, run, (size_t)(p - run));
+  F->p = p + 1;
+  return FL_OK;
+}
+
+/* End of the current line (the '\n'), or NULL if the document ends without one. */
+static const unsigned char *fl_eol(const fl_t *F) {
+  return memchr(F->p, '\n', (size_t)(F->end - F->p));
+}
+
+/* A key at F->p: plain or quoted, followed by ':'. On success *k and *kl hold the key
+ * (in the document or the arena; the caller copies it) and F->p is on the ':'. */
+static int fl_key(fl_t *F, const char **k, size_t *kl) {
+  const unsigned char *eol = fl_eol(F);
+  if (!eol) return FL_DECLINE;
+  const unsigned char *start = F->p;
+  if (*F->p == '"') {
+    if (fl_quoted(F) != FL_OK || F->p >= eol || *F->p != ':') return FL_DECLINE;
+    if ((size_t)(F->p - start) > DS__YAML_SIMPLE_KEY_MAX) return FL_DECLINE;
+    *kl = F->tmp->len;
+    *k = ds_arena_strndup(F->a, F->tmp->data ? F->tmp->data : "", *kl);
+    return FL_OK;
+  }
+  const unsigned char *q = start;
+  while (q < eol && !(*q == ':' && (q + 1 == eol || q[1] == ' '))) q++;
+  if (q == eol) return FL_DECLINE;
+  size_t n = (size_t)(q - start);
+  /* libyaml takes a key's text as written (no resolution), so syntax is all that matters */
+  if (n > DS__YAML_SIMPLE_KEY_MAX || !plain_syntax_ok((const char *)start, n)) return FL_DECLINE;
+  *k = (const char *)start; /* ds_value_object_add copies it */
+  *kl = n;
+  F->p = q;
+  return FL_OK;
+}
+
+static int fl_is_b64(const unsigned char *s, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = s[i];
+    if (!(isdig(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '+' || c == '/' ||
+          c == '='))
+      return 0;
+  }
+  return 1;
+}
+
+/* An inline value from F->p to the end of the line; F->p ends after the '\n'. */
+static int fl_inline(fl_t *F, ds_value_t **out) {
+  const unsigned char *eol = fl_eol(F);
+  if (!eol) return FL_DECLINE;
+  const unsigned char *s = F->p;
+  size_t n = (size_t)(eol - s);
+  if (n && s[0] == '"') {
+    if (fl_quoted(F) != FL_OK || F->p != eol) return FL_DECLINE;
+    *out = ds_value_string(F->a, F->tmp->data ? F->tmp->data : "", F->tmp->len);
+  } else if (n >= 9 && memcmp(s, "!!binary ", 9) == 0) {
+    const unsigned char *b = s + 9;
+    size_t bn = n - 9;
+    if (bn == 2 && b[0] == '"' && b[1] == '"') {
+      *out = ds_value_binary(F->a, "", 0);
+    } else {
+      if (!bn || !fl_is_b64(b, bn)) return FL_DECLINE;
+      ds_buf_reset(F->tmp);
+      if (ds_base64_decode(F->tmp, (const char *)b, bn) != 0) return FL_DECLINE;
+      *out = ds_value_binary(F->a, F->tmp->data ? F->tmp->data : "", F->tmp->len);
+    }
+  } else if (n == 2 && s[0] == '[' && s[1] == ']') {
+    *out = ds_value_array(F->a, 0);
+  } else if (n == 2 && s[0] == '{' && s[1] == '}') {
+    *out = ds_value_object(F->a, 0);
+  } else if (n == 4 && memcmp(s, "null", 4) == 0) {
+    *out = ds_value_null(F->a);
+  } else if (n == 4 && memcmp(s, "true", 4) == 0) {
+    *out = ds_value_bool(F->a, true);
+  } else if (n == 5 && memcmp(s, "false", 5) == 0) {
+    *out = ds_value_bool(F->a, false);
+  } else if (is_json_number(s, n)) {
+    *out = ds_value_number(F->a, (const char *)s, n);
+  } else if (!(n == 1 && s[0] == '~') && plain_syntax_ok((const char *)s, n)) {
+    /* the loader resolves only null/~/true/false/numbers (handled above; "~" declined):
+     * any other plain text is a string, whatever YAML 1.1 would make of it */
+    *out = ds_value_string(F->a, (const char *)s, n);
+  } else {
+    return FL_DECLINE;
+  }
+  F->p = eol + 1;
+  return FL_OK;
+}
+
+/* Consumes exactly `indent` spaces at the start of a line. Returns 1 if the line is
+ * indented so, 0 if it is less indented or the document ended (the block is over), and
+ * FL_DECLINE if it is indented more. */
+static int fl_indent(fl_t *F, int indent) {
+  const unsigned char *q = F->p;
+  while (q < F->end && *q == ' ') q++;
+  if (q == F->end) return 0;
+  int k = (int)(q - F->p);
+  if (k < indent) return 0;
+  if (k > indent) return FL_DECLINE;
+  F->p = q;
+  return 1;
+}
+
+/* The value of a key whose ':' is at F->p. */
+static int fl_after_key(fl_t *F, int indent, ds_value_t **out) {
+  F->p++; /* ':' */
+  if (F->p < F->end && *F->p == ' ') {
+    F->p++;
+    return fl_inline(F, out);
+  }
+  if (F->p >= F->end || *F->p != '\n') return FL_DECLINE;
+  F->p++;
+  /* a non-empty block, exactly 2 deeper */
+  const unsigned char *q = F->p;
+  while (q < F->end && *q == ' ') q++;
+  if ((int)(q - F->p) != indent + 2 || q >= F->end) return FL_DECLINE;
+  if (++F->depth > DS__YAML_MAX_DEPTH / 2) return FL_DECLINE;
+  int rc;
+  if (q + 1 < F->end && q[0] == '-' && q[1] == ' ') {
+    *out = ds_value_array(F->a, 0);
+    rc = fl_items(F, *out, indent + 2, 0);
+  } else {
+    *out = ds_value_object(F->a, 4);
+    rc = fl_members(F, *out, indent + 2, 0);
+  }
+  F->depth--;
+  return rc;
+}
+
+static int fl_members(fl_t *F, ds_value_t *obj, int indent, int first_inline) {
+  for (int i = 0;; i++) {
+    if (i || !first_inline) {
+      int r = fl_indent(F, indent);
+      if (r == 0 && i) return FL_OK;
+      if (r != 1) return FL_DECLINE;
+    }
+    const char *k;
+    size_t kl;
+    ds_value_t *v = NULL;
+    if (fl_key(F, &k, &kl) != FL_OK || fl_after_key(F, indent, &v) != FL_OK) return FL_DECLINE;
+    ds_value_object_add(F->a, obj, k, kl, v);
+  }
+}
+
+/* True if the line at F->p starts a mapping (a key followed by ':'), not a scalar. */
+static int fl_line_is_key(const fl_t *F) {
+  const unsigned char *eol = fl_eol(F);
+  if (!eol) return 0;
+  if (*F->p == '"') {
+    const unsigned char *q = F->p + 1;
+    while (q < eol && *q != '"') q += *q == '\\' ? 2 : 1;
+    return q + 1 < eol && q[1] == ':';
+  }
+  for (const unsigned char *q = F->p; q < eol; q++)
+    if (*q == ':' && (q + 1 == eol || q[1] == ' ')) return 1;
+  return 0;
+}
+
+static int fl_items(fl_t *F, ds_value_t *arr, int indent, int first_inline) {
+  for (int i = 0;; i++) {
+    if (i || !first_inline) {
+      int r = fl_indent(F, indent);
+      if (r == 0 && i) return FL_OK;
+      if (r != 1) return FL_DECLINE;
+    }
+    if (F->end - F->p < 2 || F->p[0] != '-' || F->p[1] != ' ') {
+      if (i) return FL_DECLINE; /* a mapping key at a sequence's indent: not ours */
+      return FL_DECLINE;
+    }
+    F->p += 2;
+    ds_value_t *v;
+    int rc;
+    if (F->end - F->p >= 2 && F->p[0] == '-' && F->p[1] == ' ') {
+      if (++F->depth > DS__YAML_MAX_DEPTH / 2) return FL_DECLINE;
+      v = ds_value_array(F->a, 0);
+      rc = fl_items(F, v, indent + 2, 1);
+      F->depth--;
+    } else if (fl_line_is_key(F)) {
+      if (++F->depth > DS__YAML_MAX_DEPTH / 2) return FL_DECLINE;
+      v = ds_value_object(F->a, 4);
+      rc = fl_members(F, v, indent + 2, 1);
+      F->depth--;
+    } else {
+      rc = fl_inline(F, &v);
+    }
+    if (rc != FL_OK) return FL_DECLINE;
+    ds_value_array_push(F->a, arr, v);
+  }
+}
+
+int ds__yaml_load_doc_fast(ds_arena_t *a, const char *s, size_t n, ds_value_t **out) {
+  if (!s || n < 5 || memcmp(s, "---\n", 4) != 0 || s[n - 1] != '\n') return 0;
+  if (!ds_utf8_valid(s, n)) return 0; /* libyaml reports the encoding error */
+  ds_buf_t tmp = DS_BUF_INIT;
+  fl_t F = {(const unsigned char *)s + 4, (const unsigned char *)s + n, a, &tmp, 0};
+  if (F.p < F.end && (*F.p == ' ' || (F.end - F.p >= 2 && F.p[0] == '-' && F.p[1] == ' '))) {
+    ds_buf_free(&tmp);
+    return 0;
+  }
+  ds_value_t *root = ds_value_object(a, 8);
+  int rc = fl_members(&F, root, 0, 0);
+  ds_buf_free(&tmp);
+  if (rc != FL_OK || F.p != F.end) return 0;
+  *out = root;
+  return 1;
+}
+
+int ds_yaml_load_doc(ds_arena_t *a, const char *s, size_t n, ds_value_t **out, char *err,
+                     size_t errlen) {
+  if (ds__yaml_load_doc_fast(a, s, n, out)) {
+    if (err && errlen) err[0] = '\0';
+    return 0;
+  }
+  return ds__yaml_load_doc_libyaml(a, s, n, out, err, errlen);
 }
