@@ -316,6 +316,32 @@ int ds_http_stream_write(ds_http_req_t *req, ds_rbuf_t *buf) {
   return 0;
 }
 
+ds_rbuf_t *ds_http_chunk_new(const void *p, size_t n) {
+  char line[24];
+  int ln = snprintf(line, sizeof line, "%zx\r\n", n);
+  ds_rbuf_t *rb = ds_rbuf_alloc((size_t)ln + n + 2);
+  memcpy(rb->data, line, (size_t)ln);
+  if (n) memcpy(rb->data + ln, p, n);
+  memcpy(rb->data + (size_t)ln + n, "\r\n", 2);
+  rb->len = (size_t)ln + n + 2;
+  rb->data[rb->len] = '\0';
+  return rb;
+}
+
+int ds_http_stream_write_chunk(ds_http_req_t *req, ds_rbuf_t *chunk) {
+  ds__req_t *r = (ds__req_t *)req;
+  ds__conn_t *c;
+  const char *nl = memchr(chunk->data, '\n', chunk->len < 20 ? chunk->len : 20);
+  size_t pre = nl ? (size_t)(nl - chunk->data) + 1 : 0;
+  if (!nl || chunk->len <= pre + 2) return DS_EINVAL; /* not from ds_http_chunk_new, or empty */
+  int chunked = r && r->chunked_out;
+  size_t off = chunked ? 0 : pre, len = chunked ? chunk->len : chunk->len - pre - 2;
+  int rc = stream_check(r, len, &c);
+  if (rc != 0 || !c) return rc;
+  ds__conn_queue_rbuf_part(c, chunk, off, len);
+  return 0;
+}
+
 int ds_http_stream_write_copy(ds_http_req_t *req, const void *p, size_t n) {
   ds__req_t *r = (ds__req_t *)req;
   ds__conn_t *c;
