@@ -149,6 +149,15 @@ static const unsigned char plain_class[256] = {
     0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 };
 
+/* Word-at-a-time byte tests (exact as "is there any such byte"). */
+#define Y_ONES UINT64_C(0x0101010101010101)
+#define Y_HIGH UINT64_C(0x8080808080808080)
+static inline uint64_t y_has_less(uint64_t x, unsigned n) { return (x - Y_ONES * n) & ~x & Y_HIGH; }
+static inline uint64_t y_has_byte(uint64_t x, unsigned c) {
+  uint64_t y = x ^ (Y_ONES * c);
+  return (y - Y_ONES) & ~y & Y_HIGH;
+}
+
 /* The syntactic half of the quoting rule: s[0..n) read as a plain scalar on one line
  * (after "key: " or "- ", or as a key before ": ") is exactly these bytes. */
 static int plain_syntax_ok(const char *str, size_t n) {
@@ -164,7 +173,21 @@ static int plain_syntax_ok(const char *str, size_t n) {
     break;
   }
   if (n >= 3 && memcmp(s, "...", 3) == 0) return 0;
+  const unsigned char *stop = s;
   for (const unsigned char *p = s; p < end; p++) {
+    if (p >= stop) {
+      /* 8 bytes at a time while none is a control, DEL, ':', ' ' or non-ASCII */
+      while (end - p >= 8) {
+        uint64_t x;
+        memcpy(&x, p, 8);
+        if ((x & Y_HIGH) | y_has_less(x, 0x20) | y_has_byte(x, 0x7f) | y_has_byte(x, ':') |
+            y_has_byte(x, ' '))
+          break;
+        p += 8;
+      }
+      if (p >= end) break;
+      stop = end - p >= 8 ? p + 8 : end;
+    }
     unsigned char k = plain_class[*p];
     if (!k) continue;
     if (k == 4) {
@@ -580,16 +603,56 @@ int ds__yaml_load_doc_libyaml(ds_arena_t *a, const char *s, size_t n, ds_value_t
  * reports errors), so the result never depends on which loader ran: each accepted shape
  * is valid YAML that libyaml reads to the same tree (tests/store/test_roundtrip.c checks
  * both loaders on every generated document).
+ * The same code also transcodes such a document straight to compact JSON (no tree, no
+ * arena): what a catch-up read sends is ds_json_write of the loaded tree, and writing it
+ * while parsing gives the same bytes at a fraction of the cost.
  */
 
 typedef struct {
   const unsigned char *p, *end;
-  ds_arena_t *a;
-  ds_buf_t *tmp; /* decoded quoted scalars */
+  ds_arena_t *a;   /* tree mode: values are built here */
+  ds_buf_t *json;  /* JSON mode (a != NULL is tree mode): compact JSON is written here */
+  ds_buf_t *tmp;   /* decoded quoted scalars */
   int depth;
+  /* JSON mode, top-level members: spans of the first one and of the first `want` one */
+  const char *want;
+  size_t want_len;
+  ds__yaml_json_info_t *info;
 } fl_t;
 
 enum { FL_OK = 0, FL_DECLINE = -1 };
+
+/* ds_buf_putc without the call (JSON mode writes many single bytes). */
+static inline void jputc(ds_buf_t *b, char c) {
+  if (b->len + 2 > b->cap) ds_buf_reserve(b, 1);
+  b->data[b->len++] = c;
+}
+
+/* ds_json_write_string for text that passed plain_syntax_ok: no controls, no DEL, no
+ * U+2028/U+2029 (special_mb), so only '"' and '\\' need escaping. */
+static void jstr_plain(ds_buf_t *b, const unsigned char *s, size_t n) {
+  if (b->len + 2 * n + 3 > b->cap) ds_buf_reserve(b, 2 * n + 2);
+  char *o = b->data + b->len;
+  *o++ = '"';
+  size_t i = 0;
+  while (i < n) {
+    if (n - i >= 8) { /* 8 bytes at a time while there is nothing to escape */
+      uint64_t x;
+      memcpy(&x, s + i, 8);
+      if (!(y_has_byte(x, '"') | y_has_byte(x, '\\'))) {
+        memcpy(o, &x, 8);
+        o += 8;
+        i += 8;
+        continue;
+      }
+    }
+    unsigned char c = s[i++];
+    if (c == '"' || c == '\\') *o++ = '\\';
+    *o++ = (char)c;
+  }
+  *o++ = '"';
+  b->len = (size_t)(o - b->data);
+}
 
 static int fl_members(fl_t *F, ds_value_t *obj, int indent, int first_inline);
 static int fl_items(fl_t *F, ds_value_t *arr, int indent, int first_inline);
@@ -687,7 +750,8 @@ static const unsigned char *fl_eol(const fl_t *F) {
 
 /* A key at F->p: plain or quoted, followed by ':'. On success *k and *kl hold the key
  * (in the document or the arena; the caller copies it) and F->p is on the ':'. */
-static int fl_key(fl_t *F, const char **k, size_t *kl) {
+static int fl_key(fl_t *F, const char **k, size_t *kl, int *plain) {
+  *plain = 0;
   const unsigned char *eol = fl_eol(F);
   if (!eol) return FL_DECLINE;
   const unsigned char *start = F->p;
@@ -695,7 +759,9 @@ static int fl_key(fl_t *F, const char **k, size_t *kl) {
     if (fl_quoted(F) != FL_OK || F->p >= eol || *F->p != ':') return FL_DECLINE;
     if ((size_t)(F->p - start) > DS__YAML_SIMPLE_KEY_MAX) return FL_DECLINE;
     *kl = F->tmp->len;
-    *k = ds_arena_strndup(F->a, F->tmp->data ? F->tmp->data : "", *kl);
+    /* tree mode copies it (tmp is reused by the value); JSON mode writes it at once */
+    *k = F->a ? ds_arena_strndup(F->a, F->tmp->data ? F->tmp->data : "", *kl)
+              : (F->tmp->data ? F->tmp->data : "");
     return FL_OK;
   }
   const unsigned char *q = start;
@@ -706,6 +772,7 @@ static int fl_key(fl_t *F, const char **k, size_t *kl) {
   if (n > DS__YAML_SIMPLE_KEY_MAX || !plain_syntax_ok((const char *)start, n)) return FL_DECLINE;
   *k = (const char *)start; /* ds_value_object_add copies it */
   *kl = n;
+  *plain = 1;
   F->p = q;
   return FL_OK;
 }
@@ -726,36 +793,50 @@ static int fl_inline(fl_t *F, ds_value_t **out) {
   if (!eol) return FL_DECLINE;
   const unsigned char *s = F->p;
   size_t n = (size_t)(eol - s);
+  ds_buf_t *J = F->json;
+  *out = NULL;
   if (n && s[0] == '"') {
     if (fl_quoted(F) != FL_OK || F->p != eol) return FL_DECLINE;
-    *out = ds_value_string(F->a, F->tmp->data ? F->tmp->data : "", F->tmp->len);
+    if (J) ds_json_write_string(J, F->tmp->data, F->tmp->len);
+    else *out = ds_value_string(F->a, F->tmp->data ? F->tmp->data : "", F->tmp->len);
   } else if (n >= 9 && memcmp(s, "!!binary ", 9) == 0) {
     const unsigned char *b = s + 9;
     size_t bn = n - 9;
-    if (bn == 2 && b[0] == '"' && b[1] == '"') {
-      *out = ds_value_binary(F->a, "", 0);
-    } else {
+    ds_buf_reset(F->tmp);
+    if (!(bn == 2 && b[0] == '"' && b[1] == '"')) {
       if (!bn || !fl_is_b64(b, bn)) return FL_DECLINE;
-      ds_buf_reset(F->tmp);
       if (ds_base64_decode(F->tmp, (const char *)b, bn) != 0) return FL_DECLINE;
+    }
+    if (J) { /* as ds_json_write writes DS_V_BINARY: re-encoded (canonical) base64 */
+      jputc(J, '"');
+      ds_base64_encode(J, F->tmp->data, F->tmp->len);
+      jputc(J, '"');
+    } else {
       *out = ds_value_binary(F->a, F->tmp->data ? F->tmp->data : "", F->tmp->len);
     }
   } else if (n == 2 && s[0] == '[' && s[1] == ']') {
-    *out = ds_value_array(F->a, 0);
+    if (J) ds_buf_append(J, "[]", 2);
+    else *out = ds_value_array(F->a, 0);
   } else if (n == 2 && s[0] == '{' && s[1] == '}') {
-    *out = ds_value_object(F->a, 0);
+    if (J) ds_buf_append(J, "{}", 2);
+    else *out = ds_value_object(F->a, 0);
   } else if (n == 4 && memcmp(s, "null", 4) == 0) {
-    *out = ds_value_null(F->a);
+    if (J) ds_buf_append(J, "null", 4);
+    else *out = ds_value_null(F->a);
   } else if (n == 4 && memcmp(s, "true", 4) == 0) {
-    *out = ds_value_bool(F->a, true);
+    if (J) ds_buf_append(J, "true", 4);
+    else *out = ds_value_bool(F->a, true);
   } else if (n == 5 && memcmp(s, "false", 5) == 0) {
-    *out = ds_value_bool(F->a, false);
+    if (J) ds_buf_append(J, "false", 5);
+    else *out = ds_value_bool(F->a, false);
   } else if (is_json_number(s, n)) {
-    *out = ds_value_number(F->a, (const char *)s, n);
+    if (J) ds_buf_append(J, s, n); /* the lexeme, as ds_json_write writes numbers */
+    else *out = ds_value_number(F->a, (const char *)s, n);
   } else if (!(n == 1 && s[0] == '~') && plain_syntax_ok((const char *)s, n)) {
     /* the loader resolves only null/~/true/false/numbers (handled above; "~" declined):
      * any other plain text is a string, whatever YAML 1.1 would make of it */
-    *out = ds_value_string(F->a, (const char *)s, n);
+    if (J) jstr_plain(J, s, n);
+    else *out = ds_value_string(F->a, (const char *)s, n);
   } else {
     return FL_DECLINE;
   }
@@ -792,12 +873,17 @@ static int fl_after_key(fl_t *F, int indent, ds_value_t **out) {
   if ((int)(q - F->p) != indent + 2 || q >= F->end) return FL_DECLINE;
   if (++F->depth > DS__YAML_MAX_DEPTH / 2) return FL_DECLINE;
   int rc;
+  *out = NULL;
   if (q + 1 < F->end && q[0] == '-' && q[1] == ' ') {
-    *out = ds_value_array(F->a, 0);
+    if (F->json) jputc(F->json, '[');
+    else *out = ds_value_array(F->a, 0);
     rc = fl_items(F, *out, indent + 2, 0);
+    if (F->json) jputc(F->json, ']');
   } else {
-    *out = ds_value_object(F->a, 4);
+    if (F->json) jputc(F->json, '{');
+    else *out = ds_value_object(F->a, 4);
     rc = fl_members(F, *out, indent + 2, 0);
+    if (F->json) jputc(F->json, '}');
   }
   F->depth--;
   return rc;
@@ -812,9 +898,34 @@ static int fl_members(fl_t *F, ds_value_t *obj, int indent, int first_inline) {
     }
     const char *k;
     size_t kl;
+    int plain;
     ds_value_t *v = NULL;
-    if (fl_key(F, &k, &kl) != FL_OK || fl_after_key(F, indent, &v) != FL_OK) return FL_DECLINE;
-    ds_value_object_add(F->a, obj, k, kl, v);
+    if (fl_key(F, &k, &kl, &plain) != FL_OK) return FL_DECLINE;
+    ds_buf_t *J = F->json;
+    if (!J) {
+      if (fl_after_key(F, indent, &v) != FL_OK) return FL_DECLINE;
+      ds_value_object_add(F->a, obj, k, kl, v);
+      continue;
+    }
+    if (i) jputc(J, ',');
+    /* (k may point into tmp, which the value reuses: use it before the value) */
+    int top = F->depth == 0 && F->info;
+    int is_want = top && F->want && !F->info->want_found && kl == F->want_len &&
+                  memcmp(k, F->want, kl) == 0;
+    ds__yaml_span_t sp;
+    sp.key_start = J->len;
+    if (plain) jstr_plain(J, (const unsigned char *)k, kl);
+    else ds_json_write_string(J, k, kl);
+    sp.key_end = J->len;
+    jputc(J, ':');
+    sp.val_start = J->len;
+    if (fl_after_key(F, indent, &v) != FL_OK) return FL_DECLINE;
+    sp.val_end = J->len;
+    if (top && i == 0) F->info->first = sp;
+    if (is_want) {
+      F->info->want_found = 1;
+      F->info->want = sp;
+    }
   }
 }
 
@@ -839,28 +950,31 @@ static int fl_items(fl_t *F, ds_value_t *arr, int indent, int first_inline) {
       if (r == 0 && i) return FL_OK;
       if (r != 1) return FL_DECLINE;
     }
-    if (F->end - F->p < 2 || F->p[0] != '-' || F->p[1] != ' ') {
-      if (i) return FL_DECLINE; /* a mapping key at a sequence's indent: not ours */
-      return FL_DECLINE;
-    }
+    if (F->end - F->p < 2 || F->p[0] != '-' || F->p[1] != ' ') return FL_DECLINE;
     F->p += 2;
-    ds_value_t *v;
+    ds_buf_t *J = F->json;
+    if (J && i) jputc(J, ',');
+    ds_value_t *v = NULL;
     int rc;
     if (F->end - F->p >= 2 && F->p[0] == '-' && F->p[1] == ' ') {
       if (++F->depth > DS__YAML_MAX_DEPTH / 2) return FL_DECLINE;
-      v = ds_value_array(F->a, 0);
+      if (J) jputc(J, '[');
+      else v = ds_value_array(F->a, 0);
       rc = fl_items(F, v, indent + 2, 1);
+      if (J) jputc(J, ']');
       F->depth--;
     } else if (fl_line_is_key(F)) {
       if (++F->depth > DS__YAML_MAX_DEPTH / 2) return FL_DECLINE;
-      v = ds_value_object(F->a, 4);
+      if (J) jputc(J, '{');
+      else v = ds_value_object(F->a, 4);
       rc = fl_members(F, v, indent + 2, 1);
+      if (J) jputc(J, '}');
       F->depth--;
     } else {
       rc = fl_inline(F, &v);
     }
     if (rc != FL_OK) return FL_DECLINE;
-    ds_value_array_push(F->a, arr, v);
+    if (!J) ds_value_array_push(F->a, arr, v);
   }
 }
 
@@ -868,7 +982,7 @@ int ds__yaml_load_doc_fast(ds_arena_t *a, const char *s, size_t n, ds_value_t **
   if (!s || n < 5 || memcmp(s, "---\n", 4) != 0 || s[n - 1] != '\n') return 0;
   if (!ds_utf8_valid(s, n)) return 0; /* libyaml reports the encoding error */
   ds_buf_t tmp = DS_BUF_INIT;
-  fl_t F = {(const unsigned char *)s + 4, (const unsigned char *)s + n, a, &tmp, 0};
+  fl_t F = {(const unsigned char *)s + 4, (const unsigned char *)s + n, a, NULL, &tmp, 0, NULL, 0, NULL};
   if (F.p < F.end && (*F.p == ' ' || (F.end - F.p >= 2 && F.p[0] == '-' && F.p[1] == ' '))) {
     ds_buf_free(&tmp);
     return 0;
@@ -878,6 +992,29 @@ int ds__yaml_load_doc_fast(ds_arena_t *a, const char *s, size_t n, ds_value_t **
   ds_buf_free(&tmp);
   if (rc != FL_OK || F.p != F.end) return 0;
   *out = root;
+  return 1;
+}
+
+int ds__yaml_doc_to_json(const char *s, size_t n, ds_buf_t *out, const char *want,
+                         size_t want_len, ds__yaml_json_info_t *info) {
+  if (!s || n < 5 || memcmp(s, "---\n", 4) != 0 || s[n - 1] != '\n') return 0;
+  const unsigned char *p = (const unsigned char *)s + 4;
+  if (*p == ' ' || (n >= 6 && p[0] == '-' && p[1] == ' ')) return 0;
+  if (!ds_utf8_valid(s, n)) return 0;
+  memset(info, 0, sizeof *info);
+  ds_buf_t tmp = DS_BUF_INIT;
+  size_t base = out->len;
+  ds_buf_reserve(out, n + 16); /* the JSON is about as long as the YAML */
+  fl_t F = {p, (const unsigned char *)s + n, NULL, out, &tmp, 0, want, want_len, info};
+  jputc(out, '{');
+  int rc = fl_members(&F, NULL, 0, 0);
+  jputc(out, '}');
+  ds_buf_free(&tmp);
+  if (rc != FL_OK || F.p != F.end) {
+    out->len = base;
+    if (out->data) out->data[base] = '\0';
+    return 0;
+  }
   return 1;
 }
 
