@@ -19,28 +19,15 @@ bin="${DS_BINARY:-$here/build/durable-stream}"
 cache="${DS_CONFORMANCE_CACHE:-$here/.cache/conformance}"
 stores="${DS_CONFORMANCE_STORES:-yaml memory}"
 subs_modes="${DS_CONFORMANCE_SUBS:-1 0}"
-SUITE_VERSION=0.3.6
 EXPECTED_TOTAL=338
 
 if [ ! -x "$bin" ]; then
   echo "conformance: binary not found: $bin (set DS_BINARY)" >&2
   exit 1
 fi
-if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-  echo "conformance: node/npm not available" >&2
-  exit 1
-fi
 
-suite_pkg="$cache/node_modules/@durable-streams/server-conformance-tests/package.json"
-if [ ! -f "$suite_pkg" ] || ! grep -q "\"version\": \"$SUITE_VERSION\"" "$suite_pkg" \
-   || [ ! -f "$cache/node_modules/vitest/package.json" ]; then
-  mkdir -p "$cache"
-  printf '{"name":"ds-conformance-runner","private":true,"type":"module"}\n' >"$cache/package.json"
-  echo "conformance: installing @durable-streams/server-conformance-tests@$SUITE_VERSION into $cache"
-  (cd "$cache" && npm install --no-audit --no-fund --loglevel=error \
-     "@durable-streams/server-conformance-tests@$SUITE_VERSION" vitest@4.1.12 fast-check@4.10.2 \
-     @durable-streams/client@0.2.7) || { echo "conformance: npm install failed" >&2; exit 1; }
-fi
+. "$here/tests/lib/ds_npm.sh"
+ds_npm_ensure "$cache" || exit 1
 
 # The runner: one vitest file that calls the suite's programmatic entry point.
 cat >"$cache/conformance.test.mjs" <<'EOF'
