@@ -65,6 +65,8 @@ struct ds_protocol_s {
   ds__waiter_t *waiters; /* live reads (long-poll and SSE), for shutdown */
   bool shutting_down;
   struct ds__subs_s *subs; /* reserved subscription APIs (NULL when disabled) */
+  uv_timer_t *sweep;       /* periodic expiry of cached TTL / Expires-At streams; owns itself
+                              once closing so ds_protocol_free never races its close */
 };
 
 /* ---- response headers ---- */
@@ -101,6 +103,9 @@ int ds__state_save(ds_protocol_t *p, ds__pstream_t *st);
 /** Forgets the cached state (after the stream was deleted). */
 void ds__state_forget(ds_protocol_t *p, const char *path);
 void ds__state_free_all(ds_protocol_t *p);
+/** Starts / stops the periodic expiry sweep over cached states. */
+void ds__sweep_start(ds_protocol_t *p);
+void ds__sweep_stop(ds_protocol_t *p);
 /** Deletes a stream for good and releases its fork parent (cascading through
  *  soft-deleted parents whose last fork went away). */
 void ds__state_delete_cascade(ds_protocol_t *p, const char *path);

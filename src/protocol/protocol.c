@@ -89,17 +89,20 @@ ds_protocol_t *ds_protocol_new(uv_loop_t *loop, ds_streams_t *streams,
   p->tab_cap = 256;
   p->tab = ds_xcalloc(p->tab_cap, sizeof *p->tab);
   if (p->opts.subscriptions) p->subs = ds__subs_new(p);
+  ds__sweep_start(p);
   return p;
 }
 
 void ds_protocol_shutdown(ds_protocol_t *p) {
   p->shutting_down = true;
+  ds__sweep_stop(p);
   ds__reads_shutdown(p);
   if (p->subs) ds__subs_shutdown(p->subs);
 }
 
 void ds_protocol_free(ds_protocol_t *p) {
   if (!p) return;
+  ds__sweep_stop(p); /* normally done by ds_protocol_shutdown; the caller runs the loop */
   if (p->subs) ds__subs_free(p->subs);
   ds__state_free_all(p);
   free(p->tab);

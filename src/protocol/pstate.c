@@ -324,3 +324,48 @@ ds__pstream_t *ds__state_get(ds_protocol_t *p, const char *path, ds_stream_t **o
   if (out_s) *out_s = s;
   return st;
 }
+
+/* ---- periodic expiry ----
+ * Reads and writes expire streams lazily; the sweep reclaims streams nobody touches any
+ * more (their records would otherwise stay in the memory store forever). */
+
+#define SWEEP_INTERVAL_MS 5000
+
+static void sweep_cb(uv_timer_t *t) {
+  ds_protocol_t *p = t->data;
+  int64_t now = ds_clock_wall_ms();
+  size_t n = 0, cap = 0;
+  char **paths = NULL;
+  for (size_t i = 0; i < p->tab_cap; i++)
+    for (ds__pstream_t *e = p->tab[i]; e; e = e->hnext)
+      if (!e->soft_deleted && ds__state_expired(e, now)) {
+        if (n == cap) {
+          cap = cap ? cap * 2 : 16;
+          paths = ds_xrealloc(paths, cap * sizeof *paths);
+        }
+        paths[n++] = ds_xstrdup(e->path);
+      }
+  /* collected first: expiring one stream may delete others (cascading fork GC) */
+  for (size_t i = 0; i < n; i++) {
+    ds__state_get(p, paths[i], NULL);
+    free(paths[i]);
+  }
+  free(paths);
+}
+
+void ds__sweep_start(ds_protocol_t *p) {
+  p->sweep = ds_xcalloc(1, sizeof *p->sweep);
+  uv_timer_init(p->loop, p->sweep);
+  p->sweep->data = p;
+  uv_timer_start(p->sweep, sweep_cb, SWEEP_INTERVAL_MS, SWEEP_INTERVAL_MS);
+  uv_unref((uv_handle_t *)p->sweep);
+}
+
+static void sweep_closed(uv_handle_t *h) { free(h); }
+
+void ds__sweep_stop(ds_protocol_t *p) {
+  if (!p->sweep) return;
+  uv_timer_stop(p->sweep);
+  uv_close((uv_handle_t *)p->sweep, sweep_closed);
+  p->sweep = NULL;
+}

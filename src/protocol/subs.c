@@ -730,7 +730,7 @@ static void handle_put(struct ds__subs_s *ss, ds_http_req_t *req, const char *id
   if (dv && dv->type == DS_V_STRING) desc = ds_xstrndup(dv->u.str.s, dv->u.str.len);
 
   /* canonical configuration, for idempotent re-confirmation */
-  qsort(streams, nstreams, sizeof *streams, cmp_str);
+  if (nstreams > 1) qsort(streams, nstreams, sizeof *streams, cmp_str);
   ds_buf_printf(&cfg, "%d|", webhook);
   ds_json_write_string(&cfg, pattern ? pattern : "", pattern ? strlen(pattern) : 0);
   for (size_t i = 0; i < nstreams; i++) {
