@@ -31,6 +31,13 @@ ds_lua_host_t *ds_lua_host_new(uv_loop_t *loop, ds_streams_t *streams, const ds_
                                char *err, size_t errlen);
 /** Offers a request to Lua routes; returns 1 if a route took it (it will answer), else 0. */
 int ds_lua_host_handle(ds_lua_host_t *h, ds_http_req_t *req);
+typedef struct ds_lua_host_stats_s {
+  uint64_t tasks_live, refs, hooks_failed, events_dispatched, tasks_killed, mem_bytes;
+} ds_lua_host_stats_t;
+/** Counters for /debug/stats and tests (refs and tasks_live return to their baseline
+ *  once every hook and request has finished). */
+void ds_lua_host_stats(const ds_lua_host_t *h, ds_lua_host_stats_t *out);
+
 /** Cancels running tasks and closes handles; the caller runs the loop afterwards. */
 void ds_lua_host_shutdown(ds_lua_host_t *h);
 /** Frees the state; reports leaked refs/tasks with ds_warn and returns their count. */
