@@ -2,9 +2,9 @@
  *
  * Provides: ds_protocol_new/handle/shutdown/free; routes /v1/stream/<path> by method to
  * the operation units and /v1/stream/__ds/... to the subscription APIs; builds every
- * response's CORS and browser security headers (X-Content-Type-Options: nosniff and
- * Cross-Origin-Resource-Policy on all responses, errors included) and answers CORS
- * preflights.
+ * response's browser security headers (X-Content-Type-Options: nosniff and
+ * Cross-Origin-Resource-Policy on all responses, errors included) and answers
+ * origin-less OPTIONS (the application answers CORS preflights and adds CORS headers).
  * Must not: implement operations itself (ops.c, read.c, subs.c do).
  */
 #include <stdarg.h>
@@ -18,17 +18,8 @@
 void ds__hdrs_init(ds__hdrs_t *h, ds_arena_t *a) {
   h->n = 0;
   h->a = a;
-  ds__hdr(h, "Access-Control-Allow-Origin", "*");
-  ds__hdr(h, "Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, HEAD, OPTIONS");
-  ds__hdr(h, "Access-Control-Allow-Headers",
-          "content-type, authorization, if-none-match, Stream-Seq, Stream-TTL, "
-          "Stream-Expires-At, Stream-Closed, Producer-Id, Producer-Epoch, Producer-Seq, "
-          "Stream-Forked-From, Stream-Fork-Offset, Stream-Fork-Sub-Offset");
-  ds__hdr(h, "Access-Control-Expose-Headers",
-          "Stream-Next-Offset, Stream-Cursor, Stream-Up-To-Date, Stream-Closed, "
-          "Stream-TTL, Stream-Expires-At, Stream-SSE-Data-Encoding, Producer-Epoch, "
-          "Producer-Seq, Producer-Expected-Seq, Producer-Received-Seq, ETag, Location, "
-          "Content-Type");
+  /* CORS (allowed origins, exposed headers) is the application's policy (app.c adds it
+   * to every response); these two the protocol requires on every response regardless. */
   ds__hdr(h, "X-Content-Type-Options", "nosniff");
   ds__hdr(h, "Cross-Origin-Resource-Policy", "cross-origin");
 }
@@ -126,7 +117,12 @@ void ds_protocol_handle(ds_protocol_t *p, ds_http_req_t *req) {
     ds_arena_init(&a);
     ds__hdrs_t h;
     ds__hdrs_init(&h, &a);
-    ds__hdr(&h, "Access-Control-Max-Age", "86400");
+    ds__hdr(&h, "Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, HEAD, OPTIONS");
+    ds__hdr(&h, "Access-Control-Allow-Headers",
+            "content-type, authorization, if-none-match, Stream-Seq, Stream-TTL, "
+            "Stream-Expires-At, Stream-Closed, Producer-Id, Producer-Epoch, Producer-Seq, "
+            "Stream-Forked-From, Stream-Fork-Offset, Stream-Fork-Sub-Offset");
+    ds__hdr(&h, "Access-Control-Max-Age", "600");
     ds_http_respond(req, 204, ds__hdrs_done(&h), NULL, 0);
     ds_arena_free(&a);
     return;
