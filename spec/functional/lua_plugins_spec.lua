@@ -54,6 +54,7 @@ describe("plugins", function()
       -- appends and reads of plain streams still work
       assert.equal(204, srv:post("plain/x", "note", { n = 1 }))
       assert.equal(1, #srv:events("plain/x"))
+      assert.same({ n = 1 }, srv:first_live_event("plain/x").payload)
     end)
     srv:stop()
     local log = srv:log()
