@@ -181,7 +181,13 @@ run() {
 }
 # get <id> <key>: a field of the tool's RESULT line ("" if absent)
 get() { [ -f "$WORK/$1.out" ] && sed -n 's/^RESULT //p' "$WORK/$1.out" | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n1; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
+ratio() {
+  awk -v a="$1" -v b="$2" 'BEGIN {
+    if (a == "" || b == "" || b + 0 == 0) { print "-"; exit }
+    r = a / b
+    if (r >= 10) printf "%.1f", r; else if (r >= 0.1) printf "%.2f", r; else printf "%.2g", r
+  }'
+}
 row() { ROWS+=("| $1 | $2 | ${3:--} | ${4:--} | $(ratio "${3:-}" "${4:-}") | $5 | ${6:-} |"); }
 # flags <id>: short notes about a run (saturation, errors, gaps)
 flags() {
@@ -192,6 +198,11 @@ flags() {
   local v
   v=$(get "$id" server_cpu)
   [ -n "$v" ] && [ "${v:0:1}" != - ] && f="$f server cpu $(awk -v x="$v" 'BEGIN { printf "%.0f", x * 100 }')%;"
+  # run-queue waits above 10 %: other processes (or the other side) starved this one
+  v=$(get "$id" server_wait)
+  [ -n "$v" ] && awk -v x="$v" 'BEGIN { exit !(x > 0.10) }' && f="$f server waited for a CPU $(awk -v x="$v" 'BEGIN { printf "%.0f", x * 100 }')%;"
+  v=$(get "$id" gen_wait)
+  [ -n "$v" ] && awk -v x="$v" 'BEGIN { exit !(x > 0.10) }' && f="$f generator waited for a CPU $(awk -v x="$v" 'BEGIN { printf "%.0f", x * 100 }')%;"
   v=$(get "$id" errors); [ -n "$v" ] && [ "$v" != 0 ] && f="$f $v errors;"
   v=$(get "$id" non2xx); [ -n "$v" ] && [ "$v" != 0 ] && f="$f $v non-2xx;"
   v=$(get "$id" missed); [ -n "$v" ] && [ "$v" != 0 ] && f="$f $v missed;"
