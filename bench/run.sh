@@ -177,6 +177,8 @@ flags() {
   grep -q '^RESULT' "$WORK/$id.out" || { echo "failed (see raw output)"; return; }
   [ "$(get "$id" saturated)" = 1 ] && f="$f generator saturated;"
   local v
+  v=$(get "$id" server_cpu)
+  [ -n "$v" ] && [ "${v:0:1}" != - ] && f="$f server cpu $(awk -v x="$v" 'BEGIN { printf "%.0f", x * 100 }')%;"
   v=$(get "$id" errors); [ -n "$v" ] && [ "$v" != 0 ] && f="$f $v errors;"
   v=$(get "$id" non2xx); [ -n "$v" ] && [ "$v" != 0 ] && f="$f $v non-2xx;"
   v=$(get "$id" missed); [ -n "$v" ] && [ "$v" != 0 ] && f="$f $v missed;"
@@ -215,15 +217,18 @@ start_ref
 probe_ours
 REF_ON=0; [ -n "$REF_URL" ] && REF_ON=1
 T_START=$(date +%s)
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+awk -v l="${LOAD_BEFORE%% *}" 'BEGIN { exit !(l > 0.5) }' &&
+  note "the machine was busy before the run (load average $LOAD_BEFORE): other work competes with servers and generators, so figures are noisy"
 
 # ---- append --------------------------------------------------------------------------
 if want append; then
   for cp in $APPEND_CASES; do
     c=${cp%%:*} p=${cp##*:}
     args=(-c "$c" --paths "$p" -d "$APPEND_D" --warmup "$APPEND_W")
-    [ "$OURS_AGENTS" = 1 ] && run "append-$c-$p-ours-agents" dsbench-append --url "$OURS_URL" --kind agents --prefix "bench/a$c-$p-ag" "${args[@]}"
-    [ "$OURS_PROTOCOL" = 1 ] && run "append-$c-$p-ours-protocol" dsbench-append --url "$OURS_URL" --kind protocol --prefix "bench/a$c-$p-pr" "${args[@]}"
-    [ "$REF_ON" = 1 ] && run "append-$c-$p-ref" dsbench-append --url "$REF_URL" --kind protocol --prefix "bench/a$c-$p-pr" "${args[@]}"
+    [ "$OURS_AGENTS" = 1 ] && run "append-$c-$p-ours-agents" dsbench-append --url "$OURS_URL" --server-pid "$OURS_PID" --kind agents --prefix "bench/a$c-$p-ag" "${args[@]}"
+    [ "$OURS_PROTOCOL" = 1 ] && run "append-$c-$p-ours-protocol" dsbench-append --url "$OURS_URL" --server-pid "$OURS_PID" --kind protocol --prefix "bench/a$c-$p-pr" "${args[@]}"
+    [ "$REF_ON" = 1 ] && run "append-$c-$p-ref" dsbench-append --url "$REF_URL" --server-pid "$REF_PID" --kind protocol --prefix "bench/a$c-$p-pr" "${args[@]}"
     sc="append, $c conns, $p path$([ "$p" != 1 ] && echo s)"
     a="append-$c-$p-ours-agents" r="append-$c-$p-ref" q="append-$c-$p-ours-protocol"
     row "$sc" "req/s: ours /agents vs ref JSON append" "$(get $a rps)" "$(get $r rps)" "higher" "$(both_flags $a $r)"
@@ -253,10 +258,10 @@ if want fanout; then
     S=${sr%%:*} R=${sr##*:}
     big=0; [ "$sr" = "$FANOUT_BIG" ] && big=1
     args=(-s "$S" -r "$R" -d "$FANOUT_D" --warmup "$FANOUT_W")
-    [ "$OURS_AGENTS" = 1 ] && run "fanout-$S-ours-agents" dsbench-fanout --url "$OURS_URL" --kind agents "${args[@]}"
-    [ "$OURS_PROTOCOL" = 1 ] && run "fanout-$S-ours-protocol" dsbench-fanout --url "$OURS_URL" --kind protocol "${args[@]}"
+    [ "$OURS_AGENTS" = 1 ] && run "fanout-$S-ours-agents" dsbench-fanout --url "$OURS_URL" --server-pid "$OURS_PID" --kind agents "${args[@]}"
+    [ "$OURS_PROTOCOL" = 1 ] && run "fanout-$S-ours-protocol" dsbench-fanout --url "$OURS_URL" --server-pid "$OURS_PID" --kind protocol "${args[@]}"
     # the reference is not asked to hold 10,000 subscribers (ours only, by design)
-    [ "$REF_ON" = 1 ] && [ $big = 0 ] && run "fanout-$S-ref" dsbench-fanout --url "$REF_URL" --kind protocol "${args[@]}"
+    [ "$REF_ON" = 1 ] && [ $big = 0 ] && run "fanout-$S-ref" dsbench-fanout --url "$REF_URL" --server-pid "$REF_PID" --kind protocol "${args[@]}"
     fanout_rows "$S" "$R" "fanout-$S-ours-agents" "fanout-$S-ref" "ours /agents SSE vs ref SSE"
     [ "$OURS_PROTOCOL" = 1 ] && fanout_rows "$S" "$R" "fanout-$S-ours-protocol" "fanout-$S-ref" "/v1/stream SSE vs /v1/stream SSE"
   done
@@ -300,6 +305,7 @@ if want idle; then
 fi
 
 T_END=$(date +%s)
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---- report ------------------------------------------------------------------------------
 for f in "$WORK"/*.out; do
@@ -316,6 +322,7 @@ mkdir -p "$(dirname "$OUT")"
   echo "* ours: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null) \`$DS_BINARY --port 0 --data-dir <tmp> ${DS_SERVER_ARGS:-}\` (storage and fsync from config.lua); /agents: $([ "$OURS_AGENTS" = 1 ] && echo yes || echo no), /v1/stream: $([ "$OURS_PROTOCOL" = 1 ] && echo yes || echo no)"
   echo "* reference: @durable-streams/server 0.3.7 (in-memory store, compression off) on Node $(node --version 2>/dev/null)"
   echo "* load generators: bench/tools (single-threaded epoll, HTTP/1.1 keep-alive), on the same machine as the servers"
+  echo "* load average (1/5/15 min): $LOAD_BEFORE before the scenarios, $LOAD_AFTER after"
   echo
   echo "Ratio = ours / reference (for the last-10 row: big stream / small stream). \"better\" says which direction is good for ours."
   echo

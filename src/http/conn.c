@@ -764,6 +764,13 @@ void ds__conn_sweep(ds__conn_t *c, uint64_t now) {
 void ds__conn_server_stop(ds__conn_t *c) {
   if (c->closing) return;
   ds__req_t *r = c->req;
+  if (r && r->state != DS__REQ_RECEIVING && c->in_dispatch) {
+    /* The handler of this very request stopped the server and still holds req: let it
+     * answer (with Connection: close); the stop deadline bounds the wait. */
+    ds__conn_close_after(c);
+    set_deadline(c, DS__T_LINGER, DS__STOP_MS);
+    return;
+  }
   if (r && r->state == DS__REQ_STREAMING && r->chunked_out) ds__conn_queue_copy(c, "0\r\n\r\n", 5);
   if (r && r->state == DS__REQ_RECEIVING) {
     c->req = NULL;

@@ -51,6 +51,7 @@ static inline size_t utf8_seq(const unsigned char *p, const unsigned char *end) 
 }
 
 int ds_utf8_valid(const char *s, size_t n) {
+  if (!n) return 1; /* also avoids arithmetic on a NULL pointer */
   const unsigned char *p = (const unsigned char *)s, *end = p + n;
   while (p < end) {
     /* ASCII fast path, 8 bytes at a time */
@@ -440,6 +441,7 @@ int ds_json_parse(ds_arena_t *a, const char *s, size_t n, int max_depth, ds_valu
                   char *err, size_t errlen) {
   jp_t j;
   memset(&j, 0, sizeof j);
+  if (!s) s = ""; /* (NULL, 0): no arithmetic on a NULL pointer */
   j.start = j.p = (const unsigned char *)s;
   j.end = j.p + n;
   j.a = a;
@@ -479,6 +481,7 @@ static const unsigned char wr_class[256] = {
 static const char hexdig[] = "0123456789abcdef";
 
 void ds_json_write_string(ds_buf_t *b, const char *s, size_t n) {
+  if (!s) s = "";
   const unsigned char *p = (const unsigned char *)s, *end = p + n, *run = p;
   /* Worst case is 6 output bytes per input byte; reserve for the common case only. */
   ds_buf_reserve(b, n + 2);
@@ -619,6 +622,7 @@ static const unsigned char b64dec[256] = {
 };
 
 int ds_base64_decode(ds_buf_t *out, const char *s, size_t n) {
+  if (!s) s = "";
   size_t start = out->len;
   ds_buf_reserve(out, n / 4 * 3 + 3);
   unsigned acc = 0;

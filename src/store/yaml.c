@@ -132,8 +132,8 @@ static inline size_t special_mb(const unsigned char *p, const unsigned char *end
 }
 
 int ds_yaml_scalar_plain_ok(const char *str, size_t n) {
-  const unsigned char *s = (const unsigned char *)str, *end = s + n;
   if (n == 0) return 0;
+  const unsigned char *s = (const unsigned char *)str, *end = s + n;
   if (s[0] == ' ' || s[n - 1] == ' ' || s[n - 1] == ':') return 0;
   switch (s[0]) {
   case '-': case '?': case ':': case ',': case '[': case ']': case '{': case '}':
@@ -468,6 +468,7 @@ int ds_yaml_load_doc(ds_arena_t *a, const char *s, size_t n, ds_value_t **out, c
   L.errlen = errlen;
   if (err && errlen) err[0] = '\0';
 
+  if (!s) s = "";
   yaml_parser_t p;
   if (!yaml_parser_initialize(&p)) ds_oom();
   yaml_parser_set_input_string(&p, (const unsigned char *)s, n);

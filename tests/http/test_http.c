@@ -341,6 +341,8 @@ static int path_is(const ds_http_req_t *req, const char *p) {
   return req->path_len == strlen(p) && memcmp(req->path, p, req->path_len) == 0;
 }
 
+static void on_stopped(void *ud);
+
 static void handler(void *ud, ds_http_req_t *req) {
   test_ctx_t *t = ud;
   atomic_fetch_add(&g_handler_calls, 1);
@@ -401,6 +403,12 @@ static void handler(void *ud, ds_http_req_t *req) {
     uv_timer_start(&d->timer, deferred_fire, qnum(req, "ms", 10), 0);
     ds_http_req_on_close(req, deferred_on_close, d);
     atomic_fetch_add(&g_deferred_started, 1);
+    return;
+  }
+  if (path_is(req, "/stop-now")) { /* stopping from inside a handler, then answering */
+    t->srv = NULL;
+    ds_http_server_stop(ds_http_req_server(req), on_stopped, t);
+    ds_http_respond(req, 200, NULL, "bye", 3);
     return;
   }
   if (path_is(req, "/close")) {
@@ -911,6 +919,25 @@ static void c_stop(test_ctx_t *t) {
 }
 static void test_stop(void **s) { http_run(NULL, c_stop); }
 
+static void c_stop_in_handler(test_ctx_t *t) {
+  cli_t c, other;
+  resp_t r;
+  CHECK(cli_open(t, &other, 0) == 0);
+  CHECK(cli_sends(&other, "GET /deferred?ms=60000 HTTP/1.1\r\nHost: a\r\n\r\n") == 0);
+  CHECK(wait_for(&g_deferred_started, 1));
+  CHECK(cli_open(t, &c, 0) == 0);
+  CHECK(cli_sends(&c, "GET /stop-now HTTP/1.1\r\nHost: a\r\n\r\n") == 0);
+  CHECK(cli_response(&c, &r, 0) == 0);
+  CHECK(r.status == 200 && strcmp(r.body, "bye") == 0 && strstr(r.head, "Connection: close"));
+  resp_free(&r);
+  CHECK(cli_expect_eof(&c));
+  CHECK(cli_expect_eof(&other));
+  CHECK(wait_for(&g_deferred_closed, 1));
+  cli_close(&c);
+  cli_close(&other);
+}
+static void test_stop_in_handler(void **s) { http_run(NULL, c_stop_in_handler); }
+
 /* ---- pure helpers ---- */
 
 static void test_query(void **s) {
@@ -941,6 +968,10 @@ static void test_query(void **s) {
   assert_string_equal(v, "a+b+");
   free(v);
   assert_int_equal(ds_http_pct_decode("%", 1, 0, &v, &n), -1);
+  ds_buf_t j = DS_BUF_INIT;
+  ds__append_json_string(&j, "a\xc3\xa9\xff\xed\xa0\x80\xf0\x9f\x98\x80\xe2\x82", 13);
+  assert_string_equal(ds_buf_cstr(&j), "\"a\xc3\xa9\\ufffd\\ufffd\\ufffd\\ufffd\xf0\x9f\x98\x80\\ufffd\\ufffd\"");
+  ds_buf_free(&j);
   assert_string_equal(ds_http_status_text(404), "Not Found");
   assert_string_equal(ds_http_status_text(431), "Request Header Fields Too Large");
 }
@@ -985,6 +1016,7 @@ int main(void) {
       cmocka_unit_test(test_timeouts),    cmocka_unit_test(test_maxconn),
       cmocka_unit_test(test_head_http10), cmocka_unit_test(test_streaming),
       cmocka_unit_test(test_disconnect),  cmocka_unit_test(test_stop),
+      cmocka_unit_test(test_stop_in_handler),
   };
   return cmocka_run_group_tests_name("http", tests, NULL, NULL);
 }

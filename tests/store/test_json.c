@@ -204,6 +204,20 @@ static void test_invalid_utf8(void **st) {
 
 static void test_utf8_valid(void **st) {
   (void)st;
+  assert_true(ds_utf8_valid(NULL, 0));
+  {
+    ds_arena_t a;
+    ds_arena_init(&a);
+    ds_value_t *v;
+    char e[64];
+    assert_int_equal(ds_json_parse(&a, NULL, 0, 0, &v, e, sizeof e), DS_EINVAL);
+    ds_buf_t b = DS_BUF_INIT;
+    ds_json_write_string(&b, NULL, 0);
+    assert_int_equal(ds_base64_decode(&b, NULL, 0), 0);
+    assert_string_equal(ds_buf_cstr(&b), "\"\"");
+    ds_buf_free(&b);
+    ds_arena_free(&a);
+  }
   assert_true(ds_utf8_valid("", 0));
   assert_true(ds_utf8_valid("hello world, this is longer than 8", 34));
   assert_true(ds_utf8_valid("a\0b", 3));

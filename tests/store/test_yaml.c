@@ -34,6 +34,7 @@ static const char *emit_json(const char *json) {
 
 /* YAML text -> compact JSON (static buffer), or NULL on a load error (g_err set). */
 static const char *load_n(const char *y, size_t n) {
+  if (!y) assert_int_equal(n, 0);
   static ds_buf_t out;
   ds_arena_t a;
   ds_arena_init(&a);
@@ -271,6 +272,7 @@ static void test_load_errors(void **st) {
   expect_load_err("---\na: &s [1]\n", 14, "anchors");
   expect_load_err("---\na: 1\n---\nb: 2\n", 17, "line 3: more than one document");
   expect_load_err("", 0, "line 1: no YAML document");
+  expect_load_err(NULL, 0, "line 1: no YAML document");
   expect_load_err("# only a comment\n", 17, "no YAML document");
   expect_load_err("---\na: [1, 2\n", 13, "line ");
   expect_load_err("---\na: b: c\n", 11, "line 2:");
