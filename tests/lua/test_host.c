@@ -38,6 +38,17 @@ static const char *PING =
     "ds.on('t:ping', function(ev)\n"
     "  ds.sleep(1)\n"
     "  ds.append('out/' .. ev.path, 't:pong', ds.json.obj('seen', ev.offset, 'n', ev.payload.n))\n"
+    "end)\n"
+    "ds.on('t:watch', function(ev)\n"
+    "  local sub <close> = ds.subscribe('w', 0)\n"
+    "  local v, why = ds.subscribe('quiet'):next(5)\n"
+    "  assert(v == nil and why == 'timeout')\n"
+    "  local seen = {}\n"
+    "  for e in sub:events(5000) do\n"
+    "    seen[#seen + 1] = e.payload.i\n"
+    "    if #seen == 3 then break end\n"
+    "  end\n"
+    "  ds.append('out/w', 't:got', {seen = seen, next = sub:offset()})\n"
     "end)\n";
 
 static int setup(void **state) {
@@ -155,6 +166,26 @@ static void test_hooks_see_only_their_types(void **state) {
   if (!strstr(got, "\"payload\":{\"seen\":\"0000000000000050\",\"n\":9007199254740993}")) fail_msg("got %s", got);
 }
 
+static void test_subscription_yields_until_events_arrive(void **state) {
+  fx_t *f = *state;
+  append(f, "w", "{\"type\":\"t:x\",\"payload\":{\"i\":1}}");
+  append(f, "ctl", "{\"type\":\"t:watch\",\"payload\":{}}");
+  /* let the hook start and block, then publish the rest */
+  for (int i = 0; i < 20; i++) uv_run(&f->loop, UV_RUN_NOWAIT);
+  append(f, "w", "{\"type\":\"t:x\",\"payload\":{\"i\":2}}");
+  append(f, "w", "{\"type\":\"t:x\",\"payload\":{\"i\":3}}");
+  run_until(f, "out/w", 1);
+  run_until_idle(f);
+  ds_stream_t *s;
+  assert_int_equal(ds_streams_get(f->ss, "out/w", 0, 0, &s), 0);
+  char got[512] = "";
+  assert_int_equal(ds_store_read(ds_stream_store(s), 0, 1, 4096, copy_first, got), 1);
+  if (!strstr(got, "\"payload\":{\"next\":3,\"seen\":[1,2,3]}")) fail_msg("got %s", got);
+  ds_lua_host_stats_t st;
+  ds_lua_host_stats(f->h, &st);
+  assert_int_equal(st.hooks_failed, 0);
+}
+
 static void test_echo_agent_end_to_end(void **state) {
   fx_t *f = *state;
   append(f, "chat", "{\"type\":\"iterate:agent:action:send-user-message:called\",\"payload\":{\"content\":\"one two\"}}");
@@ -178,6 +209,7 @@ static void test_shutdown_mid_answer(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_hooks_see_only_their_types, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_subscription_yields_until_events_arrive, setup, teardown),
       cmocka_unit_test_setup_teardown(test_echo_agent_end_to_end, setup, teardown),
       cmocka_unit_test_setup_teardown(test_shutdown_mid_answer, setup, teardown),
   };
