@@ -379,6 +379,44 @@ int bt_loop_poll(int timeout_ms) {
   return n;
 }
 
+uint64_t bt_proc_cpu_ns(long pid) {
+  char path[64], buf[1024];
+  snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
+  FILE *f = fopen(path, "r");
+  if (!f) return 0;
+  size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+  fclose(f);
+  buf[n] = 0;
+  /* the command name may contain spaces: fields are counted after its closing ')' */
+  char *p = strrchr(buf, ')');
+  if (!p) return 0;
+  unsigned long long ut = 0, st = 0;
+  if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+    return 0;
+  long hz = sysconf(_SC_CLK_TCK);
+  if (hz <= 0) hz = 100;
+  return (uint64_t)(ut + st) * (1000000000ull / (uint64_t)hz);
+}
+
+double bt_server_cpu_share(long pid, uint64_t cpu0, uint64_t wall_ns) {
+  if (pid <= 0 || wall_ns == 0) return -1;
+  uint64_t cpu1 = bt_proc_cpu_ns(pid);
+  if (cpu1 == 0 || cpu1 < cpu0) return -1;
+  return (double)(cpu1 - cpu0) / (double)wall_ns;
+}
+
+uint64_t bt_proc_wait_ns(long pid) {
+  char path[64];
+  if (pid > 0) snprintf(path, sizeof(path), "/proc/%ld/schedstat", pid);
+  else snprintf(path, sizeof(path), "/proc/self/schedstat");
+  FILE *f = fopen(path, "r");
+  if (!f) return 0;
+  unsigned long long run = 0, wait = 0;
+  int n = fscanf(f, "%llu %llu", &run, &wait);
+  fclose(f);
+  return n == 2 ? (uint64_t)wait : 0;
+}
+
 long bt_rss_kb(long pid) {
   char path[64];
   snprintf(path, sizeof(path), "/proc/%ld/status", pid);

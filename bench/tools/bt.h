@@ -104,6 +104,18 @@ void bt_conn_close(bt_conn_t *c, int reset);
 
 /* ---- small helpers ------------------------------------------------------------- */
 
+/* CPU time (user+system, ns) used so far by process pid, from /proc/<pid>/stat;
+ * 0 when unreadable. Used to tell whether a server was CPU-bound during a run. */
+uint64_t bt_proc_cpu_ns(long pid);
+/* Share of one core that pid used since its CPU time was cpu0, over wall_ns of wall
+ * time; -1 when pid <= 0 or unreadable. */
+double bt_server_cpu_share(long pid, uint64_t cpu0, uint64_t wall_ns);
+
+/* Run-queue wait time (ns) of pid's main thread so far, from /proc/<pid>/schedstat
+ * (pid 0 = this process); 0 when unreadable. Time spent runnable but not running: a
+ * large share means the machine's other work starved that process during a run. */
+uint64_t bt_proc_wait_ns(long pid);
+
 /* Reads VmRSS (kB) of pid from /proc; -1 on failure. */
 long bt_rss_kb(long pid);
 /* Prints "generator cpu: X% of one core" and the saturation note; returns 1 if >90 %. */

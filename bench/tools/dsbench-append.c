@@ -43,6 +43,9 @@ static struct {
   uint64_t t_measure, t_end;
   uint64_t ok, non2xx, errors, status_counts[600];
   uint64_t sent_total;
+  long server_pid;
+  uint64_t scpu0, swait0, gwait0;
+  double server_cpu, server_wait, gen_wait;
   bt_hist_t hist;
 } G;
 
@@ -134,7 +137,8 @@ static void on_complete(bt_conn_t *c) {
     if (st < 200 || st > 299) {
       if (G.setup_failed++ == 0) fprintf(stderr, "dsbench-append: path set-up got HTTP %d\n", st);
     }
-  } else if (now >= G.t_measure && now <= G.t_end && ts >= G.t_measure) {
+  } else if (now >= G.t_measure && now <= G.t_end) {
+    /* every response completed inside the window counts, also one sent just before it */
     bt_hist_add(&G.hist, now - ts);
     if (st >= 200 && st <= 299) G.ok++;
     else G.non2xx++;
@@ -158,7 +162,7 @@ static void usage(void) {
   fprintf(stderr,
           "usage: dsbench-append --url http://HOST:PORT [--kind agents|protocol] [-c CONNS]\n"
           "         [-d SECONDS] [--warmup SECONDS] [--paths K] [--pipeline DEPTH]\n"
-          "         [--prefix NAME] [--payload-bytes B]\n");
+          "         [--prefix NAME] [--payload-bytes B] [--server-pid PID]\n");
   exit(2);
 }
 
@@ -175,9 +179,9 @@ int main(int argc, char **argv) {
       {"url", 1, 0, 'u'},      {"kind", 1, 0, 'k'},          {"connections", 1, 0, 'c'},
       {"duration", 1, 0, 'd'}, {"warmup", 1, 0, 'w'},        {"paths", 1, 0, 'p'},
       {"pipeline", 1, 0, 'P'}, {"prefix", 1, 0, 'x'},        {"payload-bytes", 1, 0, 'b'},
-      {"help", 0, 0, 'h'},     {0, 0, 0, 0}};
+      {"server-pid", 1, 0, 'S'}, {"help", 0, 0, 'h'},   {0, 0, 0, 0}};
   int o;
-  while ((o = getopt_long(argc, argv, "u:k:c:d:w:p:P:x:b:h", opts, NULL)) != -1) {
+  while ((o = getopt_long(argc, argv, "u:k:c:d:w:p:P:x:b:S:h", opts, NULL)) != -1) {
     switch (o) {
     case 'u': url = optarg; break;
     case 'k':
@@ -192,6 +196,7 @@ int main(int argc, char **argv) {
     case 'P': G.depth = atoi(optarg); break;
     case 'x': snprintf(G.prefix, sizeof(G.prefix), "%s", optarg); break;
     case 'b': G.payload_bytes = atoi(optarg); break;
+    case 'S': G.server_pid = atol(optarg); break;
     default: usage();
     }
   }
@@ -255,9 +260,15 @@ int main(int argc, char **argv) {
       if (wall0 == 0 && now >= G.t_measure) {
         wall0 = now;
         cpu0 = bt_cpu_ns();
+        if (G.server_pid > 0) G.scpu0 = bt_proc_cpu_ns(G.server_pid);
+        if (G.server_pid > 0) G.swait0 = bt_proc_wait_ns(G.server_pid);
+        G.gwait0 = bt_proc_wait_ns(0);
         G.errors = 0; /* only errors inside the window count */
       }
       if (now >= G.t_end) {
+        G.server_cpu = bt_server_cpu_share(G.server_pid, G.scpu0, now - wall0);
+        G.server_wait = G.server_pid > 0 ? (double)(bt_proc_wait_ns(G.server_pid) - G.swait0) / (double)(now - wall0) : -1;
+        G.gen_wait = (double)(bt_proc_wait_ns(0) - G.gwait0) / (double)(now - wall0);
         G.phase = PH_DRAIN;
         t_drain_deadline = now + 5000000000ull;
       }
@@ -280,15 +291,30 @@ int main(int argc, char **argv) {
     if (G.status_counts[s] && (s < 200 || s > 299))
       printf("  HTTP %d: %llu\n", s, (unsigned long long)G.status_counts[s]);
   printf("throughput: %.1f req/s\n", rps);
-  printf("latency: p50 %.3f ms  p99 %.3f ms  max %.3f ms\n", bt_ms(bt_hist_pct(&G.hist, 50)),
-         bt_ms(bt_hist_pct(&G.hist, 99)), bt_ms(bt_hist_pct(&G.hist, 100)));
+  if (G.hist.n)
+    printf("latency: p50 %.3f ms  p99 %.3f ms  max %.3f ms\n", bt_ms(bt_hist_pct(&G.hist, 50)),
+           bt_ms(bt_hist_pct(&G.hist, 99)), bt_ms(bt_hist_pct(&G.hist, 100)));
+  else
+    printf("latency: no samples\n");
   int sat = bt_report_cpu(cpu_share);
-  printf("RESULT tool=append kind=%s conns=%d pipeline=%d paths=%d rps=%.1f p50_ms=%.3f "
-         "p99_ms=%.3f max_ms=%.3f ok=%llu non2xx=%llu errors=%llu gen_cpu=%.2f saturated=%d\n",
-         G.protocol ? "protocol" : "agents", G.nconn, G.depth, G.npaths, rps,
-         bt_ms(bt_hist_pct(&G.hist, 50)), bt_ms(bt_hist_pct(&G.hist, 99)),
-         bt_ms(bt_hist_pct(&G.hist, 100)), (unsigned long long)G.ok,
-         (unsigned long long)G.non2xx, (unsigned long long)G.errors, cpu_share, sat);
+  /* no latency fields at all when nothing completed: 0 would read as a measurement */
+  char lat[128] = "";
+  if (G.hist.n)
+    snprintf(lat, sizeof(lat), "p50_ms=%.3f p99_ms=%.3f max_ms=%.3f ",
+             bt_ms(bt_hist_pct(&G.hist, 50)), bt_ms(bt_hist_pct(&G.hist, 99)),
+             bt_ms(bt_hist_pct(&G.hist, 100)));
+  if (G.server_cpu >= 0 && G.server_pid > 0)
+    printf("server cpu: %.0f%% of one core (pid %ld); it waited for a CPU %.0f%% of the time\n",
+           G.server_cpu * 100.0, G.server_pid, G.server_wait * 100.0);
+  printf("generator waited for a CPU %.0f%% of the time\n", G.gen_wait * 100.0);
+  printf("RESULT tool=append kind=%s conns=%d pipeline=%d paths=%d rps=%.1f %s"
+         "ok=%llu non2xx=%llu errors=%llu gen_cpu=%.2f saturated=%d "
+         "server_cpu=%.2f server_wait=%.2f gen_wait=%.2f\n",
+         G.protocol ? "protocol" : "agents", G.nconn, G.depth, G.npaths, rps, lat,
+         (unsigned long long)G.ok,
+         (unsigned long long)G.non2xx, (unsigned long long)G.errors, cpu_share, sat,
+         G.server_pid > 0 ? G.server_cpu : -1.0, G.server_pid > 0 ? G.server_wait : -1.0,
+         G.gen_wait);
   free(G.conns);
   free(G.pad);
   return 0;

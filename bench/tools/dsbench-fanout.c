@@ -53,6 +53,7 @@ static struct {
   int opened, outstanding, connected, connect_failed, dropped;
   uint64_t unique_total, dups_total, out_of_range;
   int setup_state;         /* protocol PUT: 0 idle, 1 sent, 2 done, -1 failed */
+  long server_pid;
   bt_hist_t hist;
 } G;
 
@@ -241,7 +242,7 @@ static void usage(void) {
   fprintf(stderr,
           "usage: dsbench-fanout --url http://HOST:PORT [--kind agents|protocol] [-s SUBSCRIBERS]\n"
           "         [-r EVENTS_PER_S] [-d SECONDS] [--writers W] [--path P] [--drain S]\n"
-          "         [--connect-timeout S] [--connect-batch N] [--warmup S]\n");
+          "         [--connect-timeout S] [--connect-batch N] [--warmup S] [--server-pid PID]\n");
   exit(2);
 }
 
@@ -260,10 +261,11 @@ int main(int argc, char **argv) {
       {"url", 1, 0, 'u'},     {"kind", 1, 0, 'k'},      {"subscribers", 1, 0, 's'},
       {"rate", 1, 0, 'r'},    {"duration", 1, 0, 'd'},  {"writers", 1, 0, 'W'},
       {"path", 1, 0, 'p'},    {"drain", 1, 0, 'D'},     {"connect-timeout", 1, 0, 'T'},
-      {"connect-batch", 1, 0, 'B'}, {"warmup", 1, 0, 'w'},   {"help", 0, 0, 'h'},
+      {"connect-batch", 1, 0, 'B'}, {"warmup", 1, 0, 'w'},   {"server-pid", 1, 0, 'S'},
+      {"help", 0, 0, 'h'},
       {0, 0, 0, 0}};
   int o;
-  while ((o = getopt_long(argc, argv, "u:k:s:r:d:W:p:D:T:B:w:h", opts, NULL)) != -1) {
+  while ((o = getopt_long(argc, argv, "u:k:s:r:d:W:p:D:T:B:w:S:h", opts, NULL)) != -1) {
     switch (o) {
     case 'u': url = optarg; break;
     case 'k':
@@ -280,6 +282,7 @@ int main(int argc, char **argv) {
     case 'T': G.connect_timeout = atof(optarg); break;
     case 'B': G.batch = atoi(optarg); break;
     case 'w': G.warmup = atof(optarg); break;
+    case 'S': G.server_pid = atol(optarg); break;
     default: usage();
     }
   }
@@ -370,6 +373,9 @@ int main(int argc, char **argv) {
 
   uint64_t interval = (uint64_t)(1e9 / G.rate);
   uint64_t t0 = bt_now_ns(), cpu0 = bt_cpu_ns();
+  uint64_t scpu0 = G.server_pid > 0 ? bt_proc_cpu_ns(G.server_pid) : 0;
+  uint64_t swait0 = G.server_pid > 0 ? bt_proc_wait_ns(G.server_pid) : 0;
+  uint64_t gwait0 = bt_proc_wait_ns(0);
   uint64_t write_deadline = t0 + (uint64_t)((G.warmup + G.duration) * 1.5e9) + 2000000000ull;
   uint64_t t_last_send = t0, max_lag = 0, t_measure = 0;
   while (G.next_seq < G.total && bt_now_ns() < write_deadline) {
@@ -405,6 +411,11 @@ int main(int argc, char **argv) {
   }
   uint64_t t_done = bt_now_ns();
   double cpu_share = (double)(bt_cpu_ns() - cpu0) / (double)(t_done - t0);
+  double server_cpu = bt_server_cpu_share(G.server_pid, scpu0, t_done - t0);
+  double server_wait = G.server_pid > 0
+                           ? (double)(bt_proc_wait_ns(G.server_pid) - swait0) / (double)(t_done - t0)
+                           : -1;
+  double gen_wait = (double)(bt_proc_wait_ns(0) - gwait0) / (double)(t_done - t0);
 
   double span = t_measure ? (double)(t_last_send - t_measure) / 1e9 + 1.0 / G.rate : 0;
   double actual_rate = (double)sent / (span > G.duration ? span : G.duration);
@@ -421,17 +432,30 @@ int main(int argc, char **argv) {
          (unsigned long long)G.unique_total, (unsigned long long)expected,
          expected ? 100.0 * (double)G.unique_total / (double)expected : 0.0,
          (unsigned long long)missed, (unsigned long long)G.dups_total, G.dropped);
-  printf("latency: p50 %.3f ms  p99 %.3f ms  max %.3f ms\n", bt_ms(bt_hist_pct(&G.hist, 50)),
-         bt_ms(bt_hist_pct(&G.hist, 99)), bt_ms(bt_hist_pct(&G.hist, 100)));
+  if (G.hist.n)
+    printf("latency: p50 %.3f ms  p99 %.3f ms  max %.3f ms\n", bt_ms(bt_hist_pct(&G.hist, 50)),
+           bt_ms(bt_hist_pct(&G.hist, 99)), bt_ms(bt_hist_pct(&G.hist, 100)));
+  else
+    printf("latency: no samples\n");
   int sat = bt_report_cpu(cpu_share);
+  /* no latency fields at all when nothing was delivered: 0 would read as a measurement */
+  char lat[128] = "";
+  if (G.hist.n)
+    snprintf(lat, sizeof(lat), "p50_ms=%.3f p99_ms=%.3f max_ms=%.3f ",
+             bt_ms(bt_hist_pct(&G.hist, 50)), bt_ms(bt_hist_pct(&G.hist, 99)),
+             bt_ms(bt_hist_pct(&G.hist, 100)));
+  if (server_cpu >= 0)
+    printf("server cpu: %.0f%% of one core (pid %ld); it waited for a CPU %.0f%% of the time\n",
+           server_cpu * 100.0, G.server_pid, server_wait * 100.0);
+  printf("generator waited for a CPU %.0f%% of the time\n", gen_wait * 100.0);
   printf("RESULT tool=fanout kind=%s subs=%d connected=%d rate=%.1f actual_rate=%.1f sustained=%d "
          "sent=%u acked=%u expected=%llu delivered=%llu missed=%llu dups=%llu dropped=%d "
-         "p50_ms=%.3f p99_ms=%.3f max_ms=%.3f connect_s=%.2f gen_cpu=%.2f saturated=%d\n",
+         "%sconnect_s=%.2f gen_cpu=%.2f saturated=%d "
+         "server_cpu=%.2f server_wait=%.2f gen_wait=%.2f\n",
          G.protocol ? "protocol" : "agents", G.nsubs, subs_live, G.rate, actual_rate, sustained,
          sent, G.acked, (unsigned long long)expected, (unsigned long long)G.unique_total,
          (unsigned long long)missed, (unsigned long long)G.dups_total, G.dropped,
-         bt_ms(bt_hist_pct(&G.hist, 50)), bt_ms(bt_hist_pct(&G.hist, 99)),
-         bt_ms(bt_hist_pct(&G.hist, 100)), conn_secs, cpu_share, sat);
+         lat, conn_secs, cpu_share, sat, server_cpu, server_wait, gen_wait);
 
   for (int i = 0; i < G.nsubs; i++) {
     bt_conn_close(&G.subs[i].c, 1);

@@ -45,7 +45,6 @@ struct reader_s {
   unsigned live : 1;
   unsigned in_live : 1; /* caught up and forwarding published frames */
   unsigned pumping : 1;
-  unsigned closing : 1;
   reader_t *lprev, *lnext; /* live list */
   reader_t *aprev, *anext; /* all list */
 };
@@ -139,15 +138,16 @@ static void reader_finish(reader_t *r) {
   ds_http_stream_end(req);
 }
 
-/* Drops a reader whose client does not keep up; on_req_close frees it. */
+/* Drops a reader whose client does not keep up: the connection is closed at once, its
+ * unsent output discarded (the client resumes by offset). ds_http_stream_abort frees the
+ * request without calling the close callback, so the reader is freed here. */
 static void reader_drop(reader_t *r, const char *why) {
+  ds_http_req_t *req = r->req;
   r->api->stats.readers_dropped++;
   ds_info("agents", "dropping reader of %s at offset %llu: %s", ds_stream_path(r->stream),
           (unsigned long long)r->next, why);
-  live_unlink(r);
-  ds_stream_unsubscribe(&r->sub);
-  r->closing = 1;
-  ds_http_stream_abort(r->req);
+  reader_destroy(r);
+  ds_http_stream_abort(req);
 }
 
 typedef struct {
@@ -173,7 +173,7 @@ static void pump(reader_t *r);
 static void pump_cb(void *ud) { pump(ud); }
 
 static void pump(reader_t *r) {
-  if (r->pumping || r->closing || r->in_live) return;
+  if (r->pumping || r->in_live) return;
   r->pumping = 1;
   ds_buf_t out = DS_BUF_INIT;
   for (;;) {
@@ -221,7 +221,7 @@ static void pump(reader_t *r) {
 
 static void on_publish(ds_sub_t *sub, const ds_published_t *rec) {
   reader_t *r = sub->ud;
-  if (!r->in_live || r->closing) return; /* catching up: the pump reads it from the store */
+  if (!r->in_live) return; /* catching up: the pump reads it from the store */
   if (rec->offset < r->next) return;
   if (rec->offset > r->next) {
     /* cannot happen on one loop thread; recover by reading from the store */
@@ -323,6 +323,7 @@ static void handle_get(ds_agents_api_t *api, ds_http_req_t *req, const char *pat
                                                  {NULL, NULL}};
   if (strcmp(req->method, "HEAD") == 0) {
     ds_http_stream_start(req, 200, sse_headers);
+    ds_http_stream_end(req);
     return;
   }
   ds_stream_t *s = NULL;

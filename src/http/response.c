@@ -69,6 +69,31 @@ const char *ds_http_status_text(int status) {
   return "Server Error";
 }
 
+/* Length of the well-formed UTF-8 sequence at s (RFC 3629: no overlongs, no
+ * surrogates, at most U+10FFFF), or 0. */
+static size_t utf8_seq_len(const char *s, size_t n) {
+  const unsigned char *u = (const unsigned char *)s;
+  size_t len;
+  unsigned lo = 0x80, hi = 0xbf;
+  if (u[0] >= 0xc2 && u[0] <= 0xdf) len = 2;
+  else if (u[0] >= 0xe0 && u[0] <= 0xef) {
+    len = 3;
+    if (u[0] == 0xe0) lo = 0xa0;
+    if (u[0] == 0xed) hi = 0x9f;
+  } else if (u[0] >= 0xf0 && u[0] <= 0xf4) {
+    len = 4;
+    if (u[0] == 0xf0) lo = 0x90;
+    if (u[0] == 0xf4) hi = 0x8f;
+  } else {
+    return 0;
+  }
+  if (n < len) return 0;
+  if (u[1] < lo || u[1] > hi) return 0;
+  for (size_t i = 2; i < len; i++)
+    if (u[i] < 0x80 || u[i] > 0xbf) return 0;
+  return len;
+}
+
 void ds__append_json_string(ds_buf_t *b, const char *s, size_t n) {
   static const char hex[] = "0123456789abcdef";
   ds_buf_putc(b, '"');
@@ -86,8 +111,17 @@ void ds__append_json_string(ds_buf_t *b, const char *s, size_t n) {
       if (ch < 0x20 || ch == 0x7f) {
         char e[6] = {'\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15]};
         ds_buf_append(b, e, 6);
-      } else {
+      } else if (ch < 0x80) {
         ds_buf_putc(b, (char)ch);
+      } else {
+        /* messages may quote client bytes: keep the JSON valid UTF-8 */
+        size_t k = utf8_seq_len(s + i, n - i);
+        if (k) {
+          ds_buf_append(b, s + i, k);
+          i += k - 1;
+        } else {
+          ds_buf_puts(b, "\\ufffd");
+        }
       }
     }
   }

@@ -53,6 +53,9 @@ ds_vm_t *ds_vm_new(size_t mem_limit) {
     return NULL;
   }
   lua_atpanic(vm->L, vm_panic);
+  /* Threads copy the main thread's extra space, which Lua leaves uninitialised; the
+   * scheduler keeps a task pointer there, so every thread must start with NULL. */
+  memset(lua_getextraspace(vm->L), 0, LUA_EXTRASPACE);
   /* open the libraries in protected mode: they allocate */
   lua_pushcfunction(vm->L, open_libs);
   lua_pushcfunction(vm->L, ds_vm_msghandler);

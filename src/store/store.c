@@ -25,7 +25,7 @@ void ds__cache_init(ds__cache_t *c, uint64_t next) {
   c->first = next;
 }
 
-static void cache_pop(ds__cache_t *c) {
+void ds__cache_pop(ds__cache_t *c) {
   ds__crec_t *r = &c->v[c->head];
   c->bytes -= r->n;
   free(r->p);
@@ -36,7 +36,7 @@ static void cache_pop(ds__cache_t *c) {
 }
 
 void ds__cache_free(ds__cache_t *c) {
-  while (c->count) cache_pop(c);
+  while (c->count) ds__cache_pop(c);
   free(c->v);
   c->v = NULL;
   c->cap = 0;
@@ -44,12 +44,12 @@ void ds__cache_free(ds__cache_t *c) {
 
 void ds__cache_push(ds__cache_t *c, uint64_t off, const char *p, size_t n, size_t limit) {
   if (n > limit) { /* cannot be cached: the suffix restarts after it */
-    while (c->count) cache_pop(c);
+    while (c->count) ds__cache_pop(c);
     c->first = off + 1;
     c->head = 0;
     return;
   }
-  while (c->count && c->bytes + n > limit) cache_pop(c);
+  while (c->count && c->bytes + n > limit) ds__cache_pop(c);
   if (c->count == 0) {
     c->first = off;
     c->head = 0;

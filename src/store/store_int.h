@@ -36,6 +36,8 @@ void ds__cache_free(ds__cache_t *c);
 /** Adds the record at offset `off` (== first + count), evicting the oldest records until
  *  the cache holds at most `limit` bytes. A record larger than the limit empties it. */
 void ds__cache_push(ds__cache_t *c, uint64_t off, const char *p, size_t n, size_t limit);
+/** Drops the oldest cached record (the cache stays a suffix). */
+void ds__cache_pop(ds__cache_t *c);
 /** The cached record at `off`, or NULL when it is not cached. */
 const ds__crec_t *ds__cache_get(const ds__cache_t *c, uint64_t off);
 
@@ -77,7 +79,7 @@ struct ds_store_stream_s {
   ds_store_stream_t *lru_prev, *lru_next; /* open-descriptor list, MRU first */
   ds_store_stream_t *dirty_prev, *dirty_next;
   int in_dirty;                         /* appended since the last fsync snapshot */
-  int need_dirsync;                     /* created since the last fsync: sync parent dir */
+  int need_dirsync;                     /* created since the last fsync: directory levels to sync */
   int broken;                           /* a failed append could not be truncated back */
   uint64_t *idx;                        /* file position of each document */
   size_t idx_len, idx_cap;
@@ -85,6 +87,8 @@ struct ds_store_stream_s {
   uint64_t offset_written;              /* value the .offset sidecar holds (UINT64_MAX: unknown) */
   uint64_t size;                        /* bytes of complete documents in the .yaml */
   ds__cache_t cache;
+  ds_store_stream_t *cache_prev, *cache_next; /* streams with a non-empty cache, newest append first */
+  int in_cache_lru;
 };
 
 typedef struct ds__store_ops_s {
@@ -130,6 +134,10 @@ struct ds_store_s {
   struct ds__fsync_job_s *job; /* running group fsync, NULL when idle */
   ds__cbq_t pending;           /* sync callbacks waiting for the next fsync */
   ds_buf_t scratch;
+  /* yaml kind: all hot tails together stay within cache_budget (oldest records of the
+   * least recently appended streams go first), so many streams cannot exhaust memory */
+  size_t cache_total, cache_budget;
+  ds_store_stream_t *cache_head, *cache_tail;
 };
 
 /** Iterates every cached stream (the callback must not add or remove streams). */

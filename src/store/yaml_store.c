@@ -27,6 +27,9 @@
  * Open descriptors are bounded by max_open_files (LRU). fsync rounds reopen each file by
  * name in the worker (fsync flushes the file, not the descriptor), so eviction, deletion
  * and the worker never share a descriptor and a round needs at most one extra one.
+ * Memory: each stream's hot tail holds at most tail_cache_bytes, and all of them together
+ * at most 64 * tail_cache_bytes (64 MiB by default): past that, the oldest cached records of the
+ * least recently appended streams are dropped (they are read from disk when needed).
  * Full disk: ENOSPC/EDQUOT/EFBIG on append -> DS_ENOSPC after truncating the partial write
  * away, so stored data is never damaged and appends work again once space returns.
  * Must not: parse whole files on the hot path, block the loop on fsync (except at close
@@ -105,14 +108,18 @@ static int pwrite_full(int fd, const void *buf, size_t n, uint64_t off) {
   return 0;
 }
 
-static int mkdir_p(const char *dir) {
+/* mkdir -p; *created (optional) counts the directories it had to create. */
+static int mkdir_p(const char *dir, int *created) {
   char *p = ds_xstrdup(dir);
   int rc = 0;
+  if (created) *created = 0;
   for (char *q = p + 1;; q++) {
     if (*q == '/' || *q == '\0') {
       char c = *q;
       *q = '\0';
-      if (mkdir(p, 0755) < 0 && errno != EEXIST) {
+      if (mkdir(p, 0755) == 0) {
+        if (created) (*created)++;
+      } else if (errno != EEXIST) {
         rc = map_errno(errno);
         break;
       }
@@ -211,6 +218,44 @@ static void dirty_remove(ds_store_t *st, ds_store_stream_t *s) {
   if (s->dirty_next) s->dirty_next->dirty_prev = s->dirty_prev;
   s->dirty_prev = s->dirty_next = NULL;
   s->in_dirty = 0;
+}
+
+/* ---- store-wide cache budget ---- */
+
+static void cache_lru_unlink(ds_store_t *st, ds_store_stream_t *s) {
+  if (!s->in_cache_lru) return;
+  if (s->cache_prev) s->cache_prev->cache_next = s->cache_next;
+  else st->cache_head = s->cache_next;
+  if (s->cache_next) s->cache_next->cache_prev = s->cache_prev;
+  else st->cache_tail = s->cache_prev;
+  s->cache_prev = s->cache_next = NULL;
+  s->in_cache_lru = 0;
+}
+
+static void cache_lru_front(ds_store_t *st, ds_store_stream_t *s) {
+  if (st->cache_head == s) return;
+  cache_lru_unlink(st, s);
+  s->cache_next = st->cache_head;
+  if (st->cache_head) st->cache_head->cache_prev = s;
+  st->cache_head = s;
+  if (!st->cache_tail) st->cache_tail = s;
+  s->in_cache_lru = 1;
+}
+
+/* Accounts for a change of s's cache and trims the least recently appended caches. */
+static void cache_account(ds_store_t *st, ds_store_stream_t *s, size_t before) {
+  st->cache_total = st->cache_total - before + s->cache.bytes;
+  if (s->cache.count) cache_lru_front(st, s);
+  else cache_lru_unlink(st, s);
+  while (st->cache_total > st->cache_budget && st->cache_tail) {
+    ds_store_stream_t *v = st->cache_tail;
+    while (v->cache.count && st->cache_total > st->cache_budget) {
+      size_t b = v->cache.bytes;
+      ds__cache_pop(&v->cache);
+      st->cache_total -= b - v->cache.bytes;
+    }
+    if (!v->cache.count) cache_lru_unlink(st, v);
+  }
 }
 
 /* ---- sidecars ---- */
@@ -534,7 +579,7 @@ static int y_open(ds_store_t *st, char *err, size_t errlen) {
   st->root = ds_xmalloc(n + sizeof "/streams");
   memcpy(st->root, st->data_dir, n);
   memcpy(st->root + n, "/streams", sizeof "/streams");
-  int rc = mkdir_p(st->root);
+  int rc = mkdir_p(st->root, NULL);
   if (rc < 0) {
     if (err && errlen) snprintf(err, errlen, "cannot create %s: %s", st->root, strerror(errno));
     return rc;
@@ -543,6 +588,8 @@ static int y_open(ds_store_t *st, char *err, size_t errlen) {
     if (err && errlen) snprintf(err, errlen, "%s is not writable: %s", st->root, strerror(errno));
     return DS_EIO;
   }
+  st->cache_budget = st->opts.tail_cache_bytes * 64;
+  if (st->cache_budget / 64 != st->opts.tail_cache_bytes) st->cache_budget = SIZE_MAX;
   st->timer = ds_xmalloc(sizeof *st->timer);
   uv_timer_init(st->loop, st->timer);
   st->timer->data = st;
@@ -559,6 +606,8 @@ static void y_free_stream(ds_store_t *st, ds_store_stream_t *s) {
     s->fd = -1;
   }
   dirty_remove(st, s);
+  st->cache_total -= s->cache.bytes; /* store.c frees the records themselves */
+  cache_lru_unlink(st, s);
   free(s->idx);
   s->idx = NULL;
   free(s->file);
@@ -572,7 +621,8 @@ static int y_load(ds_store_t *st, ds_store_stream_t *s, int create, uint64_t bas
   if (fd < 0 && errno == ENOENT) {
     if (!create) return DS_ENOTFOUND;
     char *dir = parent_dir(s->file);
-    int rc = mkdir_p(dir);
+    int created = 0;
+    int rc = mkdir_p(dir, &created);
     free(dir);
     if (rc < 0) return rc == DS_ENOTFOUND ? DS_EIO : rc;
     s->base = s->next = base;
@@ -600,7 +650,7 @@ static int y_load(ds_store_t *st, ds_store_stream_t *s, int create, uint64_t bas
       free(p);
       return rc;
     }
-    s->need_dirsync = 1;
+    s->need_dirsync = 1 + created; /* the parent, and the parent of each new directory */
     dirty_add(st, s);
   } else if (fd < 0) {
     return map_errno(errno) == DS_ENOTFOUND ? DS_EIO : map_errno(errno);
@@ -687,6 +737,7 @@ static int y_append(ds_store_stream_t *s, const ds_record_in_t *recs, size_t n) 
     return map_errno(err) == DS_ENOSPC ? DS_ENOSPC : DS_EIO;
   }
   uint64_t pos = s->size;
+  size_t cache_before = s->cache.bytes;
   for (size_t i = 0; i < n; i++) {
     idx_push(s, pos);
     pos += recs[i].yaml_len;
@@ -695,6 +746,7 @@ static int y_append(ds_store_stream_t *s, const ds_record_in_t *recs, size_t n) 
   }
   s->size = pos;
   s->next += n;
+  cache_account(st, s, cache_before);
   dirty_add(st, s);
   return 0;
 }
@@ -902,10 +954,14 @@ static void start_round(ds_store_t *st) {
     ds_store_stream_t *s = st->dirty_head;
     flush_sidecars(s);
     job_add_file(job, s->file);
-    if (s->need_dirsync) {
-      job_add_dir(job, parent_dir(s->file));
-      s->need_dirsync = 0;
+    char *dir = s->need_dirsync ? parent_dir(s->file) : NULL;
+    for (int lv = 0; lv < s->need_dirsync; lv++) {
+      char *up = parent_dir(dir);
+      job_add_dir(job, dir);
+      dir = up;
     }
+    free(dir);
+    s->need_dirsync = 0;
     dirty_remove(st, s);
   }
   job->cbs = st->pending;
@@ -968,11 +1024,15 @@ static void y_close(ds_store_t *st) {
   while (st->dirty_head) {
     ds_store_stream_t *s = st->dirty_head;
     if (do_sync && (s->fd >= 0 ? fdatasync(s->fd) : sync_file(s->file)) < 0) status = DS_EIO;
-    if (do_sync && s->need_dirsync) {
-      char *dir = parent_dir(s->file);
+    char *dir = do_sync && s->need_dirsync ? parent_dir(s->file) : NULL;
+    for (int lv = 0; dir && lv < s->need_dirsync; lv++) {
       if (fsync_dir(dir) < 0) status = DS_EIO;
+      char *up = parent_dir(dir);
       free(dir);
+      dir = up;
     }
+    free(dir);
+    s->need_dirsync = 0;
     dirty_remove(st, s);
   }
   if (st->job) st->job->st = NULL; /* it finishes on the loop and runs its own callbacks */

@@ -968,6 +968,10 @@ static void test_query(void **s) {
   assert_string_equal(v, "a+b+");
   free(v);
   assert_int_equal(ds_http_pct_decode("%", 1, 0, &v, &n), -1);
+  ds_buf_t j = DS_BUF_INIT;
+  ds__append_json_string(&j, "a\xc3\xa9\xff\xed\xa0\x80\xf0\x9f\x98\x80\xe2\x82", 13);
+  assert_string_equal(ds_buf_cstr(&j), "\"a\xc3\xa9\\ufffd\\ufffd\\ufffd\\ufffd\xf0\x9f\x98\x80\\ufffd\\ufffd\"");
+  ds_buf_free(&j);
   assert_string_equal(ds_http_status_text(404), "Not Found");
   assert_string_equal(ds_http_status_text(431), "Request Header Fields Too Large");
 }

@@ -582,6 +582,51 @@ static void test_yaml_open_file_lru(void **state) {
 }
 
 
+static void test_yaml_cache_budget(void **state) {
+  /* all hot tails together stay within 64 x tail_cache_bytes: with 1 KiB per stream and
+   * 200 streams, the least recently appended streams lose their cached records */
+  fx_t f;
+  fx_init(&f, "yaml");
+  f.opts.tail_cache_bytes = 1024;
+  fx_open(&f);
+  enum { NS = 200 };
+  ds_store_stream_t *ss[NS];
+  char name[32];
+  for (int i = 0; i < NS; i++) {
+    snprintf(name, sizeof name, "budget/s%03d", i);
+    assert_int_equal(ds_store_get(f.st, name, 1, 0, &ss[i]), 0);
+    assert_int_equal(t_append(ss[i], 5, "b"), 0);
+  }
+  ds_store_stats_t a, b;
+  t_coll_t c = {0};
+  ds_store_get_stats(f.st, &a);
+  assert_int_equal(ds_store_read(ss[NS - 1], 4, 0, 0, t_collect, &c), 1); /* newest: cached */
+  ds_store_get_stats(f.st, &b);
+  assert_int_equal(b.cache_hits - a.cache_hits, 1);
+  assert_int_equal(b.cache_misses - a.cache_misses, 0);
+  t_coll_free(&c);
+  ds_store_get_stats(f.st, &a);
+  assert_int_equal(ds_store_read(ss[0], 4, 0, 0, t_collect, &c), 1); /* oldest: evicted */
+  ds_store_get_stats(f.st, &b);
+  assert_int_equal(b.cache_hits - a.cache_hits, 0);
+  assert_int_equal(b.cache_misses - a.cache_misses, 1);
+  check_range(&c, "budget/s000", 4, 1, "b");
+  t_coll_free(&c);
+  /* appending again makes a stream's tail hot again */
+  assert_int_equal(t_append(ss[0], 1, "b"), 0);
+  ds_store_get_stats(f.st, &a);
+  assert_int_equal(ds_store_read(ss[0], 5, 0, 0, t_collect, &c), 1);
+  ds_store_get_stats(f.st, &b);
+  assert_int_equal(b.cache_hits - a.cache_hits, 1);
+  t_coll_free(&c);
+  /* deleting streams releases their share */
+  for (int i = 0; i < NS; i += 2) {
+    snprintf(name, sizeof name, "budget/s%03d", i);
+    assert_int_equal(ds_store_delete(f.st, name), 0);
+  }
+  fx_done(&f);
+}
+
 int main(void) {
   ds_log_set_level(DS_LOG_ERROR);
   const struct CMUnitTest tests[] = {
@@ -603,6 +648,7 @@ int main(void) {
       cmocka_unit_test(test_yaml_fsync_interval),
       cmocka_unit_test(test_yaml_fsync_never),
       cmocka_unit_test(test_yaml_open_file_lru),
+      cmocka_unit_test(test_yaml_cache_budget),
   };
   return cmocka_run_group_tests_name("store", tests, NULL, NULL);
 }

@@ -473,6 +473,19 @@ static void test_append_all_or_nothing_fsize(void **state) {
   fx_done(&f, 1);
 }
 
+static char *g_mnt; /* the tmpfs mount point, unmounted by the teardown even on failure */
+
+static int teardown_tmpfs(void **state) {
+  if (g_mnt) {
+    t_rmrf(g_mnt); /* empties the tmpfs, then removes nothing more: it is a mount point */
+    umount2(g_mnt, MNT_DETACH); /* lazy: a failed test may still hold descriptors */
+    rmdir(g_mnt);
+    free(g_mnt);
+    g_mnt = NULL;
+  }
+  return 0;
+}
+
 static void test_disk_full_tmpfs(void **state) {
   char *mnt = t_mkdtemp();
   if (mount("tmpfs", mnt, "tmpfs", 0, "size=64k") != 0) {
@@ -480,6 +493,7 @@ static void test_disk_full_tmpfs(void **state) {
     free(mnt);
     skip(); /* needs root (CAP_SYS_ADMIN) to mount a tiny tmpfs */
   }
+  g_mnt = mnt;
   fx_t f;
   fx_init(&f, mnt);
   f.opts.fsync = DS_FSYNC_ALWAYS;
@@ -517,10 +531,6 @@ static void test_disk_full_tmpfs(void **state) {
   free(filler);
   free(file);
   fx_done(&f, 0);
-  t_rmrf(mnt); /* empties the tmpfs before unmounting */
-  umount(mnt);
-  rmdir(mnt);
-  free(mnt);
 }
 
 int main(void) {
@@ -538,7 +548,7 @@ int main(void) {
       cmocka_unit_test(test_path_collisions),
       cmocka_unit_test(test_kill9_while_appending),
       cmocka_unit_test(test_append_all_or_nothing_fsize),
-      cmocka_unit_test(test_disk_full_tmpfs),
+      cmocka_unit_test_teardown(test_disk_full_tmpfs, teardown_tmpfs),
   };
   return cmocka_run_group_tests_name("yaml_store_recovery", tests, NULL, NULL);
 }
