@@ -92,6 +92,15 @@ describe("plugins", function()
     assert(ok, err)
   end)
 
+  it("refuses to start on a bad agents value, with the reason", function()
+    local ok, err = pcall(S.start, { agents = { bogus = 1 } })
+    assert.is_false(ok)
+    assert.truthy(tostring(err):find("unknown key agents.bogus", 1, true), err)
+    ok, err = pcall(S.start, { agents = { max_hook_errors = "many" } })
+    assert.is_false(ok)
+    assert.truthy(tostring(err):find("agents.max_hook_errors must be a non-negative integer", 1, true), err)
+  end)
+
   it("serves a route registered from Lua", function()
     local srv = S.start({
       agents = { default_model = "echo" },

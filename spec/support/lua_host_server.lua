@@ -101,7 +101,11 @@ function S.start(opts)
   agents.plugin_dir = self.plugin_dir
   local cfg = { port = 0, data_dir = self.data_dir, storage = opts.storage or "yaml", agents = agents }
   write_file(dir .. "/config.lua", "return " .. ser(cfg) .. "\n")
-  self:launch()
+  local ok, err = pcall(self.launch, self)
+  if not ok then
+    self:cleanup()
+    error(err, 0)
+  end
   return self
 end
 
