@@ -67,7 +67,8 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 NOFILE=$(ulimit -n)
 
 WORK=$(mktemp -d /tmp/dsbench.XXXXXX)
-OURS_PID="" REF_PID="" OURS_URL="" REF_URL="" STARTS=0
+OURS_PID="" REF_PID="" OURS_URL="" REF_URL="" STARTS=0 STARTS_OURS=0 REF_ON=0
+OURS_AGENTS=0 OURS_PROTOCOL=0
 NOTES=()
 ROWS=()
 note() { NOTES+=("$*"); echo "note: $*"; }
@@ -107,7 +108,8 @@ start_ours() {
   local data=$WORK/ours-data-$RANDOM
   mkdir -p "$data"
   # shellcheck disable=SC2086 # DS_SERVER_ARGS is a list of words on purpose
-  local log=$WORK/ours.$((++STARTS)).log
+  STARTS_OURS=$((++STARTS))
+  local log=$WORK/ours.$STARTS_OURS.log
   (cd "$ROOT" && exec "$DS_BINARY" --port 0 --data-dir "$data" ${DS_SERVER_ARGS:-}) \
     >"$log" 2>&1 &
   OURS_PID=$!
@@ -164,11 +166,28 @@ run() {
   cat "$WORK/$id.out" >>"$RUN_LOG"
   grep -v '^RESULT' "$WORK/$id.out" | sed 's/^/   /'
   [ $rc -eq 0 ] || { echo "   (exit status $rc)" | tee -a "$RUN_LOG"; note "$id: $tool exited with status $rc"; }
+  # a server that died must not be blamed on the next scenarios: stop using it
+  if [ -n "$OURS_PID" ] && ! kill -0 "$OURS_PID" 2>/dev/null; then
+    note "our server exited during $id; last output: $(tail -n 3 "$WORK/ours.$STARTS_OURS.log" 2>/dev/null | tr '\n' ' ')"
+    wait "$OURS_PID" 2>/dev/null
+    OURS_PID="" OURS_URL="" OURS_AGENTS=0 OURS_PROTOCOL=0
+  fi
+  if [ -n "$REF_PID" ] && ! kill -0 "$REF_PID" 2>/dev/null; then
+    note "the reference server exited during $id"
+    wait "$REF_PID" 2>/dev/null
+    REF_PID="" REF_URL="" REF_ON=0
+  fi
   return 0
 }
 # get <id> <key>: a field of the tool's RESULT line ("" if absent)
 get() { [ -f "$WORK/$1.out" ] && sed -n 's/^RESULT //p' "$WORK/$1.out" | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n1; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
+ratio() {
+  awk -v a="$1" -v b="$2" 'BEGIN {
+    if (a == "" || b == "" || b + 0 == 0) { print "-"; exit }
+    r = a / b
+    if (r >= 10) printf "%.1f", r; else if (r >= 0.1) printf "%.2f", r; else printf "%.2g", r
+  }'
+}
 row() { ROWS+=("| $1 | $2 | ${3:--} | ${4:--} | $(ratio "${3:-}" "${4:-}") | $5 | ${6:-} |"); }
 # flags <id>: short notes about a run (saturation, errors, gaps)
 flags() {
@@ -179,6 +198,11 @@ flags() {
   local v
   v=$(get "$id" server_cpu)
   [ -n "$v" ] && [ "${v:0:1}" != - ] && f="$f server cpu $(awk -v x="$v" 'BEGIN { printf "%.0f", x * 100 }')%;"
+  # run-queue waits above 10 %: other processes (or the other side) starved this one
+  v=$(get "$id" server_wait)
+  [ -n "$v" ] && awk -v x="$v" 'BEGIN { exit !(x > 0.10) }' && f="$f server waited for a CPU $(awk -v x="$v" 'BEGIN { printf "%.0f", x * 100 }')%;"
+  v=$(get "$id" gen_wait)
+  [ -n "$v" ] && awk -v x="$v" 'BEGIN { exit !(x > 0.10) }' && f="$f generator waited for a CPU $(awk -v x="$v" 'BEGIN { printf "%.0f", x * 100 }')%;"
   v=$(get "$id" errors); [ -n "$v" ] && [ "$v" != 0 ] && f="$f $v errors;"
   v=$(get "$id" non2xx); [ -n "$v" ] && [ "$v" != 0 ] && f="$f $v non-2xx;"
   v=$(get "$id" missed); [ -n "$v" ] && [ "$v" != 0 ] && f="$f $v missed;"
@@ -216,6 +240,7 @@ start_ours
 start_ref
 probe_ours
 REF_ON=0; [ -n "$REF_URL" ] && REF_ON=1
+PROBED_AGENTS=$OURS_AGENTS PROBED_PROTOCOL=$OURS_PROTOCOL
 T_START=$(date +%s)
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 awk -v l="${LOAD_BEFORE%% *}" 'BEGIN { exit !(l > 0.5) }' &&
@@ -295,6 +320,7 @@ if want idle; then
     # fresh servers: garbage from earlier scenarios must not blur the RSS reading
     start_ours
     start_ref
+    if [ -n "$OURS_URL" ]; then OURS_AGENTS=$PROBED_AGENTS OURS_PROTOCOL=$PROBED_PROTOCOL; fi
     [ -n "$OURS_URL" ] && [ "$OURS_AGENTS" = 1 ] && run "idle-$C-ours-agents" dsbench-idle --url "$OURS_URL" --pid "$OURS_PID" --kind agents -c "$C" --settle "$IDLE_SETTLE"
     [ -n "$OURS_URL" ] && [ "$OURS_PROTOCOL" = 1 ] && run "idle-$C-ours-protocol" dsbench-idle --url "$OURS_URL" --pid "$OURS_PID" --kind protocol -c "$C" --settle "$IDLE_SETTLE"
     [ -n "$REF_URL" ] && run "idle-$C-ref" dsbench-idle --url "$REF_URL" --pid "$REF_PID" --kind protocol -c "$C" --settle "$IDLE_SETTLE"
