@@ -53,12 +53,16 @@ return {
         system_prompt = nil,             -- optional system prompt sent first
         api = "responses",               -- "responses" or "chat" (Chat Completions servers)
       },
-      grok = {
-        url = "wss://api.x.ai/v1/realtime",
-        api_key_env = "XAI_API_KEY",
+      grok = {                           -- xAI realtime voice over a WebSocket
+        url = "wss://api.x.ai/v1/realtime", -- XAI_REALTIME_URL in the environment overrides it
+        model = nil,                     -- sent as ?model=<name> when set
+        api_key_env = "XAI_API_KEY",     -- name of the environment variable, never the key
         voice = "ara",
         instructions = "You are a helpful voice assistant.",
         idle_timeout_ms = 300000,        -- close a path's idle realtime connection after
+        ready_timeout_ms = 10000,        -- wait this long for session.updated after connecting
+        connect_timeout_ms = 10000,      -- TCP + TLS + WebSocket handshake
+        response_timeout_ms = 60000,     -- a silent upstream fails the request after
       },
       echo = {
         delay_ms = 0,                    -- pause before each streamed word (demos, tests)

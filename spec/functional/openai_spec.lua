@@ -196,6 +196,7 @@ local function no_leaks(srv)
   assert.falsy(log:find("still alive"), log)
   assert.falsy(log:find("AddressSanitizer", 1, true), log)
   assert.falsy(log:find("runtime error:", 1, true), log)
+  assert.falsy(log:find("LeakSanitizer", 1, true), log)
 end
 
 local function http_stats(srv)

@@ -3,6 +3,10 @@
  *   ds.append(path, type, payload) -> offset | nil, msg, code
  *       stores one /agents event (payload encoded with ds.json), synchronously: the
  *       offset is assigned and subscribers see it before this returns.
+ *   ds.append_raw(path, type, payload_json) -> offset | nil, msg, code
+ *       the same with the payload given as JSON text, stored as a POSTed payload would be
+ *       (never re-encoded through a Lua table: key order, numbers and escapes survive as
+ *       the store keeps them); invalid JSON returns nil, msg, "EINVAL".
  *   ds.read(path, from, max) -> {events...} | nil, msg, code
  *       events with offset >= from (an integer), at most max (default 1000), decoded;
  *       a path never written reads as {}.
@@ -64,13 +68,19 @@ static int l_append(lua_State *L) {
   check_path(L, 1, &path);
   size_t tl;
   const char *type = luaL_checklstring(L, 2, &tl);
-  luaL_checkany(L, 3);
+  int raw = lua_toboolean(L, lua_upvalueindex(1));
+  if (raw) luaL_checktype(L, 3, LUA_TSTRING);
+  else luaL_checkany(L, 3);
   if (h->phase != DS_PHASE_RUN) return luaL_error(L, "ds.append is not allowed in the load phase");
   ds_buf_t b = DS_BUF_INIT;
   ds_buf_puts(&b, "{\"type\":");
   ds_json_write_string(&b, type, tl);
   ds_buf_puts(&b, ",\"payload\":");
-  if (lua_isnil(L, 3)) {
+  if (raw) {
+    size_t pl;
+    const char *pj = lua_tolstring(L, 3, &pl);
+    ds_buf_append(&b, pj, pl); /* validated with the whole body by the append below */
+  } else if (lua_isnil(L, 3)) {
     ds_buf_puts(&b, "{}");
   } else if (ds__json_encode(L, 3, &b) != 0) {
     ds_buf_free(&b);
@@ -333,4 +343,7 @@ void ds__stream_open(lua_State *L) {
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
   luaL_setfuncs(L, funcs, 0);
+  lua_pushboolean(L, 1);
+  lua_pushcclosure(L, l_append, 1);
+  lua_setfield(L, -2, "append_raw");
 }
