@@ -10,6 +10,7 @@
 # off. Prints passed/failed/skipped per run from vitest's JSON report and exits non-zero
 # unless every runnable test passed.
 # Environment: DS_BINARY (path to the server binary; default build/durable-stream),
+#   DS_SERVER_ARGS (extra server flags, e.g. "--fsync always"),
 #   DS_CONFORMANCE_STORES (default "yaml memory"), DS_CONFORMANCE_SUBS (default "1 0").
 # Must not: leave servers or temp dirs behind.
 set -u
@@ -50,7 +51,8 @@ trap cleanup EXIT
 start_server() { # $1 = store kind
   rm -rf "$tmp/data"; mkdir -p "$tmp/data"
   : >"$tmp/server.out"
-  "$bin" --port 0 --storage "$1" --data-dir "$tmp/data" --long-poll-timeout 500 \
+  # shellcheck disable=SC2086 # DS_SERVER_ARGS is a list of extra flags
+  "$bin" --port 0 --storage "$1" --data-dir "$tmp/data" --long-poll-timeout 500 ${DS_SERVER_ARGS:-} \
     >"$tmp/server.out" 2>"$tmp/server.err" &
   pid=$!
   url=""

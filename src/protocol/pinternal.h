@@ -90,6 +90,10 @@ void ds__hdrf(ds__hdrs_t *h, const char *name, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /** NULL-terminated list for ds_http_* calls. */
 const ds_http_header_t *ds__hdrs_done(ds__hdrs_t *h);
+/** Sends a body-less success response once everything appended so far is durable under
+ *  the store's fsync policy (at once unless "always"), like the /agents acks. The header
+ *  names in h must be string literals (values are copied). */
+void ds__respond_durable(ds_protocol_t *p, ds_http_req_t *req, int status, ds__hdrs_t *h);
 /** Plain-text error with the common headers. */
 void ds__respond_err(ds_http_req_t *req, int status, const char *msg);
 /** Same with extra headers already in h. */
