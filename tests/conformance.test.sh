@@ -67,13 +67,24 @@ start_server() { # $1 = store kind
   fi
 }
 
-stop_server() {
+stop_server() { # returns non-zero unless the server shut down cleanly (exit 0) on SIGTERM
+  local rc
   if ! kill -0 "$pid" 2>/dev/null; then
     wait "$pid"
     echo "conformance: the server died during the run (exit status $?); its stderr ends with:" >&2
     tail -20 "$tmp/server.err" >&2
+    pid=""
+    return 1
   fi
-  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; pid=""
+  kill "$pid" 2>/dev/null
+  wait "$pid"
+  rc=$?
+  pid=""
+  if [ "$rc" != 0 ]; then
+    echo "conformance: the server exited with status $rc after SIGTERM; its stderr ends with:" >&2
+    tail -20 "$tmp/server.err" >&2
+    return 1
+  fi
 }
 
 status=0
@@ -84,7 +95,7 @@ for store in $stores; do
     (cd "$cache" && CONFORMANCE_TEST_URL="$url" SUBSCRIPTIONS="$subs" \
        npx --no-install vitest run conformance.test.mjs --no-coverage \
        --reporter=json --outputFile.json="$out" >"$tmp/vitest.log" 2>&1)
-    stop_server
+    stop_server || status=1
     if [ ! -f "$out" ]; then
       echo "conformance: store=$store subscriptions=$subs: no report" >&2
       tail -30 "$tmp/vitest.log" >&2

@@ -94,6 +94,8 @@ local function stop_server(srv)
   assert.falsy(log:find("still alive"), log)
   assert.falsy(log:find("still held"), log)
   assert.falsy(log:find(" error "), log)
+  assert.falsy(log:find("Sanitizer"), log) -- ASan/LSan builds report here
+  assert.falsy(log:find("runtime error"), log) -- UBSan
 end
 
 -- fakes ----------------------------------------------------------------------------

@@ -65,6 +65,13 @@ struct ds_protocol_s {
   ds__waiter_t *waiters; /* live reads (long-poll and SSE), for shutdown */
   bool shutting_down;
   struct ds__subs_s *subs; /* reserved subscription APIs (NULL when disabled) */
+  struct ds__fcache_s {    /* the last live SSE frame, shared by every subscriber at the tail */
+    const ds_stream_t *s;
+    uint64_t off;
+    int enc; /* DS__M_* of the payload, DS__M_BYTES = base64 */
+    char cursor[32];
+    ds_rbuf_t *frame;
+  } fcache;
   uv_timer_t *sweep;       /* periodic expiry of cached TTL / Expires-At streams; owns itself
                               once closing so ds_protocol_free never races its close */
 };
@@ -140,6 +147,7 @@ void ds__op_head(ds_protocol_t *p, ds_http_req_t *req, const char *path);
 void ds__op_delete(ds_protocol_t *p, ds_http_req_t *req, const char *path);
 void ds__op_get(ds_protocol_t *p, ds_http_req_t *req, const char *path);
 void ds__reads_shutdown(ds_protocol_t *p);
+void ds__reads_free(ds_protocol_t *p);
 
 
 /* subscriptions (subs.c) */

@@ -95,6 +95,7 @@ void ds_protocol_free(ds_protocol_t *p) {
   if (!p) return;
   ds__sweep_stop(p); /* normally done by ds_protocol_shutdown; the caller runs the loop */
   if (p->subs) ds__subs_free(p->subs);
+  ds__reads_free(p);
   ds__state_free_all(p);
   free(p->tab);
   free(p);
