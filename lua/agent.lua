@@ -32,6 +32,10 @@ local T_AI_ERROR = "iterate:ai:error"
 M.types = { T_CONFIG, T_USER, T_AUDIO, T_CANCEL }
 
 local REPLAY_BATCH = 1000
+-- Paths whose state stays cached; beyond this, idle states (nothing in flight, nothing
+-- queued, no model connection kept) are dropped: they are rebuilt from the stream on
+-- their next use, so this bounds memory without changing behaviour.
+M.MAX_CACHED = 10000
 
 ---Installs the agent: registers its hooks with ds.on and returns the agent object.
 ---@param ds table host module
@@ -45,6 +49,7 @@ function M.install(ds, cfg, models)
     models = models,
     loop = llm_loop.new(ds, models, cfg),
     states = {},
+    n_states = 0,
     default_model = cfg.default_model or "openai",
     prefixes = cfg.prefixes,
   }, M)
@@ -153,9 +158,39 @@ function M:state(path, upto)
     end
   end
   self.states[path] = st
+  self.n_states = self.n_states + 1
+  if self.n_states > M.MAX_CACHED then
+    self:evict(path)
+  end
   -- A request that was in flight when the server stopped will never finish.
   self.loop:close_orphan(st)
   return st
+end
+
+local function idle(st)
+  if st.inflight or st.pending or #st.queue > 0 then
+    return false
+  end
+  for _, scratch in pairs(st.scratch) do
+    if next(scratch) ~= nil then
+      return false
+    end
+  end
+  return true
+end
+
+---Drops idle cached states (never `keep`) until a tenth below the cap.
+function M:evict(keep)
+  local target = M.MAX_CACHED - M.MAX_CACHED // 10
+  for path, st in pairs(self.states) do
+    if self.n_states <= target then
+      break
+    end
+    if path ~= keep and idle(st) then
+      self.states[path] = nil
+      self.n_states = self.n_states - 1
+    end
+  end
 end
 
 function M:ai_error(st, code, message, extra)

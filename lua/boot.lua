@@ -24,10 +24,14 @@ M.DEFAULTS = {
     },
     grok = {
       url = "wss://api.x.ai/v1/realtime",
+      model = nil,
       api_key_env = "XAI_API_KEY",
       voice = "ara",
       instructions = "You are a helpful voice assistant.",
       idle_timeout_ms = 300000,
+      ready_timeout_ms = 10000,
+      connect_timeout_ms = 10000,
+      response_timeout_ms = 60000,
     },
     echo = { delay_ms = 0 },
   },
@@ -126,6 +130,7 @@ function M.start(ds, cfg)
   local conf = M.normalize(cfg)
   local registry = models_mod.new()
   registry:register("openai", require("openai").new(ds)) -- the built-in model (lua/openai.lua)
+  registry:register("grok", require("grok").new(ds)) -- xAI realtime voice (lua/grok.lua)
   local agent = agent_mod.install(ds, conf, registry)
   local base = {}
   for _, k in ipairs(SAFE_GLOBALS) do

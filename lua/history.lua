@@ -8,7 +8,9 @@
 --     models);
 --   * assistant turns: one per request, placed where its request-started event is, holding
 --     the concatenated text-delta parts of that request (interrupted and cancelled partial
---     answers included) and the Grok audio transcript deltas of a Grok request.
+--     answers included) and the Grok audio transcript deltas of a Grok request;
+--   * the Grok transcript of a user audio turn
+--     (conversation.item.input_audio_transcription.completed) becomes that turn's text.
 -- Empty assistant turns (a request cancelled before any text) are left out of messages().
 -- Must not: append events or keep anything but plain data (it is rebuilt at will).
 local M = {}
@@ -62,6 +64,15 @@ function M:apply(ev)
     local turn = self.current
     if turn and p.type == "response.output_audio_transcript.delta" and type(p.delta) == "string" then
       turn.parts[#turn.parts + 1] = p.delta
+    elseif p.type == "conversation.item.input_audio_transcription.completed" and type(p.transcript) == "string" then
+      -- the transcript of the user's latest audio turn: text models see it as that turn's text
+      for i = #self.turns, 1, -1 do
+        local t = self.turns[i]
+        if t.role == "user" and t.kind == "audio" then
+          t.transcript = p.transcript
+          break
+        end
+      end
     end
   elseif t == T_ENDED or t == T_CANCELLED then
     if self.current and self.current.request == p.requestOffset then
@@ -80,7 +91,8 @@ function M:answer(offset)
 end
 
 ---The conversation as a list of {role = "user"|"assistant", text = string} (text turns)
----and {role = "user", audio = base64} (audio turns), in order, empty answers omitted.
+---and {role = "user", audio = base64, text = <transcript or nil>} (audio turns), in order,
+---empty answers omitted.
 ---@param opts table|nil {before = <request offset>}: only turns placed before that request
 ---@return table[]
 function M:messages(opts)
@@ -96,7 +108,7 @@ function M:messages(opts)
         out[#out + 1] = { role = "assistant", text = text }
       end
     elseif turn.kind == "audio" then
-      out[#out + 1] = { role = "user", audio = turn.audio }
+      out[#out + 1] = { role = "user", audio = turn.audio, text = turn.transcript }
     else
       out[#out + 1] = { role = "user", text = turn.text }
     end

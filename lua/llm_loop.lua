@@ -62,6 +62,17 @@ function M:emit(st, etype, payload)
   return off
 end
 
+---Like emit, with the payload as JSON text (ds.append_raw) and its decoded form.
+function M:emit_raw(st, etype, payload_json, decoded)
+  local off, err = self.ds.append_raw(st.path, etype, payload_json)
+  if not off then
+    self.ds.log.error(("agent: append %s to %s failed: %s"):format(etype, st.path, tostring(err)))
+    return nil, err
+  end
+  st.history:apply({ type = etype, payload = decoded, offset = off, path = st.path })
+  return off
+end
+
 -- Stops a request's model and task without appending anything. Idempotent.
 local function abort(req)
   if req.done then
@@ -155,6 +166,14 @@ function M:start(st, prompt)
         return nil, "cancelled"
       end
       return loop:emit(st, etype, payload)
+    end,
+    ---Appends an event whose payload is given as JSON text, stored as received (not
+    ---re-encoded); `decoded` is the same payload as a table, for the history.
+    append_raw = function(ctx, etype, payload_json, decoded)
+      if ctx.cancelled then
+        return nil, "cancelled"
+      end
+      return loop:emit_raw(st, etype, payload_json, decoded)
     end,
   }
   st.inflight = req

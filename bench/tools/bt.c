@@ -405,6 +405,18 @@ double bt_server_cpu_share(long pid, uint64_t cpu0, uint64_t wall_ns) {
   return (double)(cpu1 - cpu0) / (double)wall_ns;
 }
 
+uint64_t bt_proc_wait_ns(long pid) {
+  char path[64];
+  if (pid > 0) snprintf(path, sizeof(path), "/proc/%ld/schedstat", pid);
+  else snprintf(path, sizeof(path), "/proc/self/schedstat");
+  FILE *f = fopen(path, "r");
+  if (!f) return 0;
+  unsigned long long run = 0, wait = 0;
+  int n = fscanf(f, "%llu %llu", &run, &wait);
+  fclose(f);
+  return n == 2 ? (uint64_t)wait : 0;
+}
+
 long bt_rss_kb(long pid) {
   char path[64];
   snprintf(path, sizeof(path), "/proc/%ld/status", pid);

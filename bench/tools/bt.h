@@ -111,6 +111,11 @@ uint64_t bt_proc_cpu_ns(long pid);
  * time; -1 when pid <= 0 or unreadable. */
 double bt_server_cpu_share(long pid, uint64_t cpu0, uint64_t wall_ns);
 
+/* Run-queue wait time (ns) of pid's main thread so far, from /proc/<pid>/schedstat
+ * (pid 0 = this process); 0 when unreadable. Time spent runnable but not running: a
+ * large share means the machine's other work starved that process during a run. */
+uint64_t bt_proc_wait_ns(long pid);
+
 /* Reads VmRSS (kB) of pid from /proc; -1 on failure. */
 long bt_rss_kb(long pid);
 /* Prints "generator cpu: X% of one core" and the saturation note; returns 1 if >90 %. */

@@ -44,8 +44,8 @@ static struct {
   uint64_t ok, non2xx, errors, status_counts[600];
   uint64_t sent_total;
   long server_pid;
-  uint64_t scpu0;
-  double server_cpu;
+  uint64_t scpu0, swait0, gwait0;
+  double server_cpu, server_wait, gen_wait;
   bt_hist_t hist;
 } G;
 
@@ -261,10 +261,14 @@ int main(int argc, char **argv) {
         wall0 = now;
         cpu0 = bt_cpu_ns();
         if (G.server_pid > 0) G.scpu0 = bt_proc_cpu_ns(G.server_pid);
+        if (G.server_pid > 0) G.swait0 = bt_proc_wait_ns(G.server_pid);
+        G.gwait0 = bt_proc_wait_ns(0);
         G.errors = 0; /* only errors inside the window count */
       }
       if (now >= G.t_end) {
         G.server_cpu = bt_server_cpu_share(G.server_pid, G.scpu0, now - wall0);
+        G.server_wait = G.server_pid > 0 ? (double)(bt_proc_wait_ns(G.server_pid) - G.swait0) / (double)(now - wall0) : -1;
+        G.gen_wait = (double)(bt_proc_wait_ns(0) - G.gwait0) / (double)(now - wall0);
         G.phase = PH_DRAIN;
         t_drain_deadline = now + 5000000000ull;
       }
@@ -300,14 +304,17 @@ int main(int argc, char **argv) {
              bt_ms(bt_hist_pct(&G.hist, 50)), bt_ms(bt_hist_pct(&G.hist, 99)),
              bt_ms(bt_hist_pct(&G.hist, 100)));
   if (G.server_cpu >= 0 && G.server_pid > 0)
-    printf("server cpu: %.0f%% of one core (pid %ld)\n", G.server_cpu * 100.0, G.server_pid);
+    printf("server cpu: %.0f%% of one core (pid %ld); it waited for a CPU %.0f%% of the time\n",
+           G.server_cpu * 100.0, G.server_pid, G.server_wait * 100.0);
+  printf("generator waited for a CPU %.0f%% of the time\n", G.gen_wait * 100.0);
   printf("RESULT tool=append kind=%s conns=%d pipeline=%d paths=%d rps=%.1f %s"
          "ok=%llu non2xx=%llu errors=%llu gen_cpu=%.2f saturated=%d "
-         "server_cpu=%.2f\n",
+         "server_cpu=%.2f server_wait=%.2f gen_wait=%.2f\n",
          G.protocol ? "protocol" : "agents", G.nconn, G.depth, G.npaths, rps, lat,
          (unsigned long long)G.ok,
          (unsigned long long)G.non2xx, (unsigned long long)G.errors, cpu_share, sat,
-         G.server_pid > 0 ? G.server_cpu : -1.0);
+         G.server_pid > 0 ? G.server_cpu : -1.0, G.server_pid > 0 ? G.server_wait : -1.0,
+         G.gen_wait);
   free(G.conns);
   free(G.pad);
   return 0;

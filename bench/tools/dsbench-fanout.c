@@ -374,6 +374,8 @@ int main(int argc, char **argv) {
   uint64_t interval = (uint64_t)(1e9 / G.rate);
   uint64_t t0 = bt_now_ns(), cpu0 = bt_cpu_ns();
   uint64_t scpu0 = G.server_pid > 0 ? bt_proc_cpu_ns(G.server_pid) : 0;
+  uint64_t swait0 = G.server_pid > 0 ? bt_proc_wait_ns(G.server_pid) : 0;
+  uint64_t gwait0 = bt_proc_wait_ns(0);
   uint64_t write_deadline = t0 + (uint64_t)((G.warmup + G.duration) * 1.5e9) + 2000000000ull;
   uint64_t t_last_send = t0, max_lag = 0, t_measure = 0;
   while (G.next_seq < G.total && bt_now_ns() < write_deadline) {
@@ -410,6 +412,10 @@ int main(int argc, char **argv) {
   uint64_t t_done = bt_now_ns();
   double cpu_share = (double)(bt_cpu_ns() - cpu0) / (double)(t_done - t0);
   double server_cpu = bt_server_cpu_share(G.server_pid, scpu0, t_done - t0);
+  double server_wait = G.server_pid > 0
+                           ? (double)(bt_proc_wait_ns(G.server_pid) - swait0) / (double)(t_done - t0)
+                           : -1;
+  double gen_wait = (double)(bt_proc_wait_ns(0) - gwait0) / (double)(t_done - t0);
 
   double span = t_measure ? (double)(t_last_send - t_measure) / 1e9 + 1.0 / G.rate : 0;
   double actual_rate = (double)sent / (span > G.duration ? span : G.duration);
@@ -439,15 +445,17 @@ int main(int argc, char **argv) {
              bt_ms(bt_hist_pct(&G.hist, 50)), bt_ms(bt_hist_pct(&G.hist, 99)),
              bt_ms(bt_hist_pct(&G.hist, 100)));
   if (server_cpu >= 0)
-    printf("server cpu: %.0f%% of one core (pid %ld)\n", server_cpu * 100.0, G.server_pid);
+    printf("server cpu: %.0f%% of one core (pid %ld); it waited for a CPU %.0f%% of the time\n",
+           server_cpu * 100.0, G.server_pid, server_wait * 100.0);
+  printf("generator waited for a CPU %.0f%% of the time\n", gen_wait * 100.0);
   printf("RESULT tool=fanout kind=%s subs=%d connected=%d rate=%.1f actual_rate=%.1f sustained=%d "
          "sent=%u acked=%u expected=%llu delivered=%llu missed=%llu dups=%llu dropped=%d "
          "%sconnect_s=%.2f gen_cpu=%.2f saturated=%d "
-         "server_cpu=%.2f\n",
+         "server_cpu=%.2f server_wait=%.2f gen_wait=%.2f\n",
          G.protocol ? "protocol" : "agents", G.nsubs, subs_live, G.rate, actual_rate, sustained,
          sent, G.acked, (unsigned long long)expected, (unsigned long long)G.unique_total,
          (unsigned long long)missed, (unsigned long long)G.dups_total, G.dropped,
-         lat, conn_secs, cpu_share, sat, server_cpu);
+         lat, conn_secs, cpu_share, sat, server_cpu, server_wait, gen_wait);
 
   for (int i = 0; i < G.nsubs; i++) {
     bt_conn_close(&G.subs[i].c, 1);

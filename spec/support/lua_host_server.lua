@@ -101,7 +101,11 @@ function S.start(opts)
   agents.plugin_dir = self.plugin_dir
   local cfg = { port = 0, data_dir = self.data_dir, storage = opts.storage or "yaml", agents = agents }
   write_file(dir .. "/config.lua", "return " .. ser(cfg) .. "\n")
-  self:launch()
+  local ok, err = pcall(self.launch, self)
+  if not ok then
+    self:cleanup()
+    error(err, 0)
+  end
   return self
 end
 
@@ -198,6 +202,25 @@ function S:wait_events(path, pred, what, timeout)
       return evs
     end
   end, timeout or 10, what)
+end
+
+---Opens a live SSE read and returns the first event's decoded data (or errors).
+function S:first_live_event(path, timeout)
+  local c = assert(socket.tcp())
+  c:settimeout(timeout or 10)
+  assert(c:connect("127.0.0.1", self.port))
+  assert(c:send(("GET /agents/%s?live=sse HTTP/1.1\r\nHost: x\r\n\r\n"):format(path)))
+  local got
+  while not got do
+    local line, err = c:receive("*l")
+    if not line then
+      c:close()
+      error("live read: " .. tostring(err))
+    end
+    got = line:match("^data: (.*)$")
+  end
+  c:close()
+  return cjson.decode(got)
 end
 
 function S:stats()

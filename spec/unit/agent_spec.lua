@@ -330,6 +330,50 @@ describe("agent", function()
   end)
 end)
 
+describe("agent state cache", function()
+  it("drops idle states beyond the cap and rebuilds them on their next use", function()
+    local saved = agent_mod.MAX_CACHED
+    agent_mod.MAX_CACHED = 10
+    local ok, err = pcall(function()
+      local h, agent, reg = setup()
+      local slow = recorder({ "a", "b" }, { delay = 10 })
+      reg:register("slow", slow)
+      h.ds.append("busy", T.config, { model = "slow" })
+      say(h, "keep me", nil, "busy")
+      h:advance(5) -- "busy" has a request in flight: never evicted
+      for i = 1, 30 do
+        say(h, "hi", nil, "p" .. i)
+        h:drain() -- echo answers without timers; the clock (and "busy") stand still
+      end
+      assert.is_true(agent.n_states <= 10)
+      assert.truthy(agent.states["busy"])
+      h:run()
+      assert.equal(1, #h:events("busy", T.ended))
+      -- an evicted path continues its conversation: history rebuilt, nothing re-answered
+      local gone
+      for i = 1, 30 do
+        if not agent.states["p" .. i] then
+          gone = "p" .. i
+          break
+        end
+      end
+      assert.truthy(gone)
+      say(h, "again", nil, gone)
+      h:run()
+      assert.equal(2, #h:events(gone, T.started))
+      local fin = {}
+      for _, ev in ipairs(h:events(gone, T.sse)) do
+        if ev.payload.part.type == "finish" then
+          fin[#fin + 1] = ev.payload.part.usage.inputTokens
+        end
+      end
+      assert.same({ 1, 3 }, fin)
+    end)
+    agent_mod.MAX_CACHED = saved
+    assert(ok, err)
+  end)
+end)
+
 describe("agent state rebuilt from a recorded history", function()
   it("continues the conversation and never answers a message twice", function()
     local h = setup()

@@ -14,6 +14,7 @@
 #include "core/log.h"
 #include "http/http.h"
 #include "lua/host.h"
+#include "protocol/protocol.h"
 #include "store/store.h"
 #include "stream/streams.h"
 
@@ -24,6 +25,7 @@ typedef struct app_s {
   ds_streams_t *streams;
   ds_http_server_t *http;
   ds_agents_api_t *agents;
+  ds_protocol_t *protocol; /* /v1/stream: the Durable Streams view of the same streams */
   ds_lua_host_t *lua; /* NULL when config.lua says agents = false */
   ds_auth_t *auth;
   uv_signal_t sigint, sigterm;
@@ -167,6 +169,10 @@ static void route(void *ud, ds_http_req_t *req) {
     ds_agents_api_handle(app->agents, req);
     return;
   }
+  if (path_is(req, "/v1/stream")) {
+    ds_protocol_handle(app->protocol, req);
+    return;
+  }
   int get = strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0;
   if (get && path_eq(req, "/health")) {
     ds_buf_t b = DS_BUF_INIT;
@@ -199,6 +205,7 @@ static void begin_shutdown(app_t *app, const char *why) {
   /* End live readers first (final chunk), then stop HTTP: connections with a complete
    * response are flushed; in-flight appends were already stored synchronously. */
   ds_agents_api_shutdown(app->agents);
+  ds_protocol_shutdown(app->protocol);
   ds_lua_host_shutdown(app->lua); /* cancels tasks; Lua-routed requests get their answer */
   ds_http_server_stop(app->http, on_http_stopped, app);
 }
@@ -247,12 +254,17 @@ int ds_app_run(const ds_config_t *cfg) {
   ds_agents_opts_t ao = {.keepalive_ms = cfg->keepalive_ms,
                          .subscriber_backlog_bytes = cfg->subscriber_backlog_bytes};
   app.agents = ds_agents_api_new(&app.loop, app.streams, &ao);
+  ds_protocol_opts_t po = {.long_poll_timeout_ms = cfg->long_poll_timeout_ms,
+                           .sse_reconnect_ms = cfg->sse_reconnect_ms,
+                           .subscriptions = cfg->subscriptions};
+  app.protocol = ds_protocol_new(&app.loop, app.streams, &po);
   if (cfg->agents_enabled) {
     ds_lua_host_opts_t lo = {.config_path = cfg->config_path};
     app.lua = ds_lua_host_new(&app.loop, app.streams, &lo, err, sizeof err);
     if (!app.lua) {
       ds_error("server", "refusing to start: Lua agent layer: %s", err);
       ds_agents_api_shutdown(app.agents);
+      ds_protocol_shutdown(app.protocol);
       goto done_streams;
     }
   }
@@ -269,6 +281,7 @@ int ds_app_run(const ds_config_t *cfg) {
   if (ds_http_server_start(&app.loop, &ho, route, &app, &app.http, err, sizeof err) != 0) {
     ds_error("server", "cannot listen on %s:%d: %s", cfg->host, cfg->port, err);
     ds_agents_api_shutdown(app.agents);
+    ds_protocol_shutdown(app.protocol);
     ds_lua_host_shutdown(app.lua);
     goto done_streams;
   }
@@ -288,6 +301,7 @@ int ds_app_run(const ds_config_t *cfg) {
 done_streams:
   uv_run(&app.loop, UV_RUN_DEFAULT); /* let closing handles finish */
   ds_lua_host_free(app.lua); /* logs leaked refs/tasks, if any */
+  ds_protocol_free(app.protocol); /* before the streams: it holds subscriptions on them */
   ds_streams_free(app.streams);
   ds_agents_api_free(app.agents);
   ds_store_close(app.store);

@@ -191,6 +191,27 @@ static int head_over(ds__conn_t *c, const char *end) {
   return c->head_count + (size_t)(end - c->chunk) > c->srv->opts.max_header_bytes;
 }
 
+/* Trailers and chunk extensions are parsed but never stored; they still count against
+ * max_header_bytes so a client cannot stream them forever within the body timeout. */
+static int tail_bytes(ds__conn_t *c, size_t len, int status, const char *msg) {
+  c->tail_count += len;
+  if (c->tail_count > c->srv->opts.max_header_bytes) return fail_cb(c, status, msg);
+  return 0;
+}
+
+static int on_chunk_extension(llhttp_t *p, const char *at, size_t len) {
+  (void)at;
+  return tail_bytes(p->data, len, 400, "malformed request: chunk extensions too large");
+}
+
+/* An obs-fold continuation line (RFC 9112 5.2) reaches us as a second value span that
+ * directly follows a line break; the RFC lets a server reject it, and a folded
+ * Transfer-Encoding or Content-Length is a smuggling vector, so every fold gets 400. */
+static int is_obs_fold(const ds__conn_t *c, const char *at) {
+  char before = at > c->chunk ? at[-1] : c->prev_last;
+  return before == '\n';
+}
+
 static int on_message_begin(llhttp_t *p) {
   ds__conn_t *c = p->data;
   if (c->req) ds__req_free(c->req); /* cannot happen: parsing waits for completion */
@@ -200,6 +221,7 @@ static int on_message_begin(llhttp_t *p) {
   c->req = r;
   c->headers_done = 0;
   c->head_count = 0;
+  c->tail_count = 0;
   if (c->tkind != DS__T_HEADER) set_deadline(c, DS__T_HEADER, c->srv->opts.header_timeout_ms);
   return 0;
 }
@@ -220,7 +242,7 @@ static int on_url_complete(llhttp_t *p) {
 static int on_header_field(llhttp_t *p, const char *at, size_t len) {
   ds__conn_t *c = p->data;
   ds__req_t *r = c->req;
-  if (c->headers_done) return 0; /* trailers: ignored (and never stored) */
+  if (c->headers_done) return tail_bytes(c, len, 431, "request trailer fields too large");
   if (head_over(c, at + len)) return fail_cb(c, 431, "request header fields too large");
   if (r->value_open) { /* the previous value was empty and got no complete callback */
     r->value_open = 0;
@@ -249,6 +271,8 @@ static int on_header_field_complete(llhttp_t *p) {
   if (c->headers_done) return 0;
   if (!r->field_open) return fail_cb(c, 400, "malformed request: empty header name");
   r->field_open = 0;
+  /* llhttp 8.1 reports ": x" as a zero-length name */
+  if (r->hoff[r->nhoff - 1] == r->head.len) return fail_cb(c, 400, "malformed request: empty header name");
   for (size_t i = r->hoff[r->nhoff - 1]; i < r->head.len; i++) {
     char ch = r->head.data[i];
     /* RFC 9112 5.1: no whitespace between name and colon ("X : y" is a smuggling
@@ -264,9 +288,10 @@ static int on_header_field_complete(llhttp_t *p) {
 
 static int on_header_value(llhttp_t *p, const char *at, size_t len) {
   ds__conn_t *c = p->data;
-  if (c->headers_done) return 0;
+  if (c->headers_done) return tail_bytes(c, len, 431, "request trailer fields too large");
   if (head_over(c, at + len)) return fail_cb(c, 431, "request header fields too large");
   if (!c->req->value_open) return fail_cb(c, 400, "malformed request: header value without name");
+  if (len && is_obs_fold(c, at)) return fail_cb(c, 400, "malformed request: obsolete line folding");
   ds_buf_append(&c->req->head, at, len);
   return 0;
 }
@@ -302,6 +327,8 @@ static int on_headers_complete(llhttp_t *p) {
   ds__req_t *r = c->req;
   ds_http_server_t *srv = c->srv;
   if (head_over(c, c->chunk)) return fail_cb(c, 431, "request header fields too large");
+  /* llhttp accepts HTTP/0.9-style request lines ("GET /x" without a version) */
+  if (p->http_major != 1) return fail_cb(c, 400, "malformed request: unsupported HTTP version");
   if (r->field_open || r->value_open) {
     /* a name whose value callbacks never ran: close it as an empty value */
     if (r->field_open) on_header_field_complete(p);
@@ -408,6 +435,8 @@ void ds__conn_settings(llhttp_settings_t *s) {
   s->on_headers_complete = on_headers_complete;
   s->on_body = on_body;
   s->on_message_complete = on_message_complete;
+  s->on_chunk_extension_name = on_chunk_extension;
+  s->on_chunk_extension_value = on_chunk_extension;
 }
 
 /* ---- parsing and dispatch ---- */
@@ -417,6 +446,7 @@ void ds__conn_settings(llhttp_settings_t *s) {
 static size_t parse_some(ds__conn_t *c, const char *data, size_t n) {
   c->chunk = data;
   llhttp_errno_t e = llhttp_execute(&c->parser, data, n);
+  if (n) c->prev_last = data[n - 1];
   if (e == HPE_OK) {
     if (c->req && !c->headers_done) c->head_count += n;
     return n;
@@ -424,6 +454,7 @@ static size_t parse_some(ds__conn_t *c, const char *data, size_t n) {
   if (e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) {
     const char *pos = llhttp_get_error_pos(&c->parser);
     size_t used = pos && pos >= data && pos <= data + n ? (size_t)(pos - data) : n;
+    if (used) c->prev_last = data[used - 1];
     if (e == HPE_PAUSED_UPGRADE) llhttp_resume_after_upgrade(&c->parser);
     else llhttp_resume(&c->parser);
     return used;

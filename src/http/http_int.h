@@ -87,6 +87,8 @@ struct ds__conn_s {
   ds_buf_t in;       /* unparsed input (pipelined bytes), consumed from in_off */
   size_t in_off;
   size_t head_count; /* head bytes of the current message before the current chunk */
+  size_t tail_count; /* chunk-extension and trailer bytes of the current message */
+  char prev_last;    /* last byte of the previous parsed chunk (obs-fold detection) */
   const char *chunk; /* start of the bytes being parsed (for head size accounting) */
   ds__seg_t *segs;   /* queued, not yet submitted */
   size_t nsegs, segs_cap;

@@ -312,6 +312,9 @@ static int init_state(lua_State *L) {
   lua_getfield(L, -1, "http"); /* [ds http] */
   ds_l_http_open(L, h->httpc);
   lua_pop(L, 1); /* [ds] */
+  lua_newtable(L); /* [ds ws] */
+  ds_l_ws_open(L, h->wsc);
+  lua_setfield(L, -2, "ws"); /* [ds] */
   lua_pushcfunction(L, l_on);
   lua_setfield(L, -2, "on");
   lua_getglobal(L, "package");
@@ -534,11 +537,14 @@ ds_lua_host_t *ds_lua_host_new(uv_loop_t *loop, ds_streams_t *streams, const ds_
   h->L = ds_vm_state(h->vm);
   h->sched = ds_sched_new(loop, h->vm);
   h->httpc = ds_l_http_new(loop);
-  if (!h->httpc) {
+  h->wsc = h->httpc ? ds_l_ws_new(loop) : NULL;
+  if (!h->wsc) {
+    if (h->httpc) ds_l_http_shutdown(h->httpc);
     ds_sched_shutdown(h->sched);
     uv_run(loop, UV_RUN_NOWAIT);
     ds_vm_free(h->vm);
     ds_sched_free(h->sched);
+    ds_l_http_free(h->httpc);
     free(h);
     snprintf(err, errlen, "cannot create the HTTP client");
     return NULL;
@@ -618,6 +624,7 @@ void ds_lua_host_shutdown(ds_lua_host_t *h) {
   ds__stream_close_all(h);
   ds_sched_shutdown(h->sched);
   ds_l_http_shutdown(h->httpc);
+  ds_l_ws_shutdown(h->wsc);
   ds__http_close_all(h);
   if (h->dispatch_open) {
     if (h->dispatch_active) uv_idle_stop(&h->dispatch);
@@ -651,6 +658,7 @@ int ds_lua_host_free(ds_lua_host_t *h) {
   long refs = ds_vm_free(h->vm);
   ds_sched_free(h->sched);
   refs += ds_l_http_free(h->httpc); /* after the state closed: every Response collected */
+  refs += ds_l_ws_free(h->wsc);      /* stage 2 of the lws context destroy (runs the loop) */
   free(h->hooks);
   free(h->routes);
   free(h->plugins);

@@ -162,31 +162,23 @@ void ds__http_close_all(ds_lua_host_t *h) {
   for (ds__lreq_t *r = h->reqs; r; r = r->next) ds_error("lua", "a Lua-routed request outlived its task");
 }
 
-int ds_lua_host_handle(ds_lua_host_t *h, ds_http_req_t *req) {
-  if (!h || h->phase != DS_PHASE_RUN || h->nroutes == 0) return 0;
-  ds__route_t *rt = NULL;
-  int ri = -1;
-  for (size_t i = 0; i < h->nroutes; i++) {
-    ds__route_t *x = &h->routes[i];
-    if (x->plugin >= 0 && h->plugins[x->plugin].disabled) continue;
-    if (strcmp(x->method, "*") != 0 && !str_eq_ci(x->method, req->method)) continue;
-    if (req->path_len < x->prefix_len || memcmp(req->path, x->prefix, x->prefix_len) != 0) continue;
-    rt = x;
-    ri = (int)i;
-    break;
-  }
-  if (!rt) return 0;
-  lua_State *L = h->L;
-  int top = lua_gettop(L);
-  if (!lua_checkstack(L, 10)) return 0;
-  ds__lreq_t *r = calloc(1, sizeof *r);
-  if (!r) return 0;
-  r->h = h;
-  r->req = req;
-  r->box_ref = LUA_NOREF;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, h->route_runner_ref); /* [runner] */
-  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->fn_ref);          /* [runner fn] */
-  lua_createtable(L, 0, 6);                               /* [runner fn req] */
+typedef struct {
+  ds_lua_host_t *h;
+  ds__route_t *rt;
+  int ri;
+  ds__lreq_t *r;
+  ds_task_t *t;
+} build_args_t;
+
+/* Protected (allocations may fail): builds the request table and spawns the handler's
+ * task. [args(lightuserdata)] -> [] */
+static int build_and_spawn(lua_State *L) {
+  build_args_t *a = lua_touserdata(L, 1);
+  ds__lreq_t *r = a->r;
+  ds_http_req_t *req = r->req;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, a->h->route_runner_ref); /* [a runner] */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, a->rt->fn_ref);          /* [a runner fn] */
+  lua_createtable(L, 0, 6);                                  /* [a runner fn req] */
   lua_pushstring(L, req->method);
   lua_setfield(L, -2, "method");
   lua_pushlstring(L, req->path, req->path_len);
@@ -207,29 +199,62 @@ int ds_lua_host_handle(ds_lua_host_t *h, ds_http_req_t *req) {
     lua_setfield(L, -2, req->headers[i].name);
   }
   lua_setfield(L, -2, "headers");
-  req_box_t *box = lua_newuserdatauv(L, sizeof *box, 0); /* [runner fn req box] */
-  box->r = r;
+  req_box_t *box = lua_newuserdatauv(L, sizeof *box, 0); /* [a runner fn req box] */
+  box->r = NULL;
   luaL_setmetatable(L, REQ_MT);
   lua_pushvalue(L, -1);
-  r->box_ref = ds_vm_ref(L); /* [runner fn req box] */
+  r->box_ref = ds_vm_ref(L); /* [a runner fn req box] */
   r->box = box;
-  lua_pushcclosure(L, l_respond, 1); /* [runner fn req respond] */
-  lua_setfield(L, -2, "respond");    /* [runner fn req] */
+  box->r = r;
+  lua_pushcclosure(L, l_respond, 1); /* [a runner fn req respond] */
+  lua_setfield(L, -2, "respond");    /* [a runner fn req] */
+  a->t = ds__spawn(a->h, L, 2, a->rt->plugin, -1, a->ri, r); /* [a] */
+  return 0;
+}
+
+int ds_lua_host_handle(ds_lua_host_t *h, ds_http_req_t *req) {
+  if (!h || h->phase != DS_PHASE_RUN || h->nroutes == 0) return 0;
+  ds__route_t *rt = NULL;
+  int ri = -1;
+  for (size_t i = 0; i < h->nroutes; i++) {
+    ds__route_t *x = &h->routes[i];
+    if (x->plugin >= 0 && h->plugins[x->plugin].disabled) continue;
+    if (strcmp(x->method, "*") != 0 && !str_eq_ci(x->method, req->method)) continue;
+    if (req->path_len < x->prefix_len || memcmp(req->path, x->prefix, x->prefix_len) != 0) continue;
+    rt = x;
+    ri = (int)i;
+    break;
+  }
+  if (!rt) return 0;
+  lua_State *L = h->L;
+  ds__lreq_t *r = calloc(1, sizeof *r);
+  if (!r) return 0;
+  r->h = h;
+  r->req = req;
+  r->box_ref = LUA_NOREF;
   r->next = h->reqs;
   if (h->reqs) h->reqs->prev = r;
   h->reqs = r;
-  ds_http_req_on_close(req, on_req_close, r);
-  ds_task_t *t = ds__spawn(h, L, 2, rt->plugin, -1, ri, r); /* [] */
-  if (!t) {
+  build_args_t a = {h, rt, ri, r, NULL};
+  lua_pushcfunction(L, build_and_spawn);
+  lua_pushlightuserdata(L, &a);
+  if (ds_vm_pcall(L, 1, 0) != LUA_OK) {
+    ds_error("lua", "cannot start the Lua route for %s %s: %s", req->method, req->target, lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  if (!a.t) { /* not started (shutting down, out of memory): answer here */
     r->task_done = 1;
     if (r->box) r->box->r = NULL;
+    r->box = NULL;
     ds_vm_unref(L, r->box_ref);
-    static const char msg[] = "{\"error\":\"server shutting down\"}";
+    r->box_ref = LUA_NOREF;
+    static const char msg[] = "{\"error\":\"cannot run the Lua route\"}";
     static const ds_http_header_t hd[] = {{"Content-Type", "application/json"}, {NULL, NULL}};
     answer(r, 503, hd, msg, sizeof msg - 1);
     lreq_maybe_free(r);
+    return 1;
   }
-  lua_settop(L, top);
+  ds_http_req_on_close(req, on_req_close, r);
   return 1;
 }
 

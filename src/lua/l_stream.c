@@ -3,12 +3,19 @@
  *   ds.append(path, type, payload) -> offset | nil, msg, code
  *       stores one /agents event (payload encoded with ds.json), synchronously: the
  *       offset is assigned and subscribers see it before this returns.
+ *   ds.append_raw(path, type, payload_json) -> offset | nil, msg, code
+ *       the same with the payload given as JSON text, stored as a POSTed payload would be
+ *       (never re-encoded through a Lua table: key order, numbers and escapes survive as
+ *       the store keeps them); invalid JSON returns nil, msg, "EINVAL".
  *   ds.read(path, from, max) -> {events...} | nil, msg, code
  *       events with offset >= from (an integer), at most max (default 1000), decoded;
  *       a path never written reads as {}.
  *   ds.subscribe(path, from) -> sub       events with offset >= from (default: the next)
  *   sub:next(timeout_ms) -> event | nil, "timeout" | nil, "closed"   (yields; the default
  *       timeout is 30000 ms; -1 waits forever)
+ *   for ev in sub:events(timeout_ms) do ... end   the same as a loop; ends at a timeout
+ *       or when the subscription closes
+ *   sub:offset() -> the next offset it will deliver
  *   sub:close()                            idempotent; also __close and __gc
  * Subscription is an I/O object: a box pointing to a C struct; closing (by Lua, by the
  * stream's deletion or by host shutdown) clears the box and every method answers
@@ -61,13 +68,19 @@ static int l_append(lua_State *L) {
   check_path(L, 1, &path);
   size_t tl;
   const char *type = luaL_checklstring(L, 2, &tl);
-  luaL_checkany(L, 3);
+  int raw = lua_toboolean(L, lua_upvalueindex(1));
+  if (raw) luaL_checktype(L, 3, LUA_TSTRING);
+  else luaL_checkany(L, 3);
   if (h->phase != DS_PHASE_RUN) return luaL_error(L, "ds.append is not allowed in the load phase");
   ds_buf_t b = DS_BUF_INIT;
   ds_buf_puts(&b, "{\"type\":");
   ds_json_write_string(&b, type, tl);
   ds_buf_puts(&b, ",\"payload\":");
-  if (lua_isnil(L, 3)) {
+  if (raw) {
+    size_t pl;
+    const char *pj = lua_tolstring(L, 3, &pl);
+    ds_buf_append(&b, pj, pl); /* validated with the whole body by the append below */
+  } else if (lua_isnil(L, 3)) {
     ds_buf_puts(&b, "{}");
   } else if (ds__json_encode(L, 3, &b) != 0) {
     ds_buf_free(&b);
@@ -189,6 +202,10 @@ static int l_subscribe(lua_State *L) {
   const char *path;
   check_path(L, 1, &path);
   if (h->phase != DS_PHASE_RUN) return luaL_error(L, "ds.subscribe is not allowed in the load phase");
+  int from_given = !lua_isnoneornil(L, 2);
+  lua_Integer from = from_given ? luaL_checkinteger(L, 2) : 0;
+  if (from < 0) from = 0;
+  lua_settop(L, 1);
   ds__lsub_t **box = lua_newuserdatauv(L, sizeof *box, 0);
   *box = NULL;
   luaL_setmetatable(L, SUB_MT);
@@ -198,7 +215,7 @@ static int l_subscribe(lua_State *L) {
   ds__lsub_t *ls = calloc(1, sizeof *ls);
   if (!ls) return luaL_error(L, "out of memory");
   ls->h = h;
-  ls->next = lua_isnoneornil(L, 2) ? ds_stream_next_offset(s) : (uint64_t)luaL_checkinteger(L, 2);
+  ls->next = from_given ? (uint64_t)from : ds_stream_next_offset(s);
   ls->stream = s;
   ls->sub.on_publish = on_publish;
   ls->sub.on_change = on_change;
@@ -276,6 +293,29 @@ static int l_sub_next(lua_State *L) {
   return next_try(L);
 }
 
+/* the generic-for iterator of sub:events(timeout_ms): (sub, previous) -> event | nil */
+static int l_sub_iter(lua_State *L) {
+  lua_settop(L, 1);
+  lua_pushvalue(L, lua_upvalueindex(1)); /* [sub timeout] */
+  int n = l_sub_next(L);
+  if (n > 1) {
+    /* nil, msg, code: end the loop; the reason stays readable as sub:offset()/next() */
+    lua_settop(L, 0);
+    lua_pushnil(L);
+    return 1;
+  }
+  return n;
+}
+
+static int l_sub_events(lua_State *L) {
+  check_sub(L);
+  lua_Integer timeout = luaL_optinteger(L, 2, 30000);
+  lua_pushinteger(L, timeout);
+  lua_pushcclosure(L, l_sub_iter, 1);
+  lua_pushvalue(L, 1);
+  return 2;
+}
+
 static int l_sub_close(lua_State *L) {
   ds__lsub_t *ls = check_sub(L);
   if (ls) lsub_free(ls);
@@ -290,7 +330,8 @@ static int l_sub_offset(lua_State *L) {
 }
 
 static const luaL_Reg sub_methods[] = {
-    {"next", l_sub_next}, {"close", l_sub_close}, {"offset", l_sub_offset}, {NULL, NULL}};
+    {"next", l_sub_next}, {"events", l_sub_events}, {"close", l_sub_close}, {"offset", l_sub_offset},
+    {NULL, NULL}};
 static const luaL_Reg sub_meta[] = {{"__gc", l_sub_close}, {"__close", l_sub_close}, {NULL, NULL}};
 static const luaL_Reg funcs[] = {
     {"append", l_append}, {"read", l_read}, {"subscribe", l_subscribe}, {NULL, NULL}};
@@ -302,4 +343,7 @@ void ds__stream_open(lua_State *L) {
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
   luaL_setfuncs(L, funcs, 0);
+  lua_pushboolean(L, 1);
+  lua_pushcclosure(L, l_append, 1);
+  lua_setfield(L, -2, "append_raw");
 }

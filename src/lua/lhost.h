@@ -13,6 +13,7 @@
 #include "core/buf.h"
 #include "lua/host.h"
 #include "lua/l_http_client.h"
+#include "lua/l_ws.h"
 #include "lua/sched.h"
 #include "lua/vm.h"
 
@@ -69,6 +70,7 @@ struct ds_lua_host_s {
   ds__lsub_t *subs; /* live Lua subscriptions */
   ds__lreq_t *reqs; /* HTTP requests owned by Lua routes */
   ds_l_http_t *httpc; /* outbound HTTP for ds.http.request (l_http_client.c) */
+  ds_l_ws_t *wsc;     /* outbound WebSockets for ds.ws.connect (l_ws.c) */
   uint64_t events_seen, events_dispatched, hooks_failed;
 };
 

@@ -45,6 +45,7 @@ struct ds_sched_s {
   int idle_open, idle_active, shut;
   uint64_t budget;
   ds_task_t *rhead, *rtail;
+  size_t rcount;
   ds_task_t *live;
   ds_task_t *current;
   ds_sched_stats_t st;
@@ -103,6 +104,7 @@ static void ready_push(ds_sched_t *s, ds_task_t *t) {
   if (s->rtail) s->rtail->rnext = t;
   else s->rhead = t;
   s->rtail = t;
+  s->rcount++;
   if (!s->idle_active && s->idle_open) {
     uv_idle_start(&s->idle, on_idle);
     s->idle_active = 1;
@@ -116,6 +118,7 @@ static void ready_remove(ds_sched_t *s, ds_task_t *t) {
     if (prev) prev->rnext = x->rnext;
     else s->rhead = x->rnext;
     if (s->rtail == x) s->rtail = prev;
+    s->rcount--;
     return;
   }
 }
@@ -253,16 +256,17 @@ static void task_resume(ds_sched_t *s, ds_task_t *t) {
 
 static void on_idle(uv_idle_t *h) {
   ds_sched_t *s = h->data;
-  /* only what is ready now: tasks made ready meanwhile run in the next iteration, so
-   * I/O callbacks get their turn between rounds */
-  ds_task_t *last = s->rtail;
-  while (s->rhead) {
+  /* at most what is ready now: tasks made ready meanwhile run in the next iteration, so
+   * I/O callbacks get their turn between rounds (a task that only yields cannot starve
+   * the loop) */
+  size_t n = s->rcount;
+  while (n-- > 0 && s->rhead) {
     ds_task_t *t = s->rhead;
     s->rhead = t->rnext;
     if (!s->rhead) s->rtail = NULL;
     t->rnext = NULL;
+    s->rcount--;
     task_resume(s, t);
-    if (t == last) break;
   }
   if (!s->rhead && s->idle_active) {
     uv_idle_stop(&s->idle);

@@ -1,4 +1,4 @@
-/* protocol.h - the Durable Streams protocol front end (/v1/stream/*).
+/* protocol.h - the Durable Streams protocol front end (/v1/stream/...).
  *
  * Provides: every operation of the Durable Streams protocol (create, append, idempotent
  * producers, close, HEAD, DELETE, TTL/expiry, catch-up, long-poll, SSE, forks, the

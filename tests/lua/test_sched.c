@@ -261,6 +261,27 @@ static void test_budget_is_per_resume(void **state) {
   assert_int_equal(f->done_err, 0);
 }
 
+static int count_idle_rounds;
+static void on_check(uv_check_t *h) {
+  (void)h;
+  count_idle_rounds++;
+}
+
+/* A task that only ever yields must not keep one loop iteration forever. */
+static void test_plain_yield_lets_the_loop_turn(void **state) {
+  fx_t *f = *state;
+  static uv_check_t chk;
+  uv_check_init(&f->loop, &chk);
+  uv_check_start(&chk, on_check);
+  count_idle_rounds = 0;
+  ds_task_t *t = spawn(f, "while true do coroutine.yield() end");
+  for (int i = 0; i < 5; i++) uv_run(&f->loop, UV_RUN_NOWAIT);
+  assert_true(count_idle_rounds >= 5);
+  assert_int_equal(ds_task_cancel(t), 0);
+  assert_int_equal(f->done_cancel, 1);
+  uv_close((uv_handle_t *)&chk, NULL);
+}
+
 static void test_nested_coroutine_is_not_a_task(void **state) {
   fx_t *f = *state;
   spawn(f, "local co = coroutine.wrap(function() return in_task() end); inner = co(); outer = in_task()");
@@ -315,6 +336,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_error_has_file_line, setup, teardown),
       cmocka_unit_test_setup_teardown(test_budget_kills_runaway_even_under_pcall, setup, teardown),
       cmocka_unit_test_setup_teardown(test_budget_is_per_resume, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_plain_yield_lets_the_loop_turn, setup, teardown),
       cmocka_unit_test_setup_teardown(test_nested_coroutine_is_not_a_task, setup, teardown),
       cmocka_unit_test_setup_teardown(test_shutdown_cancels_everything, setup, teardown),
       cmocka_unit_test_setup_teardown(test_refs_are_counted, setup, teardown),
