@@ -364,6 +364,43 @@ static void test_shutdown_with_open_connections(void **state) {
   ds_ws_release(b);
 }
 
+static void test_host_names(void **state) {
+  fx_t *fx = *state;
+  /* resolved off the loop, then connected by address; the name goes into Host */
+  char url[96];
+  snprintf(url, sizeof url, "ws://localhost:%d/echo", peer_port);
+  ds_ws_opts_t o = {.url = url};
+  ds_ws_t *ws;
+  assert_int_equal(0, ds_ws_connect(fx->c, &o, on_event, fx, &ws));
+  assert_int_equal(DS_WS_CONNECTING, ds_ws_state(ws));
+  assert_int_equal(0, ds_ws_send_text(ws, "by name", 7));
+  assert_int_equal(0, run_until(fx, ws, has_n, (void *)1, 5000));
+  expect_msg(ws, "by name");
+  ds_ws_release(ws);
+  /* a name that does not resolve */
+  ds_ws_opts_t bad = {.url = "ws://no-such-host.invalid/"};
+  assert_int_equal(0, ds_ws_connect(fx->c, &bad, on_event, fx, &ws));
+  assert_int_equal(0, run_until(fx, ws, has_ended, NULL, 20000));
+  const char *msg;
+  assert_string_equal(DS_WS_EDNS, ds_ws_error(ws, &msg, NULL, NULL));
+  assert_non_null(strstr(msg, "no-such-host.invalid"));
+  ds_ws_release(ws);
+  /* released and closed while resolving: freed when the resolution returns */
+  assert_int_equal(0, ds_ws_connect(fx->c, &o, on_event, fx, &ws));
+  ds_ws_release(ws);
+  ds_ws_t *ws2;
+  assert_int_equal(0, ds_ws_connect(fx->c, &o, on_event, fx, &ws2));
+  ds_ws_close(ws2, 1000, NULL);
+  assert_int_equal(0, run_until(fx, ws2, has_ended, NULL, 5000));
+  assert_string_equal(DS_WS_ELOCAL, ds_ws_error(ws2, NULL, NULL, NULL));
+  ds_ws_release(ws2);
+  /* shut down while resolving: ended at once, freed once the resolution returns */
+  assert_int_equal(0, ds_ws_connect(fx->c, &o, on_event, fx, &ws));
+  ds_ws_client_close(fx->c);
+  assert_string_equal(DS_WS_ECLOSED, ds_ws_error(ws, NULL, NULL, NULL));
+  ds_ws_release(ws);
+}
+
 static void test_bad_urls(void **state) {
   fx_t *fx = *state;
   const char *bad[] = {"http://127.0.0.1/", "ws://", "ws://h:0/", "ws://h:99999/", "ws://[::1/", "ws://h:x/"};
@@ -397,6 +434,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_idle_close, setup, teardown),
       cmocka_unit_test_setup_teardown(test_release_while_connecting, setup, teardown),
       cmocka_unit_test_setup_teardown(test_shutdown_with_open_connections, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_host_names, setup, teardown),
       cmocka_unit_test_setup_teardown(test_bad_urls, setup, teardown),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
