@@ -46,10 +46,12 @@ async function stopServer() {
   if (!server) return
   const { child } = server
   server = null
-  await new Promise((resolve) => {
-    child.on("exit", resolve)
+  const code = await new Promise((resolve) => {
+    child.on("exit", (c, sig) => resolve(sig ? sig : c))
     child.kill("SIGTERM")
   })
+  // a clean shutdown exits 0 (sanitizer builds exit non-zero on leaks or errors)
+  assert.equal(code, 0, "server exit status after SIGTERM")
 }
 
 async function until(pred, what, ms = 5000) {
