@@ -514,6 +514,51 @@ describe("grok model against the fake realtime server", function()
     assert.equal(conn, grok:conn_of("after the cancel"))
   end)
 
+  it("keeps a cancelled response's late messages out of the next answer", function()
+    local p = "grok/late"
+    assert.equal(204, srv:post(p, T.config, { model = "grok" }))
+    local _, e0 = prompt_and_wait(srv, p, T.user, { content = "warm up late" })
+    assert.equal(T.ended, e0.type)
+    local conn = grok:conn_of("warm up late")
+    assert.equal(204, srv:post(p, T.user, { content = "slow start [fault:latecreated]" }))
+    -- interrupt while the fake holds back response.created of the first answer
+    S.wait_for(function()
+      local seen = grok:messages(conn)
+      local last = seen[#seen]
+      return last and last.msg.type == "response.create" and seen[#seen - 1].raw:find("slow start", 1, true)
+    end, 10, "the fake to receive the slow response.create")
+    local evs, e2, R2 = prompt_and_wait(srv, p, T.user, { content = "the prompt after the late one" })
+    assert.equal(T.ended, e2.type)
+    assert.equal(1, S.count(evs, T.interrupted))
+    local msgs = grok_payloads(evs, R2)
+    assert.equal("response.created", msgs[1].type)
+    local id = msgs[1].response.id
+    assert.equal("response.done", msgs[#msgs].type)
+    assert.equal("completed", msgs[#msgs].response.status)
+    assert.equal(id, msgs[#msgs].response.id)
+    for _, m in ipairs(msgs) do
+      local rid = m.response_id or (m.response and m.response.id)
+      if rid then
+        assert.equal(id, rid)
+      end
+    end
+    local text = {}
+    for _, m in ipairs(msgs) do
+      if m.type == "response.output_audio_transcript.delta" then
+        text[#text + 1] = m.delta
+      end
+    end
+    assert.equal("You said: the prompt after the late one", table.concat(text))
+    -- the fake saw the cancel, tagged with our event id
+    local cancel
+    for _, m in ipairs(grok:messages(conn)) do
+      if m.msg.type == "response.cancel" then
+        cancel = m.msg
+      end
+    end
+    assert.truthy(cancel and cancel.event_id:match("^cancel_%d+$"))
+  end)
+
   local faults = {
     { name = "handshake rejected (401)", control = "next=401", pattern = "HTTP 401" },
     { name = "no session.updated", control = "next=nosession", pattern = "no session.updated" },
