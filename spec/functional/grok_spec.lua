@@ -83,13 +83,16 @@ local function start_server(opts)
   return srv
 end
 
-local function stop_server(srv)
+local function stop_server(srv, secret)
   if not srv then
     return
   end
   srv:stop()
   local log = srv:log()
   srv:cleanup()
+  if secret then
+    assert.falsy(log:find(secret, 1, true), "the API key appears in the log")
+  end
   assert.falsy(log:find("leaked"), log)
   assert.falsy(log:find("still alive"), log)
   assert.falsy(log:find("still held"), log)
@@ -319,7 +322,7 @@ describe("grok model against the fake realtime server", function()
     })
   end)
   teardown(function()
-    stop_server(srv)
+    stop_server(srv, "xai-test-key")
     if grok then
       grok:stop()
     end
@@ -642,6 +645,18 @@ describe("grok model against the fake realtime server", function()
 end)
 
 describe("grok model connection management", function()
+  it("cancels the request when XAI_API_KEY is missing", function()
+    local srv = start_server({ storage = "memory", env = { XAI_REALTIME_URL = "ws://127.0.0.1:1/" } })
+    local ok, err = pcall(function()
+      assert.equal(204, srv:post("k/1", T.config, { model = "grok" }))
+      local _, e = prompt_and_wait(srv, "k/1", T.user, { content = "no key" })
+      assert_error_end(e, "XAI_API_KEY")
+      assert.truthy(srv:alive())
+    end)
+    stop_server(srv)
+    assert(ok, err)
+  end)
+
   it("reports a refused connection and stays up", function()
     local s = socket.bind("127.0.0.1", 0)
     local _, port = s:getsockname()
