@@ -68,13 +68,14 @@ for _, storage in ipairs({ "yaml", "memory" }) do
     it("stores type, payload, version, path, offset, createdAt in that key order", function()
       local p = fresh("agent")
       local before = socket.gettime()
-      A.append(ctx.srv.port, p, "iterate:agent:action:send-user-message:called", '{"content":"Hello"}')
+      -- not an agent input type: the agent layer would append request events of its own
+      A.append(ctx.srv.port, p, "test:append:shape", '{"content":"Hello"}')
       local after = socket.gettime()
       local evs = A.history(ctx.srv.port, p)
       assert.are.equal(1, #evs)
       local e = evs[1].json
       assert.are.same({ "type", "payload", "version", "path", "offset", "createdAt" }, e.keys)
-      assert.are.equal("iterate:agent:action:send-user-message:called", J.get(e, "type"))
+      assert.are.equal("test:append:shape", J.get(e, "type"))
       assert.is_true(J.equal(J.decode('{"content":"Hello"}'), J.get(e, "payload")))
       assert.are.equal("1", J.get(e, "version"))
       assert.are.equal(p, J.get(e, "path"))
@@ -230,7 +231,8 @@ for _, storage in ipairs({ "yaml", "memory" }) do
         local req = http.build("POST", A.url(p), { ["Transfer-Encoding"] = "chunked" }, nil)
         c:send_raw(req)
         local piece = string.rep("y", 65536)
-        c:send_raw('1a\r\n{"type":"t","payload":{"s":"\r\n')
+        local head = '{"type":"t","payload":{"s":"'
+        c:send_raw(string.format("%x\r\n%s\r\n", #head, head))
         local r
         for _ = 1, 20 do
           local ok = c:send_raw(string.format("%x\r\n%s\r\n", #piece, piece))

@@ -87,7 +87,7 @@ for _, storage in ipairs({ "yaml", "memory" }) do
     describe("response", function()
       it("has the SSE headers and exact framing: id, event: data, one compact data line", function()
         local p = fresh()
-        A.append(ctx.srv.port, p, "iterate:agent:action:send-user-message:called", '{"content":"Hello"}')
+        A.append(ctx.srv.port, p, "test:read:framing", '{"content":"Hello"}')
         A.append(ctx.srv.port, p, "two", '{"a":[1,{"b":null}],"c":"x y"}', '"version":2')
         local evs, status, h, raw = A.history(ctx.srv.port, p)
         assert.are.equal(200, status)

@@ -70,7 +70,7 @@ describe("YAML file layout", function()
   end)
 
   it("quotes strings that would read back as something else, block style, 2-space indent", function()
-    local payload = '{"n":5,"neg":-3,"f":1.5,"s":"5","b":true,"sb":"true","sn":"null","tilde":"~","empty":"",'
+    local payload = '{"num":5,"neg":-3,"f":1.5,"s":"5","b":true,"sb":"true","sn":"null","tilde":"~","empty":"",'
         .. '"nested":{"deep":{"x":"hello world"}},"sp":" lead","colon":"a: b","hash":"a #b","e":{},"l":[]}'
     A.append(ctx.srv.port, "layout/more", "layout:check", payload, '"version":2')
     local text = server.read_file(ctx.srv:stream_file("layout/more"))
@@ -78,7 +78,7 @@ describe("YAML file layout", function()
       "---",
       "type: layout:check",
       "payload:",
-      "  n: 5",
+      "  num: 5",
       "  neg: -3",
       "  f: 1.5",
       '  s: "5"',

@@ -74,7 +74,12 @@ end
 --- number of bytes read; marks the connection closed on EOF.
 function Conn:pump(timeout)
   if self.closed then return 0 end
-  self.sock:settimeout(timeout)
+  -- receive(n) waits for all n bytes: wait for readability first, then take what is there
+  if timeout > 0 then
+    local ready = socket.select({ self.sock }, nil, timeout)
+    if #ready == 0 then return 0 end
+  end
+  self.sock:settimeout(0)
   local data, err, partial = self.sock:receive(65536)
   data = data or partial
   if data and #data > 0 then self.buf = self.buf .. data end

@@ -188,7 +188,12 @@ end
 --- Returns bytes read (0 on timeout); sets self.closed on EOF.
 function R:pump(timeout)
   if self.closed then return 0 end
-  self.sock:settimeout(timeout)
+  -- receive(n) waits for all n bytes: wait for readability first, then take what is there
+  if timeout > 0 then
+    local ready = socket.select({ self.sock }, nil, timeout)
+    if #ready == 0 then return 0 end
+  end
+  self.sock:settimeout(0)
   local data, err, partial = self.sock:receive(65536)
   data = data or partial
   if data and #data > 0 then
