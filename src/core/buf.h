@@ -29,7 +29,7 @@ void ds_buf_append(ds_buf_t *b, const void *p, size_t n);
 void ds_buf_puts(ds_buf_t *b, const char *s);
 void ds_buf_putc(ds_buf_t *b, char c);
 void ds_buf_printf(ds_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void ds_buf_vprintf(ds_buf_t *b, const char *fmt, va_list ap);
+void ds_buf_vprintf(ds_buf_t *b, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 /** Writes a NUL after the data (not counted in len) and returns data ("" when empty). */
 const char *ds_buf_cstr(ds_buf_t *b);
 void ds_buf_reset(ds_buf_t *b); /* len = 0, keeps capacity */

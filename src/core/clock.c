@@ -29,8 +29,12 @@ void ds_clock_iso8601(int64_t wall_ms, char *out) {
   }
   struct tm tm;
   gmtime_r(&secs, &tm);
-  snprintf(out, DS_ISO8601_LEN + 1, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-           tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms);
+  /* format into a roomy buffer: the compiler cannot know tm's fields are small */
+  char tmp[64];
+  snprintf(tmp, sizeof tmp, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+           tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms);
+  memcpy(out, tmp, DS_ISO8601_LEN);
+  out[DS_ISO8601_LEN] = '\0';
 }
 
 static int digits(const char *s, int n, int *out) {

@@ -14,7 +14,9 @@
  * Lifetime: a ds_http_req_t is valid from the handler call until the response is complete
  * (ds_http_respond / ds_http_stream_end) or until its close callback has run, whichever
  * comes first. Handlers may answer later (from another callback); the connection waits.
- * Threading: loop thread only.
+ * Threading: loop thread only. ds_http_server_start sets SIGPIPE to SIG_IGN if it still
+ * has the default disposition (a peer closing mid-write must not kill the process).
+ * A failed start leaves handles closing on the loop: run the loop before uv_loop_close.
  * Must not: know routes or stream semantics (see http/router and the API modules).
  */
 #ifndef DS_HTTP_HTTP_H
@@ -24,6 +26,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "core/buf.h"
 #include "core/rbuf.h"
 
 typedef struct ds_http_server_s ds_http_server_t;
@@ -57,6 +60,19 @@ int ds_http_server_port(const ds_http_server_t *srv);
  *  their final chunk, close callbacks run), then frees the server and calls done(ud) once
  *  every handle is closed. */
 void ds_http_server_stop(ds_http_server_t *srv, void (*done)(void *ud), void *ud);
+
+/**
+ * Optional hook that adds headers to every response this server sends, the layer's own
+ * error responses included (security and CORS headers belong here). It appends complete
+ * "Name: value\r\n" lines to `out`. `req` is NULL for errors raised before a request was
+ * parsed; `hdrs` is the handler's own header list (may be NULL): the hook should not
+ * repeat a header named there (see ds_http_headers_have()).
+ */
+typedef void (*ds_http_header_hook_fn)(void *ud, const ds_http_req_t *req,
+                                       const ds_http_header_t *hdrs, ds_buf_t *out);
+void ds_http_server_set_header_hook(ds_http_server_t *srv, ds_http_header_hook_fn fn, void *ud);
+/** 1 if the NULL-terminated header list has a header with that name (case-insensitive). */
+int ds_http_headers_have(const ds_http_header_t *hdrs, const char *name);
 
 typedef struct ds_http_stats_s {
   uint64_t connections_open, connections_total, requests_total, streams_open;
@@ -122,12 +138,16 @@ void ds_http_respond_error(ds_http_req_t *req, int status, const ds_http_header_
 /**
  * Starts a streaming response: the status line and headers are written at once (HTTP/1.1:
  * Transfer-Encoding: chunked; HTTP/1.0: close-delimited). For HEAD the stream ends
- * immediately after the headers and the close callback is not called.
+ * immediately after the headers and the close callback is not called: the connection
+ * moves on, later writes are accepted and dropped, and the caller still ends the request
+ * with ds_http_stream_end/abort, which frees it (the same code path as GET).
  */
 void ds_http_stream_start(ds_http_req_t *req, int status, const ds_http_header_t *hdrs);
 /** Queues a shared buffer (takes a reference). Returns 0, DS_ETOOBIG when the unsent
  *  backlog would pass the limit (nothing queued; the caller should end or abort), or
- *  DS_ECLOSED when the peer is gone. */
+ *  DS_ECLOSED when the peer is gone. A buffer is always accepted while the backlog is
+ *  zero, so one buffer larger than the limit cannot wedge a stream. Empty buffers are
+ *  skipped (an empty chunk would end the stream). */
 int ds_http_stream_write(ds_http_req_t *req, ds_rbuf_t *buf);
 /** Same for bytes copied from p. */
 int ds_http_stream_write_copy(ds_http_req_t *req, const void *p, size_t n);
@@ -138,13 +158,16 @@ size_t ds_http_stream_backlog(const ds_http_req_t *req);
 void ds_http_stream_on_drain(ds_http_req_t *req, void (*cb)(void *ud), void *ud);
 /** Ends the response (final chunk); the connection continues with the next request. */
 void ds_http_stream_end(ds_http_req_t *req);
-/** Ends the response by closing the connection (used to drop a slow subscriber). */
+/** Ends the response by closing the connection at once, dropping unsent output (used to
+ *  drop a slow subscriber). The request is freed; its close callback is not called. */
 void ds_http_stream_abort(ds_http_req_t *req);
 
 /**
  * Registers cb(ud) to run if the connection goes away (peer closed, reset, timeout,
  * server stop) before the response completed. It runs at most once; afterwards req is
- * invalid. Not called after a normal completion.
+ * invalid. Not called after a normal completion. EOF from the client while a response is
+ * pending counts as going away (a half-closed client is not served). On server stop,
+ * streaming responses get their final chunk first, then the callback runs.
  */
 void ds_http_req_on_close(ds_http_req_t *req, void (*cb)(void *ud), void *ud);
 

@@ -105,7 +105,10 @@ typedef int (*ds_record_cb)(void *ud, uint64_t offset, const char *repr, size_t 
  * `max_bytes` of repr have been delivered (always at least one record when one exists).
  * Returns the number of records delivered (0 at the tail) or a negative DS_E* code
  * (DS_ECORRUPT if a document cannot be decoded). `from` below the first offset reads from
- * the first offset.
+ * the first offset. max_records == 0 / max_bytes == 0 mean "no limit"; a record is only
+ * delivered if it keeps the delivered bytes within max_bytes (the first one always is).
+ * If records were delivered before a failure, their count is returned and the error
+ * surfaces on the next read. The callback must not delete the stream or close the store.
  */
 long ds_store_read(ds_store_stream_t *s, uint64_t from, size_t max_records, size_t max_bytes,
                    ds_record_cb cb, void *ud);
@@ -122,7 +125,11 @@ int ds_store_delete(ds_store_t *st, const char *path);
 /** Calls cb for each existing stream path (in no particular order). */
 int ds_store_list(ds_store_t *st, void (*cb)(void *ud, const char *path), void *ud);
 
-/** Statistics for /debug and tests. */
+/** Statistics for /debug and tests. appends = records appended; records_read = records
+ *  delivered by reads; cache_hits = records served from memory, cache_misses = records
+ *  decoded from disk (a read decodes only what it returns, plus at most one record that
+ *  did not fit max_bytes); fsyncs = completed fsync rounds (one group commit = one round); open_files =
+ *  stream descriptors currently open; streams = cached stream handles. */
 typedef struct ds_store_stats_s {
   uint64_t appends, records_read, cache_hits, cache_misses, fsyncs, open_files, streams;
 } ds_store_stats_t;

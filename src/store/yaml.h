@@ -38,4 +38,8 @@ void ds_yaml_emit_doc(ds_buf_t *b, const ds_value_t *doc);
 int ds_yaml_load_doc(ds_arena_t *a, const char *s, size_t n, ds_value_t **out, char *err,
                      size_t errlen);
 
+/** Returns 1 if the string s[0..n) may be written as a plain scalar (the emitter's quoting
+ *  rule: 0 means it is double-quoted). Exposed for tests and tools. */
+int ds_yaml_scalar_plain_ok(const char *s, size_t n);
+
 #endif

@@ -53,7 +53,8 @@ struct ds_sub_s {
   ds_stream_t *stream;
 };
 
-/** Observer of every stored record (the Lua decorator chain). Runs after subscribers. */
+/** Observer of every stored record (the Lua decorator chain). Runs after subscribers.
+ *  Like subscribers it must not append synchronously (copy what it needs, defer). */
 typedef void (*ds_streams_observer_fn)(void *ud, const ds_published_t *rec);
 
 typedef struct ds_streams_opts_s {
@@ -68,13 +69,28 @@ void ds_streams_free(ds_streams_t *ss);
 ds_store_t *ds_streams_store(ds_streams_t *ss);
 void ds_streams_set_observer(ds_streams_t *ss, ds_streams_observer_fn fn, void *ud);
 
+/** Modes of ds_streams_get(). */
+enum {
+  DS_STREAMS_EXISTING = 0, /* only a stream that exists in the store (else DS_ENOTFOUND) */
+  DS_STREAMS_CREATE = 1,   /* create it in the store when missing (at base_offset) */
+  DS_STREAMS_WATCH = 2     /* a live object to subscribe to, even if nothing was ever
+                              written; the store stream is created by the first append */
+};
+
 /**
- * Returns the live stream for a validated path. create == 0 and no such stream:
- * DS_ENOTFOUND. base_offset is used only when creating (forks). The handle stays valid
- * until ds_streams_delete() of that path or ds_streams_free().
+ * Returns the live stream for a validated path in the given mode. base_offset is used
+ * only when creating (forks). The handle stays valid until ds_streams_delete() of that
+ * path, ds_streams_free(), or (for a watched stream never written) until its last
+ * subscriber leaves: callers hold a handle only while subscribed or within one call.
  */
-int ds_streams_get(ds_streams_t *ss, const char *path, int create, uint64_t base_offset,
+int ds_streams_get(ds_streams_t *ss, const char *path, int mode, uint64_t base_offset,
                    ds_stream_t **out);
+/** Forgets a watched stream that was never written and has no subscriber (call after
+ *  using a DS_STREAMS_WATCH handle without subscribing, e.g. after a failed append).
+ *  The handle may be invalid afterwards. */
+void ds_streams_release(ds_stream_t *s);
+/** 1 if the stream exists in the store (has been created or written). */
+int ds_stream_exists(const ds_stream_t *s);
 /** Deletes the stream (store files included); subscribers get on_change(1) and are
  *  detached. DS_ENOTFOUND if absent. */
 int ds_streams_delete(ds_streams_t *ss, const char *path);
@@ -82,6 +98,7 @@ int ds_streams_delete(ds_streams_t *ss, const char *path);
 const char *ds_stream_path(const ds_stream_t *s);
 uint64_t ds_stream_next_offset(const ds_stream_t *s);
 uint64_t ds_stream_first_offset(const ds_stream_t *s);
+/** The store stream, or NULL for a watched stream that was never written. */
 ds_store_stream_t *ds_stream_store(ds_stream_t *s);
 ds_streams_t *ds_stream_registry(ds_stream_t *s);
 

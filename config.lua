@@ -1,0 +1,83 @@
+-- config.lua: durable-stream's configuration, read once at start-up.
+--
+-- Every key is optional; the value shown is the built-in default. Unknown keys are
+-- refused (a typo must not silently run with a default). Command-line flags
+-- (--host, --port, --data-dir, --storage, --fsync, --long-poll-timeout, --log-level)
+-- override what is set here. This file is Lua: os.getenv() and arithmetic work.
+return {
+  host = "127.0.0.1",         -- listen address; keep loopback unless behind a proxy (README: "Exposing the server")
+  port = 3000,                -- 0 picks a free port
+  data_dir = ".data",         -- YAML store root: streams live in <data_dir>/streams/<path>.yaml
+  storage = "yaml",           -- "yaml" (durable, human-readable) or "memory" (tests, demos)
+
+  -- Durability against power loss (every acknowledged append always survives kill -9):
+  --   "always"   fsync before each 204, batched across concurrent appends (group commit)
+  --   "interval" fsync dirty files every fsync_interval_ms (lose at most that on power loss)
+  --   "never"    leave flushing to the kernel
+  fsync = "interval",
+  fsync_interval_ms = 1000,
+
+  log_level = "info",         -- debug | info | warn | error | off (logs go to stderr)
+
+  limits = {
+    max_body_bytes = 1048576,           -- larger request bodies get 413
+    max_header_bytes = 16384,           -- request line + headers; larger get 431
+    max_json_depth = 64,                -- deeper event JSON gets 400
+    max_connections = 16384,            -- beyond this, new connections get 503
+    header_timeout_ms = 10000,          -- whole request head must arrive within (slowloris)
+    body_timeout_ms = 30000,            -- request body must keep arriving within
+    idle_timeout_ms = 60000,            -- idle keep-alive connections are closed after
+    subscriber_backlog_bytes = 4194304, -- unsent bytes before a slow SSE reader is dropped
+    tail_cache_bytes = 1048576,         -- per-stream cache of recent events for catch-up
+    max_open_files = 512,               -- YAML store descriptors kept open (LRU)
+  },
+
+  sse = {
+    keepalive_ms = 15000,               -- ": keepalive" comment interval on live SSE reads
+  },
+
+  protocol = {                          -- the Durable Streams protocol under /v1/stream/*
+    long_poll_timeout_ms = 30000,       -- live=long-poll waits this long before 204
+    sse_reconnect_ms = 60000,           -- SSE responses end after this (clients reconnect)
+    subscriptions = true,               -- the reserved webhook / pull-wake subscription APIs
+  },
+  -- The agent layer (lua/ policy + plugins/); `agents = false` turns it off entirely.
+  -- Documented key by key in README.md, "Agents and plugins".
+  agents = {
+    default_model = "openai",           -- model of a path before any iterate:agent:config:set
+    models = {
+      openai = {
+        model = "gpt-4o",
+        base_url = "https://api.openai.com/v1", -- OPENAI_BASE_URL in the environment overrides it
+        api_key_env = "OPENAI_API_KEY",  -- name of the environment variable, never the key
+        system_prompt = nil,             -- optional system prompt sent first
+        api = "responses",               -- "responses" or "chat" (Chat Completions servers)
+        connect_timeout_ms = 10000,      -- TCP + TLS connect
+        timeout_ms = 600000,             -- a whole answer must finish within
+        stall_timeout_ms = 120000,       -- longest silence (no byte received) before giving up
+      },
+      grok = {                           -- xAI realtime voice over a WebSocket
+        url = "wss://api.x.ai/v1/realtime", -- XAI_REALTIME_URL in the environment overrides it
+        model = nil,                     -- sent as ?model=<name> when set
+        api_key_env = "XAI_API_KEY",     -- name of the environment variable, never the key
+        voice = "ara",
+        instructions = "You are a helpful voice assistant.",
+        idle_timeout_ms = 300000,        -- close a path's idle realtime connection after
+        ready_timeout_ms = 10000,        -- wait this long for session.updated after connecting
+        connect_timeout_ms = 10000,      -- TCP + TLS + WebSocket handshake
+        response_timeout_ms = 60000,     -- a silent upstream fails the request after
+      },
+      echo = {
+        delay_ms = 0,                    -- pause before each streamed word (demos, tests)
+      },
+    },
+    prefixes = nil,                     -- list of path prefixes served by the agent; nil = all
+    plugin_dir = "plugins",             -- relative to the directory holding lua/
+    plugins_enabled = nil,              -- list of plugin names to load; nil = all found
+    plugins_disabled = {},              -- plugin names never loaded
+    instruction_budget = 50000000,      -- Lua instructions a hook may run without yielding
+    load_instruction_budget = 10000000, -- ... and a plugin's load phase in total
+    max_hook_errors = 5,                -- a plugin whose hooks fail this often is disabled
+    memory_limit_mb = 512,              -- cap on the Lua state's memory
+  },
+}

@@ -1,0 +1,234 @@
+--- llm_loop.lua - the request lifecycle of agents-api.md §6.2, for every model.
+--
+-- Provides: starting a request (request-started, then the model streams its parts in its
+-- own task, then request-ended or request-cancelled reason "error"), interrupting the
+-- request in flight (new request-started first, then request-cancelled reason
+-- "interrupted" and request-interrupted for the old one, then the new request's parts),
+-- user cancellation (request-cancelled reason "cancelled") and the queue of prompts sent
+-- with mode "queue".
+-- Every event it appends is also fed to the path's history, so the history seen live is
+-- the one a replay of the stream would build.
+-- Must not: decide which events mean what (agent.lua) or talk to an upstream (models).
+local history_mod = require("history")
+
+local M = {}
+M.__index = M
+
+local T_STARTED = "iterate:llm-loop:request-started"
+local T_SSE = "iterate:llm-loop:response:sse"
+local T_ENDED = "iterate:llm-loop:request-ended"
+local T_CANCELLED = "iterate:llm-loop:request-cancelled"
+local T_INTERRUPTED = "iterate:llm-loop:request-interrupted"
+
+---@param ds table the host module
+---@param models table the model registry
+---@param cfg table the `agents` config table
+function M.new(ds, models, cfg)
+  return setmetatable({ ds = ds, models = models, cfg = cfg or {} }, M)
+end
+
+---Fresh per-path state.
+function M.new_state(path, model)
+  return {
+    path = path,
+    model = model,
+    history = history_mod.new(),
+    inflight = nil, -- the request in flight: {offset, model, task, ctx, done}
+    pending = nil, -- a prompt stored but not yet started (only after a restart)
+    queue = {}, -- prompts sent with mode "queue", oldest first
+    scratch = {}, -- per-model scratch space (e.g. a Grok connection), by model name
+  }
+end
+
+local function one_line(msg)
+  msg = tostring(msg or "unknown error")
+  msg = msg:gsub("\r?\n.*", "")
+  if #msg > 500 then
+    msg = msg:sub(1, 500)
+  end
+  return msg
+end
+M.one_line = one_line
+
+---Appends an event to the path and feeds it to the history. Returns the offset, or nil
+---and a message (logged) when the store refused it.
+function M:emit(st, etype, payload)
+  local off, err = self.ds.append(st.path, etype, payload)
+  if not off then
+    self.ds.log.error(("agent: append %s to %s failed: %s"):format(etype, st.path, tostring(err)))
+    return nil, err
+  end
+  st.history:apply({ type = etype, payload = payload, offset = off, path = st.path })
+  return off
+end
+
+---Like emit, with the payload as JSON text (ds.append_raw) and its decoded form.
+function M:emit_raw(st, etype, payload_json, decoded)
+  local off, err = self.ds.append_raw(st.path, etype, payload_json)
+  if not off then
+    self.ds.log.error(("agent: append %s to %s failed: %s"):format(etype, st.path, tostring(err)))
+    return nil, err
+  end
+  st.history:apply({ type = etype, payload = decoded, offset = off, path = st.path })
+  return off
+end
+
+-- Stops a request's model and task without appending anything. Idempotent.
+local function abort(req)
+  if req.done then
+    return
+  end
+  req.done = true
+  req.ctx.cancelled = true
+  if req.model.cancel then
+    local ok, err = pcall(req.model.cancel, req.model, req.ctx)
+    if not ok then
+      req.ctx.ds.log.warn("agent: model cancel failed: " .. one_line(err))
+    end
+  end
+  if req.task then
+    req.task:cancel()
+  end
+end
+
+local function obj(ds, ...)
+  return ds.json.obj(...)
+end
+
+-- Ends a request that stopped by itself (success or error) and starts the next queued one.
+function M:finish(st, req, ok, err)
+  if req.done then
+    return
+  end
+  req.done = true
+  req.ctx.cancelled = true
+  if st.inflight == req then
+    st.inflight = nil
+  end
+  if ok then
+    self:emit(st, T_ENDED, obj(self.ds, "requestOffset", req.offset))
+  else
+    self:emit(st, T_CANCELLED, obj(self.ds, "requestOffset", req.offset, "reason", "error", "message", one_line(err)))
+  end
+  self:next(st)
+end
+
+-- The body of a request's task.
+local function run(loop, st, req)
+  local ok, r1, r2 = pcall(req.model.start, req.model, req.ctx)
+  if req.done then
+    return
+  end
+  if ok and r1 == nil and r2 ~= nil then
+    ok, r1 = false, r2
+  end
+  loop:finish(st, req, ok, r1)
+end
+
+---Starts a request for `prompt` ({kind="text", text=...} or {kind="audio", audio=...})
+---with the path's current model, interrupting the request in flight if there is one.
+---@return string|nil offset of request-started
+function M:start(st, prompt)
+  local ds = self.ds
+  local model = self.models:get(st.model)
+  if not model then
+    return nil
+  end
+  local old = st.inflight
+  local off = self:emit(st, T_STARTED, obj(ds, "model", st.model))
+  if not off then
+    return nil
+  end
+  local models_cfg = self.cfg.models or {}
+  local req = { offset = off, model = model, model_name = st.model, done = false }
+  st.scratch[st.model] = st.scratch[st.model] or {}
+  local loop = self
+  req.ctx = {
+    ds = ds,
+    path = st.path,
+    request_offset = off,
+    model_name = st.model,
+    config = models_cfg[st.model] or {},
+    prompt = prompt,
+    messages = st.history:messages({ before = off }),
+    scratch = st.scratch[st.model],
+    cancelled = false,
+    ---Appends an OpenAI-style part as iterate:llm-loop:response:sse.
+    emit = function(ctx, part)
+      if ctx.cancelled then
+        return nil, "cancelled"
+      end
+      return loop:emit(st, T_SSE, obj(ds, "requestOffset", off, "part", part))
+    end,
+    ---Appends any event to the path (e.g. iterate:grok:response:sse).
+    append = function(ctx, etype, payload)
+      if ctx.cancelled then
+        return nil, "cancelled"
+      end
+      return loop:emit(st, etype, payload)
+    end,
+    ---Appends an event whose payload is given as JSON text, stored as received (not
+    ---re-encoded); `decoded` is the same payload as a table, for the history.
+    append_raw = function(ctx, etype, payload_json, decoded)
+      if ctx.cancelled then
+        return nil, "cancelled"
+      end
+      return loop:emit_raw(st, etype, payload_json, decoded)
+    end,
+  }
+  st.inflight = req
+  if old and not old.done then
+    abort(old)
+    self:emit(st, T_CANCELLED, obj(ds, "requestOffset", old.offset, "reason", "interrupted", "message",
+      "interrupted by a new message"))
+    self:emit(st, T_INTERRUPTED, obj(ds, "requestOffset", old.offset))
+  end
+  req.task = ds.spawn(run, self, st, req)
+  return off
+end
+
+---Cancels the request in flight (user cancel): request-cancelled reason "cancelled".
+---Queued prompts are dropped too: a cancel starts nothing. Returns true if one was running.
+function M:cancel(st)
+  st.queue = {}
+  st.pending = nil
+  local req = st.inflight
+  if not req then
+    return false
+  end
+  st.inflight = nil
+  abort(req)
+  self:emit(st, T_CANCELLED, obj(self.ds, "requestOffset", req.offset, "reason", "cancelled", "message",
+    "cancelled by the user"))
+  return true
+end
+
+---Closes a request found in flight when the state was rebuilt after a restart: nothing
+---will ever finish it, so it is cancelled with reason "error".
+function M:close_orphan(st)
+  local req = st.inflight
+  if not req then
+    return
+  end
+  st.inflight = nil
+  self:emit(st, T_CANCELLED, obj(self.ds, "requestOffset", req.offset, "reason", "error", "message",
+    "server restarted during the request"))
+end
+
+---Starts the next prompt waiting (stored-but-unstarted first, then the queue) when no
+---request is in flight.
+function M:next(st)
+  if st.inflight then
+    return
+  end
+  local prompt = st.pending
+  st.pending = nil
+  if not prompt and #st.queue > 0 then
+    prompt = table.remove(st.queue, 1)
+  end
+  if prompt then
+    self:start(st, prompt)
+  end
+end
+
+return M

@@ -1,0 +1,673 @@
+-- grok_spec.lua - functional specs of the `grok` model (agents-api.md §6.4, issue 5) against
+-- the real binary and a fake xAI realtime server (spec/fixtures/upstream/grok_fake.py,
+-- python3-websockets under /usr/bin/python3, started here on 127.0.0.1), one `it` per
+-- acceptance point:
+--   1. text prompt: request-started, the realtime messages verbatim (first response.created,
+--      last response.done), request-ended; the fake saw the bearer key, session.update with
+--      the documented fields, conversation.item.create and response.create;
+--   2. audio prompt: the fake receives exactly the audio sent, then commit and
+--      response.create; with model openai the same prompt is iterate:ai:error
+--      unsupported_input;
+--   3. the POST returns 204 before the answer; two prompts reuse one connection; a drop
+--      mid-answer cancels the request and the next prompt reconnects; interrupt and cancel
+--      send response.cancel; an idle connection is closed and reopened;
+--   4. faults (refused, 401, no session.updated, invalid JSON, stall, error message): each
+--      ends with request-cancelled reason "error" and a one-line message, the server stays
+--      up and the next prompt works;
+--   5. openai -> grok -> openai keeps the history (checked in what each fake receives).
+-- Must not: reach a real upstream (XAI_* and OPENAI_* are set to the fakes or scrubbed),
+-- sleep fixed times, or leave processes behind.
+package.path = "./?.lua;" .. package.path
+local S = require("spec.support.lua_host_server")
+local cjson = require("cjson")
+local socket = require("socket")
+
+local T = {
+  config = "iterate:agent:config:set",
+  user = "iterate:agent:action:send-user-message:called",
+  audio = "iterate:agent:action:send-user-audio:called",
+  cancel = "iterate:agent:action:cancel-request:called",
+  started = "iterate:llm-loop:request-started",
+  sse = "iterate:llm-loop:response:sse",
+  grok = "iterate:grok:response:sse",
+  ended = "iterate:llm-loop:request-ended",
+  cancelled = "iterate:llm-loop:request-cancelled",
+  interrupted = "iterate:llm-loop:request-interrupted",
+  ai_error = "iterate:ai:error",
+}
+
+local function q(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+local function tmpdir(prefix)
+  local p = io.popen("mktemp -d /tmp/" .. prefix .. "-XXXXXX")
+  local dir = p:read("l")
+  p:close()
+  return dir
+end
+
+-- Servers of this file run with XAI_* / OPENAI_* taken from opts.env only.
+local function launch_with_env(self)
+  self.run = (self.run or 0) + 1
+  self.out = self.dir .. "/out." .. self.run
+  self.err = self.dir .. "/err." .. self.run
+  local env = { "env -u OPENAI_API_KEY -u OPENAI_BASE_URL -u XAI_API_KEY -u XAI_REALTIME_URL" }
+  for k, v in pairs(self.opts.env or {}) do
+    env[#env + 1] = k .. "=" .. q(v)
+  end
+  local cmd = ("%s %s --config %s >%s 2>%s & echo $!"):format(table.concat(env, " "),
+    q(os.getenv("DS_BINARY") or "build/durable-stream"), q(self.dir .. "/config.lua"), q(self.out), q(self.err))
+  local p = io.popen(cmd)
+  self.pid = tonumber(p:read("l"))
+  p:close()
+  self.port = S.wait_for(function()
+    local s = S.read_file(self.out) or ""
+    local port = s:match("listening on http://[^:]+:(%d+)")
+    if port then
+      return tonumber(port)
+    end
+    if not self:alive() then
+      error("server exited at start: " .. (S.read_file(self.err) or ""))
+    end
+  end, 10, "the listening line")
+end
+
+local function start_server(opts)
+  local orig = S.launch
+  S.launch = launch_with_env
+  local ok, srv = pcall(S.start, opts)
+  S.launch = orig
+  assert(ok, srv)
+  srv.launch = launch_with_env
+  return srv
+end
+
+local function stop_server(srv)
+  if not srv then
+    return
+  end
+  srv:stop()
+  local log = srv:log()
+  srv:cleanup()
+  assert.falsy(log:find("leaked"), log)
+  assert.falsy(log:find("still alive"), log)
+  assert.falsy(log:find("still held"), log)
+  assert.falsy(log:find(" error "), log)
+  assert.falsy(log:find("Sanitizer"), log) -- ASan/LSan builds report here
+  assert.falsy(log:find("runtime error"), log) -- UBSan
+end
+
+-- fakes ----------------------------------------------------------------------------
+
+local function start_process(cmd, dir, pattern, what)
+  local p = io.popen(("%s >%s 2>%s & echo $!"):format(cmd, q(dir .. "/stdout"), q(dir .. "/stderr")))
+  local pid = tonumber(p:read("l"))
+  p:close()
+  local port = S.wait_for(function()
+    local s = S.read_file(dir .. "/stdout")
+    local n = s and s:match(pattern)
+    if n then
+      return tonumber(n)
+    end
+    if os.execute("kill -0 " .. pid .. " 2>/dev/null") ~= true then
+      error(what .. " exited: " .. (S.read_file(dir .. "/stderr") or ""))
+    end
+  end, 10, what .. "'s port")
+  return pid, port
+end
+
+local function stop_process(pid, dir)
+  os.execute("kill " .. pid .. " 2>/dev/null")
+  S.wait_for(function()
+    return os.execute("kill -0 " .. pid .. " 2>/dev/null") ~= true
+  end, 10, "a fake to exit")
+  os.execute("rm -rf " .. q(dir))
+end
+
+local Grok = {}
+Grok.__index = Grok
+
+local function start_grok()
+  local dir = tmpdir("ds-grok-fake")
+  local self = setmetatable({ dir = dir, log_path = dir .. "/grok.jsonl" }, Grok)
+  local script = S.source_dir() .. "/spec/fixtures/upstream/grok_fake.py"
+  self.pid, self.port = start_process(("/usr/bin/python3 %s --log %s"):format(q(script), q(self.log_path)), dir,
+    "PORT=(%d+)", "grok_fake")
+  self.url = ("ws://127.0.0.1:%d/v1/realtime"):format(self.port)
+  return self
+end
+
+function Grok:stop()
+  stop_process(self.pid, self.dir)
+end
+
+function Grok:control(query)
+  local http = require("socket.http")
+  local body, status = http.request(("http://127.0.0.1:%d/_control?%s"):format(self.port, query))
+  assert(status == 200, "control " .. query .. ": " .. tostring(status) .. " " .. tostring(body))
+end
+
+function Grok:records()
+  local out = {}
+  for line in (S.read_file(self.log_path) or ""):gmatch("[^\n]+") do
+    out[#out + 1] = cjson.decode(line)
+  end
+  return out
+end
+
+-- The connection number whose client messages contain `marker`.
+function Grok:conn_of(marker)
+  for _, r in ipairs(self:records()) do
+    if r.event == "message" and r.raw:find(marker, 1, true) then
+      return r.conn
+    end
+  end
+end
+
+function Grok:messages(conn)
+  local out = {}
+  for _, r in ipairs(self:records()) do
+    if r.conn == conn and r.event == "message" then
+      out[#out + 1] = r
+    end
+  end
+  return out
+end
+
+function Grok:record(conn, event)
+  for _, r in ipairs(self:records()) do
+    if r.conn == conn and r.event == event then
+      return r
+    end
+  end
+end
+
+function Grok:connects()
+  local n = 0
+  for _, r in ipairs(self:records()) do
+    if r.event == "connect" or r.event == "rejected" then
+      n = n + 1
+    end
+  end
+  return n
+end
+
+local OpenAI = {}
+OpenAI.__index = OpenAI
+
+local function start_openai()
+  local dir = tmpdir("ds-openai-fake")
+  local self = setmetatable({ dir = dir, log_path = dir .. "/openai.jsonl" }, OpenAI)
+  local script = S.source_dir() .. "/spec/fixtures/upstream/openai_fake.py"
+  self.pid, self.port = start_process(("/usr/bin/python3 %s --log %s --pace-ms 1"):format(q(script),
+    q(self.log_path)), dir, "^(%d+)\n", "openai_fake")
+  self.base = ("http://127.0.0.1:%d/v1"):format(self.port)
+  return self
+end
+
+function OpenAI:stop()
+  stop_process(self.pid, self.dir)
+end
+
+function OpenAI:requests()
+  local out = {}
+  for line in (S.read_file(self.log_path) or ""):gmatch("[^\n]+") do
+    local r = cjson.decode(line)
+    if r.kind == "request" then
+      out[#out + 1] = r
+    end
+  end
+  return out
+end
+
+-- event helpers --------------------------------------------------------------------
+
+local function done_for(R)
+  return function(evs)
+    for _, e in ipairs(evs) do
+      if (e.type == T.ended or e.type == T.cancelled) and e.payload.requestOffset == R then
+        return e
+      end
+    end
+  end
+end
+
+local function started_offsets(evs)
+  local out = {}
+  for _, e in ipairs(S.of_type(evs, T.started)) do
+    out[#out + 1] = e.offset
+  end
+  return out
+end
+
+-- Posts a prompt and waits for its request to end; returns (all events, end event, R).
+local function prompt_and_wait(srv, path, etype, payload, timeout)
+  local before = #started_offsets(srv:events(path))
+  assert.equal(204, srv:post(path, etype, payload))
+  local R
+  local evs = srv:wait_events(path, function(evs)
+    local offs = started_offsets(evs)
+    if #offs > before then
+      R = offs[#offs]
+      return done_for(R)(evs) ~= nil
+    end
+  end, "the request to end", timeout or 15)
+  return evs, done_for(R)(evs), R
+end
+
+local function grok_payloads(evs, R)
+  local out = {}
+  local on = false
+  for _, e in ipairs(evs) do
+    if e.type == T.started then
+      on = e.offset == R
+    elseif on and e.type == T.grok then
+      out[#out + 1] = e.payload
+    end
+  end
+  return out
+end
+
+local function assert_error_end(e, pattern)
+  assert.equal(T.cancelled, e.type)
+  assert.equal("error", e.payload.reason)
+  local msg = e.payload.message
+  assert.is_string(msg)
+  assert.falsy(msg:find("\n"), msg)
+  assert.truthy(msg:find(pattern), msg)
+end
+
+local PCM = {}
+for i = 0, 4799 do
+  PCM[#PCM + 1] = string.char((i * 37 + 11) % 256)
+end
+PCM = table.concat(PCM)
+
+local function b64(s)
+  local chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+  return (s:gsub(".", function(x)
+    local r, b = "", x:byte()
+    for i = 8, 1, -1 do
+      r = r .. (b % 2 ^ i - b % 2 ^ (i - 1) > 0 and "1" or "0")
+    end
+    return r
+  end) .. "0000"):gsub("%d%d%d?%d?%d?%d?", function(x)
+    if #x < 6 then
+      return ""
+    end
+    local c = 0
+    for i = 1, 6 do
+      c = c + (x:sub(i, i) == "1" and 2 ^ (6 - i) or 0)
+    end
+    return chars:sub(c + 1, c + 1)
+  end) .. ({ "", "==", "=" })[#s % 3 + 1]
+end
+
+-- specs --------------------------------------------------------------------------
+
+describe("grok model against the fake realtime server", function()
+  local grok, openai, srv
+  setup(function()
+    grok = start_grok()
+    openai = start_openai()
+    srv = start_server({
+      storage = "memory",
+      env = { XAI_API_KEY = "xai-test-key", XAI_REALTIME_URL = grok.url, OPENAI_API_KEY = "sk-test",
+        OPENAI_BASE_URL = openai.base },
+      agents = { models = { grok = { ready_timeout_ms = 1500, response_timeout_ms = 1500 } } },
+    })
+  end)
+  teardown(function()
+    stop_server(srv)
+    if grok then
+      grok:stop()
+    end
+    if openai then
+      openai:stop()
+    end
+  end)
+
+  for round = 1, 2 do
+    it("answers a text prompt with the realtime messages verbatim (round " .. round .. ")", function()
+      local p = "grok/text" .. round
+      local marker = "hello grok round " .. round
+      assert.equal(204, srv:post(p, T.config, { model = "grok" }))
+      local evs, e, R = prompt_and_wait(srv, p, T.user, { content = marker })
+      assert.equal(T.ended, e.type)
+      local types = {}
+      for _, ev in ipairs(evs) do
+        types[#types + 1] = ev.type
+      end
+      assert.equal(T.config, types[1])
+      assert.equal(T.user, types[2])
+      assert.equal(T.started, types[3])
+      assert.equal(R, evs[3].offset)
+      assert.same({ model = "grok" }, evs[3].payload)
+      assert.equal(T.ended, types[#types])
+      for i = 4, #types - 1 do
+        assert.equal(T.grok, types[i])
+      end
+      local msgs = grok_payloads(evs, R)
+      assert.equal("response.created", msgs[1].type)
+      assert.equal("response.done", msgs[#msgs].type)
+      assert.equal("completed", msgs[#msgs].response.status)
+      assert.is_number(msgs[#msgs].response.usage.total_tokens)
+      local text = {}
+      for _, m in ipairs(msgs) do
+        -- set-up messages are not part of the answer
+        assert.are_not.equal("conversation.created", m.type)
+        assert.are_not.equal("session.updated", m.type)
+        if m.type == "response.output_audio_transcript.delta" then
+          text[#text + 1] = m.delta
+        end
+      end
+      assert.equal("You said: " .. marker, table.concat(text))
+      -- verbatim: the stored payload keeps the fake's key order
+      local _, body = srv:request("GET", "/agents/" .. p)
+      assert.truthy(body:find('"payload":{"type":"response.created","event_id":"event_', 1, true), body)
+      -- what the fake saw
+      local conn = grok:conn_of(marker)
+      assert.is_number(conn)
+      local c = grok:record(conn, "connect")
+      assert.equal("Bearer xai-test-key", c.authorization)
+      assert.equal("/v1/realtime", c.path)
+      local seen = grok:messages(conn)
+      assert.equal("session.update", seen[1].msg.type)
+      local s = seen[1].msg.session
+      assert.equal("ara", s.voice)
+      assert.equal("You are a helpful voice assistant.", s.instructions)
+      assert.same({ type = "audio/pcm", rate = 48000 }, s.audio.input.format)
+      assert.same({ type = "audio/pcm", rate = 48000 }, s.audio.output.format)
+      assert.equal("server_vad", s.turn_detection.type)
+      assert.equal("conversation.item.create", seen[2].msg.type)
+      assert.same({ type = "message", role = "user", content = { { type = "input_text", text = marker } } },
+        seen[2].msg.item)
+      assert.equal("response.create", seen[3].msg.type)
+      assert.equal(3, #seen)
+    end)
+  end
+
+  it("sends audio prompts byte for byte; openai refuses audio with unsupported_input", function()
+    local p = "grok/audio"
+    local audio = b64(PCM)
+    assert.equal(204, srv:post(p, T.config, { model = "grok" }))
+    local evs, e, R = prompt_and_wait(srv, p, T.audio, { audio = audio })
+    assert.equal(T.ended, e.type)
+    local conn = grok:conn_of(audio:sub(1, 40))
+    assert.is_number(conn)
+    local seen = grok:messages(conn)
+    local i
+    for k, m in ipairs(seen) do
+      if m.msg.type == "input_audio_buffer.append" then
+        i = k
+      end
+    end
+    assert.is_number(i)
+    assert.equal(audio, seen[i].msg.audio)
+    assert.equal("input_audio_buffer.commit", seen[i + 1].msg.type)
+    assert.equal("response.create", seen[i + 2].msg.type)
+    assert.equal(i + 2, #seen)
+    -- the fake's transcript of the user audio arrived within the request
+    local got = false
+    for _, m in ipairs(grok_payloads(evs, R)) do
+      if m.type == "conversation.item.input_audio_transcription.completed" then
+        got = m.transcript == #PCM .. " bytes of audio"
+      end
+    end
+    assert.is_true(got)
+
+    local po = "grok/audio-openai"
+    assert.equal(204, srv:post(po, T.config, { model = "openai" }))
+    assert.equal(204, srv:post(po, T.audio, { audio = audio }))
+    local oe = srv:wait_events(po, function(x)
+      return S.count(x, T.ai_error) == 1
+    end, "iterate:ai:error")
+    local err = S.of_type(oe, T.ai_error)[1].payload
+    assert.equal("unsupported_input", err.error)
+    assert.equal("openai", err.model)
+    assert.equal("audio", err.inputType)
+    assert.equal(0, S.count(oe, T.started))
+  end)
+
+  it("returns 204 before the answer, reuses one connection, reconnects after a drop", function()
+    local p = "grok/reuse"
+    grok:control("pace=40")
+    assert.equal(204, srv:post(p, T.config, { model = "grok" }))
+    assert.equal(204, srv:post(p, T.user, { content = "first reuse prompt with several words in it" }))
+    -- the POST came back while the paced answer (>= 10 messages x 40 ms) is still running
+    local now = srv:events(p)
+    assert.equal(0, S.count(now, T.ended))
+    local evs = srv:wait_events(p, function(x)
+      return S.count(x, T.ended) == 1
+    end, "the first answer")
+    grok:control("pace=5")
+    assert.truthy(S.count(evs, T.grok) > 0)
+    local conns = grok:connects()
+    local _, e2 = prompt_and_wait(srv, p, T.user, { content = "second reuse prompt" })
+    assert.equal(T.ended, e2.type)
+    assert.equal(conns, grok:connects())
+    local c1 = grok:conn_of("first reuse prompt")
+    assert.equal(c1, grok:conn_of("second reuse prompt"))
+
+    -- the fake drops the socket mid-answer
+    local _, e3 = prompt_and_wait(srv, p, T.user, { content = "third [fault:drop]" })
+    assert_error_end(e3, "closed")
+    assert.truthy(srv:alive())
+    local _, e4 = prompt_and_wait(srv, p, T.user, { content = "fourth after the drop" })
+    assert.equal(T.ended, e4.type)
+    local c4 = grok:conn_of("fourth after the drop")
+    assert.are_not.equal(c1, c4)
+  end)
+
+  it("sends response.cancel upstream on interrupt and on cancel", function()
+    local p = "grok/interrupt"
+    assert.equal(204, srv:post(p, T.config, { model = "grok" }))
+    local _, e0 = prompt_and_wait(srv, p, T.user, { content = "warm up the connection" })
+    assert.equal(T.ended, e0.type)
+    grok:control("pace=200")
+    assert.equal(204, srv:post(p, T.user, { content = "slow answer to interrupt" }))
+    srv:wait_events(p, function(x)
+      local ps = S.of_type(x, T.grok)
+      return #ps > 0 and ps[#ps].payload.type == "response.created"
+        and S.count(x, T.started) == 2
+    end, "the slow answer to start")
+    grok:control("pace=5")
+    local _, e2 = prompt_and_wait(srv, p, T.user, { content = "the interrupting prompt" })
+    assert.equal(T.ended, e2.type)
+    local evs = srv:events(p)
+    assert.equal(1, S.count(evs, T.interrupted))
+    local conn = grok:conn_of("slow answer to interrupt")
+    local cancels = 0
+    for _, m in ipairs(grok:messages(conn)) do
+      if m.msg.type == "response.cancel" then
+        cancels = cancels + 1
+      end
+    end
+    assert.equal(1, cancels)
+
+    grok:control("pace=200")
+    assert.equal(204, srv:post(p, T.user, { content = "slow answer to cancel" }))
+    srv:wait_events(p, function(x)
+      local ps = S.of_type(x, T.grok)
+      return S.count(x, T.started) == 4 and ps[#ps].payload.type == "response.created"
+    end, "the slow answer to start")
+    grok:control("pace=5")
+    assert.equal(204, srv:post(p, T.cancel, {}))
+    local ce = srv:wait_events(p, function(x)
+      local c = S.of_type(x, T.cancelled)
+      return #c > 0 and c[#c].payload.reason == "cancelled"
+    end, "request-cancelled")
+    assert.truthy(ce)
+    S.wait_for(function()
+      local n = 0
+      for _, m in ipairs(grok:messages(conn)) do
+        if m.msg.type == "response.cancel" then
+          n = n + 1
+        end
+      end
+      return n == 2
+    end, 10, "the second response.cancel")
+    -- the connection still serves the next prompt
+    local _, e5 = prompt_and_wait(srv, p, T.user, { content = "after the cancel" })
+    assert.equal(T.ended, e5.type)
+    assert.equal(conn, grok:conn_of("after the cancel"))
+  end)
+
+  local faults = {
+    { name = "handshake rejected (401)", control = "next=401", pattern = "HTTP 401" },
+    { name = "no session.updated", control = "next=nosession", pattern = "no session.updated" },
+    { name = "invalid JSON message", marker = "[fault:badjson]", pattern = "invalid JSON" },
+    { name = "stall past the timeout", marker = "[fault:stall]", pattern = "timed out" },
+    { name = "error message", marker = "[fault:error]", pattern = "Simulated upstream error" },
+  }
+  for i, f in ipairs(faults) do
+    it("ends the request on a fault: " .. f.name, function()
+      local p = "grok/fault" .. i
+      assert.equal(204, srv:post(p, T.config, { model = "grok" }))
+      if f.control then
+        grok:control(f.control)
+      end
+      local _, e = prompt_and_wait(srv, p, T.user, { content = "prompt " .. (f.marker or "") })
+      assert_error_end(e, f.pattern)
+      assert.truthy(srv:alive())
+      local _, e2 = prompt_and_wait(srv, p, T.user, { content = "recovered after " .. f.name })
+      assert.equal(T.ended, e2.type)
+    end)
+  end
+
+  it("keeps the history across openai -> grok -> openai", function()
+    local p = "grok/switch"
+    assert.equal(204, srv:post(p, T.config, { model = "openai" }))
+    local _, e1 = prompt_and_wait(srv, p, T.user, { content = "alpha question for openai" })
+    assert.equal(T.ended, e1.type)
+    local oreqs = openai:requests()
+    local answer1 -- what openai answered, as the history holds it
+    local evs = srv:events(p)
+    local parts = {}
+    for _, e in ipairs(S.of_type(evs, T.sse)) do
+      if e.payload.part.type == "text-delta" then
+        parts[#parts + 1] = e.payload.part.delta
+      end
+    end
+    answer1 = table.concat(parts)
+    assert.truthy(#answer1 > 0)
+
+    assert.equal(204, srv:post(p, T.config, { model = "grok" }))
+    local _, e2 = prompt_and_wait(srv, p, T.user, { content = "beta question for grok" })
+    assert.equal(T.ended, e2.type)
+    local conn = grok:conn_of("beta question for grok")
+    local items = {}
+    for _, m in ipairs(grok:messages(conn)) do
+      if m.msg.type == "conversation.item.create" then
+        items[#items + 1] = { m.msg.item.role, m.msg.item.content[1].text }
+      end
+    end
+    assert.same({
+      { "user", "alpha question for openai" },
+      { "assistant", answer1 },
+      { "user", "beta question for grok" },
+    }, items)
+
+    assert.equal(204, srv:post(p, T.audio, { audio = b64(PCM:sub(1, 960)) }))
+    srv:wait_events(p, function(x)
+      return S.count(x, T.ended) == 3
+    end, "the audio answer")
+
+    assert.equal(204, srv:post(p, T.config, { model = "openai" }))
+    local _, e3 = prompt_and_wait(srv, p, T.user, { content = "gamma question for openai" })
+    assert.equal(T.ended, e3.type)
+    local reqs = openai:requests()
+    assert.equal(#oreqs + 1, #reqs)
+    local input = reqs[#reqs].body.input
+    local seen = {}
+    for _, m in ipairs(input) do
+      seen[#seen + 1] = { m.role, m.content[1].text }
+    end
+    assert.same({
+      { "user", "alpha question for openai" },
+      { "assistant", answer1 },
+      { "user", "beta question for grok" },
+      { "assistant", "You said: beta question for grok" },
+      { "user", "960 bytes of audio" },
+      { "assistant", "You said: 960 bytes of audio" },
+      { "user", "gamma question for openai" },
+    }, seen)
+  end)
+end)
+
+describe("grok model connection management", function()
+  it("reports a refused connection and stays up", function()
+    local s = socket.bind("127.0.0.1", 0)
+    local _, port = s:getsockname()
+    s:close()
+    local srv = start_server({
+      storage = "memory",
+      env = { XAI_API_KEY = "k", XAI_REALTIME_URL = ("ws://127.0.0.1:%d/v1/realtime"):format(port) },
+      agents = { models = { grok = { connect_timeout_ms = 2000 } } },
+    })
+    local ok, err = pcall(function()
+      assert.equal(204, srv:post("r/1", T.config, { model = "grok" }))
+      local _, e = prompt_and_wait(srv, "r/1", T.user, { content = "anyone there?" })
+      assert_error_end(e, "ECONNREFUSED")
+      assert.truthy(srv:alive())
+      local _, e2 = prompt_and_wait(srv, "r/1", T.user, { content = "still nobody?" })
+      assert_error_end(e2, "ECONNREFUSED")
+    end)
+    stop_server(srv)
+    assert(ok, err)
+  end)
+
+  it("closes an idle connection and reopens it on the next prompt", function()
+    local grok = start_grok()
+    local srv = start_server({
+      storage = "memory",
+      env = { XAI_API_KEY = "k", XAI_REALTIME_URL = grok.url },
+      agents = { models = { grok = { idle_timeout_ms = 300 } } },
+    })
+    local ok, err = pcall(function()
+      assert.equal(204, srv:post("i/1", T.config, { model = "grok" }))
+      local _, e = prompt_and_wait(srv, "i/1", T.user, { content = "before idle" })
+      assert.equal(T.ended, e.type)
+      local c1 = grok:conn_of("before idle")
+      S.wait_for(function()
+        return grok:record(c1, "close")
+      end, 10, "the idle close")
+      local _, e2 = prompt_and_wait(srv, "i/1", T.user, { content = "after idle" })
+      assert.equal(T.ended, e2.type)
+      assert.are_not.equal(c1, grok:conn_of("after idle"))
+    end)
+    stop_server(srv)
+    grok:stop()
+    assert(ok, err)
+  end)
+
+  it("closes every connection at shutdown without leaks", function()
+    local grok = start_grok()
+    local srv = start_server({
+      storage = "memory",
+      env = { XAI_API_KEY = "k", XAI_REALTIME_URL = grok.url },
+    })
+    local ok, err = pcall(function()
+      for i = 1, 3 do
+        local p = "s/" .. i
+        assert.equal(204, srv:post(p, T.config, { model = "grok" }))
+        local _, e = prompt_and_wait(srv, p, T.user, { content = "open " .. i })
+        assert.equal(T.ended, e.type)
+      end
+      assert.equal(3, grok:connects())
+    end)
+    stop_server(srv) -- asserts no leak report in the log
+    S.wait_for(function()
+      local closes = 0
+      for _, r in ipairs(grok:records()) do
+        if r.event == "close" then
+          closes = closes + 1
+        end
+      end
+      return closes == 3
+    end, 10, "the fake to see 3 closes")
+    grok:stop()
+    assert(ok, err)
+  end)
+end)

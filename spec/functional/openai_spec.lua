@@ -1,0 +1,613 @@
+-- openai_spec.lua - functional specs of the `openai` model against the real binary and a
+-- fake OpenAI upstream (spec/fixtures/upstream/openai_fake.py, Python standard library,
+-- started here on 127.0.0.1), one `it` per acceptance point of issue 4:
+--   1. config:set openai + a message -> request-started, parts, request-ended, the
+--      request the fake saw (POST /v1/responses, bearer key, model, stream, input shape);
+--   2. history in order over three turns, including an interrupted partial answer;
+--      inputTokens grows, and the YAML grep recipe shows it;
+--   3. interrupting a slow answer aborts the upstream transfer (the fake sees the close)
+--      with the §6.2 ordering;
+--   4. every fault -> request-cancelled reason "error" with a one-line message naming the
+--      cause; the server stays up and the next prompt succeeds;
+--   5. the Chat Completions switch gives the same parts;
+--   6. 50 conversations on 50 paths stream at once within 1.5x the paced time;
+--   plus OPENAI_API_KEY / OPENAI_BASE_URL from the environment.
+-- Must not: reach a real upstream (the server runs with OPENAI_* removed from its
+-- environment unless a spec sets them), sleep fixed times, or leave processes behind.
+package.path = "./?.lua;" .. package.path
+local S = require("spec.support.lua_host_server")
+local cjson = require("cjson")
+local socket = require("socket")
+
+local T = {
+  config = "iterate:agent:config:set",
+  user = "iterate:agent:action:send-user-message:called",
+  started = "iterate:llm-loop:request-started",
+  sse = "iterate:llm-loop:response:sse",
+  ended = "iterate:llm-loop:request-ended",
+  cancelled = "iterate:llm-loop:request-cancelled",
+  interrupted = "iterate:llm-loop:request-interrupted",
+}
+
+local function q(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+-- The servers of this file run with the OPENAI_* variables scrubbed (and set only when a
+-- spec asks): no real key or base URL from the developer's shell can leak into a spec.
+local orig_launch = S.launch
+local function launch_scrubbed(self)
+  self.run = (self.run or 0) + 1
+  self.out = self.dir .. "/out." .. self.run
+  self.err = self.dir .. "/err." .. self.run
+  local env = { "env -u OPENAI_API_KEY -u OPENAI_BASE_URL" }
+  for k, v in pairs(self.opts.env or {}) do
+    env[#env + 1] = k .. "=" .. q(v)
+  end
+  local cmd = ("%s %s --config %s >%s 2>%s & echo $!"):format(table.concat(env, " "),
+    q(os.getenv("DS_BINARY") or "build/durable-stream"), q(self.dir .. "/config.lua"), q(self.out), q(self.err))
+  local p = io.popen(cmd)
+  self.pid = tonumber(p:read("l"))
+  p:close()
+  self.port = S.wait_for(function()
+    local s = S.read_file(self.out) or ""
+    local port = s:match("listening on http://[^:]+:(%d+)")
+    if port then
+      return tonumber(port)
+    end
+    if not self:alive() then
+      error("server exited at start: " .. (S.read_file(self.err) or ""))
+    end
+  end, 10, "the listening line")
+end
+
+-- fake upstream ------------------------------------------------------------------
+
+local Fake = {}
+Fake.__index = Fake
+
+local function start_fake(pace_ms)
+  local p = io.popen("mktemp -d /tmp/ds-openai-fake-XXXXXX")
+  local dir = p:read("l")
+  p:close()
+  local self = setmetatable({ dir = dir, log_path = dir .. "/requests.jsonl" }, Fake)
+  local script = S.source_dir() .. "/spec/fixtures/upstream/openai_fake.py"
+  p = io.popen(("/usr/bin/python3 %s --log %s --pace-ms %d >%s 2>%s & echo $!"):format(q(script), q(self.log_path),
+    pace_ms or 5, q(dir .. "/port"), q(dir .. "/stderr")))
+  self.pid = tonumber(p:read("l"))
+  p:close()
+  self.port = S.wait_for(function()
+    local s = S.read_file(dir .. "/port")
+    return s and tonumber(s:match("^(%d+)\n"))
+  end, 10, "the fake's port")
+  self.base = ("http://127.0.0.1:%d/v1"):format(self.port)
+  return self
+end
+
+function Fake:stop()
+  os.execute("kill " .. self.pid .. " 2>/dev/null")
+  S.wait_for(function()
+    return os.execute("kill -0 " .. self.pid .. " 2>/dev/null") ~= true
+  end, 10, "the fake to exit")
+  if not os.getenv("DS_SPEC_KEEP") then
+    os.execute("rm -rf " .. q(self.dir))
+  end
+end
+
+function Fake:records(kind)
+  local out = {}
+  for line in (S.read_file(self.log_path) or ""):gmatch("[^\n]+") do
+    local r = cjson.decode(line)
+    if not kind or r.kind == kind then
+      out[#out + 1] = r
+    end
+  end
+  return out
+end
+
+-- The request records whose last user text contains `marker`.
+function Fake:requests_with(marker)
+  local out = {}
+  for _, r in ipairs(self:records("request")) do
+    local body = r.body or {}
+    local msgs = body.input or body.messages or {}
+    local last = msgs[#msgs]
+    local text = last and (type(last.content) == "string" and last.content or last.content[1].text) or ""
+    if text:find(marker, 1, true) then
+      out[#out + 1] = r
+    end
+  end
+  return out
+end
+
+-- event helpers --------------------------------------------------------------------
+
+local function done_for(R)
+  return function(evs)
+    for _, e in ipairs(evs) do
+      if (e.type == T.ended or e.type == T.cancelled) and e.payload.requestOffset == R then
+        return e
+      end
+    end
+  end
+end
+
+local function parts_of(evs, R)
+  local out = {}
+  for _, e in ipairs(evs) do
+    if e.type == T.sse and e.payload.requestOffset == R then
+      out[#out + 1] = e.payload.part
+    end
+  end
+  return out
+end
+
+local function kinds(parts)
+  local out = {}
+  for i, p in ipairs(parts) do
+    out[i] = p.type
+  end
+  return out
+end
+
+-- Posts a prompt and waits for its request to end; returns events, R, the end event.
+local function ask(srv, path, content, mode, timeout)
+  local before = #srv:events(path)
+  assert.equal(204, srv:post(path, T.user, { content = content, mode = mode }))
+  local R
+  local evs = srv:wait_events(path, function(evs)
+    for i = before + 1, #evs do
+      if evs[i].type == T.started then
+        R = evs[i].offset
+      end
+    end
+    return R and done_for(R)(evs)
+  end, "the request for " .. content, timeout or 15)
+  return evs, R, done_for(R)(evs)
+end
+
+local function check_stream(parts, R, evs)
+  local k = kinds(parts)
+  assert.equal("response-metadata", k[1])
+  assert.equal("text-start", k[2])
+  assert.equal("text-end", k[#k - 1])
+  assert.equal("finish", k[#k])
+  for i = 3, #k - 2 do
+    assert.equal("text-delta", k[i])
+  end
+  assert.is_true(#k - 4 >= 1)
+  local f = parts[#parts]
+  assert.equal("stop", f.reason)
+  -- (cjson reads every number as a float: check integrality by value)
+  assert.is_true(f.usage.inputTokens > 0 and f.usage.inputTokens == math.floor(f.usage.inputTokens))
+  assert.equal(#k - 4, f.usage.outputTokens)
+  assert.equal(f.usage.inputTokens + f.usage.outputTokens, f.usage.totalTokens)
+  local text = {}
+  for i = 3, #k - 2 do
+    assert.equal(parts[2].id, parts[i].id)
+    text[#text + 1] = parts[i].delta
+  end
+  return table.concat(text)
+end
+
+local function no_leaks(srv)
+  local log = srv:log()
+  assert.falsy(log:find("leaked"), log)
+  assert.falsy(log:find("still alive"), log)
+  assert.falsy(log:find("AddressSanitizer", 1, true), log)
+  assert.falsy(log:find("runtime error:", 1, true), log)
+  assert.falsy(log:find("LeakSanitizer", 1, true), log)
+end
+
+local function http_stats(srv)
+  return srv:stats()
+end
+
+-- specs ----------------------------------------------------------------------------------
+
+describe("openai model against the fake upstream", function()
+  local fake, srv
+  setup(function()
+    S.launch = launch_scrubbed
+    fake = start_fake(5)
+    srv = S.start({ agents = { models = { openai = {
+      api_key = "sk-spec-key", base_url = fake.base, stall_timeout_ms = 1500, timeout_ms = 30000,
+    } } } })
+  end)
+  teardown(function()
+    if srv then
+      srv:stop()
+      no_leaks(srv)
+      srv:cleanup()
+    end
+    if fake then
+      fake:stop()
+    end
+    S.launch = orig_launch
+  end)
+
+  it("1. streams an answer as parts between request-started and request-ended", function()
+    local p = "openai/basic"
+    assert.equal(204, srv:post(p, T.config, { model = "openai" }))
+    local evs, R, fin = ask(srv, p, "Say hello [[tokens:7]]")
+    assert.equal(T.ended, fin.type)
+    assert.same({ requestOffset = R }, fin.payload)
+    local started
+    for _, e in ipairs(evs) do
+      if e.offset == R then
+        started = e
+      end
+    end
+    assert.same({ model = "openai" }, started.payload)
+    -- every event after request-started belongs to R, in order
+    local seen = false
+    for _, e in ipairs(evs) do
+      if seen and e.type == T.sse then
+        assert.equal(R, e.payload.requestOffset)
+      end
+      seen = seen or e.offset == R
+    end
+    local parts = parts_of(evs, R)
+    assert.equal(7 + 4, #parts)
+    local text = check_stream(parts, R, evs)
+    assert.equal("Hello there, café ☕ friend.", text)
+    assert.matches("^resp_fake", parts[1].id)
+    assert.equal("gpt-4o-2024-08-06", parts[1].modelId)
+    assert.matches("^%d%d%d%d%-%d%d%-%d%dT", parts[1].timestamp)
+    -- what the upstream saw
+    local reqs = fake:requests_with("Say hello [[tokens:7]]")
+    assert.equal(1, #reqs)
+    local r = reqs[1]
+    assert.equal("POST", r.method)
+    assert.equal("/v1/responses", r.path)
+    assert.equal("Bearer sk-spec-key", r.headers.Authorization)
+    assert.matches("^application/json", r.headers["Content-Type"])
+    assert.equal("gpt-4o", r.body.model)
+    assert.equal(true, r.body.stream)
+    assert.same({ { role = "user", content = { { type = "input_text", text = "Say hello [[tokens:7]]" } } } },
+      r.body.input)
+    srv:wait_idle()
+  end)
+
+  it("2. sends the whole history each turn, including an interrupted partial answer", function()
+    local p = "openai/history"
+    srv:post(p, T.config, { model = "openai" })
+    local evs1, R1 = ask(srv, p, "first question [[tokens:5]]")
+    local a1 = check_stream(parts_of(evs1, R1), R1, evs1)
+    -- second turn: slow, interrupted after a few deltas
+    assert.equal(204, srv:post(p, T.user, { content = "second question [[tokens:60]] [[pace:100]]" }))
+    local evs = srv:wait_events(p, function(e)
+      local n = 0
+      for _, x in ipairs(e) do
+        if x.type == T.sse and x.payload.part.type == "text-delta" then
+          n = n + 1
+        end
+      end
+      return n >= 5 + 3
+    end, "three deltas of the second answer")
+    local evs3, R3 = ask(srv, p, "third question [[tokens:4]]", "interrupt")
+    -- the partial second answer as stored
+    local R2
+    for _, e in ipairs(evs3) do
+      if e.type == T.cancelled and e.payload.reason == "interrupted" then
+        R2 = e.payload.requestOffset
+      end
+    end
+    assert.is_string(R2)
+    local partial = {}
+    for _, part in ipairs(parts_of(evs3, R2)) do
+      if part.type == "text-delta" then
+        partial[#partial + 1] = part.delta
+      end
+    end
+    partial = table.concat(partial)
+    assert.is_true(#partial > 0)
+    check_stream(parts_of(evs3, R3), R3, evs3)
+    -- the third request carried user, assistant, user (interrupted), assistant (partial), user
+    local r3 = fake:requests_with("third question")[1]
+    local function msg(role, kind, text)
+      return { role = role, content = { { type = kind, text = text } } }
+    end
+    assert.same({
+      msg("user", "input_text", "first question [[tokens:5]]"),
+      msg("assistant", "output_text", a1),
+      msg("user", "input_text", "second question [[tokens:60]] [[pace:100]]"),
+      msg("assistant", "output_text", partial),
+      msg("user", "input_text", "third question [[tokens:4]]"),
+    }, r3.body.input)
+    -- inputTokens grows, and the design document's recipe shows it on the YAML file
+    local f1 = parts_of(evs3, R1)[#parts_of(evs3, R1)].usage.inputTokens
+    local f3 = parts_of(evs3, R3)[#parts_of(evs3, R3)].usage.inputTokens
+    assert.is_true(f3 > f1, ("inputTokens %d -> %d"):format(f1, f3))
+    local file = srv.data_dir .. "/streams/" .. p .. ".yaml"
+    local pipe = io.popen(("grep -A5 'type: finish' %s | grep inputTokens"):format(q(file)))
+    local out = pipe:read("a")
+    pipe:close()
+    local nums = {}
+    for n in out:gmatch("inputTokens: (%d+)") do
+      nums[#nums + 1] = tonumber(n)
+    end
+    assert.same({ f1, f3 }, nums)
+    srv:wait_idle()
+  end)
+
+  it("3. interrupting a slow answer aborts the upstream transfer, in §6.2 order", function()
+    local p = "openai/interrupt"
+    srv:post(p, T.config, { model = "openai" })
+    assert.equal(204, srv:post(p, T.user, { content = "slow one [[fault:slow]]" }))
+    local evs = srv:wait_events(p, function(e)
+      for _, x in ipairs(e) do
+        if x.type == T.sse and x.payload.part.type == "text-delta" then
+          return true
+        end
+      end
+    end, "the first delta")
+    local R1 = evs[#evs].payload.requestOffset
+    local evs2, R2, fin = ask(srv, p, "quick one [[tokens:3]]", "interrupt")
+    assert.equal(T.ended, fin.type)
+    -- the fake saw the slow answer's connection close, long before its 40 slow tokens
+    S.wait_for(function()
+      for _, r in ipairs(fake:records("client_closed")) do
+        if r.prompt:find("slow one", 1, true) then
+          return true
+        end
+      end
+    end, 5, "the fake to see the slow transfer closed")
+    for _, r in ipairs(fake:records("completed")) do
+      assert.is_not.equal(fake:requests_with("slow one")[1].id, r.id)
+    end
+    -- §6.2: new request-started, old cancelled (interrupted), old interrupted, new parts
+    local i0
+    for i, e in ipairs(evs2) do
+      if e.offset == R2 then
+        i0 = i
+      end
+    end
+    assert.equal(T.cancelled, evs2[i0 + 1].type)
+    assert.equal(R1, evs2[i0 + 1].payload.requestOffset)
+    assert.equal("interrupted", evs2[i0 + 1].payload.reason)
+    assert.equal(T.interrupted, evs2[i0 + 2].type)
+    assert.same({ requestOffset = R1 }, evs2[i0 + 2].payload)
+    for i = i0 + 3, #evs2 do
+      assert.equal(R2, evs2[i].payload.requestOffset)
+    end
+    srv:wait_idle()
+    -- nothing more was appended for the old request
+    local after = srv:events(p)
+    assert.equal(#evs2, #after)
+  end)
+
+  local FAULTS = {
+    { "401", "^OpenAI HTTP 401: Incorrect API key provided" },
+    { "429", "^OpenAI HTTP 429: Rate limit exceeded$" },
+    { "500", "^OpenAI HTTP 500: The server had an error while processing your request" },
+    { "stall", "^OpenAI stream stalled: no data received for 1500 ms$" },
+    { "garbage", "^OpenAI sent malformed data: " },
+    { "malformed", "^OpenAI sent malformed data: " },
+    { "reset", "^OpenAI connection closed mid%-answer: " },
+    { "close", "^OpenAI connection closed mid%-answer: " },
+    { "eof", "^OpenAI connection closed mid%-answer: the stream ended before response%.completed$" },
+    { "failed", "^OpenAI error: The model crashed while generating$", "error" },
+    { "error_event", "^OpenAI error: Rate limit reached during streaming$", "error" },
+  }
+  it("4. ends each fault with request-cancelled reason error and a one-line message; the next prompt works",
+    function()
+      local p = "openai/faults"
+      srv:post(p, T.config, { model = "openai" })
+      for _, f in ipairs(FAULTS) do
+        local evs, R, fin = ask(srv, p, ("fault %s [[fault:%s]] [[tokens:6]]"):format(f[1], f[1]))
+        assert.equal(T.cancelled, fin.type, f[1])
+        assert.equal("error", fin.payload.reason, f[1])
+        assert.equal(R, fin.payload.requestOffset)
+        local m = fin.payload.message
+        assert.is_string(m)
+        assert.is_nil(m:find("\n"), m)
+        assert.is_true(#m <= 400, m)
+        assert.matches(f[2], m)
+        assert.falsy(m:find("sk%-spec%-key"), m)
+        if f[3] then
+          local parts = parts_of(evs, R)
+          assert.equal(f[3], parts[#parts].type, f[1])
+        end
+        -- the server is up and the next prompt succeeds
+        local evs2, R2, fin2 = ask(srv, p, "after " .. f[1] .. " [[tokens:3]]")
+        assert.equal(T.ended, fin2.type, "after " .. f[1])
+        check_stream(parts_of(evs2, R2), R2, evs2)
+      end
+      srv:wait_idle()
+      local st = http_stats(srv)
+      assert.equal(0, st.lua.tasks_live)
+    end)
+
+end)
+
+describe("openai model configuration", function()
+  local fake
+  setup(function()
+    S.launch = launch_scrubbed
+    fake = start_fake(5)
+  end)
+  teardown(function()
+    if fake then
+      fake:stop()
+    end
+    S.launch = orig_launch
+  end)
+
+  local function with_server(openai_cfg, env, fn)
+    local srv = S.start({ agents = { models = { openai = openai_cfg } }, env = env })
+    local ok, err = pcall(fn, srv)
+    srv:stop()
+    if ok then
+      no_leaks(srv)
+    end
+    srv:cleanup()
+    if not ok then
+      error(err, 0)
+    end
+  end
+
+  it("5. the Chat Completions switch gives the same parts", function()
+    with_server({ api_key = "sk-chat", base_url = fake.base, api = "chat", system_prompt = "Be terse." }, nil,
+      function(srv)
+        local p = "openai/chat"
+        srv:post(p, T.config, { model = "openai" })
+        local evs, R, fin = ask(srv, p, "chat hello [[tokens:5]]")
+        assert.equal(T.ended, fin.type)
+        local parts = parts_of(evs, R)
+        assert.equal(5 + 4, #parts)
+        assert.equal("Hello there, café ☕", check_stream(parts, R, evs))
+        assert.matches("^chatcmpl%-fake", parts[1].id)
+        local r = fake:requests_with("chat hello")[1]
+        assert.equal("/v1/chat/completions", r.path)
+        assert.equal("Bearer sk-chat", r.headers.Authorization)
+        assert.equal(true, r.body.stream)
+        assert.same({ include_usage = true }, r.body.stream_options)
+        assert.same({ { role = "system", content = "Be terse." }, { role = "user", content = "chat hello [[tokens:5]]" } },
+          r.body.messages)
+        -- a second turn carries the history; faults map the same way
+        local evs2, R2 = ask(srv, p, "chat again [[tokens:2]]")
+        assert.is_true(parts_of(evs2, R2)[4 + 2].usage.inputTokens > parts[#parts].usage.inputTokens)
+        local _, _, fin3 = ask(srv, p, "chat fault [[fault:429]]")
+        assert.equal("OpenAI HTTP 429: Rate limit exceeded", fin3.payload.message)
+        local _, _, fin4 = ask(srv, p, "chat cut [[fault:reset]] [[tokens:6]]")
+        assert.matches("^OpenAI connection closed mid%-answer", fin4.payload.message)
+        srv:wait_idle()
+      end)
+  end)
+
+  it("6. streams 50 conversations on 50 paths at once within 1.5x the paced time", function()
+    -- its own server with the default (long) stall timeout: under load the first byte of
+    -- an answer may take longer than the short stall timeout the fault specs use
+    with_server({ api_key = "sk-many", base_url = fake.base }, nil, function(srv)
+      local N, TOKENS, PACE = 50, 30, 60
+      local paced = (TOKENS - 1) * PACE / 1000 -- seconds one answer takes by itself
+      local t0 = socket.gettime()
+      for i = 1, N do
+        local p = "openai/many/" .. i
+        assert.equal(204, srv:post(p, T.user, { content = ("conv %d [[tokens:%d]] [[pace:%d]]"):format(i, TOKENS, PACE) }))
+      end
+      local posted = socket.gettime() - t0
+      -- wait on the fake's log (cheap) rather than polling 50 histories while they stream
+      local seen, finished = 0, 0
+      local ok_wait, why = pcall(S.wait_for, function()
+        local ids = {}
+        for _, r in ipairs(fake:requests_with("[[pace:" .. PACE .. "]]")) do
+          ids[r.id] = true
+        end
+        local n = 0
+        for _, r in ipairs(fake:records("completed")) do
+          if ids[r.id] then
+            n = n + 1
+          end
+        end
+        seen, finished = #fake:requests_with("[[pace:" .. PACE .. "]]"), n
+        for _, r in ipairs(fake:records("client_closed")) do
+          if ids[r.id] then
+            local evs = srv:events("openai/many/" .. r.prompt:match("conv (%d+)"))
+            error(("the server closed conversation request %s early (%s); its last event: %s"):format(r.id, r.prompt,
+              cjson.encode(evs[#evs])))
+          end
+        end
+        return n >= N
+      end, 60, "the fake to finish 50 answers")
+      assert(ok_wait, ("%s: the fake saw %d of %d requests and finished %d"):format(tostring(why), seen, N, finished))
+    
+      local done = {}
+      S.wait_for(function()
+        for i = 1, N do
+          if not done[i] then
+            local evs = srv:events("openai/many/" .. i)
+            local last = evs[#evs]
+            if last.type == T.ended or last.type == T.cancelled then
+              done[i] = evs
+            end
+          end
+        end
+        for i = 1, N do
+          if not done[i] then
+            return false
+          end
+        end
+        return true
+      end, 60, "50 answers")
+      -- the spread, measured on the server's own clock: first prompt stored -> last end
+      local function ms(iso)
+        local h, mi, s, f = iso:match("T(%d+):(%d+):(%d+)%.(%d+)Z$")
+        return ((tonumber(h) * 60 + tonumber(mi)) * 60 + tonumber(s)) * 1000 + tonumber(f)
+      end
+      local first, last = math.huge, 0
+      for i = 1, N do
+        local evs = done[i]
+        assert.equal(T.ended, evs[#evs].type, "conversation " .. i)
+        local parts = {}
+        for _, e in ipairs(evs) do
+          if e.type == T.sse then
+            parts[#parts + 1] = e.payload.part
+          elseif e.type == T.user then
+            first = math.min(first, ms(e.createdAt))
+          end
+        end
+        assert.equal(TOKENS + 4, #parts)
+        last = math.max(last, ms(evs[#evs].createdAt))
+      end
+      local spread = (last - first) / 1000
+      local ratio = spread / paced
+      print(("50 conversations: paced %.2f s, all done in %.2f s (ratio %.2f; posting took %.2f s)"):format(paced,
+        spread, ratio, posted))
+      assert.is_true(ratio <= 1.5, ("ratio %.2f > 1.5"):format(ratio))
+      srv:wait_idle()
+    end)
+  end)
+
+  it("takes the key from OPENAI_API_KEY and the base URL from OPENAI_BASE_URL", function()
+    with_server({ base_url = "http://127.0.0.1:9/v1" }, { OPENAI_API_KEY = "sk-from-env", OPENAI_BASE_URL = fake.base },
+      function(srv)
+        local p = "openai/env"
+        srv:post(p, T.config, { model = "openai" })
+        local _, _, fin = ask(srv, p, "env hello [[tokens:2]]")
+        assert.equal(T.ended, fin.type)
+        local r = fake:requests_with("env hello")[1]
+        assert.equal("Bearer sk-from-env", r.headers.Authorization)
+      end)
+  end)
+
+  -- faults that come from the configuration itself; the server keeps answering
+  local CASES = {
+    { "missing key", { base_url = "http://127.0.0.1:9/v1" }, "^OpenAI API key missing: set OPENAI_API_KEY" },
+    { "connection refused", { api_key = "k", base_url = "http://127.0.0.1:REFUSED/v1" }, "^OpenAI connection refused: " },
+    { "DNS", { api_key = "k", base_url = "http://no-such-upstream.invalid/v1" }, "^OpenAI DNS lookup failed: " },
+    { "TLS", { api_key = "k", base_url = "https://127.0.0.1:FAKE/v1" }, "^OpenAI TLS error: " },
+    { "timeout", { api_key = "k", base_url = "FAKEBASE", timeout_ms = 600, stall_timeout_ms = 0 },
+      "^OpenAI request timed out: ", "[[fault:hang]]" },
+  }
+  for _, c in ipairs(CASES) do
+    it("fault from the configuration: " .. c[1], function()
+      local cfg = {}
+      for k, v in pairs(c[2]) do
+        cfg[k] = v
+      end
+      if cfg.base_url:find("REFUSED") then
+        -- a port that is free: bind, read it, close
+        local s = assert(socket.bind("127.0.0.1", 0))
+        local _, port = s:getsockname()
+        s:close()
+        cfg.base_url = cfg.base_url:gsub("REFUSED", tostring(port))
+      end
+      cfg.base_url = cfg.base_url:gsub("FAKEBASE", fake.base):gsub("FAKE", tostring(fake.port))
+      with_server(cfg, nil, function(srv)
+        local p = "openai/cfgfault"
+        srv:post(p, T.config, { model = "openai" })
+        for round = 1, 2 do -- the server stays up and answers the same way again
+          local _, R, fin = ask(srv, p, ("%s round %d %s"):format(c[1], round, c[4] or ""))
+          assert.equal(T.cancelled, fin.type)
+          assert.same("error", fin.payload.reason)
+          assert.equal(R, fin.payload.requestOffset)
+          assert.is_nil(fin.payload.message:find("\n"))
+          assert.matches(c[3], fin.payload.message)
+        end
+        srv:wait_idle()
+      end)
+    end)
+  end
+end)

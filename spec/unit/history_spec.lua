@@ -1,0 +1,70 @@
+-- Unit specs of lua/history.lua: turns built from events.
+package.path = "lua/?.lua;" .. package.path
+local history = require("history")
+
+local function ev(t, payload, off)
+  return { type = t, payload = payload, offset = off }
+end
+
+describe("history", function()
+  it("builds user and assistant turns, including interrupted partial answers", function()
+    local h = history.new()
+    h:apply(ev("iterate:agent:action:send-user-message:called", { content = "hi" }, "0"))
+    h:apply(ev("iterate:llm-loop:request-started", { model = "echo" }, "1"))
+    h:apply(ev("iterate:llm-loop:response:sse", { requestOffset = "1", part = { type = "text-start", id = "x" } }, "2"))
+    h:apply(ev("iterate:llm-loop:response:sse", { requestOffset = "1", part = { type = "text-delta", id = "x", delta = "Hel" } }, "3"))
+    h:apply(ev("iterate:agent:action:send-user-message:called", { content = "stop" }, "4"))
+    h:apply(ev("iterate:llm-loop:request-started", { model = "echo" }, "5"))
+    h:apply(ev("iterate:llm-loop:request-cancelled", { requestOffset = "1", reason = "interrupted" }, "6"))
+    h:apply(ev("iterate:llm-loop:response:sse", { requestOffset = "1", part = { type = "text-delta", delta = "late" } }, "7"))
+    h:apply(ev("iterate:llm-loop:response:sse", { requestOffset = "5", part = { type = "text-delta", delta = "ok" } }, "8"))
+    assert.same({
+      { role = "user", text = "hi" },
+      { role = "assistant", text = "Hellate" },
+      { role = "user", text = "stop" },
+      { role = "assistant", text = "ok" },
+    }, h:messages())
+    assert.same({ { role = "user", text = "hi" }, { role = "assistant", text = "Hellate" }, { role = "user", text = "stop" } },
+      h:messages({ before = "5" }))
+    assert.equal("ok", h:answer("5"))
+  end)
+
+  it("leaves out empty answers and keeps background messages and audio turns", function()
+    local h = history.new()
+    h:apply(ev("iterate:agent:action:send-user-message:called", { content = "a", mode = "background" }, "0"))
+    h:apply(ev("iterate:llm-loop:request-started", {}, "1"))
+    h:apply(ev("iterate:llm-loop:request-cancelled", { requestOffset = "1", reason = "cancelled" }, "2"))
+    h:apply(ev("iterate:agent:action:send-user-audio:called", { audio = "QUJD" }, "3"))
+    assert.same({ { role = "user", text = "a" }, { role = "user", audio = "QUJD" } }, h:messages())
+  end)
+
+  it("adds Grok transcripts to the request in flight", function()
+    local h = history.new()
+    h:apply(ev("iterate:agent:action:send-user-message:called", { content = "talk" }, "0"))
+    h:apply(ev("iterate:llm-loop:request-started", { model = "grok" }, "1"))
+    h:apply(ev("iterate:grok:response:sse", { type = "response.output_audio_transcript.delta", delta = "Hi " }, "2"))
+    h:apply(ev("iterate:grok:response:sse", { type = "response.output_audio.delta", delta = "AAAA" }, "3"))
+    h:apply(ev("iterate:grok:response:sse", { type = "response.output_audio_transcript.delta", delta = "there" }, "4"))
+    h:apply(ev("iterate:llm-loop:request-ended", { requestOffset = "1" }, "5"))
+    h:apply(ev("iterate:grok:response:sse", { type = "response.output_audio_transcript.delta", delta = "stray" }, "6"))
+    assert.same({ { role = "user", text = "talk" }, { role = "assistant", text = "Hi there" } }, h:messages())
+  end)
+end)
+
+describe("models", function()
+  local models = require("models")
+  it("registers, replaces and validates models", function()
+    local reg = models.new()
+    reg:register("a", { start = function() end })
+    reg:register("b", { start = function() end, inputs = { audio = true } })
+    reg:register("a", { start = function() end })
+    assert.same({ "a", "b" }, reg:names())
+    assert.is_true(models.accepts(reg:get("a"), "text"))
+    assert.is_false(models.accepts(reg:get("a"), "audio"))
+    assert.is_true(models.accepts(reg:get("b"), "audio"))
+    assert.has_error(function() reg:register("", { start = function() end }) end)
+    assert.has_error(function() reg:register("c", {}) end)
+    assert.is_nil(reg:get("zz"))
+    assert.is_nil(reg:get(nil))
+  end)
+end)

@@ -1,0 +1,474 @@
+/* agents.c - the /agents HTTP API: append, history + live SSE, keep-alive comments.
+ *
+ * A GET becomes a reader: it subscribes to the stream at once (so nothing published
+ * while it works can be missed), then pumps history from the store in batches, paced by
+ * the connection's drain callback, until it reaches the stream's next offset; from then
+ * on (if live) it forwards published frames whose offset equals the one it needs next.
+ * One loop thread means no event can slip between "caught up" and "live".
+ */
+#include "api/agents.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/buf.h"
+#include "core/err.h"
+#include "core/log.h"
+#include "core/rbuf.h"
+#include "store/json.h"
+
+#define CATCHUP_BATCH_RECORDS 512
+#define CATCHUP_BATCH_BYTES (256 * 1024)
+#define CATCHUP_HIGH_WATER (64 * 1024)
+
+typedef struct reader_s reader_t;
+
+struct ds_agents_api_s {
+  uv_loop_t *loop;
+  ds_streams_t *streams;
+  ds_agents_opts_t opts;
+  uv_timer_t keepalive;
+  int timer_open;
+  reader_t *live_head; /* readers in live mode, for keep-alive comments */
+  reader_t *all_head;  /* every open reader, for shutdown */
+  ds_rbuf_t *keepalive_frame;
+  ds_agents_stats_t stats;
+};
+
+struct reader_s {
+  ds_sub_t sub;
+  ds_agents_api_t *api;
+  ds_http_req_t *req;
+  ds_stream_t *stream;
+  uint64_t next; /* next offset this reader needs */
+  unsigned live : 1;
+  unsigned in_live : 1; /* caught up and forwarding published frames */
+  unsigned pumping : 1;
+  reader_t *lprev, *lnext; /* live list */
+  reader_t *aprev, *anext; /* all list */
+};
+
+/* ------------------------------------------------------------------ paths */
+
+static int hexval(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+char *ds_agents_decode_path(const char *raw, size_t n, char *err, size_t errlen) {
+  /* An encoded '/' or '\' would let one path name two different files or escape a
+   * segment check; the contract rejects them before decoding. */
+  for (size_t i = 0; i < n; i++) {
+    if (raw[i] != '%') continue;
+    if (i + 2 >= n) {
+      snprintf(err, errlen, "stream path has a malformed percent escape");
+      return NULL;
+    }
+    int h = hexval(raw[i + 1]), l = hexval(raw[i + 2]);
+    if (h < 0 || l < 0) {
+      snprintf(err, errlen, "stream path has a malformed percent escape");
+      return NULL;
+    }
+    int c = h * 16 + l;
+    if (c == '/' || c == '\\') {
+      snprintf(err, errlen, "stream path contains an encoded '%c'", c);
+      return NULL;
+    }
+  }
+  char *out = NULL;
+  size_t out_len = 0;
+  if (ds_http_pct_decode(raw, n, 0, &out, &out_len) != 0) {
+    snprintf(err, errlen, "stream path has a malformed percent escape");
+    return NULL;
+  }
+  if (memchr(out, '\0', out_len)) {
+    snprintf(err, errlen, "stream path contains a NUL byte");
+    free(out);
+    return NULL;
+  }
+  if (ds_path_validate(out, out_len, err, errlen) != 0) {
+    free(out);
+    return NULL;
+  }
+  return out;
+}
+
+/* ------------------------------------------------------------------ readers */
+
+static void live_link(reader_t *r) {
+  ds_agents_api_t *api = r->api;
+  r->lprev = NULL;
+  r->lnext = api->live_head;
+  if (api->live_head) api->live_head->lprev = r;
+  api->live_head = r;
+  r->in_live = 1;
+}
+
+static void live_unlink(reader_t *r) {
+  if (!r->in_live) return;
+  if (r->lprev) r->lprev->lnext = r->lnext;
+  else r->api->live_head = r->lnext;
+  if (r->lnext) r->lnext->lprev = r->lprev;
+  r->in_live = 0;
+}
+
+static void reader_destroy(reader_t *r) {
+  ds_agents_api_t *api = r->api;
+  live_unlink(r);
+  if (r->aprev) r->aprev->anext = r->anext;
+  else api->all_head = r->anext;
+  if (r->anext) r->anext->aprev = r->aprev;
+  ds_stream_unsubscribe(&r->sub); /* may forget a never-written watched stream */
+  api->stats.readers_open--;
+  free(r);
+}
+
+static void on_req_close(void *ud) {
+  reader_t *r = ud;
+  reader_destroy(r);
+}
+
+/* Ends the response normally (history read, stream deleted, shutdown). */
+static void reader_finish(reader_t *r) {
+  ds_http_req_t *req = r->req;
+  reader_destroy(r);
+  ds_http_stream_end(req);
+}
+
+/* Drops a reader whose client does not keep up: the connection is closed at once, its
+ * unsent output discarded (the client resumes by offset). ds_http_stream_abort frees the
+ * request without calling the close callback, so the reader is freed here. */
+static void reader_drop(reader_t *r, const char *why) {
+  ds_http_req_t *req = r->req;
+  r->api->stats.readers_dropped++;
+  ds_info("agents", "dropping reader of %s at offset %llu: %s", ds_stream_path(r->stream),
+          (unsigned long long)r->next, why);
+  reader_destroy(r);
+  ds_http_stream_abort(req);
+}
+
+typedef struct {
+  reader_t *r;
+  ds_buf_t *out;
+} batch_ctx_t;
+
+static int batch_cb(void *ud, uint64_t offset, const char *repr, size_t len) {
+  batch_ctx_t *b = ud;
+  char off[17];
+  ds_offset_format(offset, off);
+  ds_buf_reserve(b->out, len + 48);
+  ds_buf_append(b->out, "id: ", 4);
+  ds_buf_append(b->out, off, 16);
+  ds_buf_append(b->out, "\nevent: data\ndata: ", 19);
+  ds_buf_append(b->out, repr, len);
+  ds_buf_append(b->out, "\n\n", 2);
+  b->r->next = offset + 1;
+  return 0;
+}
+
+static void pump(reader_t *r);
+static void pump_cb(void *ud) { pump(ud); }
+
+static void pump(reader_t *r) {
+  if (r->pumping || r->in_live) return;
+  r->pumping = 1;
+  ds_buf_t out = DS_BUF_INIT;
+  for (;;) {
+    uint64_t tail = ds_stream_next_offset(r->stream);
+    ds_store_stream_t *st = ds_stream_store(r->stream);
+    if (!st || r->next >= tail) {
+      r->pumping = 0;
+      ds_buf_free(&out);
+      if (!r->live) {
+        reader_finish(r);
+      } else {
+        live_link(r);
+      }
+      return;
+    }
+    if (ds_http_stream_backlog(r->req) >= CATCHUP_HIGH_WATER) {
+      ds_http_stream_on_drain(r->req, pump_cb, r);
+      break;
+    }
+    ds_buf_reset(&out);
+    batch_ctx_t ctx = {r, &out};
+    long n = ds_store_read(st, r->next, CATCHUP_BATCH_RECORDS, CATCHUP_BATCH_BYTES, batch_cb, &ctx);
+    if (n < 0) {
+      ds_error("agents", "reading %s from offset %llu failed: %s", ds_stream_path(r->stream),
+               (unsigned long long)r->next, ds_strerror((int)n));
+      r->pumping = 0;
+      ds_buf_free(&out);
+      reader_drop(r, "storage read failed");
+      return;
+    }
+    if (n == 0) { /* the store has nothing from here: treat as caught up */
+      r->next = tail;
+      continue;
+    }
+    if (ds_http_stream_write_copy(r->req, out.data, out.len) != 0) {
+      r->pumping = 0;
+      ds_buf_free(&out);
+      reader_drop(r, "write failed");
+      return;
+    }
+  }
+  r->pumping = 0;
+  ds_buf_free(&out);
+}
+
+static void on_publish(ds_sub_t *sub, const ds_published_t *rec) {
+  reader_t *r = sub->ud;
+  if (!r->in_live) return; /* catching up: the pump reads it from the store */
+  if (rec->offset < r->next) return;
+  if (rec->offset > r->next) {
+    /* cannot happen on one loop thread; recover by reading from the store */
+    live_unlink(r);
+    pump(r);
+    return;
+  }
+  int rc;
+  if (rec->agents_frame) {
+    rc = ds_http_stream_write(r->req, rec->agents_frame);
+  } else {
+    ds_rbuf_t *f = ds_rbuf_new("", 0);
+    rc = ds_http_stream_write(r->req, f);
+    ds_rbuf_unref(f);
+  }
+  if (rc == 0) {
+    r->next = rec->offset + 1;
+    if (ds_http_stream_backlog(r->req) > r->api->opts.subscriber_backlog_bytes)
+      reader_drop(r, "backlog limit exceeded");
+  } else {
+    reader_drop(r, rc == DS_ETOOBIG ? "backlog limit exceeded" : "write failed");
+  }
+}
+
+static void on_change(ds_sub_t *sub, int what) {
+  reader_t *r = sub->ud;
+  if (what == 1) reader_finish(r); /* deleted: nothing more will come */
+}
+
+static void on_keepalive(uv_timer_t *t) {
+  ds_agents_api_t *api = t->data;
+  reader_t *r = api->live_head;
+  while (r) {
+    reader_t *next = r->lnext;
+    if (ds_http_stream_backlog(r->req) == 0 &&
+        ds_http_stream_write(r->req, api->keepalive_frame) != 0)
+      reader_drop(r, "keep-alive write failed");
+    r = next;
+  }
+}
+
+/* ------------------------------------------------------------------ handlers */
+
+static void respond_400(ds_http_req_t *req, const char *msg) {
+  ds_http_respond_error(req, 400, NULL, "%s", msg);
+}
+
+static void handle_get(ds_agents_api_t *api, ds_http_req_t *req, const char *path) {
+  /* offset: exclusive; absent / "" / "-1" = from the start; "now"; 1-16 digits */
+  char *ov = NULL;
+  size_t ol = 0;
+  int oc = ds_http_query_get(req->query, "offset", &ov, &ol);
+  if (oc < 0) {
+    respond_400(req, "invalid offset: malformed percent escape");
+    return;
+  }
+  if (oc > 1) {
+    free(ov);
+    respond_400(req, "offset given more than once");
+    return;
+  }
+  const char *src = ov;
+  size_t sl = ol;
+  if (!ov) {
+    const char *lei = ds_http_req_header(req, "last-event-id");
+    if (lei) {
+      src = lei;
+      sl = strlen(lei);
+    }
+  }
+  int from_start = 0, from_now = 0;
+  uint64_t last = 0;
+  if (!src || sl == 0 || (sl == 2 && memcmp(src, "-1", 2) == 0)) {
+    from_start = 1;
+  } else if (sl == 3 && memcmp(src, "now", 3) == 0) {
+    from_now = 1;
+  } else if (ds_offset_parse(src, sl, &last) != 0) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "invalid offset '%.*s': expected -1, now, or 1-16 decimal digits",
+             (int)(sl > 40 ? 40 : sl), src);
+    for (char *p = msg; *p; p++)
+      if ((unsigned char)*p < 0x20) *p = '?';
+    free(ov);
+    respond_400(req, msg);
+    return;
+  }
+  free(ov);
+
+  char *lv = NULL;
+  size_t ll = 0;
+  int lc = ds_http_query_get(req->query, "live", &lv, &ll);
+  int live = lc > 0 && lv && (strcmp(lv, "sse") == 0 || strcmp(lv, "true") == 0);
+  free(lv);
+
+  static const ds_http_header_t sse_headers[] = {{"Content-Type", "text/event-stream"},
+                                                 {"Cache-Control", "no-cache"},
+                                                 {"Connection", "keep-alive"},
+                                                 {"X-Accel-Buffering", "no"},
+                                                 {NULL, NULL}};
+  if (strcmp(req->method, "HEAD") == 0) {
+    ds_http_stream_start(req, 200, sse_headers);
+    ds_http_stream_end(req);
+    return;
+  }
+  ds_stream_t *s = NULL;
+  int rc = ds_streams_get(api->streams, path, DS_STREAMS_WATCH, 0, &s);
+  if (rc != 0) {
+    ds_http_respond_error(req, rc == DS_ENOSPC ? 507 : 500, NULL, "cannot open stream: %s",
+                          ds_strerror(rc));
+    return;
+  }
+  reader_t *r = ds_xcalloc(1, sizeof *r);
+  r->api = api;
+  r->req = req;
+  r->stream = s;
+  r->live = (unsigned)live;
+  r->sub.on_publish = on_publish;
+  r->sub.on_change = on_change;
+  r->sub.ud = r;
+  if (from_now) r->next = ds_stream_next_offset(s);
+  else if (from_start) r->next = ds_stream_first_offset(s);
+  else r->next = last + 1;
+  ds_stream_subscribe(s, &r->sub);
+  r->anext = api->all_head;
+  if (api->all_head) api->all_head->aprev = r;
+  api->all_head = r;
+  api->stats.readers_open++;
+  ds_http_req_on_close(req, on_req_close, r);
+  ds_http_stream_start(req, 200, sse_headers);
+  pump(r);
+}
+
+typedef struct {
+  ds_http_req_t *req;
+  char off[17], next[17];
+} pending_ack_t;
+
+static void ack_closed(void *ud) {
+  pending_ack_t *p = ud;
+  p->req = NULL;
+}
+
+static void send_ack(ds_http_req_t *req, const char *off, const char *next) {
+  ds_http_header_t h[] = {{"Stream-Offset", off}, {"Stream-Next-Offset", next}, {NULL, NULL}};
+  ds_http_respond(req, 204, h, NULL, 0);
+}
+
+static void on_synced(void *ud, int status) {
+  pending_ack_t *p = ud;
+  if (p->req) {
+    if (status == 0) send_ack(p->req, p->off, p->next);
+    else ds_http_respond_error(p->req, status == DS_ENOSPC ? 507 : 500, NULL,
+                               "storage sync failed: %s", ds_strerror(status));
+  }
+  free(p);
+}
+
+static void handle_post(ds_agents_api_t *api, ds_http_req_t *req, const char *path) {
+  ds_stream_t *s = NULL;
+  int rc = ds_streams_get(api->streams, path, DS_STREAMS_WATCH, 0, &s);
+  if (rc != 0) {
+    api->stats.append_errors++;
+    ds_http_respond_error(req, rc == DS_ENOSPC ? 507 : 500, NULL, "cannot open stream: %s",
+                          ds_strerror(rc));
+    return;
+  }
+  char err[256];
+  uint64_t off = 0;
+  rc = ds_stream_append_event(s, req->body, req->body_len, &off, err, sizeof err);
+  if (rc != 0) {
+    api->stats.append_errors++;
+    ds_streams_release(s);
+    int status = rc == DS_EINVAL ? 400 : rc == DS_ETOOBIG ? 413 : rc == DS_ENOSPC ? 507 : 500;
+    if (status >= 500) ds_error("agents", "append to %s failed: %s", path, err);
+    ds_http_respond_error(req, status, NULL, "%s", err);
+    return;
+  }
+  api->stats.appends++;
+  pending_ack_t *p = ds_xmalloc(sizeof *p);
+  p->req = req;
+  ds_offset_format(off, p->off);
+  ds_offset_format(off + 1, p->next);
+  ds_http_req_on_close(req, ack_closed, p);
+  /* Acknowledge once durable under the fsync policy (at once unless "always"). */
+  rc = ds_store_sync(ds_streams_store(api->streams), on_synced, p);
+  if (rc != 0) on_synced(p, rc);
+}
+
+void ds_agents_api_handle(ds_agents_api_t *api, ds_http_req_t *req) {
+  const char *raw = req->path + 7; /* after "/agents" */
+  size_t n = req->path_len - 7;
+  if (n > 0) {
+    raw++;
+    n--;
+  }
+  int is_get = strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0;
+  int is_post = strcmp(req->method, "POST") == 0;
+  if (n == 0) {
+    ds_http_respond_error(req, 404, NULL, "empty stream path: use /agents/<path>");
+    return;
+  }
+  if (!is_get && !is_post) {
+    ds_http_respond_error(req, 404, NULL, "no route for %s /agents/<path> (use GET, HEAD or POST)",
+                          req->method);
+    return;
+  }
+  char err[160];
+  char *path = ds_agents_decode_path(raw, n, err, sizeof err);
+  if (!path) {
+    respond_400(req, err);
+    return;
+  }
+  if (is_post) handle_post(api, req, path);
+  else handle_get(api, req, path);
+  free(path);
+}
+
+/* ------------------------------------------------------------------ lifecycle */
+
+ds_agents_api_t *ds_agents_api_new(uv_loop_t *loop, ds_streams_t *streams, const ds_agents_opts_t *opts) {
+  ds_agents_api_t *api = ds_xcalloc(1, sizeof *api);
+  api->loop = loop;
+  api->streams = streams;
+  if (opts) api->opts = *opts;
+  if (!api->opts.keepalive_ms) api->opts.keepalive_ms = 15000;
+  if (!api->opts.subscriber_backlog_bytes) api->opts.subscriber_backlog_bytes = 4u << 20;
+  api->keepalive_frame = ds_rbuf_new(": keepalive\n\n", 13);
+  uv_timer_init(loop, &api->keepalive);
+  api->keepalive.data = api;
+  api->timer_open = 1;
+  uv_timer_start(&api->keepalive, on_keepalive, api->opts.keepalive_ms, api->opts.keepalive_ms);
+  uv_unref((uv_handle_t *)&api->keepalive);
+  return api;
+}
+
+void ds_agents_api_shutdown(ds_agents_api_t *api) {
+  while (api->all_head) reader_finish(api->all_head);
+  if (api->timer_open) {
+    api->timer_open = 0;
+    uv_close((uv_handle_t *)&api->keepalive, NULL);
+  }
+}
+
+void ds_agents_api_free(ds_agents_api_t *api) {
+  if (!api) return;
+  ds_rbuf_unref(api->keepalive_frame);
+  free(api);
+}
+
+void ds_agents_api_stats(const ds_agents_api_t *api, ds_agents_stats_t *out) { *out = api->stats; }

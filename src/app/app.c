@@ -1,0 +1,316 @@
+/* app.c - assembly, routing, signals and orderly shutdown of the server. */
+#include "app/app.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "api/agents.h"
+#include "app/auth.h"
+#include "core/buf.h"
+#include "core/err.h"
+#include "core/log.h"
+#include "http/http.h"
+#include "lua/host.h"
+#include "protocol/protocol.h"
+#include "store/store.h"
+#include "stream/streams.h"
+
+typedef struct app_s {
+  uv_loop_t loop;
+  const ds_config_t *cfg;
+  ds_store_t *store;
+  ds_streams_t *streams;
+  ds_http_server_t *http;
+  ds_agents_api_t *agents;
+  ds_protocol_t *protocol; /* /v1/stream: the Durable Streams view of the same streams */
+  ds_lua_host_t *lua; /* NULL when config.lua says agents = false */
+  ds_auth_t *auth;
+  uv_signal_t sigint, sigterm;
+  int stopping;
+  int http_stopped;
+} app_t;
+
+static int path_is(const ds_http_req_t *req, const char *prefix) {
+  size_t n = strlen(prefix);
+  return req->path_len >= n && memcmp(req->path, prefix, n) == 0 &&
+         (req->path_len == n || req->path[n] == '/');
+}
+
+static int path_eq(const ds_http_req_t *req, const char *p) {
+  return req->path_len == strlen(p) && memcmp(req->path, p, req->path_len) == 0;
+}
+
+static void respond_json(ds_http_req_t *req, int status, ds_buf_t *body) {
+  static const ds_http_header_t h[] = {{"Content-Type", "application/json"},
+                                       {"Cache-Control", "no-store"},
+                                       {NULL, NULL}};
+  ds_http_respond(req, status, h, body->data ? body->data : "", body->len);
+}
+
+static void handle_stats(app_t *app, ds_http_req_t *req) {
+  ds_http_stats_t hs;
+  ds_streams_stats_t ss;
+  ds_store_stats_t st;
+  ds_agents_stats_t as;
+  ds_http_server_stats(app->http, &hs);
+  ds_streams_get_stats(app->streams, &ss);
+  ds_store_get_stats(app->store, &st);
+  ds_agents_api_stats(app->agents, &as);
+  ds_buf_t b = DS_BUF_INIT;
+  ds_buf_printf(&b,
+                "{\"connections\":%llu,\"connections_total\":%llu,\"requests_total\":%llu,"
+                "\"streams_open\":%llu,\"bytes_queued\":%llu,"
+                "\"subscribers\":%llu,\"streams_live\":%llu,\"events_appended\":%llu,"
+                "\"readers_open\":%llu,\"readers_dropped\":%llu,\"append_errors\":%llu,"
+                "\"store\":{\"kind\":\"%s\",\"appends\":%llu,\"records_read\":%llu,"
+                "\"cache_hits\":%llu,\"cache_misses\":%llu,\"fsyncs\":%llu,\"open_files\":%llu,"
+                "\"streams\":%llu}}",
+                (unsigned long long)hs.connections_open, (unsigned long long)hs.connections_total,
+                (unsigned long long)hs.requests_total, (unsigned long long)hs.streams_open,
+                (unsigned long long)hs.bytes_queued, (unsigned long long)ss.subscribers,
+                (unsigned long long)ss.streams_live, (unsigned long long)ss.events_appended,
+                (unsigned long long)as.readers_open, (unsigned long long)as.readers_dropped,
+                (unsigned long long)as.append_errors, ds_store_kind(app->store),
+                (unsigned long long)st.appends, (unsigned long long)st.records_read,
+                (unsigned long long)st.cache_hits, (unsigned long long)st.cache_misses,
+                (unsigned long long)st.fsyncs, (unsigned long long)st.open_files,
+                (unsigned long long)st.streams);
+  if (app->lua) {
+    ds_lua_host_stats_t ls;
+    ds_lua_host_stats(app->lua, &ls);
+    b.len--; /* reopen the object */
+    ds_buf_printf(&b,
+                  ",\"lua\":{\"tasks_live\":%llu,\"refs\":%llu,\"hooks_failed\":%llu,"
+                  "\"events_dispatched\":%llu,\"tasks_killed\":%llu,\"mem_bytes\":%llu}}",
+                  (unsigned long long)ls.tasks_live, (unsigned long long)ls.refs,
+                  (unsigned long long)ls.hooks_failed, (unsigned long long)ls.events_dispatched,
+                  (unsigned long long)ls.tasks_killed, (unsigned long long)ls.mem_bytes);
+  }
+  respond_json(req, 200, &b);
+  ds_buf_free(&b);
+}
+
+/* Security and CORS headers on every response, this layer's own errors included. */
+static void add_common_headers(void *ud, const ds_http_req_t *req, const ds_http_header_t *hdrs,
+                               ds_buf_t *out) {
+  app_t *app = ud;
+  if (!ds_http_headers_have(hdrs, "X-Content-Type-Options"))
+    ds_buf_puts(out, "X-Content-Type-Options: nosniff\r\n");
+  if (!ds_http_headers_have(hdrs, "Cross-Origin-Resource-Policy"))
+    ds_buf_puts(out, "Cross-Origin-Resource-Policy: cross-origin\r\n");
+  if (!req || ds_http_headers_have(hdrs, "Access-Control-Allow-Origin")) return;
+  const char *allow = ds_auth_cors_origin(app->auth, ds_http_req_header(req, "origin"));
+  if (!allow) return;
+  ds_buf_printf(out, "Access-Control-Allow-Origin: %s\r\n", allow);
+  if (strcmp(allow, "*") != 0) ds_buf_puts(out, "Vary: Origin\r\n");
+  ds_buf_puts(out, "Access-Control-Expose-Headers: Stream-Offset, Stream-Next-Offset, "
+                   "Stream-Up-To-Date, Stream-Closed, Stream-Cursor, Stream-TTL, "
+                   "Stream-Expires-At, Stream-SSE-Data-Encoding, ETag, Location, Producer-Epoch, "
+                   "Producer-Seq, Producer-Expected-Seq, Producer-Received-Seq\r\n");
+}
+
+/* CORS preflight: answered before authorization, since browsers send no credentials. */
+static void handle_preflight(app_t *app, ds_http_req_t *req) {
+  const char *origin = ds_http_req_header(req, "origin");
+  if (!ds_auth_cors_origin(app->auth, origin)) {
+    ds_http_respond_error(req, 403, NULL, "origin not allowed");
+    return;
+  }
+  const char *asked = ds_http_req_header(req, "access-control-request-headers");
+  ds_http_header_t h[] = {
+      {"Access-Control-Allow-Methods", "GET, HEAD, POST, PUT, DELETE, OPTIONS"},
+      {"Access-Control-Allow-Headers",
+       asked && *asked ? asked
+                       : "Authorization, Content-Type, Last-Event-ID, If-None-Match, Stream-TTL, "
+                         "Stream-Expires-At, Stream-Seq, Stream-Closed, Stream-Forked-From, "
+                         "Stream-Fork-Offset, Stream-Fork-Sub-Offset, Producer-Id, "
+                         "Producer-Epoch, Producer-Seq"},
+      {"Access-Control-Max-Age", "600"},
+      {NULL, NULL}};
+  ds_http_respond(req, 204, h, NULL, 0);
+}
+
+static int authorize(app_t *app, ds_http_req_t *req) {
+  if (!ds_auth_enabled(app->auth)) return 1;
+  char *qt = NULL;
+  size_t ql = 0;
+  if (ds_http_query_get(req->query, "access_token", &qt, &ql) < 0) {
+    free(qt);
+    qt = NULL;
+  }
+  int rc = ds_auth_check(app->auth, req->method, req->path, req->path_len,
+                         ds_http_req_header(req, "authorization"), qt);
+  free(qt);
+  if (rc == 401) {
+    static const ds_http_header_t h[] = {{"WWW-Authenticate", "Bearer"}, {NULL, NULL}};
+    ds_http_respond_error(req, 401, h, "missing or invalid bearer token");
+    return 0;
+  }
+  if (rc == 403) {
+    ds_http_respond_error(req, 403, NULL, "token not allowed to %s %.*s",
+                          ds_auth_scope_for_method(req->method) == DS_SCOPE_READ ? "read" : "append to",
+                          (int)(req->path_len > 200 ? 200 : req->path_len), req->path);
+    return 0;
+  }
+  return 1;
+}
+
+static void route(void *ud, ds_http_req_t *req) {
+  app_t *app = ud;
+  if (strcmp(req->method, "OPTIONS") == 0 && ds_http_req_header(req, "origin")) {
+    handle_preflight(app, req);
+    return;
+  }
+  if (!authorize(app, req)) return;
+  if (path_is(req, "/agents")) {
+    ds_agents_api_handle(app->agents, req);
+    return;
+  }
+  if (path_is(req, "/v1/stream")) {
+    ds_protocol_handle(app->protocol, req);
+    return;
+  }
+  int get = strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0;
+  if (get && path_eq(req, "/health")) {
+    ds_buf_t b = DS_BUF_INIT;
+    ds_buf_puts(&b, "{\"status\":\"ok\"}");
+    respond_json(req, 200, &b);
+    ds_buf_free(&b);
+    return;
+  }
+  if (get && path_eq(req, "/debug/stats")) {
+    handle_stats(app, req);
+    return;
+  }
+  if (app->lua && ds_lua_host_handle(app->lua, req)) return;
+  ds_http_respond_error(req, 404, NULL, "no route for %s %.*s", req->method,
+                        (int)(req->path_len > 200 ? 200 : req->path_len), req->path);
+}
+
+static void on_http_stopped(void *ud) {
+  app_t *app = ud;
+  app->http_stopped = 1;
+  app->http = NULL;
+}
+
+static void begin_shutdown(app_t *app, const char *why) {
+  if (app->stopping) return;
+  app->stopping = 1;
+  ds_info("server", "shutting down (%s)", why);
+  uv_close((uv_handle_t *)&app->sigint, NULL);
+  uv_close((uv_handle_t *)&app->sigterm, NULL);
+  /* End live readers first (final chunk), then stop HTTP: connections with a complete
+   * response are flushed; in-flight appends were already stored synchronously. */
+  ds_agents_api_shutdown(app->agents);
+  ds_protocol_shutdown(app->protocol);
+  ds_lua_host_shutdown(app->lua); /* cancels tasks; Lua-routed requests get their answer */
+  ds_http_server_stop(app->http, on_http_stopped, app);
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+  app_t *app = h->data;
+  begin_shutdown(app, signum == SIGINT ? "SIGINT" : "SIGTERM");
+}
+
+static void print_listening(const ds_config_t *cfg, int port) {
+  const char *host = cfg->host;
+  if (strchr(host, ':')) printf("listening on http://[%s]:%d\n", host, port);
+  else printf("listening on http://%s:%d\n", host, port);
+  fflush(stdout);
+}
+
+int ds_app_run(const ds_config_t *cfg) {
+  app_t app;
+  memset(&app, 0, sizeof app);
+  app.cfg = cfg;
+  char err[512];
+  int status = 1;
+  signal(SIGPIPE, SIG_IGN);
+  uv_loop_init(&app.loop);
+
+  char *data_dir = cfg->data_dir;
+  app.auth = ds_auth_load(cfg->config_path, err, sizeof err);
+  if (!app.auth) {
+    ds_error("server", "refusing to start: %s", err);
+    goto done_loop;
+  }
+  if (ds_auth_enabled(app.auth)) ds_info("server", "bearer-token authorization is on");
+  ds_store_opts_t so = {.kind = cfg->storage,
+                        .data_dir = data_dir,
+                        .fsync = cfg->fsync,
+                        .fsync_interval_ms = cfg->fsync_interval_ms,
+                        .tail_cache_bytes = cfg->tail_cache_bytes,
+                        .max_open_files = cfg->max_open_files,
+                        .loop = &app.loop};
+  if (ds_store_open(&so, &app.store, err, sizeof err) != 0) {
+    ds_error("server", "cannot open the %s store in %s: %s", cfg->storage, data_dir, err);
+    goto done_loop;
+  }
+  ds_streams_opts_t sto = {.max_json_depth = cfg->max_json_depth, .max_event_bytes = cfg->max_body_bytes};
+  app.streams = ds_streams_new(app.store, &sto);
+  ds_agents_opts_t ao = {.keepalive_ms = cfg->keepalive_ms,
+                         .subscriber_backlog_bytes = cfg->subscriber_backlog_bytes};
+  app.agents = ds_agents_api_new(&app.loop, app.streams, &ao);
+  ds_protocol_opts_t po = {.long_poll_timeout_ms = cfg->long_poll_timeout_ms,
+                           .sse_reconnect_ms = cfg->sse_reconnect_ms,
+                           .subscriptions = cfg->subscriptions};
+  app.protocol = ds_protocol_new(&app.loop, app.streams, &po);
+  if (cfg->agents_enabled) {
+    ds_lua_host_opts_t lo = {.config_path = cfg->config_path};
+    app.lua = ds_lua_host_new(&app.loop, app.streams, &lo, err, sizeof err);
+    if (!app.lua) {
+      ds_error("server", "refusing to start: Lua agent layer: %s", err);
+      ds_agents_api_shutdown(app.agents);
+      ds_protocol_shutdown(app.protocol);
+      goto done_streams;
+    }
+  }
+
+  ds_http_opts_t ho = {.host = cfg->host,
+                       .port = cfg->port,
+                       .max_header_bytes = cfg->max_header_bytes,
+                       .max_body_bytes = cfg->max_body_bytes,
+                       .header_timeout_ms = cfg->header_timeout_ms,
+                       .body_timeout_ms = cfg->body_timeout_ms,
+                       .idle_timeout_ms = cfg->idle_timeout_ms,
+                       .max_connections = cfg->max_connections,
+                       .stream_backlog_limit = cfg->subscriber_backlog_bytes + (1u << 20)};
+  if (ds_http_server_start(&app.loop, &ho, route, &app, &app.http, err, sizeof err) != 0) {
+    ds_error("server", "cannot listen on %s:%d: %s", cfg->host, cfg->port, err);
+    ds_agents_api_shutdown(app.agents);
+    ds_protocol_shutdown(app.protocol);
+    ds_lua_host_shutdown(app.lua);
+    goto done_streams;
+  }
+  ds_http_server_set_header_hook(app.http, add_common_headers, &app);
+  uv_signal_init(&app.loop, &app.sigint);
+  uv_signal_init(&app.loop, &app.sigterm);
+  app.sigint.data = app.sigterm.data = &app;
+  uv_signal_start(&app.sigint, on_signal, SIGINT);
+  uv_signal_start(&app.sigterm, on_signal, SIGTERM);
+
+  ds_info("server", "durable-stream serving %s store in %s (fsync %s)", cfg->storage, data_dir,
+          cfg->fsync == DS_FSYNC_ALWAYS ? "always" : cfg->fsync == DS_FSYNC_NEVER ? "never" : "interval");
+  print_listening(cfg, ds_http_server_port(app.http));
+  uv_run(&app.loop, UV_RUN_DEFAULT);
+  status = 0;
+
+done_streams:
+  uv_run(&app.loop, UV_RUN_DEFAULT); /* let closing handles finish */
+  ds_lua_host_free(app.lua); /* logs leaked refs/tasks, if any */
+  ds_protocol_free(app.protocol); /* before the streams: it holds subscriptions on them */
+  ds_streams_free(app.streams);
+  ds_agents_api_free(app.agents);
+  ds_store_close(app.store);
+done_loop:
+  uv_run(&app.loop, UV_RUN_DEFAULT);
+  ds_auth_free(app.auth);
+  if (uv_loop_close(&app.loop) != 0) {
+    ds_warn("server", "event loop still had open handles at exit");
+  }
+  if (status == 0) ds_info("server", "stopped cleanly");
+  return status;
+}

@@ -1,0 +1,243 @@
+/* auth.c - bearer tokens with scopes per URL prefix, and allowed CORS origins. */
+#include "app/auth.h"
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "core/buf.h"
+
+typedef struct {
+  char *token;
+  size_t token_len;
+  int scopes;
+  char **prefixes;
+  size_t nprefixes;
+} token_t;
+
+struct ds_auth_s {
+  token_t *tokens;
+  size_t ntokens;
+  int cors_any;
+  char **origins;
+  size_t norigins;
+};
+
+int ds_auth_enabled(const ds_auth_t *a) { return a && a->ntokens > 0; }
+
+int ds_auth_ct_equal(const char *a, size_t an, const char *b, size_t bn) {
+  /* Compare over the longer length so the time depends only on lengths. */
+  size_t n = an > bn ? an : bn;
+  unsigned char diff = (unsigned char)(an != bn);
+  for (size_t i = 0; i < n; i++) {
+    unsigned char x = i < an ? (unsigned char)a[i] : 0;
+    unsigned char y = i < bn ? (unsigned char)b[i] : 0;
+    diff |= (unsigned char)(x ^ y);
+  }
+  return diff == 0;
+}
+
+int ds_auth_scope_for_method(const char *method) {
+  if (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0 || strcmp(method, "OPTIONS") == 0)
+    return DS_SCOPE_READ;
+  return DS_SCOPE_APPEND;
+}
+
+static int prefix_match(const token_t *t, const char *path, size_t n) {
+  for (size_t i = 0; i < t->nprefixes; i++) {
+    size_t pl = strlen(t->prefixes[i]);
+    if (pl <= n && memcmp(t->prefixes[i], path, pl) == 0) return 1;
+  }
+  return 0;
+}
+
+int ds_auth_check(const ds_auth_t *a, const char *method, const char *path, size_t path_len,
+                  const char *authorization, const char *query_token) {
+  if (!ds_auth_enabled(a)) return 0;
+  const char *tok = NULL;
+  size_t tl = 0;
+  if (authorization && strncasecmp(authorization, "Bearer ", 7) == 0) {
+    tok = authorization + 7;
+    while (*tok == ' ') tok++;
+    tl = strlen(tok);
+  } else if (query_token) {
+    tok = query_token;
+    tl = strlen(tok);
+  }
+  if (!tok || tl == 0) return 401;
+  const token_t *found = NULL;
+  for (size_t i = 0; i < a->ntokens; i++) /* no early exit: same work for every token */
+    if (ds_auth_ct_equal(tok, tl, a->tokens[i].token, a->tokens[i].token_len) && !found)
+      found = &a->tokens[i];
+  if (!found) return 401;
+  int need = ds_auth_scope_for_method(method);
+  if (!(found->scopes & need) || !prefix_match(found, path, path_len)) return 403;
+  return 0;
+}
+
+const char *ds_auth_cors_origin(const ds_auth_t *a, const char *origin) {
+  if (!origin) return NULL;
+  if (!a || a->cors_any) return "*";
+  for (size_t i = 0; i < a->norigins; i++)
+    if (strcmp(a->origins[i], origin) == 0) return a->origins[i];
+  return NULL;
+}
+
+void ds_auth_free(ds_auth_t *a) {
+  if (!a) return;
+  for (size_t i = 0; i < a->ntokens; i++) {
+    /* scrub secrets before returning the memory */
+    memset(a->tokens[i].token, 0, a->tokens[i].token_len);
+    free(a->tokens[i].token);
+    for (size_t j = 0; j < a->tokens[i].nprefixes; j++) free(a->tokens[i].prefixes[j]);
+    free(a->tokens[i].prefixes);
+  }
+  free(a->tokens);
+  for (size_t i = 0; i < a->norigins; i++) free(a->origins[i]);
+  free(a->origins);
+  free(a);
+}
+
+static int fail(char *err, size_t errlen, const char *path, const char *msg) {
+  snprintf(err, errlen, "%s: %s", path, msg);
+  return -1;
+}
+
+/* [.., list] -> array of strings */
+static int string_list(lua_State *L, char ***out, size_t *n) {
+  if (lua_type(L, -1) == LUA_TSTRING) {
+    *out = ds_xcalloc(1, sizeof **out);
+    (*out)[0] = ds_xstrdup(lua_tostring(L, -1));
+    *n = 1;
+    return 0;
+  }
+  if (!lua_istable(L, -1)) return -1;
+  size_t len = lua_rawlen(L, -1);
+  *out = ds_xcalloc(len ? len : 1, sizeof **out);
+  *n = 0;
+  for (size_t i = 1; i <= len; i++) {
+    lua_rawgeti(L, -1, (lua_Integer)i);
+    if (lua_type(L, -1) != LUA_TSTRING) {
+      lua_pop(L, 1);
+      return -1;
+    }
+    (*out)[(*n)++] = ds_xstrdup(lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  return 0;
+}
+
+static int load_tokens(lua_State *L, ds_auth_t *a, const char *path, char *err, size_t errlen) {
+  /* [.., auth] */
+  lua_getfield(L, -1, "tokens");
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  if (!lua_istable(L, -1)) return fail(err, errlen, path, "auth.tokens must be a list of tables");
+  size_t n = lua_rawlen(L, -1);
+  a->tokens = ds_xcalloc(n ? n : 1, sizeof *a->tokens);
+  for (size_t i = 1; i <= n; i++) {
+    lua_rawgeti(L, -1, (lua_Integer)i); /* [.., auth, tokens, t] */
+    char msg[128];
+    if (!lua_istable(L, -1)) {
+      snprintf(msg, sizeof msg, "auth.tokens[%zu] must be a table", i);
+      return fail(err, errlen, path, msg);
+    }
+    token_t *t = &a->tokens[a->ntokens];
+    lua_getfield(L, -1, "token");
+    if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) < 8) {
+      snprintf(msg, sizeof msg, "auth.tokens[%zu].token must be a string of at least 8 bytes", i);
+      return fail(err, errlen, path, msg);
+    }
+    size_t tl;
+    const char *tv = lua_tolstring(L, -1, &tl);
+    t->token = ds_xstrndup(tv, tl);
+    t->token_len = tl;
+    a->ntokens++;
+    lua_pop(L, 1);
+    lua_getfield(L, -1, "scopes");
+    char **sc = NULL;
+    size_t nsc = 0;
+    if (lua_isnil(L, -1)) {
+      t->scopes = DS_SCOPE_READ | DS_SCOPE_APPEND;
+    } else if (string_list(L, &sc, &nsc) != 0) {
+      for (size_t j = 0; j < nsc; j++) free(sc[j]);
+      free(sc);
+      snprintf(msg, sizeof msg, "auth.tokens[%zu].scopes must be a list of \"read\"/\"append\"", i);
+      return fail(err, errlen, path, msg);
+    }
+    int bad = 0;
+    for (size_t j = 0; j < nsc; j++) {
+      if (strcmp(sc[j], "read") == 0) t->scopes |= DS_SCOPE_READ;
+      else if (strcmp(sc[j], "append") == 0) t->scopes |= DS_SCOPE_APPEND;
+      else bad = 1;
+      free(sc[j]);
+    }
+    free(sc);
+    lua_pop(L, 1);
+    if (bad) {
+      snprintf(msg, sizeof msg, "auth.tokens[%zu].scopes must be a list of \"read\"/\"append\"", i);
+      return fail(err, errlen, path, msg);
+    }
+    lua_getfield(L, -1, "prefixes");
+    if (lua_isnil(L, -1)) {
+      t->prefixes = ds_xcalloc(1, sizeof *t->prefixes);
+      t->prefixes[0] = ds_xstrdup("/");
+      t->nprefixes = 1;
+    } else if (string_list(L, &t->prefixes, &t->nprefixes) != 0) {
+      snprintf(msg, sizeof msg, "auth.tokens[%zu].prefixes must be a list of URL path prefixes", i);
+      return fail(err, errlen, path, msg);
+    }
+    lua_pop(L, 2); /* prefixes, t */
+  }
+  lua_pop(L, 1); /* tokens */
+  return 0;
+}
+
+ds_auth_t *ds_auth_load(const char *config_path, char *err, size_t errlen) {
+  ds_auth_t *a = ds_xcalloc(1, sizeof *a);
+  a->cors_any = 1;
+  if (!config_path) return a;
+  lua_State *L = luaL_newstate();
+  luaL_openlibs(L);
+  if (luaL_dofile(L, config_path) != LUA_OK || !lua_istable(L, -1)) {
+    /* config.c already validated the file; reaching this means it changed under us */
+    snprintf(err, errlen, "%s: cannot be re-read for auth settings", config_path);
+    lua_close(L);
+    ds_auth_free(a);
+    return NULL;
+  }
+  int rc = 0;
+  lua_getfield(L, -1, "auth");
+  if (lua_istable(L, -1)) rc = load_tokens(L, a, config_path, err, errlen);
+  else if (!lua_isnil(L, -1)) rc = fail(err, errlen, config_path, "auth must be a table");
+  lua_settop(L, 1);
+  if (rc == 0) {
+    lua_getfield(L, -1, "cors");
+    if (lua_istable(L, -1)) {
+      lua_getfield(L, -1, "allowed_origins");
+      if (!lua_isnil(L, -1)) {
+        if (string_list(L, &a->origins, &a->norigins) != 0) {
+          rc = fail(err, errlen, config_path, "cors.allowed_origins must be \"*\" or a list of origins");
+        } else {
+          a->cors_any = 0;
+          for (size_t i = 0; i < a->norigins; i++)
+            if (strcmp(a->origins[i], "*") == 0) a->cors_any = 1;
+        }
+      }
+    } else if (!lua_isnil(L, -1)) {
+      rc = fail(err, errlen, config_path, "cors must be a table");
+    }
+  }
+  lua_close(L);
+  if (rc != 0) {
+    ds_auth_free(a);
+    return NULL;
+  }
+  return a;
+}

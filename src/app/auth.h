@@ -1,0 +1,44 @@
+/* auth.h - optional bearer-token authorization and CORS policy for every route.
+ *
+ * Provides: the policy read from config.lua's `auth` and `cors` tables, and the checks the
+ * router applies before any handler runs: a request needs a token (Authorization: Bearer
+ * <token>, or ?access_token= for browsers' EventSource, which cannot set headers) whose
+ * scopes include what the method does (read: GET/HEAD; append: POST/PUT/DELETE/PATCH) and
+ * one of whose URL-path prefixes matches. Tokens are compared in constant time and never
+ * logged. CORS: which Origins are allowed, and the headers to send.
+ * Must not: know routes beyond the URL path, or hold request state.
+ */
+#ifndef DS_APP_AUTH_H
+#define DS_APP_AUTH_H
+
+#include <stddef.h>
+
+typedef struct ds_auth_s ds_auth_t;
+
+enum { DS_SCOPE_READ = 1, DS_SCOPE_APPEND = 2 };
+
+/** Loads `auth` and `cors` from the config file (NULL: auth off, CORS allows any origin).
+ *  Returns NULL with a one-line reason in err on a malformed table. */
+ds_auth_t *ds_auth_load(const char *config_path, char *err, size_t errlen);
+void ds_auth_free(ds_auth_t *a);
+int ds_auth_enabled(const ds_auth_t *a);
+
+/** Scope needed by an HTTP method. */
+int ds_auth_scope_for_method(const char *method);
+
+/**
+ * Checks a request: `authorization` is the Authorization header (may be NULL),
+ * `query_token` the decoded access_token parameter (may be NULL). Returns 0 when allowed,
+ * 401 when no valid token was presented, 403 when the token lacks the scope or prefix.
+ */
+int ds_auth_check(const ds_auth_t *a, const char *method, const char *path, size_t path_len,
+                  const char *authorization, const char *query_token);
+
+/** The Access-Control-Allow-Origin value for a request's Origin header, or NULL when the
+ *  origin is not allowed (or there was none). */
+const char *ds_auth_cors_origin(const ds_auth_t *a, const char *origin);
+
+/** Constant-time comparison of two byte strings (length differences leak only length). */
+int ds_auth_ct_equal(const char *a, size_t an, const char *b, size_t bn);
+
+#endif

@@ -1,0 +1,263 @@
+/* config.c - config.lua loading with named, checked keys. */
+#include "app/config.h"
+
+#include <lauxlib.h>
+#include <limits.h>
+#include <lua.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/buf.h"
+#include "core/log.h"
+
+void ds_config_defaults(ds_config_t *c) {
+  memset(c, 0, sizeof *c);
+  c->host = ds_xstrdup("127.0.0.1");
+  c->port = 3000;
+  c->data_dir = ds_xstrdup(".data");
+  c->storage = ds_xstrdup("yaml");
+  c->fsync = DS_FSYNC_INTERVAL;
+  c->fsync_interval_ms = 1000;
+  c->log_level = DS_LOG_INFO;
+  c->max_body_bytes = 1u << 20;
+  c->max_header_bytes = 16u << 10;
+  c->max_json_depth = 64;
+  c->max_connections = 16384;
+  c->header_timeout_ms = 10000;
+  c->body_timeout_ms = 30000;
+  c->idle_timeout_ms = 60000;
+  c->subscriber_backlog_bytes = 4u << 20;
+  c->tail_cache_bytes = 1u << 20;
+  c->max_open_files = 512;
+  c->keepalive_ms = 15000;
+  c->long_poll_timeout_ms = 30000;
+  c->sse_reconnect_ms = 60000;
+  c->subscriptions = 1;
+  c->agents_enabled = 1;
+}
+
+void ds_config_free(ds_config_t *c) {
+  free(c->config_path);
+  free(c->host);
+  free(c->data_dir);
+  free(c->storage);
+  memset(c, 0, sizeof *c);
+}
+
+int ds_fsync_parse(const char *s) {
+  if (strcmp(s, "always") == 0) return DS_FSYNC_ALWAYS;
+  if (strcmp(s, "interval") == 0) return DS_FSYNC_INTERVAL;
+  if (strcmp(s, "never") == 0) return DS_FSYNC_NEVER;
+  return -1;
+}
+
+typedef struct {
+  const char *file;
+  char *err;
+  size_t errlen;
+  int failed;
+} ctx_t;
+
+static int bad(ctx_t *x, const char *key, const char *what) {
+  if (!x->failed) snprintf(x->err, x->errlen, "%s: %s %s", x->file, key, what);
+  x->failed = 1;
+  return -1;
+}
+
+/* [.., tbl] -> reads tbl[key]; returns 1 if present (value pushed), 0 if nil (nothing pushed) */
+static int field(lua_State *L, const char *key) {
+  lua_getfield(L, -1, key);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  return 1;
+}
+
+static void get_uint(lua_State *L, ctx_t *x, const char *key, const char *name, long long lo,
+                     long long hi, void *out, size_t size) {
+  if (!field(L, key)) return;
+  int isnum = 0;
+  lua_Integer v = lua_tointegerx(L, -1, &isnum);
+  lua_pop(L, 1);
+  if (!isnum || v < lo || v > hi) {
+    char what[96];
+    snprintf(what, sizeof what, "must be an integer from %lld to %lld", lo, hi);
+    bad(x, name, what);
+    return;
+  }
+  if (size == sizeof(unsigned)) *(unsigned *)out = (unsigned)v;
+  else if (size == sizeof(size_t)) *(size_t *)out = (size_t)v;
+}
+
+static void get_int(lua_State *L, ctx_t *x, const char *key, const char *name, int lo, int hi, int *out) {
+  if (!field(L, key)) return;
+  int isnum = 0;
+  lua_Integer v = lua_tointegerx(L, -1, &isnum);
+  lua_pop(L, 1);
+  if (!isnum || v < lo || v > hi) {
+    char what[96];
+    snprintf(what, sizeof what, "must be an integer from %d to %d", lo, hi);
+    bad(x, name, what);
+    return;
+  }
+  *out = (int)v;
+}
+
+static void get_str(lua_State *L, ctx_t *x, const char *key, const char *name, char **out) {
+  if (!field(L, key)) return;
+  if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0) {
+    lua_pop(L, 1);
+    bad(x, name, "must be a non-empty string");
+    return;
+  }
+  free(*out);
+  *out = ds_xstrdup(lua_tostring(L, -1));
+  lua_pop(L, 1);
+}
+
+static void get_bool(lua_State *L, ctx_t *x, const char *key, const char *name, int *out) {
+  if (!field(L, key)) return;
+  if (!lua_isboolean(L, -1)) {
+    lua_pop(L, 1);
+    bad(x, name, "must be true or false");
+    return;
+  }
+  *out = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+}
+
+/* Refuses unknown keys: a typo in a limit must not silently run with the default. */
+static void check_keys(lua_State *L, ctx_t *x, const char *section, const char *const *known) {
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    lua_pop(L, 1);
+    if (lua_type(L, -1) != LUA_TSTRING) {
+      lua_pop(L, 1);
+      bad(x, section[0] ? section : "config", "has a non-string key");
+      return;
+    }
+    const char *k = lua_tostring(L, -1);
+    int ok = 0;
+    for (const char *const *p = known; *p; p++)
+      if (strcmp(*p, k) == 0) ok = 1;
+    if (!ok) {
+      char name[160];
+      snprintf(name, sizeof name, "%s%s%s", section, section[0] ? "." : "", k);
+      lua_pop(L, 1);
+      bad(x, name, "is not a known setting");
+      return;
+    }
+  }
+}
+
+static int open_section(lua_State *L, ctx_t *x, const char *key) {
+  if (!field(L, key)) return 0;
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    bad(x, key, "must be a table");
+    return 0;
+  }
+  return 1;
+}
+
+static int msgh(lua_State *L) {
+  const char *m = lua_tostring(L, 1);
+  lua_pushstring(L, m ? m : "(error object is not a string)");
+  return 1;
+}
+
+int ds_config_load(ds_config_t *c, const char *path, char *err, size_t errlen) {
+  lua_State *L = luaL_newstate();
+  if (!L) {
+    snprintf(err, errlen, "%s: cannot create a Lua state", path);
+    return -1;
+  }
+  luaL_openlibs(L);
+  lua_pushcfunction(L, msgh);
+  int rc = luaL_loadfilex(L, path, "t");
+  if (rc == LUA_OK) rc = lua_pcall(L, 0, 1, 1);
+  if (rc != LUA_OK) {
+    snprintf(err, errlen, "%s", lua_tostring(L, -1));
+    lua_close(L);
+    return -1;
+  }
+  if (!lua_istable(L, -1)) {
+    snprintf(err, errlen, "%s: must return a table (got %s)", path, luaL_typename(L, -1));
+    lua_close(L);
+    return -1;
+  }
+  ctx_t x = {path, err, errlen, 0};
+  static const char *const top[] = {"host", "port", "data_dir", "storage", "fsync",
+                                    "fsync_interval_ms", "log_level", "limits", "sse",
+                                    "protocol", "agents", "auth", "cors", NULL};
+  check_keys(L, &x, "", top);
+  get_str(L, &x, "host", "host", &c->host);
+  get_int(L, &x, "port", "port", 0, 65535, &c->port);
+  get_str(L, &x, "data_dir", "data_dir", &c->data_dir);
+  get_str(L, &x, "storage", "storage", &c->storage);
+  if (strcmp(c->storage, "yaml") != 0 && strcmp(c->storage, "memory") != 0)
+    bad(&x, "storage", "must be \"yaml\" or \"memory\"");
+  char *fs = NULL;
+  get_str(L, &x, "fsync", "fsync", &fs);
+  if (fs) {
+    int f = ds_fsync_parse(fs);
+    if (f < 0) bad(&x, "fsync", "must be \"always\", \"interval\" or \"never\"");
+    else c->fsync = (ds_fsync_t)f;
+    free(fs);
+  }
+  get_uint(L, &x, "fsync_interval_ms", "fsync_interval_ms", 1, 3600000, &c->fsync_interval_ms,
+           sizeof c->fsync_interval_ms);
+  char *lvl = NULL;
+  get_str(L, &x, "log_level", "log_level", &lvl);
+  if (lvl) {
+    int l = ds_log_level_parse(lvl);
+    if (l < 0) bad(&x, "log_level", "must be debug, info, warn, error or off");
+    else c->log_level = l;
+    free(lvl);
+  }
+  if (open_section(L, &x, "limits")) {
+    static const char *const keys[] = {"max_body_bytes", "max_header_bytes", "max_json_depth",
+                                       "max_connections", "header_timeout_ms", "body_timeout_ms",
+                                       "idle_timeout_ms", "subscriber_backlog_bytes",
+                                       "tail_cache_bytes", "max_open_files", NULL};
+    check_keys(L, &x, "limits", keys);
+    get_uint(L, &x, "max_body_bytes", "limits.max_body_bytes", 1, 1LL << 32, &c->max_body_bytes, sizeof(size_t));
+    get_uint(L, &x, "max_header_bytes", "limits.max_header_bytes", 256, 1 << 24, &c->max_header_bytes, sizeof(size_t));
+    get_int(L, &x, "max_json_depth", "limits.max_json_depth", 1, 10000, &c->max_json_depth);
+    get_uint(L, &x, "max_connections", "limits.max_connections", 1, 10000000, &c->max_connections, sizeof(unsigned));
+    get_uint(L, &x, "header_timeout_ms", "limits.header_timeout_ms", 1, 86400000, &c->header_timeout_ms, sizeof(unsigned));
+    get_uint(L, &x, "body_timeout_ms", "limits.body_timeout_ms", 1, 86400000, &c->body_timeout_ms, sizeof(unsigned));
+    get_uint(L, &x, "idle_timeout_ms", "limits.idle_timeout_ms", 1, 86400000, &c->idle_timeout_ms, sizeof(unsigned));
+    get_uint(L, &x, "subscriber_backlog_bytes", "limits.subscriber_backlog_bytes", 1024, 1LL << 34, &c->subscriber_backlog_bytes, sizeof(size_t));
+    get_uint(L, &x, "tail_cache_bytes", "limits.tail_cache_bytes", 0, 1LL << 34, &c->tail_cache_bytes, sizeof(size_t));
+    get_uint(L, &x, "max_open_files", "limits.max_open_files", 4, 1000000, &c->max_open_files, sizeof(unsigned));
+    lua_pop(L, 1);
+  }
+  if (open_section(L, &x, "sse")) {
+    static const char *const keys[] = {"keepalive_ms", NULL};
+    check_keys(L, &x, "sse", keys);
+    get_uint(L, &x, "keepalive_ms", "sse.keepalive_ms", 10, 86400000, &c->keepalive_ms, sizeof(unsigned));
+    lua_pop(L, 1);
+  }
+  if (open_section(L, &x, "protocol")) {
+    static const char *const keys[] = {"long_poll_timeout_ms", "sse_reconnect_ms", "subscriptions", NULL};
+    check_keys(L, &x, "protocol", keys);
+    get_uint(L, &x, "long_poll_timeout_ms", "protocol.long_poll_timeout_ms", 1, 86400000, &c->long_poll_timeout_ms, sizeof(unsigned));
+    get_uint(L, &x, "sse_reconnect_ms", "protocol.sse_reconnect_ms", 10, 86400000, &c->sse_reconnect_ms, sizeof(unsigned));
+    get_bool(L, &x, "subscriptions", "protocol.subscriptions", &c->subscriptions);
+    lua_pop(L, 1);
+  }
+  if (field(L, "agents")) {
+    if (lua_isboolean(L, -1)) c->agents_enabled = lua_toboolean(L, -1);
+    else if (!lua_istable(L, -1)) bad(&x, "agents", "must be a table or false");
+    lua_pop(L, 1);
+  }
+  lua_close(L);
+  if (x.failed) return -1;
+  free(c->config_path);
+  c->config_path = ds_xstrdup(path);
+  return 0;
+}

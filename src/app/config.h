@@ -1,0 +1,56 @@
+/* config.h - the server's configuration: config.lua, then command-line flags.
+ *
+ * Provides: ds_config_t with every built-in default, loading of config.lua (a Lua chunk
+ * that returns a table) with type and range checks that name the key, and the overrides
+ * of the command line. A broken config.lua is refused with file:line (Lua's own message
+ * for syntax and runtime errors) or with the offending key.
+ * Must not: start anything; it only reads and checks values. The Lua host re-reads the
+ * `agents` table itself, so this module only checks that it is a table.
+ */
+#ifndef DS_APP_CONFIG_H
+#define DS_APP_CONFIG_H
+
+#include <stddef.h>
+
+#include "store/store.h"
+
+typedef struct ds_config_s {
+  char *config_path; /* NULL when running on built-in defaults */
+  char *host;
+  int port;
+  char *data_dir;
+  char *storage; /* "yaml" | "memory" */
+  ds_fsync_t fsync;
+  unsigned fsync_interval_ms;
+  int log_level;
+  /* limits */
+  size_t max_body_bytes;
+  size_t max_header_bytes;
+  int max_json_depth;
+  unsigned max_connections;
+  unsigned header_timeout_ms;
+  unsigned body_timeout_ms;
+  unsigned idle_timeout_ms;
+  size_t subscriber_backlog_bytes;
+  size_t tail_cache_bytes;
+  unsigned max_open_files;
+  /* sse */
+  unsigned keepalive_ms;
+  /* protocol (/v1/stream) */
+  unsigned long_poll_timeout_ms;
+  unsigned sse_reconnect_ms;
+  int subscriptions;
+  /* lua host */
+  int agents_enabled;
+} ds_config_t;
+
+/** Fills every field with its built-in default. */
+void ds_config_defaults(ds_config_t *c);
+/** Loads config.lua at path over the current values. Returns 0, or -1 with a one-line
+ *  message ("config.lua:12: ...") in err. */
+int ds_config_load(ds_config_t *c, const char *path, char *err, size_t errlen);
+void ds_config_free(ds_config_t *c);
+/** Parses an fsync policy name; -1 when unknown. */
+int ds_fsync_parse(const char *s);
+
+#endif

@@ -1,0 +1,667 @@
+/* host.c - the Lua host: start-up (config, lua/ policy, plugins), the decorator chain,
+ * task attribution and error policy, shutdown with leak reporting. See host.h.
+ *
+ * Load phase: config.lua's `agents` table, lua/boot.lua (which installs the agent) and
+ * each plugin run on the main thread under an instruction budget; they may only register
+ * (ds.on, ds.http.route, models.register): ds.append, ds.spawn, ds.sleep... raise there.
+ * Run phase: the streams observer copies each stored event that some hook cares about
+ * (a scan of the registered types: no Lua, no allocation when nobody cares) into a
+ * pending list; an idle handle turns each into one task per interested hook. A hook that
+ * raises is logged with file:line; after agents.max_hook_errors failures its plugin is
+ * disabled (the lua/ policy is only logged, never disabled).
+ * Must not: run Lua inside the observer (it runs inside an append) or any library
+ * callback.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "core/buf.h"
+#include "core/err.h"
+#include "core/log.h"
+#include "lua/lhost.h"
+
+#ifndef DS_SOURCE_DIR
+#define DS_SOURCE_DIR "."
+#endif
+
+static char HOST_KEY, BOOT_KEY;
+
+#define HOOK_STEP 1000
+
+struct ds__pending_s {
+  ds__pending_t *next;
+  char *type;
+  size_t repr_len;
+  char repr[]; /* repr, NUL, type, NUL */
+};
+
+ds_lua_host_t *ds__host_of(lua_State *L) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &HOST_KEY);
+  ds_lua_host_t *h = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return h;
+}
+
+ds_task_t *ds__check_task(lua_State *L, const char *what) {
+  ds_lua_host_t *h = ds__host_of(L);
+  if (h->phase == DS_PHASE_LOAD) luaL_error(L, "%s is not allowed in the load phase", what);
+  ds_task_t *t = ds_task_current(L);
+  if (!t) luaL_error(L, "%s must be called from a task (not the main thread or a nested coroutine)", what);
+  return t;
+}
+
+int ds__current_plugin(lua_State *L) {
+  ds_lua_host_t *h = ds__host_of(L);
+  if (!h) return 0;
+  if (h->phase == DS_PHASE_LOAD) return h->loading;
+  ds_task_t *t = ds_task_current(L);
+  if (!t) return 0;
+  ds__tctx_t *c = ds_task_ud(t);
+  return c ? c->plugin : 0;
+}
+
+static const char *first_line(const char *msg, char *buf, size_t n) {
+  if (!msg) return "?";
+  size_t i = 0;
+  while (msg[i] && msg[i] != '\n' && i + 1 < n) {
+    buf[i] = msg[i];
+    i++;
+  }
+  buf[i] = 0;
+  return buf;
+}
+
+static void disable_plugin(ds_lua_host_t *h, int p, const char *why) {
+  if (p <= 0 || (size_t)p >= h->nplugins || h->plugins[p].disabled) return;
+  h->plugins[p].disabled = 1;
+  ds_warn("lua", "plugin %s disabled: %s", h->plugins[p].name, why);
+}
+
+static void task_done(ds_task_t *t, int status, lua_State *L, void *ud) {
+  (void)t;
+  ds__tctx_t *c = ud;
+  ds_lua_host_t *h = c->h;
+  if (c->req) {
+    ds__http_task_done(c->req, status, L);
+  } else if (status != LUA_OK && status != -1) {
+    const char *msg = lua_tostring(L, -1);
+    char line[512];
+    const char *pname = (size_t)c->plugin < h->nplugins ? h->plugins[c->plugin].name : "?";
+    if (c->hook >= 0) {
+      h->hooks_failed++;
+      ds__hook_t *hk = &h->hooks[c->hook];
+      ds_error("lua", "plugin %s: hook for %s failed: %s", pname, hk->type, first_line(msg, line, sizeof line));
+      ds_debug("lua", "%s", msg ? msg : "?");
+      if (c->plugin > 0) {
+        ds__plugin_t *p = &h->plugins[c->plugin];
+        p->errors++;
+        if (h->max_hook_errors > 0 && p->errors >= h->max_hook_errors && !p->disabled) {
+          char why[64];
+          snprintf(why, sizeof why, "%d hook failures", p->errors);
+          disable_plugin(h, c->plugin, why);
+        }
+      }
+    } else {
+      ds_error("lua", "plugin %s: task failed: %s", pname, first_line(msg, line, sizeof line));
+      ds_debug("lua", "%s", msg ? msg : "?");
+    }
+  }
+  free(c);
+}
+
+ds_task_t *ds__spawn(ds_lua_host_t *h, lua_State *L, int nargs, int plugin, int hook, int route,
+                     ds__lreq_t *req) {
+  ds__tctx_t *c = calloc(1, sizeof *c);
+  if (!c) {
+    lua_pop(L, nargs + 1);
+    return NULL;
+  }
+  c->h = h;
+  c->plugin = plugin;
+  c->hook = hook;
+  c->route = route;
+  c->req = req;
+  ds_task_t *t = ds_sched_spawn(h->sched, L, nargs, task_done, c);
+  if (!t) free(c);
+  return t;
+}
+
+/* ---- ds.on and the decorator chain ---- */
+
+static int l_on(lua_State *L) {
+  ds_lua_host_t *h = ds__host_of(L);
+  size_t tl;
+  const char *type = luaL_checklstring(L, 1, &tl);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  if (h->phase != DS_PHASE_LOAD) return luaL_error(L, "ds.on: hooks are registered in the load phase");
+  if (tl == 0) return luaL_error(L, "ds.on: empty event type");
+  if (h->nhooks == h->hooks_cap) {
+    h->hooks_cap = h->hooks_cap ? h->hooks_cap * 2 : 16;
+    h->hooks = ds_xrealloc(h->hooks, h->hooks_cap * sizeof *h->hooks);
+  }
+  lua_pushvalue(L, 2);
+  ds__hook_t *hk = &h->hooks[h->nhooks++];
+  hk->fn_ref = ds_vm_ref(L);
+  hk->type = ds_xstrndup(type, tl);
+  hk->type_len = tl;
+  hk->plugin = ds__current_plugin(L);
+  if (tl == 1 && type[0] == '*') h->wildcard_hooks++;
+  return 0;
+}
+
+static int hook_wants(const ds_lua_host_t *h, const ds__hook_t *hk, const char *type, size_t tl) {
+  if (hk->plugin > 0 && h->plugins[hk->plugin].disabled) return 0;
+  if (hk->type_len == 1 && hk->type[0] == '*') return 1;
+  return hk->type_len == tl && memcmp(hk->type, type, tl) == 0;
+}
+
+static void on_dispatch(uv_idle_t *idle);
+
+/* The streams observer: runs inside every append, so it stays cheap and never runs Lua. */
+static void observer(void *ud, const ds_published_t *rec) {
+  ds_lua_host_t *h = ud;
+  if (h->phase != DS_PHASE_RUN || rec->kind != DS_REC_EVENT || !rec->type) return;
+  h->events_seen++;
+  size_t tl = rec->type_len ? rec->type_len : strlen(rec->type);
+  int want = 0;
+  for (size_t i = 0; i < h->nhooks && !want; i++) want = hook_wants(h, &h->hooks[i], rec->type, tl);
+  if (!want) return;
+  ds__pending_t *p = malloc(sizeof *p + rec->repr_len + 1 + tl + 1);
+  if (!p) {
+    ds_error("lua", "out of memory: event %s dropped for hooks", rec->type);
+    return;
+  }
+  p->next = NULL;
+  p->repr_len = rec->repr_len;
+  memcpy(p->repr, rec->repr, rec->repr_len);
+  p->repr[rec->repr_len] = 0;
+  p->type = p->repr + rec->repr_len + 1;
+  memcpy(p->type, rec->type, tl);
+  p->type[tl] = 0;
+  if (h->ptail) h->ptail->next = p;
+  else h->phead = p;
+  h->ptail = p;
+  if (!h->dispatch_active && h->dispatch_open) {
+    uv_idle_start(&h->dispatch, on_dispatch);
+    h->dispatch_active = 1;
+  }
+}
+
+/* Protected: [pending(lightuserdata)] -> spawns one task per interested hook. */
+static int dispatch_one(lua_State *L) {
+  ds__pending_t *p = lua_touserdata(L, 1);
+  ds_lua_host_t *h = ds__host_of(L);
+  size_t tl = strlen(p->type);
+  for (size_t i = 0; i < h->nhooks; i++) {
+    ds__hook_t *hk = &h->hooks[i];
+    if (!hook_wants(h, hk, p->type, tl)) continue;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, hk->fn_ref); /* [p fn] */
+    char err[160];
+    if (ds__json_push(L, p->repr, p->repr_len, err, sizeof err) != 0) { /* [p fn ev] */
+      lua_pop(L, 1);
+      ds_error("lua", "cannot decode stored event for hooks: %s", err);
+      return 0;
+    }
+    ds__spawn(h, L, 1, hk->plugin, (int)i, -1, NULL); /* [p] */
+  }
+  h->events_dispatched++;
+  return 0;
+}
+
+static void on_dispatch(uv_idle_t *idle) {
+  ds_lua_host_t *h = idle->data;
+  ds__pending_t *p = h->phead;
+  h->phead = h->ptail = NULL;
+  while (p) {
+    ds__pending_t *next = p->next;
+    if (h->phase == DS_PHASE_RUN) {
+      lua_pushcfunction(h->L, dispatch_one);
+      lua_pushlightuserdata(h->L, p);
+      if (ds_vm_pcall(h->L, 1, 0) != LUA_OK) {
+        ds_error("lua", "hook dispatch failed: %s", lua_tostring(h->L, -1));
+        lua_pop(h->L, 1);
+      }
+    }
+    free(p);
+    p = next;
+  }
+  if (!h->phead && h->dispatch_active) {
+    uv_idle_stop(&h->dispatch);
+    h->dispatch_active = 0;
+  }
+}
+
+/* ---- load phase ---- */
+
+static uint64_t g_load_left;
+static int g_load_killed;
+
+static void raise_here(lua_State *L, const char *what) {
+  lua_Debug ar;
+  if (lua_getstack(L, 0, &ar) && lua_getinfo(L, "Sl", &ar) && ar.currentline > 0) {
+    lua_pushfstring(L, "%s:%d: %s", ar.short_src, ar.currentline, what);
+  } else {
+    lua_pushstring(L, what);
+  }
+  lua_error(L);
+}
+
+static void load_hook(lua_State *L, lua_Debug *ar) {
+  if (g_load_killed) raise_here(L, "load phase killed: instruction budget exceeded");
+  if (ar->event != LUA_HOOKCOUNT) return;
+  if (g_load_left > HOOK_STEP) {
+    g_load_left -= HOOK_STEP;
+    return;
+  }
+  g_load_killed = 1;
+  lua_sethook(L, load_hook, LUA_MASKCOUNT | LUA_MASKLINE, 1);
+  raise_here(L, "instruction budget of the load phase exceeded");
+}
+
+static void load_budget_arm(ds_lua_host_t *h) {
+  g_load_killed = 0;
+  g_load_left = h->load_budget ? h->load_budget : UINT64_MAX;
+  lua_sethook(h->L, load_hook, LUA_MASKCOUNT, HOOK_STEP);
+}
+
+static void load_budget_disarm(ds_lua_host_t *h) {
+  lua_sethook(h->L, NULL, 0, 0);
+  g_load_killed = 0;
+}
+
+static int add_plugin(ds_lua_host_t *h, const char *name, const char *file) {
+  if (h->nplugins == h->plugins_cap) {
+    h->plugins_cap = h->plugins_cap ? h->plugins_cap * 2 : 8;
+    h->plugins = ds_xrealloc(h->plugins, h->plugins_cap * sizeof *h->plugins);
+  }
+  ds__plugin_t *p = &h->plugins[h->nplugins];
+  memset(p, 0, sizeof *p);
+  p->name = ds_xstrdup(name);
+  p->file = ds_xstrdup(file);
+  return (int)h->nplugins++;
+}
+
+static int file_exists(const char *p) {
+  struct stat st;
+  return stat(p, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+static int dir_exists(const char *p) {
+  struct stat st;
+  return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+typedef struct {
+  const char *config_path;
+  const char *lua_dir;
+} init_args_t;
+
+/* Protected: builds `ds`, reads config.lua's agents table, runs lua/boot.lua. */
+static int init_state(lua_State *L) {
+  ds_lua_host_t *h = ds__host_of(L);
+  const init_args_t *a = lua_touserdata(L, 1);
+  lua_newtable(L); /* [ds] */
+  ds__json_open(L);
+  ds__log_open(L);
+  ds__task_open(L);
+  ds__stream_open(L);
+  ds__http_open(L);
+  lua_getfield(L, -1, "http"); /* [ds http] */
+  ds_l_http_open(L, h->httpc);
+  lua_pop(L, 1); /* [ds] */
+  lua_newtable(L); /* [ds ws] */
+  ds_l_ws_open(L, h->wsc);
+  lua_setfield(L, -2, "ws"); /* [ds] */
+  lua_pushcfunction(L, l_on);
+  lua_setfield(L, -2, "on");
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "loaded");  /* [ds package loaded] */
+  lua_pushvalue(L, -3);
+  lua_setfield(L, -2, "ds");
+  lua_pop(L, 1);
+  lua_pushfstring(L, "%s/?.lua;%s/?/init.lua", a->lua_dir, a->lua_dir);
+  lua_setfield(L, -2, "path");
+  lua_pushliteral(L, "");
+  lua_setfield(L, -2, "cpath");
+  lua_pop(L, 1); /* [ds] */
+  lua_pushvalue(L, -1);
+  h->ds_ref = ds_vm_ref(L);
+
+  /* the route runner: a handler may answer by returning status, body, headers */
+  if (luaL_loadbuffer(L,
+                      "local fn, req = ...\n"
+                      "local status, body, headers = fn(req)\n"
+                      "if status ~= nil then req:respond(status, body, headers) end\n",
+                      strlen("local fn, req = ...\n"
+                             "local status, body, headers = fn(req)\n"
+                             "if status ~= nil then req:respond(status, body, headers) end\n"),
+                      "=ds.http.route") != LUA_OK)
+    return lua_error(L);
+  h->route_runner_ref = ds_vm_ref(L);
+
+  /* config.lua: its `agents` table */
+  if (a->config_path) {
+    if (luaL_loadfilex(L, a->config_path, "t") != LUA_OK) return lua_error(L);
+    lua_call(L, 0, 1); /* [ds cfg] */
+    if (lua_istable(L, -1)) {
+      lua_getfield(L, -1, "agents"); /* [ds cfg agents] */
+      if (lua_isboolean(L, -1)) {    /* `agents = false` disables the agent layer */
+        lua_pop(L, 1);
+        lua_pushnil(L);
+      }
+      lua_remove(L, -2);
+    } else {
+      lua_pop(L, 1);
+      lua_pushnil(L);
+    }
+  } else {
+    lua_pushnil(L);
+  } /* [ds agents] */
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "boot");
+  lua_call(L, 1, 1); /* [ds agents boot] */
+  lua_getfield(L, -1, "start");
+  lua_pushvalue(L, -4);
+  lua_pushvalue(L, -4);
+  lua_call(L, 2, 1); /* [ds agents boot res] */
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &BOOT_KEY);
+  lua_getfield(L, -1, "config"); /* [ds agents boot res conf] */
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -6, "config");
+  lua_getfield(L, -1, "instruction_budget");
+  ds_sched_set_budget(h->sched, (uint64_t)lua_tointeger(L, -1));
+  lua_pop(L, 1);
+  lua_getfield(L, -1, "load_instruction_budget");
+  h->load_budget = (uint64_t)lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  lua_getfield(L, -1, "max_hook_errors");
+  h->max_hook_errors = (int)lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  lua_getfield(L, -1, "memory_limit_mb");
+  ds_vm_set_mem_limit(h->vm, (size_t)lua_tointeger(L, -1) << 20);
+  lua_pop(L, 1);
+  lua_getfield(L, -1, "plugin_dir"); /* [... conf dir] */
+  return 1;
+}
+
+/* Protected: [plugin index] loads one plugin into its own environment. */
+static int load_plugin(lua_State *L) {
+  ds_lua_host_t *h = ds__host_of(L);
+  int idx = (int)lua_tointeger(L, 1);
+  ds__plugin_t *p = &h->plugins[idx];
+  if (luaL_loadfilex(L, p->file, "t") != LUA_OK) return lua_error(L); /* [idx chunk] */
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &BOOT_KEY);
+  lua_getfield(L, -1, "plugin_env");
+  lua_remove(L, -2);
+  lua_pushstring(L, p->name);
+  lua_call(L, 1, 1); /* [idx chunk env] */
+  if (!lua_setupvalue(L, -2, 1)) lua_pop(L, 1);
+  lua_call(L, 0, 0);
+  return 0;
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+static int ends_with(const char *s, const char *suf) {
+  size_t n = strlen(s), m = strlen(suf);
+  return n >= m && strcmp(s + n - m, suf) == 0;
+}
+
+static int name_in(lua_State *L, const char *field, const char *name, int if_absent) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &BOOT_KEY);
+  lua_getfield(L, -1, "config");
+  lua_getfield(L, -1, field); /* [boot conf list] */
+  int res = if_absent;
+  if (lua_istable(L, -1)) {
+    res = 0;
+    lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+    for (lua_Integer i = 1; i <= n; i++) {
+      lua_rawgeti(L, -1, i);
+      const char *s = lua_tostring(L, -1);
+      if (s && strcmp(s, name) == 0) res = 1;
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 3);
+  return res;
+}
+
+static void load_plugins(ds_lua_host_t *h, const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d) {
+    ds_info("lua", "no plugin directory %s (%s)", dir, strerror(errno));
+    return;
+  }
+  size_t n = 0, cap = 16;
+  char **names = ds_xmalloc(cap * sizeof *names);
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    if (e->d_name[0] == '.') continue;
+    if (n == cap) names = ds_xrealloc(names, (cap *= 2) * sizeof *names);
+    names[n++] = ds_xstrdup(e->d_name);
+  }
+  closedir(d);
+  qsort(names, n, sizeof *names, cmp_str);
+  ds_buf_t path = DS_BUF_INIT;
+  for (size_t i = 0; i < n; i++) {
+    char name[256];
+    ds_buf_reset(&path);
+    ds_buf_printf(&path, "%s/%s", dir, names[i]);
+    if (ends_with(names[i], ".disabled")) continue;
+    if (ends_with(names[i], ".lua") && file_exists(ds_buf_cstr(&path))) {
+      snprintf(name, sizeof name, "%.*s", (int)(strlen(names[i]) - 4), names[i]);
+    } else if (dir_exists(ds_buf_cstr(&path))) {
+      ds_buf_puts(&path, "/init.lua");
+      if (!file_exists(ds_buf_cstr(&path))) continue;
+      snprintf(name, sizeof name, "%s", names[i]);
+    } else {
+      continue;
+    }
+    if (!name_in(h->L, "plugins_enabled", name, 1) || name_in(h->L, "plugins_disabled", name, 0)) {
+      ds_info("lua", "plugin %s skipped (config)", name);
+      continue;
+    }
+    int idx = add_plugin(h, name, ds_buf_cstr(&path));
+    h->loading = idx;
+    load_budget_arm(h);
+    lua_pushcfunction(h->L, load_plugin);
+    lua_pushinteger(h->L, idx);
+    int rc = ds_vm_pcall(h->L, 1, 0);
+    load_budget_disarm(h);
+    h->loading = 0;
+    if (rc != LUA_OK) {
+      char line[512];
+      const char *msg = lua_tostring(h->L, -1);
+      ds_error("lua", "plugin %s failed to load: %s", name, first_line(msg, line, sizeof line));
+      ds_debug("lua", "%s", msg ? msg : "?");
+      lua_pop(h->L, 1);
+      h->plugins[idx].disabled = 1;
+    } else {
+      ds_info("lua", "plugin %s loaded from %s", name, h->plugins[idx].file);
+    }
+  }
+  ds_buf_free(&path);
+  for (size_t i = 0; i < n; i++) free(names[i]);
+  free(names);
+}
+
+static char *dirname_of(const char *p) {
+  const char *slash = strrchr(p, '/');
+  if (!slash) return ds_xstrdup(".");
+  if (slash == p) return ds_xstrdup("/");
+  return ds_xstrndup(p, (size_t)(slash - p));
+}
+
+/* Finds the directory holding lua/boot.lua: next to config.lua, the working directory,
+ * then the source tree the binary was built from. */
+static char *find_root(const char *config_path) {
+  ds_buf_t b = DS_BUF_INIT;
+  char *cands[3] = {config_path ? dirname_of(config_path) : NULL, ds_xstrdup("."), ds_xstrdup(DS_SOURCE_DIR)};
+  char *found = NULL;
+  for (int i = 0; i < 3; i++) {
+    if (!cands[i] || found) continue;
+    ds_buf_reset(&b);
+    ds_buf_printf(&b, "%s/lua/boot.lua", cands[i]);
+    if (file_exists(ds_buf_cstr(&b))) {
+      found = cands[i];
+      cands[i] = NULL;
+    }
+  }
+  for (int i = 0; i < 3; i++) free(cands[i]);
+  ds_buf_free(&b);
+  return found ? found : ds_xstrdup(DS_SOURCE_DIR);
+}
+
+ds_lua_host_t *ds_lua_host_new(uv_loop_t *loop, ds_streams_t *streams, const ds_lua_host_opts_t *opts,
+                               char *err, size_t errlen) {
+  ds_lua_host_opts_t o = {0};
+  if (opts) o = *opts;
+  ds_lua_host_t *h = calloc(1, sizeof *h);
+  if (!h) {
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+  }
+  h->loop = loop;
+  h->streams = streams;
+  h->ds_ref = h->route_runner_ref = LUA_NOREF;
+  h->vm = ds_vm_new(0);
+  if (!h->vm) {
+    free(h);
+    snprintf(err, errlen, "cannot create the Lua state");
+    return NULL;
+  }
+  h->L = ds_vm_state(h->vm);
+  h->sched = ds_sched_new(loop, h->vm);
+  h->httpc = ds_l_http_new(loop);
+  h->wsc = h->httpc ? ds_l_ws_new(loop) : NULL;
+  if (!h->wsc) {
+    if (h->httpc) ds_l_http_shutdown(h->httpc);
+    ds_sched_shutdown(h->sched);
+    uv_run(loop, UV_RUN_NOWAIT);
+    ds_vm_free(h->vm);
+    ds_sched_free(h->sched);
+    ds_l_http_free(h->httpc);
+    free(h);
+    snprintf(err, errlen, "cannot create the HTTP client");
+    return NULL;
+  }
+  uv_idle_init(loop, &h->dispatch);
+  h->dispatch.data = h;
+  h->dispatch_open = 1;
+  lua_pushlightuserdata(h->L, h);
+  lua_rawsetp(h->L, LUA_REGISTRYINDEX, &HOST_KEY);
+
+  char *root = find_root(o.config_path);
+  ds_buf_t lua_dir = DS_BUF_INIT;
+  if (o.lua_dir) ds_buf_puts(&lua_dir, o.lua_dir);
+  else ds_buf_printf(&lua_dir, "%s/lua", root);
+  add_plugin(h, "lua", ds_buf_cstr(&lua_dir)); /* index 0: the policy itself */
+
+  h->phase = DS_PHASE_LOAD;
+  h->loading = 0;
+  h->load_budget = 100000000; /* until the config says otherwise */
+  init_args_t a = {o.config_path, ds_buf_cstr(&lua_dir)};
+  lua_pushcfunction(h->L, init_state);
+  lua_pushlightuserdata(h->L, &a);
+  load_budget_arm(h);
+  int rc = ds_vm_pcall(h->L, 1, 1);
+  load_budget_disarm(h);
+  if (rc != LUA_OK) {
+    char line[512];
+    snprintf(err, errlen, "%s", first_line(lua_tostring(h->L, -1), line, sizeof line));
+    ds_error("lua", "Lua host start failed: %s", lua_tostring(h->L, -1));
+    lua_pop(h->L, 1);
+    ds_buf_free(&lua_dir);
+    free(root);
+    ds_lua_host_shutdown(h);
+    uv_run(loop, UV_RUN_NOWAIT);
+    ds_lua_host_free(h);
+    return NULL;
+  }
+  ds_buf_t pdir = DS_BUF_INIT;
+  const char *cfg_dir = lua_tostring(h->L, -1);
+  if (o.plugin_dir) ds_buf_puts(&pdir, o.plugin_dir);
+  else if (cfg_dir && cfg_dir[0] == '/') ds_buf_puts(&pdir, cfg_dir);
+  else ds_buf_printf(&pdir, "%s/%s", root, cfg_dir ? cfg_dir : "plugins");
+  lua_pop(h->L, 1);
+  load_plugins(h, ds_buf_cstr(&pdir));
+  ds_buf_free(&pdir);
+  ds_buf_free(&lua_dir);
+  free(root);
+  lua_settop(h->L, 0);
+  lua_gc(h->L, LUA_GCCOLLECT);
+  h->phase = DS_PHASE_RUN;
+  ds_streams_set_observer(streams, observer, h);
+  return h;
+}
+
+void ds_lua_host_stats(const ds_lua_host_t *h, ds_lua_host_stats_t *out) {
+  ds_sched_stats_t st;
+  ds_sched_stats(h->sched, &st);
+  out->tasks_live = st.live;
+  out->tasks_killed = st.killed;
+  out->hooks_failed = h->hooks_failed;
+  out->events_dispatched = h->events_dispatched;
+  out->refs = (uint64_t)ds_vm_ref_count(h->vm);
+  out->mem_bytes = ds_vm_mem_used(h->vm);
+}
+
+void ds_lua_host_shutdown(ds_lua_host_t *h) {
+  if (!h || h->phase == DS_PHASE_DOWN) return;
+  int was_run = h->phase == DS_PHASE_RUN;
+  h->phase = DS_PHASE_DOWN;
+  if (was_run) ds_streams_set_observer(h->streams, NULL, NULL);
+  while (h->phead) {
+    ds__pending_t *p = h->phead;
+    h->phead = p->next;
+    free(p);
+  }
+  h->ptail = NULL;
+  ds__stream_close_all(h);
+  ds_sched_shutdown(h->sched);
+  ds_l_http_shutdown(h->httpc);
+  ds_l_ws_shutdown(h->wsc);
+  ds__http_close_all(h);
+  if (h->dispatch_open) {
+    if (h->dispatch_active) uv_idle_stop(&h->dispatch);
+    h->dispatch_active = 0;
+    h->dispatch_open = 0;
+    uv_close((uv_handle_t *)&h->dispatch, NULL);
+  }
+}
+
+int ds_lua_host_free(ds_lua_host_t *h) {
+  if (!h) return 0;
+  lua_State *L = h->L;
+  for (size_t i = 0; i < h->nhooks; i++) {
+    ds_vm_unref(L, h->hooks[i].fn_ref);
+    free(h->hooks[i].type);
+  }
+  for (size_t i = 0; i < h->nroutes; i++) {
+    ds_vm_unref(L, h->routes[i].fn_ref);
+    free(h->routes[i].method);
+    free(h->routes[i].prefix);
+  }
+  for (size_t i = 0; i < h->nplugins; i++) {
+    free(h->plugins[i].name);
+    free(h->plugins[i].file);
+  }
+  ds_vm_unref(L, h->ds_ref);
+  ds_vm_unref(L, h->route_runner_ref);
+  ds_sched_stats_t st;
+  ds_sched_stats(h->sched, &st);
+  long tasks = (long)st.live;
+  long refs = ds_vm_free(h->vm);
+  ds_sched_free(h->sched);
+  refs += ds_l_http_free(h->httpc); /* after the state closed: every Response collected */
+  refs += ds_l_ws_free(h->wsc);      /* stage 2 of the lws context destroy (runs the loop) */
+  free(h->hooks);
+  free(h->routes);
+  free(h->plugins);
+  free(h);
+  return (int)(tasks + refs);
+}

@@ -1,0 +1,100 @@
+/* l_task.c - ds.spawn, ds.sleep, ds.now_ms, ds.iso_now and the ds.Task handle.
+ *
+ * ds.Task is an I/O object (habits §4.1): a box holding a retained ds_task_t; the task
+ * struct outlives the task until the box is collected. task:cancel() stops a task that
+ * is not the running one (its wait is released, its coroutine closed); task:status()
+ * is "running" or "ended".
+ * Must not: resume anything itself (sched.c does, from the loop).
+ */
+#include "core/clock.h"
+#include "core/err.h"
+#include "lua/lhost.h"
+
+#define TASK_MT "ds.Task"
+
+typedef struct {
+  ds_task_t *t;
+} task_box_t;
+
+static int l_spawn(lua_State *L) {
+  ds_lua_host_t *h = ds__host_of(L);
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  if (h->phase != DS_PHASE_RUN) return luaL_error(L, "ds.spawn is not allowed in the load phase");
+  int nargs = lua_gettop(L) - 1;
+  task_box_t *box = lua_newuserdatauv(L, sizeof *box, 0); /* [fn args box] */
+  box->t = NULL;
+  luaL_setmetatable(L, TASK_MT);
+  lua_insert(L, 1); /* [box fn args] */
+  ds_task_t *t = ds__spawn(h, L, nargs, ds__current_plugin(L), -1, -1, NULL); /* [box] */
+  if (!t) return luaL_error(L, "ds.spawn: the host is shutting down");
+  ds_task_retain(t);
+  box->t = t;
+  return 1;
+}
+
+static int l_task_cancel(lua_State *L) {
+  task_box_t *box = luaL_checkudata(L, 1, TASK_MT);
+  if (!box->t) return 0;
+  int rc = ds_task_cancel(box->t);
+  if (rc == DS_EBUSY) return luaL_error(L, "task:cancel(): a task cannot cancel itself (return instead)");
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_task_status(lua_State *L) {
+  task_box_t *box = luaL_checkudata(L, 1, TASK_MT);
+  lua_pushstring(L, box->t && !ds_task_ended(box->t) ? "running" : "ended");
+  return 1;
+}
+
+static int l_task_gc(lua_State *L) {
+  task_box_t *box = luaL_checkudata(L, 1, TASK_MT);
+  if (box->t) {
+    ds_task_release(box->t);
+    box->t = NULL;
+  }
+  return 0;
+}
+
+static int sleep_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  /* resumed only by the deadline (pushes false): the sleep is over */
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_sleep(lua_State *L) {
+  lua_Integer ms = luaL_checkinteger(L, 1);
+  ds_task_t *t = ds__check_task(L, "ds.sleep");
+  if (ms < 0) ms = 0;
+  return ds_task_block(L, t, NULL, NULL, (int64_t)ms, sleep_k, 0);
+}
+
+static int l_now_ms(lua_State *L) {
+  ds_lua_host_t *h = ds__host_of(L);
+  lua_pushinteger(L, (lua_Integer)uv_now(h->loop));
+  return 1;
+}
+
+static int l_iso_now(lua_State *L) {
+  char out[DS_ISO8601_LEN + 1];
+  ds_clock_iso8601(ds_clock_wall_ms(), out);
+  lua_pushstring(L, out);
+  return 1;
+}
+
+static const luaL_Reg task_methods[] = {{"cancel", l_task_cancel}, {"status", l_task_status}, {NULL, NULL}};
+static const luaL_Reg task_meta[] = {{"__gc", l_task_gc}, {NULL, NULL}};
+static const luaL_Reg funcs[] = {
+    {"spawn", l_spawn}, {"sleep", l_sleep}, {"now_ms", l_now_ms}, {"iso_now", l_iso_now}, {NULL, NULL}};
+
+void ds__task_open(lua_State *L) {
+  /* [ds] */
+  luaL_newmetatable(L, TASK_MT); /* [ds mt] */
+  luaL_setfuncs(L, task_meta, 0);
+  luaL_newlib(L, task_methods);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+  luaL_setfuncs(L, funcs, 0);
+}

@@ -1,0 +1,1086 @@
+/* subs.c - the reserved subscription APIs under <prefix>/__ds/ (webhooks and pull-wake).
+ *
+ * Provides: subscriptions (PUT/GET/DELETE __ds/subscriptions/:id, explicit stream
+ * membership, glob patterns where `*` is one segment and `**` any number), wakes with a
+ * generation and wake_id that fence stale callbacks (409 FENCED), leases that expire and
+ * re-wake, webhook delivery signed with Ed25519 (`Webhook-Signature: t=<unix>,kid=<kid>,
+ * ed25519=<base64url sig over "<t>.<body>">`, public key at __ds/jwks.json), synchronous
+ * `{done:true}` auto-acks, retries with backoff, SSRF checks on webhook URLs (plain http
+ * only for localhost / 127.x, no private or IPv6 hosts over https), and pull-wake claims
+ * / acks / releases whose wake events are appended to a JSON wake stream. Callback
+ * tokens are stateless HMACs over (subscription, generation), so a token of an old
+ * generation is recognised and fenced rather than rejected as unknown.
+ * Subscriptions live in memory (they are leases and wakes, not data).
+ * Must not: block the loop (webhooks go through whook.c).
+ */
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "core/clock.h"
+#include "core/err.h"
+#include "core/log.h"
+#include "protocol/pappend.h"
+#include "protocol/pinternal.h"
+#include "protocol/pwhook.h"
+#include "store/json.h"
+
+#define LEASE_DEFAULT_MS 30000
+#define LEASE_MIN_MS 1000
+#define LEASE_MAX_MS 600000
+#define RETRY_MAX_MS 60000
+
+typedef struct link_s {
+  char *path;
+  bool explicit_, glob;
+  char acked[20]; /* "-1" or a 16-digit offset */
+} link_t;
+
+typedef struct sub_s sub_t;
+struct sub_s {
+  sub_t *next;
+  struct ds__subs_s *owner;
+  char *id;
+  bool webhook; /* else pull-wake */
+  char *pattern, *url, *wake_stream, *description, *config;
+  char *base_url; /* http://host of the creating request, for callback/jwks URLs */
+  long lease_ms;
+  char created_at[32];
+  bool failed;
+  link_t *links;
+  size_t nlinks;
+  long generation;
+  char wake_id[40]; /* "" when no wake */
+  link_t *snapshot; /* path + tail at wake time (acked field holds the tail) */
+  size_t nsnapshot;
+  char *holder;
+  uv_timer_t lease, retry;
+  int retry_count;
+  int handles_open;
+  bool dead;
+};
+
+struct ds__subs_s {
+  ds_protocol_t *p;
+  sub_t *subs;
+  ds__whook_t *hooks;
+  EVP_PKEY *key;
+  char x[64];   /* base64url public key */
+  char kid[64];
+  unsigned char token_key[32];
+};
+
+typedef struct delivery_s {
+  struct ds__subs_s *ss;
+  char *sub_id;
+  char wake_id[40];
+} delivery_t;
+
+/* ---- small helpers ---- */
+
+static void b64url(ds_buf_t *out, const void *p, size_t n) {
+  size_t start = out->len;
+  ds_base64_encode(out, p, n);
+  size_t j = start;
+  for (size_t i = start; i < out->len; i++) {
+    char c = out->data[i];
+    if (c == '=') continue;
+    out->data[j++] = c == '+' ? '-' : c == '/' ? '_' : c;
+  }
+  out->len = j;
+}
+
+static char *norm_rel(const char *s, size_t n) {
+  while (n && *s == '/') {
+    s++;
+    n--;
+  }
+  while (n && s[n - 1] == '/') n--;
+  return ds_xstrndup(s, n);
+}
+
+static size_t split_segs(const char *s, const char **segs, size_t *lens, size_t max) {
+  size_t k = 0;
+  while (*s && k < max) {
+    while (*s == '/') s++;
+    if (!*s) break;
+    const char *e = strchr(s, '/');
+    size_t l = e ? (size_t)(e - s) : strlen(s);
+    segs[k] = s;
+    lens[k++] = l;
+    s += l;
+  }
+  return k;
+}
+
+static bool match_parts(const char **ps, size_t *pl, size_t pn, size_t pi, const char **ss,
+                        size_t *sl, size_t sn, size_t si) {
+  while (pi < pn && si < sn) {
+    if (pl[pi] == 2 && memcmp(ps[pi], "**", 2) == 0) {
+      for (size_t i = si; i <= sn; i++)
+        if (match_parts(ps, pl, pn, pi + 1, ss, sl, sn, i)) return true;
+      return false;
+    }
+    if (!(pl[pi] == 1 && ps[pi][0] == '*') &&
+        (pl[pi] != sl[si] || memcmp(ps[pi], ss[si], sl[si]) != 0))
+      return false;
+    pi++;
+    si++;
+  }
+  while (pi < pn && pl[pi] == 2 && memcmp(ps[pi], "**", 2) == 0) pi++;
+  return pi == pn && si == sn;
+}
+
+static bool glob_match(const char *pattern, const char *path) {
+  const char *ps[64], *ss[64];
+  size_t pl[64], sl[64];
+  size_t pn = split_segs(pattern, ps, pl, 64), sn = split_segs(path, ss, sl, 64);
+  return match_parts(ps, pl, pn, 0, ss, sl, sn, 0);
+}
+
+static void tail_of(struct ds__subs_s *ss, const char *path, char out[20]) {
+  ds_stream_t *s = NULL;
+  ds__pstream_t *st = ds__state_peek(ss->p, path, &s);
+  ds_offset_format(st ? ds_stream_next_offset(s) : 0, out);
+}
+
+static link_t *link_find(sub_t *sb, const char *path) {
+  for (size_t i = 0; i < sb->nlinks; i++)
+    if (strcmp(sb->links[i].path, path) == 0) return &sb->links[i];
+  return NULL;
+}
+
+static link_t *link_add(sub_t *sb, const char *path, bool explicit_, const char *acked) {
+  link_t *l = link_find(sb, path);
+  if (!l) {
+    sb->links = ds_xrealloc(sb->links, (sb->nlinks + 1) * sizeof *sb->links);
+    l = &sb->links[sb->nlinks++];
+    memset(l, 0, sizeof *l);
+    l->path = ds_xstrdup(path);
+    snprintf(l->acked, sizeof l->acked, "%s", acked);
+  }
+  if (explicit_) l->explicit_ = true;
+  else l->glob = true;
+  return l;
+}
+
+static void link_remove(sub_t *sb, size_t i) {
+  free(sb->links[i].path);
+  sb->links[i] = sb->links[--sb->nlinks];
+}
+
+static bool has_pending(struct ds__subs_s *ss, sub_t *sb, const char **first) {
+  for (size_t i = 0; i < sb->nlinks; i++) {
+    char t[20];
+    tail_of(ss, sb->links[i].path, t);
+    if (strcmp(t, sb->links[i].acked) > 0) {
+      if (first) *first = sb->links[i].path;
+      return true;
+    }
+  }
+  return false;
+}
+
+static void stream_infos(struct ds__subs_s *ss, sub_t *sb, ds_buf_t *b, bool full) {
+  ds_buf_putc(b, '[');
+  for (size_t i = 0; i < sb->nlinks; i++) {
+    link_t *l = &sb->links[i];
+    char t[20];
+    tail_of(ss, l->path, t);
+    if (i) ds_buf_putc(b, ',');
+    ds_buf_puts(b, "{\"path\":");
+    ds_json_write_string(b, l->path, strlen(l->path));
+    ds_buf_printf(b, ",\"link_type\":\"%s\",\"acked_offset\":\"%s\"",
+                  l->explicit_ ? "explicit" : "glob", l->acked);
+    if (full)
+      ds_buf_printf(b, ",\"tail_offset\":\"%s\",\"has_pending\":%s", t,
+                    strcmp(t, l->acked) > 0 ? "true" : "false");
+    ds_buf_putc(b, '}');
+  }
+  ds_buf_putc(b, ']');
+}
+
+static void make_token(struct ds__subs_s *ss, const char *id, long gen, ds_buf_t *out) {
+  char msg[600];
+  int n = snprintf(msg, sizeof msg, "subscription:%s:%ld", id, gen);
+  unsigned char mac[32];
+  unsigned int maclen = sizeof mac;
+  HMAC(EVP_sha256(), ss->token_key, sizeof ss->token_key, (unsigned char *)msg, (size_t)n, mac,
+       &maclen);
+  ds_buf_printf(out, "%ld.", gen);
+  b64url(out, mac, maclen);
+}
+
+/* Returns the generation the token was minted for, or -1 if it is not ours. */
+static long check_token(struct ds__subs_s *ss, const char *id, const char *tok) {
+  char *end = NULL;
+  long gen = strtol(tok, &end, 10);
+  if (end == tok || *end != '.' || gen < 0) return -1;
+  ds_buf_t want = DS_BUF_INIT;
+  make_token(ss, id, gen, &want);
+  bool ok = strcmp(ds_buf_cstr(&want), tok) == 0;
+  ds_buf_free(&want);
+  return ok ? gen : -1;
+}
+
+/* ---- responses ---- */
+
+static void respond_json(ds_http_req_t *req, int status, const char *body, size_t len) {
+  ds_arena_t a;
+  ds_arena_init(&a);
+  ds__hdrs_t h;
+  ds__hdrs_init(&h, &a);
+  if (status != 204) ds__hdr(&h, "Content-Type", "application/json");
+  ds_http_respond(req, status, ds__hdrs_done(&h), status == 204 ? NULL : body,
+                  status == 204 ? 0 : len);
+  ds_arena_free(&a);
+}
+
+static void respond_code(ds_http_req_t *req, int status, const char *code, const char *msg) {
+  ds_buf_t b = DS_BUF_INIT;
+  ds_buf_printf(&b, "{\"error\":{\"code\":\"%s\",\"message\":", code);
+  ds_json_write_string(&b, msg, strlen(msg));
+  ds_buf_puts(&b, "}}");
+  respond_json(req, status, b.data, b.len);
+  ds_buf_free(&b);
+}
+
+static void serialize(struct ds__subs_s *ss, sub_t *sb, ds_buf_t *b) {
+  ds_buf_puts(b, "{\"id\":");
+  ds_json_write_string(b, sb->id, strlen(sb->id));
+  ds_buf_puts(b, ",\"subscription_id\":");
+  ds_json_write_string(b, sb->id, strlen(sb->id));
+  ds_buf_printf(b, ",\"type\":\"%s\"", sb->webhook ? "webhook" : "pull-wake");
+  if (sb->pattern) {
+    ds_buf_puts(b, ",\"pattern\":");
+    ds_json_write_string(b, sb->pattern, strlen(sb->pattern));
+  }
+  ds_buf_puts(b, ",\"streams\":");
+  stream_infos(ss, sb, b, false);
+  if (sb->url) {
+    ds_buf_puts(b, ",\"webhook\":{\"url\":");
+    ds_json_write_string(b, sb->url, strlen(sb->url));
+    ds_buf_printf(b, ",\"signing\":{\"alg\":\"ed25519\",\"kid\":\"%s\",\"jwks_url\":", ss->kid);
+    ds_buf_t u = DS_BUF_INIT;
+    ds_buf_printf(&u, "%s%s/__ds/jwks.json", sb->base_url, ss->p->prefix);
+    ds_json_write_string(b, u.data, u.len);
+    ds_buf_free(&u);
+    ds_buf_puts(b, "}}");
+  }
+  if (sb->wake_stream) {
+    ds_buf_puts(b, ",\"wake_stream\":");
+    ds_json_write_string(b, sb->wake_stream, strlen(sb->wake_stream));
+  }
+  ds_buf_printf(b, ",\"lease_ttl_ms\":%ld,\"created_at\":\"%s\",\"status\":\"%s\"", sb->lease_ms,
+                sb->created_at, sb->failed ? "failed" : "active");
+  if (sb->description) {
+    ds_buf_puts(b, ",\"description\":");
+    ds_json_write_string(b, sb->description, strlen(sb->description));
+  }
+  ds_buf_putc(b, '}');
+}
+
+/* ---- wakes ---- */
+
+static void clear_wake(sub_t *sb) {
+  uv_timer_stop(&sb->lease);
+  free(sb->holder);
+  sb->holder = NULL;
+  sb->wake_id[0] = 0;
+  for (size_t i = 0; i < sb->nsnapshot; i++) free(sb->snapshot[i].path);
+  free(sb->snapshot);
+  sb->snapshot = NULL;
+  sb->nsnapshot = 0;
+}
+
+static void create_wake(struct ds__subs_s *ss, sub_t *sb, const char *trigger);
+
+static bool next_wake_if_pending(struct ds__subs_s *ss, sub_t *sb) {
+  const char *first = NULL;
+  if (!has_pending(ss, sb, &first)) return false;
+  char *t = ds_xstrdup(first);
+  create_wake(ss, sb, t);
+  free(t);
+  return true;
+}
+
+static void lease_cb(uv_timer_t *t) {
+  sub_t *sb = t->data;
+  clear_wake(sb);
+  next_wake_if_pending(sb->owner, sb);
+}
+
+static void extend_lease(sub_t *sb) {
+  uv_timer_stop(&sb->lease);
+  uv_timer_start(&sb->lease, lease_cb, (uint64_t)sb->lease_ms, 0);
+}
+
+static sub_t *sub_find(struct ds__subs_s *ss, const char *id) {
+  for (sub_t *s = ss->subs; s; s = s->next)
+    if (strcmp(s->id, id) == 0) return s;
+  return NULL;
+}
+
+static void deliver(struct ds__subs_s *ss, sub_t *sb);
+
+static void retry_cb(uv_timer_t *t) {
+  sub_t *sb = t->data;
+  if (sb->wake_id[0]) deliver(sb->owner, sb);
+}
+
+static void schedule_retry(sub_t *sb) {
+  sb->retry_count++;
+  sb->failed = true;
+  uint64_t base = 1000;
+  for (int i = 1; i < sb->retry_count && base < RETRY_MAX_MS; i++) base *= 2;
+  if (base > RETRY_MAX_MS) base = RETRY_MAX_MS;
+  uint64_t jitter = base / 5;
+  uint64_t delay = base - jitter + (uint64_t)(rand() % (int)(2 * jitter + 1));
+  uv_timer_stop(&sb->retry);
+  uv_timer_start(&sb->retry, retry_cb, delay, 0);
+}
+
+static void delivered(void *ud, int status, const char *body, size_t len) {
+  delivery_t *d = ud;
+  sub_t *sb = sub_find(d->ss, d->sub_id);
+  if (sb && !sb->dead && strcmp(sb->wake_id, d->wake_id) == 0) {
+    if (status < 200 || status >= 300) {
+      schedule_retry(sb);
+    } else {
+      sb->failed = false;
+      sb->retry_count = 0;
+      ds_arena_t a;
+      ds_arena_init(&a);
+      ds_value_t *v = NULL;
+      char err[64];
+      if (len && ds_json_parse(&a, body, len, 32, &v, err, sizeof err) == 0) {
+        ds_value_t *done = ds_value_get(v, "done");
+        if (done && done->type == DS_V_BOOL && done->u.b) {
+          for (size_t i = 0; i < sb->nsnapshot; i++) {
+            link_t *l = link_find(sb, sb->snapshot[i].path);
+            if (l) snprintf(l->acked, sizeof l->acked, "%s", sb->snapshot[i].acked);
+          }
+          clear_wake(sb);
+          next_wake_if_pending(d->ss, sb);
+        }
+      }
+      ds_arena_free(&a);
+    }
+  }
+  free(d->sub_id);
+  free(d);
+}
+
+static void deliver(struct ds__subs_s *ss, sub_t *sb) {
+  ds_buf_t body = DS_BUF_INIT, tok = DS_BUF_INIT;
+  make_token(ss, sb->id, sb->generation, &tok);
+  ds_buf_puts(&body, "{\"subscription_id\":");
+  ds_json_write_string(&body, sb->id, strlen(sb->id));
+  ds_buf_printf(&body, ",\"wake_id\":\"%s\",\"generation\":%ld,\"streams\":", sb->wake_id,
+                sb->generation);
+  stream_infos(ss, sb, &body, true);
+  ds_buf_t cb = DS_BUF_INIT;
+  ds_buf_printf(&cb, "%s%s/__ds/subscriptions/", sb->base_url, ss->p->prefix);
+  for (const char *c = sb->id; *c; c++) {
+    unsigned char u = (unsigned char)*c;
+    if ((u >= 'a' && u <= 'z') || (u >= 'A' && u <= 'Z') || (u >= '0' && u <= '9') ||
+        strchr("-_.!~*'()", u))
+      ds_buf_putc(&cb, (char)u);
+    else ds_buf_printf(&cb, "%%%02X", u);
+  }
+  ds_buf_puts(&cb, "/callback");
+  ds_buf_puts(&body, ",\"callback_url\":");
+  ds_json_write_string(&body, cb.data, cb.len);
+  ds_buf_puts(&body, ",\"callback_token\":");
+  ds_json_write_string(&body, tok.data, tok.len);
+  ds_buf_putc(&body, '}');
+
+  /* Webhook-Signature: t=<unix>,kid=<kid>,ed25519=<base64url(sign("<t>.<body>"))> */
+  long long t = ds_clock_wall_ms() / 1000;
+  ds_buf_t msg = DS_BUF_INIT;
+  ds_buf_printf(&msg, "%lld.", t);
+  ds_buf_append(&msg, body.data, body.len);
+  unsigned char sig[64];
+  size_t siglen = sizeof sig;
+  EVP_MD_CTX *md = EVP_MD_CTX_new();
+  int ok = md && EVP_DigestSignInit(md, NULL, NULL, NULL, ss->key) == 1 &&
+           EVP_DigestSign(md, sig, &siglen, (unsigned char *)msg.data, msg.len) == 1;
+  EVP_MD_CTX_free(md);
+  ds_buf_t sh = DS_BUF_INIT;
+  ds_buf_printf(&sh, "Webhook-Signature: t=%lld,kid=%s,ed25519=", t, ss->kid);
+  if (ok) b64url(&sh, sig, siglen);
+  const char *hdrs[] = {"Content-Type: application/json", ds_buf_cstr(&sh), NULL};
+  delivery_t *d = ds_xcalloc(1, sizeof *d);
+  d->ss = ss;
+  d->sub_id = ds_xstrdup(sb->id);
+  snprintf(d->wake_id, sizeof d->wake_id, "%s", sb->wake_id);
+  if (!ok || ds__whook_post(ss->hooks, sb->url, body.data, body.len, hdrs, delivered, d) != 0) {
+    free(d->sub_id);
+    free(d);
+    schedule_retry(sb);
+  }
+  ds_buf_free(&sh);
+  ds_buf_free(&msg);
+  ds_buf_free(&cb);
+  ds_buf_free(&tok);
+  ds_buf_free(&body);
+}
+
+static void write_pull_event(struct ds__subs_s *ss, sub_t *sb, const char *trigger) {
+  ds_stream_t *s = NULL;
+  ds__pstream_t *st = ds__state_get(ss->p, sb->wake_stream, &s);
+  if (!st || st->soft_deleted || st->closed || st->mode != DS__M_JSON) {
+    ds_warn("subscriptions", "wake stream %s is not an open JSON stream", sb->wake_stream);
+    return;
+  }
+  ds_buf_t ev = DS_BUF_INIT;
+  ds_buf_puts(&ev, "{\"type\":\"wake\",\"subscription_id\":");
+  ds_json_write_string(&ev, sb->id, strlen(sb->id));
+  ds_buf_puts(&ev, ",\"stream\":");
+  ds_json_write_string(&ev, trigger, strlen(trigger));
+  ds_buf_printf(&ev, ",\"generation\":%ld,\"ts\":%lld}", sb->generation,
+                (long long)ds_clock_wall_ms());
+  ds__msgs_t m;
+  ds__msgs_init(&m);
+  char err[64];
+  if (ds__msgs_prepare(&m, DS__M_JSON, ev.data, ev.len, false, err, sizeof err) == 0) {
+    int rc = ds__msgs_commit(&m, s);
+    if (rc != 0) ds_warn("subscriptions", "wake event append failed: %s", ds_strerror(rc));
+  }
+  ds__msgs_free(&m);
+  ds_buf_free(&ev);
+}
+
+static void create_wake(struct ds__subs_s *ss, sub_t *sb, const char *trigger) {
+  sb->generation++;
+  unsigned char rnd[12];
+  RAND_bytes(rnd, sizeof rnd);
+  char *w = sb->wake_id;
+  w += sprintf(w, "w_");
+  for (size_t i = 0; i < sizeof rnd; i++) w += sprintf(w, "%02x", rnd[i]);
+  for (size_t i = 0; i < sb->nsnapshot; i++) free(sb->snapshot[i].path);
+  free(sb->snapshot);
+  sb->snapshot = ds_xcalloc(sb->nlinks ? sb->nlinks : 1, sizeof *sb->snapshot);
+  sb->nsnapshot = sb->nlinks;
+  for (size_t i = 0; i < sb->nlinks; i++) {
+    sb->snapshot[i].path = ds_xstrdup(sb->links[i].path);
+    tail_of(ss, sb->links[i].path, sb->snapshot[i].acked);
+  }
+  if (sb->webhook) {
+    extend_lease(sb);
+    deliver(ss, sb);
+  } else {
+    write_pull_event(ss, sb, trigger);
+  }
+}
+
+/* ---- stream events ---- */
+
+void ds__subs_on_append(ds_protocol_t *p, const char *path) {
+  struct ds__subs_s *ss = p->subs;
+  if (!ss || p->shutting_down) return;
+  for (sub_t *sb = ss->subs; sb; sb = sb->next) {
+    if (sb->pattern && glob_match(sb->pattern, path)) {
+      link_t *l = link_find(sb, path);
+      link_add(sb, path, false, l ? l->acked : "-1");
+    }
+    if (link_find(sb, path) && !sb->wake_id[0] && !sb->holder && has_pending(ss, sb, NULL))
+      create_wake(ss, sb, path);
+  }
+}
+
+void ds__subs_on_delete(ds_protocol_t *p, const char *path) {
+  struct ds__subs_s *ss = p->subs;
+  if (!ss) return;
+  for (sub_t *sb = ss->subs; sb; sb = sb->next)
+    for (size_t i = 0; i < sb->nlinks; i++)
+      if (strcmp(sb->links[i].path, path) == 0) {
+        link_remove(sb, i);
+        break;
+      }
+}
+
+/* ---- lifecycle ---- */
+
+static void sub_handle_closed(uv_handle_t *h) {
+  sub_t *sb = h->data;
+  if (--sb->handles_open > 0) return;
+  free(sb->id);
+  free(sb->pattern);
+  free(sb->url);
+  free(sb->wake_stream);
+  free(sb->description);
+  free(sb->config);
+  free(sb->base_url);
+  free(sb->holder);
+  for (size_t i = 0; i < sb->nlinks; i++) free(sb->links[i].path);
+  free(sb->links);
+  for (size_t i = 0; i < sb->nsnapshot; i++) free(sb->snapshot[i].path);
+  free(sb->snapshot);
+  free(sb);
+}
+
+static void sub_destroy(struct ds__subs_s *ss, sub_t *sb) {
+  for (sub_t **pp = &ss->subs; *pp; pp = &(*pp)->next)
+    if (*pp == sb) {
+      *pp = sb->next;
+      break;
+    }
+  sb->dead = true;
+  uv_timer_stop(&sb->lease);
+  uv_timer_stop(&sb->retry);
+  uv_close((uv_handle_t *)&sb->lease, sub_handle_closed);
+  uv_close((uv_handle_t *)&sb->retry, sub_handle_closed);
+}
+
+struct ds__subs_s *ds__subs_new(ds_protocol_t *p) {
+  struct ds__subs_s *ss = ds_xcalloc(1, sizeof *ss);
+  ss->p = p;
+  ss->hooks = ds__whook_new(p->loop);
+  RAND_bytes(ss->token_key, sizeof ss->token_key);
+  EVP_PKEY_CTX *kc = EVP_PKEY_CTX_new_id(EVP_PKEY_ED25519, NULL);
+  if (!kc || EVP_PKEY_keygen_init(kc) != 1 || EVP_PKEY_keygen(kc, &ss->key) != 1)
+    ds_error("subscriptions", "cannot generate the Ed25519 webhook signing key");
+  EVP_PKEY_CTX_free(kc);
+  if (ss->key) {
+    unsigned char pub[32];
+    size_t publen = sizeof pub;
+    EVP_PKEY_get_raw_public_key(ss->key, pub, &publen);
+    ds_buf_t b = DS_BUF_INIT;
+    b64url(&b, pub, publen);
+    snprintf(ss->x, sizeof ss->x, "%s", ds_buf_cstr(&b));
+    ds_buf_reset(&b);
+    /* RFC 7638 thumbprint input: required members in lexicographic order */
+    ds_buf_printf(&b, "{\"crv\":\"Ed25519\",\"kty\":\"OKP\",\"x\":\"%s\"}", ss->x);
+    unsigned char dg[SHA256_DIGEST_LENGTH];
+    SHA256((unsigned char *)b.data, b.len, dg);
+    ds_buf_reset(&b);
+    ds_buf_puts(&b, "ds_");
+    b64url(&b, dg, sizeof dg);
+    snprintf(ss->kid, sizeof ss->kid, "%s", ds_buf_cstr(&b));
+    ds_buf_free(&b);
+  }
+  return ss;
+}
+
+void ds__subs_shutdown(struct ds__subs_s *ss) {
+  while (ss->subs) sub_destroy(ss, ss->subs);
+  if (ss->hooks) ds__whook_close(ss->hooks, NULL, NULL);
+  ss->hooks = NULL;
+}
+
+void ds__subs_free(struct ds__subs_s *ss) {
+  if (!ss) return;
+  if (ss->hooks || ss->subs) ds__subs_shutdown(ss);
+  EVP_PKEY_free(ss->key);
+  free(ss);
+}
+
+/* ---- request handling ---- */
+
+typedef struct collect_s {
+  struct ds__subs_s *ss;
+  sub_t *sb;
+} collect_t;
+
+static void collect_stream(void *ud, const char *path) {
+  collect_t *c = ud;
+  if (strncmp(path, "__ds", 4) == 0 && (path[4] == 0 || path[4] == '/')) return;
+  if (glob_match(c->sb->pattern, path)) {
+    char t[20];
+    tail_of(c->ss, path, t);
+    link_add(c->sb, path, false, t);
+  }
+}
+
+static bool url_allowed(const char *url, const char **why) {
+  const char *host;
+  bool http = false;
+  if (strncasecmp(url, "http://", 7) == 0) {
+    http = true;
+    host = url + 7;
+  } else if (strncasecmp(url, "https://", 8) == 0) {
+    host = url + 8;
+  } else {
+    *why = "webhook.url must use https";
+    return false;
+  }
+  char h[256];
+  size_t n = 0;
+  if (*host == '[') {
+    *why = http ? "http webhook URLs are only allowed for localhost or 127.0.0.x"
+                : "IPv6 webhook hosts are not accepted";
+    return false;
+  }
+  const char *at = NULL;
+  for (const char *c = host; *c && *c != '/' && *c != '?' && *c != '#'; c++)
+    if (*c == '@') at = c;
+  if (at) host = at + 1;
+  while (host[n] && host[n] != ':' && host[n] != '/' && host[n] != '?' && host[n] != '#' &&
+         n + 1 < sizeof h) {
+    h[n] = (char)((host[n] >= 'A' && host[n] <= 'Z') ? host[n] + 32 : host[n]);
+    n++;
+  }
+  h[n] = 0;
+  if (n == 0) {
+    *why = "webhook.url must be a valid URL";
+    return false;
+  }
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  char tail = 0;
+  bool ipv4 = sscanf(h, "%u.%u.%u.%u%c", &a, &b, &c, &d, &tail) == 4 && a < 256 && b < 256 &&
+              c < 256 && d < 256;
+  if (http) {
+    if (strcmp(h, "localhost") == 0 || (ipv4 && a == 127)) return true;
+    *why = "http webhook URLs are only allowed for localhost or 127.0.0.x";
+    return false;
+  }
+  if (strcmp(h, "localhost") == 0) {
+    *why = "localhost webhook URLs must use http for dev";
+    return false;
+  }
+  if (ipv4 && (a == 10 || a == 127 || a == 0 || (a == 172 && b >= 16 && b <= 31) ||
+               (a == 192 && b == 168) || (a == 169 && b == 254))) {
+    *why = "webhook.url must not target private or link-local hosts";
+    return false;
+  }
+  return true;
+}
+
+static int cmp_str(const void *x, const void *y) {
+  return strcmp(*(char *const *)x, *(char *const *)y);
+}
+
+static void handle_put(struct ds__subs_s *ss, ds_http_req_t *req, const char *id) {
+  ds_arena_t a;
+  ds_arena_init(&a);
+  ds_value_t *v = NULL;
+  char err[160];
+  char **streams = NULL;
+  size_t nstreams = 0;
+  char *pattern = NULL, *url = NULL, *wake = NULL, *desc = NULL;
+  ds_buf_t cfg = DS_BUF_INIT;
+  if (ds_json_parse(&a, req->body_len ? req->body : "{}", req->body_len ? req->body_len : 2, 32,
+                    &v, err, sizeof err) != 0) {
+    respond_code(req, 400, "INVALID_REQUEST", "Invalid JSON body");
+    goto out;
+  }
+  if (v->type != DS_V_OBJECT) {
+    respond_code(req, 400, "INVALID_REQUEST", "Request body must be a JSON object");
+    goto out;
+  }
+  ds_value_t *type = ds_value_get(v, "type");
+  bool webhook;
+  if (type && type->type == DS_V_STRING && strcmp(type->u.str.s, "webhook") == 0) webhook = true;
+  else if (type && type->type == DS_V_STRING && strcmp(type->u.str.s, "pull-wake") == 0)
+    webhook = false;
+  else {
+    respond_code(req, 400, "INVALID_REQUEST", "type must be \"webhook\" or \"pull-wake\"");
+    goto out;
+  }
+  ds_value_t *pv = ds_value_get(v, "pattern");
+  if (pv && pv->type == DS_V_STRING && pv->u.str.len) pattern = norm_rel(pv->u.str.s, pv->u.str.len);
+  ds_value_t *sv = ds_value_get(v, "streams");
+  if (sv && sv->type == DS_V_ARRAY) {
+    streams = ds_xcalloc(sv->u.arr.len + 1, sizeof *streams);
+    for (size_t i = 0; i < sv->u.arr.len; i++) {
+      ds_value_t *it = sv->u.arr.items[i];
+      if (it->type != DS_V_STRING) {
+        respond_code(req, 400, "INVALID_REQUEST", "streams must contain only strings");
+        goto out;
+      }
+      streams[nstreams++] = norm_rel(it->u.str.s, it->u.str.len);
+    }
+  }
+  if (!pattern && nstreams == 0) {
+    respond_code(req, 400, "INVALID_REQUEST", "At least one of pattern or streams is required");
+    goto out;
+  }
+  long lease = LEASE_DEFAULT_MS;
+  ds_value_t *lv = ds_value_get(v, "lease_ttl_ms");
+  if (lv) {
+    char *end = NULL;
+    lease = lv->type == DS_V_NUMBER ? strtol(lv->u.str.s, &end, 10) : -1;
+    if (lv->type != DS_V_NUMBER || (end && *end) || lease < LEASE_MIN_MS || lease > LEASE_MAX_MS) {
+      respond_code(req, 400, "INVALID_REQUEST", "lease_ttl_ms must be an integer from 1000 to 600000");
+      goto out;
+    }
+  }
+  if (webhook) {
+    ds_value_t *wv = ds_value_get(v, "webhook");
+    ds_value_t *uv = wv ? ds_value_get(wv, "url") : NULL;
+    if (!uv || uv->type != DS_V_STRING || uv->u.str.len == 0) {
+      respond_code(req, 400, "INVALID_REQUEST", "webhook subscriptions require webhook.url");
+      goto out;
+    }
+    url = ds_xstrndup(uv->u.str.s, uv->u.str.len);
+  }
+  ds_value_t *wsv = ds_value_get(v, "wake_stream");
+  if (wsv && wsv->type == DS_V_STRING && wsv->u.str.len) wake = norm_rel(wsv->u.str.s, wsv->u.str.len);
+  if (!webhook && !wake) {
+    respond_code(req, 400, "INVALID_REQUEST", "pull-wake subscriptions require wake_stream");
+    goto out;
+  }
+  ds_value_t *dv = ds_value_get(v, "description");
+  if (dv && dv->type == DS_V_STRING) desc = ds_xstrndup(dv->u.str.s, dv->u.str.len);
+
+  /* canonical configuration, for idempotent re-confirmation */
+  if (nstreams > 1) qsort(streams, nstreams, sizeof *streams, cmp_str);
+  ds_buf_printf(&cfg, "%d|", webhook);
+  ds_json_write_string(&cfg, pattern ? pattern : "", pattern ? strlen(pattern) : 0);
+  for (size_t i = 0; i < nstreams; i++) {
+    if (i && strcmp(streams[i], streams[i - 1]) == 0) continue;
+    ds_json_write_string(&cfg, streams[i], strlen(streams[i]));
+  }
+  ds_buf_putc(&cfg, '|');
+  ds_json_write_string(&cfg, url ? url : "", url ? strlen(url) : 0);
+  ds_json_write_string(&cfg, wake ? wake : "", wake ? strlen(wake) : 0);
+  ds_buf_printf(&cfg, "|%ld|", lease);
+  ds_json_write_string(&cfg, desc ? desc : "", desc ? strlen(desc) : 0);
+
+  sub_t *sb = sub_find(ss, id);
+  int status = 201;
+  if (sb) {
+    if (strcmp(sb->config, ds_buf_cstr(&cfg)) != 0) {
+      respond_code(req, 409, "SUBSCRIPTION_ALREADY_EXISTS",
+                   "Subscription already exists with different configuration");
+      goto out;
+    }
+    status = 200;
+  } else {
+    const char *why = NULL;
+    if (webhook && !url_allowed(url, &why)) {
+      respond_code(req, 400, "WEBHOOK_URL_REJECTED", why);
+      goto out;
+    }
+    sb = ds_xcalloc(1, sizeof *sb);
+    sb->owner = ss;
+    sb->id = ds_xstrdup(id);
+    sb->webhook = webhook;
+    sb->pattern = pattern;
+    sb->url = url;
+    sb->wake_stream = wake;
+    sb->description = desc;
+    pattern = url = wake = desc = NULL;
+    sb->config = ds_xstrdup(ds_buf_cstr(&cfg));
+    const char *host = ds_http_req_header(req, "host");
+    ds_buf_t bu = DS_BUF_INIT;
+    ds_buf_printf(&bu, "http://%s", host ? host : "127.0.0.1");
+    sb->base_url = ds_buf_detach(&bu, NULL);
+    sb->lease_ms = lease;
+    ds_clock_iso8601(ds_clock_wall_ms(), sb->created_at);
+    uv_timer_init(ss->p->loop, &sb->lease);
+    uv_timer_init(ss->p->loop, &sb->retry);
+    sb->lease.data = sb->retry.data = sb;
+    sb->handles_open = 2;
+    for (size_t i = 0; i < nstreams; i++) {
+      char t[20];
+      tail_of(ss, streams[i], t);
+      link_add(sb, streams[i], true, t);
+    }
+    if (sb->pattern) {
+      collect_t c = {ss, sb};
+      ds_store_list(ds_streams_store(ss->p->streams), collect_stream, &c);
+    }
+    sb->next = ss->subs;
+    ss->subs = sb;
+  }
+  ds_buf_t out = DS_BUF_INIT;
+  serialize(ss, sb, &out);
+  respond_json(req, status, out.data, out.len);
+  ds_buf_free(&out);
+out:
+  for (size_t i = 0; i < nstreams; i++) free(streams[i]);
+  free(streams);
+  free(pattern);
+  free(url);
+  free(wake);
+  free(desc);
+  ds_buf_free(&cfg);
+  ds_arena_free(&a);
+}
+
+static const char *bearer(ds_http_req_t *req) {
+  const char *h = ds_http_req_header(req, "authorization");
+  if (!h || strncmp(h, "Bearer ", 7) != 0) return NULL;
+  return h + 7;
+}
+
+/* Validates token + fencing and applies acks. Returns true if it already responded. */
+static bool fence_and_ack(struct ds__subs_s *ss, ds_http_req_t *req, sub_t *sb, ds_value_t *v,
+                          bool apply_acks) {
+  const char *tok = bearer(req);
+  if (!tok) {
+    respond_code(req, 401, "TOKEN_INVALID", "Missing or malformed Authorization header");
+    return true;
+  }
+  long gen = check_token(ss, sb->id, tok);
+  if (gen < 0) {
+    respond_code(req, 401, "TOKEN_INVALID", "Token invalid");
+    return true;
+  }
+  ds_value_t *gv = ds_value_get(v, "generation");
+  ds_value_t *wv = ds_value_get(v, "wake_id");
+  bool gen_ok = gv && gv->type == DS_V_NUMBER && strtol(gv->u.str.s, NULL, 10) == sb->generation;
+  bool wake_ok = sb->wake_id[0] && wv && wv->type == DS_V_STRING && strcmp(wv->u.str.s, sb->wake_id) == 0;
+  if (gen != sb->generation || !gen_ok || !wake_ok) {
+    respond_code(req, 409, "FENCED", "Wake generation is stale");
+    return true;
+  }
+  if (!apply_acks) return false;
+  ds_value_t *acks = ds_value_get(v, "acks");
+  if (!acks || acks->type != DS_V_ARRAY) return false;
+  for (int pass = 0; pass < 2; pass++) {
+    for (size_t i = 0; i < acks->u.arr.len; i++) {
+      ds_value_t *ak = acks->u.arr.items[i];
+      ds_value_t *sv = ds_value_get(ak, "stream");
+      if (!sv) sv = ds_value_get(ak, "path");
+      ds_value_t *ov = ds_value_get(ak, "offset");
+      char *path = sv && sv->type == DS_V_STRING ? norm_rel(sv->u.str.s, sv->u.str.len) : NULL;
+      link_t *l = path ? link_find(sb, path) : NULL;
+      const char *off = ov && ov->type == DS_V_STRING ? ov->u.str.s : NULL;
+      const char *bad = NULL;
+      char t[20];
+      if (!l || !off) bad = "Ack references an unknown subscription stream";
+      else if (strcmp(off, "-1") == 0) bad = "Ack offset must not be -1";
+      else if (strcmp(off, l->acked) < 0) bad = "Ack offset regresses the committed cursor";
+      else {
+        tail_of(ss, path, t);
+        if (strcmp(off, t) > 0) bad = "Ack offset is beyond stream tail";
+      }
+      if (pass == 0 && bad) {
+        free(path);
+        respond_code(req, 409, "INVALID_OFFSET", bad);
+        return true;
+      }
+      if (pass == 1) snprintf(l->acked, sizeof l->acked, "%s", off);
+      free(path);
+    }
+  }
+  return false;
+}
+
+static void respond_ok_wake(ds_http_req_t *req, bool next) {
+  const char *b = next ? "{\"ok\":true,\"next_wake\":true}" : "{\"ok\":true,\"next_wake\":false}";
+  respond_json(req, 200, b, strlen(b));
+}
+
+void ds__subs_handle(ds_protocol_t *p, ds_http_req_t *req, const char *rest, size_t rest_len) {
+  struct ds__subs_s *ss = p->subs;
+  const char *m = req->method;
+  if (rest_len == 10 && memcmp(rest, "/jwks.json", 10) == 0) {
+    if (strcmp(m, "GET") != 0 && strcmp(m, "HEAD") != 0) {
+      ds__respond_err(req, 405, "Method not allowed");
+      return;
+    }
+    ds_arena_t a;
+    ds_arena_init(&a);
+    ds__hdrs_t h;
+    ds__hdrs_init(&h, &a);
+    ds__hdr(&h, "Content-Type", "application/jwk-set+json");
+    ds__hdr(&h, "Cache-Control", "public, max-age=300");
+    ds_buf_t b = DS_BUF_INIT;
+    ds_buf_printf(&b,
+                  "{\"keys\":[{\"kty\":\"OKP\",\"crv\":\"Ed25519\",\"x\":\"%s\",\"kid\":\"%s\","
+                  "\"use\":\"sig\",\"alg\":\"EdDSA\"}]}",
+                  ss->x, ss->kid);
+    ds_http_respond(req, 200, ds__hdrs_done(&h), b.data, b.len);
+    ds_buf_free(&b);
+    ds_arena_free(&a);
+    return;
+  }
+  static const char sp[] = "/subscriptions/";
+  if (rest_len <= sizeof sp - 1 || memcmp(rest, sp, sizeof sp - 1) != 0) {
+    respond_code(req, 404, "SUBSCRIPTION_NOT_FOUND", "Durable Streams control route not found");
+    return;
+  }
+  const char *r = rest + sizeof sp - 1;
+  size_t rn = rest_len - (sizeof sp - 1);
+  const char *slash = memchr(r, '/', rn);
+  size_t idlen = slash ? (size_t)(slash - r) : rn;
+  char *id = NULL, *action = NULL;
+  size_t dl = 0;
+  if (idlen == 0 || ds_http_pct_decode(r, idlen, 0, &id, &dl) != 0 || dl == 0) {
+    free(id);
+    respond_code(req, 404, "SUBSCRIPTION_NOT_FOUND", "Durable Streams control route not found");
+    return;
+  }
+  const char *tail = slash ? slash + 1 : NULL;
+  size_t tn = slash ? rn - idlen - 1 : 0;
+  if (tail) action = ds_xstrndup(tail, tn);
+  ds_arena_t a;
+  ds_arena_init(&a);
+  ds_value_t *v = NULL;
+  char err[128];
+  sub_t *sb = sub_find(ss, id);
+
+  if (!action) {
+    if (strcmp(m, "PUT") == 0) handle_put(ss, req, id);
+    else if (strcmp(m, "GET") == 0) {
+      if (!sb) respond_code(req, 404, "SUBSCRIPTION_NOT_FOUND", "Subscription not found");
+      else {
+        ds_buf_t out = DS_BUF_INIT;
+        serialize(ss, sb, &out);
+        respond_json(req, 200, out.data, out.len);
+        ds_buf_free(&out);
+      }
+    } else if (strcmp(m, "DELETE") == 0) {
+      if (sb) sub_destroy(ss, sb);
+      respond_json(req, 204, NULL, 0);
+    } else ds__respond_err(req, 405, "Method not allowed");
+    goto out;
+  }
+  bool is_streams = strcmp(action, "streams") == 0;
+  bool is_stream = strncmp(action, "streams/", 8) == 0;
+  bool known = is_streams || is_stream || strcmp(action, "callback") == 0 ||
+               strcmp(action, "claim") == 0 || strcmp(action, "ack") == 0 ||
+               strcmp(action, "release") == 0;
+  if (!known) {
+    respond_code(req, 404, "SUBSCRIPTION_NOT_FOUND", "Durable Streams control route not found");
+    goto out;
+  }
+  if (is_stream) {
+    if (strcmp(m, "DELETE") != 0) {
+      ds__respond_err(req, 405, "Method not allowed");
+      goto out;
+    }
+    if (!sb) {
+      respond_code(req, 404, "SUBSCRIPTION_NOT_FOUND", "Subscription not found");
+      goto out;
+    }
+    char *dec = NULL;
+    size_t dn = 0;
+    if (ds_http_pct_decode(action + 8, strlen(action + 8), 0, &dec, &dn) == 0) {
+      char *path = norm_rel(dec, dn);
+      for (size_t i = 0; i < sb->nlinks; i++)
+        if (strcmp(sb->links[i].path, path) == 0) {
+          sb->links[i].explicit_ = false;
+          if (!sb->links[i].glob) link_remove(sb, i);
+          break;
+        }
+      free(path);
+    }
+    free(dec);
+    respond_json(req, 204, NULL, 0);
+    goto out;
+  }
+  if (strcmp(m, "POST") != 0) {
+    ds__respond_err(req, 405, "Method not allowed");
+    goto out;
+  }
+  if (ds_json_parse(&a, req->body_len ? req->body : "{}", req->body_len ? req->body_len : 2, 32,
+                    &v, err, sizeof err) != 0 || v->type != DS_V_OBJECT) {
+    respond_code(req, 400, "INVALID_REQUEST", "Invalid JSON body");
+    goto out;
+  }
+  if (is_streams) {
+    ds_value_t *st = ds_value_get(v, "streams");
+    bool ok = st && st->type == DS_V_ARRAY;
+    for (size_t i = 0; ok && i < st->u.arr.len; i++)
+      ok = st->u.arr.items[i]->type == DS_V_STRING && st->u.arr.items[i]->u.str.len > 0;
+    if (!ok) {
+      respond_code(req, 400, "INVALID_REQUEST", "streams must be a non-empty string array");
+      goto out;
+    }
+    if (!sb) {
+      respond_code(req, 404, "SUBSCRIPTION_NOT_FOUND", "Subscription not found");
+      goto out;
+    }
+    for (size_t i = 0; i < st->u.arr.len; i++) {
+      char *path = norm_rel(st->u.arr.items[i]->u.str.s, st->u.arr.items[i]->u.str.len);
+      char t[20];
+      tail_of(ss, path, t);
+      link_add(sb, path, true, t);
+      free(path);
+    }
+    respond_json(req, 204, NULL, 0);
+    goto out;
+  }
+  if (strcmp(action, "claim") == 0) {
+    ds_value_t *w = ds_value_get(v, "worker");
+    if (!w || w->type != DS_V_STRING || w->u.str.len == 0) {
+      respond_code(req, 400, "INVALID_REQUEST", "worker must be a non-empty string");
+      goto out;
+    }
+    if (!sb) {
+      respond_code(req, 404, "SUBSCRIPTION_NOT_FOUND", "Subscription not found");
+      goto out;
+    }
+    if (sb->webhook) {
+      respond_code(req, 400, "INVALID_REQUEST", "Subscription is not pull-wake");
+      goto out;
+    }
+    ds_buf_t b = DS_BUF_INIT;
+    if (sb->holder) {
+      ds_buf_puts(&b, "{\"error\":{\"code\":\"ALREADY_CLAIMED\",\"current_holder\":");
+      ds_json_write_string(&b, sb->holder, strlen(sb->holder));
+      ds_buf_printf(&b, ",\"generation\":%ld}}", sb->generation);
+      respond_json(req, 409, b.data, b.len);
+      ds_buf_free(&b);
+      goto out;
+    }
+    const char *first = NULL;
+    if (!has_pending(ss, sb, &first)) {
+      respond_code(req, 409, "NO_PENDING_WORK", "Subscription has no pending work");
+      goto out;
+    }
+    if (!sb->wake_id[0]) {
+      char *t = ds_xstrdup(first);
+      create_wake(ss, sb, t);
+      free(t);
+    }
+    sb->holder = ds_xstrndup(w->u.str.s, w->u.str.len);
+    extend_lease(sb);
+    ds_buf_t tok = DS_BUF_INIT;
+    make_token(ss, sb->id, sb->generation, &tok);
+    ds_buf_printf(&b, "{\"wake_id\":\"%s\",\"generation\":%ld,\"token\":", sb->wake_id,
+                  sb->generation);
+    ds_json_write_string(&b, tok.data, tok.len);
+    ds_buf_puts(&b, ",\"streams\":");
+    stream_infos(ss, sb, &b, true);
+    ds_buf_printf(&b, ",\"lease_ttl_ms\":%ld}", sb->lease_ms);
+    respond_json(req, 200, b.data, b.len);
+    ds_buf_free(&tok);
+    ds_buf_free(&b);
+    goto out;
+  }
+  /* callback, ack, release */
+  bool is_cb = strcmp(action, "callback") == 0;
+  if (!bearer(req)) {
+    respond_code(req, 401, "TOKEN_INVALID", "Missing or malformed Authorization header");
+    goto out;
+  }
+  if (!sb) {
+    respond_code(req, 404, "SUBSCRIPTION_NOT_FOUND", "Subscription not found");
+    goto out;
+  }
+  if (!is_cb && sb->webhook) {
+    respond_code(req, 400, "INVALID_REQUEST", "Subscription is not pull-wake");
+    goto out;
+  }
+  bool is_release = strcmp(action, "release") == 0;
+  if (fence_and_ack(ss, req, sb, v, !is_release)) goto out;
+  if (is_release) {
+    clear_wake(sb);
+    next_wake_if_pending(ss, sb);
+    respond_json(req, 204, NULL, 0);
+    goto out;
+  }
+  extend_lease(sb);
+  bool next = false;
+  ds_value_t *done = ds_value_get(v, "done");
+  if (done && done->type == DS_V_BOOL && done->u.b) {
+    clear_wake(sb);
+    next = next_wake_if_pending(ss, sb);
+  }
+  respond_ok_wake(req, next);
+out:
+  ds_arena_free(&a);
+  free(id);
+  free(action);
+}

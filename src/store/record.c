@@ -1,0 +1,89 @@
+/* record.c - decoding of one stored YAML document into its repr and offset.
+ *
+ * Provides: ds_record_decode_yaml() (declared in store.h), shared by both store kinds and
+ * the fuzzers. The record kind is the document's FIRST key (files are self-describing):
+ *   type  -> repr = compact JSON of the whole mapping (an /agents event);
+ *   json  -> repr = compact JSON of that key's value;
+ *   text  -> repr = the string's raw UTF-8 bytes;
+ *   bytes -> repr = the raw bytes of the !!binary value.
+ * The `offset` key (a string of decimal digits, normally 16) gives *offset.
+ * Must not: know about files, offsets' meaning or streams; it only decodes one document.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/err.h"
+#include "store/json.h"
+#include "store/store.h"
+#include "store/value.h"
+#include "store/yaml.h"
+
+static int rfail(char *err, size_t errlen, const char *what) {
+  if (err && errlen) snprintf(err, errlen, "%s", what);
+  return DS_ECORRUPT;
+}
+
+/* Decimal digits only (1..20), no overflow. Accepts the quoted string form the emitter
+ * writes and, for hand-edited files, a bare number. */
+static int parse_offset(const ds_value_t *v, uint64_t *out) {
+  if (!v || (v->type != DS_V_STRING && v->type != DS_V_NUMBER)) return -1;
+  size_t n = v->u.str.len;
+  if (n == 0 || n > 20) return -1;
+  uint64_t x = 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)v->u.str.s[i];
+    if (c < '0' || c > '9') return -1;
+    uint64_t d = c - '0';
+    if (x > (UINT64_MAX - d) / 10) return -1;
+    x = x * 10 + d;
+  }
+  *out = x;
+  return 0;
+}
+
+int ds_record_decode_yaml(const char *doc, size_t len, ds_buf_t *repr, uint64_t *offset,
+                          char *err, size_t errlen) {
+  ds_arena_t a;
+  ds_arena_init(&a);
+  ds_value_t *v = NULL;
+  int rc = ds_yaml_load_doc(&a, doc, len, &v, err, errlen);
+  if (rc) goto out;
+  if (v->type != DS_V_OBJECT || v->u.obj.len == 0) {
+    rc = rfail(err, errlen, "record is not a non-empty mapping");
+    goto out;
+  }
+  uint64_t off;
+  if (parse_offset(ds_value_get(v, "offset"), &off) != 0) {
+    rc = rfail(err, errlen, "record has no valid offset");
+    goto out;
+  }
+  const ds_member_t *first = &v->u.obj.items[0];
+  const ds_value_t *fv = first->val;
+#define KEY_IS(lit) (first->klen == sizeof(lit) - 1 && memcmp(first->key, lit, sizeof(lit) - 1) == 0)
+  if (KEY_IS("type")) {
+    ds_json_write(repr, v);
+  } else if (KEY_IS("json")) {
+    ds_json_write(repr, fv);
+  } else if (KEY_IS("text")) {
+    if (fv->type != DS_V_STRING) {
+      rc = rfail(err, errlen, "text record value is not a string");
+      goto out;
+    }
+    ds_buf_append(repr, fv->u.str.s, fv->u.str.len);
+  } else if (KEY_IS("bytes")) {
+    if (fv->type != DS_V_BINARY) {
+      rc = rfail(err, errlen, "bytes record value is not !!binary");
+      goto out;
+    }
+    ds_buf_append(repr, fv->u.str.s, fv->u.str.len);
+  } else {
+    rc = rfail(err, errlen, "record kind (first key) is not type, json, text or bytes");
+    goto out;
+  }
+#undef KEY_IS
+  *offset = off;
+out:
+  ds_arena_free(&a);
+  return rc;
+}

@@ -1,0 +1,92 @@
+/* test_config.c - config.lua loading: defaults, values, and refusals with file:line. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "app/config.h"
+
+static char *write_tmp(const char *text) {
+  char *path = strdup("/tmp/ds-config-XXXXXX");
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+  close(fd);
+  return path;
+}
+
+static void test_defaults(void **state) {
+  (void)state;
+  ds_config_t c;
+  ds_config_defaults(&c);
+  assert_string_equal(c.host, "127.0.0.1");
+  assert_int_equal(c.port, 3000);
+  assert_string_equal(c.data_dir, ".data");
+  assert_string_equal(c.storage, "yaml");
+  assert_int_equal(c.fsync, DS_FSYNC_INTERVAL);
+  assert_int_equal(c.max_body_bytes, 1 << 20);
+  assert_int_equal(c.keepalive_ms, 15000);
+  ds_config_free(&c);
+}
+
+static void test_values(void **state) {
+  (void)state;
+  char *p = write_tmp("return { port = 0, storage = 'memory', fsync = 'always',\n"
+                      " limits = { max_body_bytes = 2048, max_json_depth = 8 },\n"
+                      " sse = { keepalive_ms = 250 }, protocol = { long_poll_timeout_ms = 500 } }\n");
+  ds_config_t c;
+  ds_config_defaults(&c);
+  char err[256];
+  assert_int_equal(ds_config_load(&c, p, err, sizeof err), 0);
+  assert_int_equal(c.port, 0);
+  assert_string_equal(c.storage, "memory");
+  assert_int_equal(c.fsync, DS_FSYNC_ALWAYS);
+  assert_int_equal(c.max_body_bytes, 2048);
+  assert_int_equal(c.max_json_depth, 8);
+  assert_int_equal(c.keepalive_ms, 250);
+  assert_int_equal(c.long_poll_timeout_ms, 500);
+  assert_string_equal(c.config_path, p);
+  ds_config_free(&c);
+  unlink(p);
+  free(p);
+}
+
+static void expect_refusal(const char *text, const char *needle) {
+  char *p = write_tmp(text);
+  ds_config_t c;
+  ds_config_defaults(&c);
+  char err[256] = "";
+  assert_int_equal(ds_config_load(&c, p, err, sizeof err), -1);
+  if (!strstr(err, needle)) fail_msg("error '%s' lacks '%s'", err, needle);
+  ds_config_free(&c);
+  unlink(p);
+  free(p);
+}
+
+static void test_refusals(void **state) {
+  (void)state;
+  expect_refusal("return {\n port = ,\n}\n", ":2:");               /* syntax error: file:line */
+  expect_refusal("local x = nil\nreturn x.y\n", ":2:");              /* runtime error: file:line */
+  expect_refusal("return 42\n", "must return a table");
+  expect_refusal("return { prot = 1 }\n", "prot is not a known setting");
+  expect_refusal("return { port = 70000 }\n", "port must be an integer");
+  expect_refusal("return { storage = 'disk' }\n", "storage must be");
+  expect_refusal("return { fsync = 'sometimes' }\n", "fsync must be");
+  expect_refusal("return { limits = { max_body = 5 } }\n", "limits.max_body is not a known setting");
+  expect_refusal("return { limits = { max_body_bytes = 'big' } }\n", "limits.max_body_bytes must be");
+  expect_refusal("return { sse = 5 }\n", "sse must be a table");
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_defaults),
+      cmocka_unit_test(test_values),
+      cmocka_unit_test(test_refusals),
+  };
+  return cmocka_run_group_tests_name("config", tests, NULL, NULL);
+}

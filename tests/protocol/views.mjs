@@ -1,0 +1,229 @@
+// views.mjs - functional tests of the /v1/stream protocol view with the official
+// TypeScript client (@durable-streams/client), run by tests/protocol_views.test.sh.
+//
+// 1. One log, two views: an agent conversation written through POST /agents/<p> is read
+//    through /v1/stream/<p> by the official client in catch-up, long-poll and SSE modes,
+//    and offsets resume across the views (protocol reads are inclusive, /agents reads
+//    exclusive).
+// 2. Restart: streams, metadata (content type, TTL), producer state, closure, forks and
+//    soft deletes written through the protocol survive a restart of the server on the
+//    same YAML data directory.
+// Environment: DS_BINARY (server binary). Exits non-zero on the first failure.
+import { spawn } from "node:child_process"
+import { mkdtempSync, rmSync, readFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import assert from "node:assert/strict"
+import { stream } from "@durable-streams/client"
+
+const BIN = process.env.DS_BINARY
+if (!BIN) throw new Error("DS_BINARY is not set")
+
+const dataDir = mkdtempSync(join(tmpdir(), "ds-views-"))
+let server = null
+
+async function startServer(storage) {
+  const child = spawn(BIN, ["--port", "0", "--storage", storage, "--data-dir", dataDir,
+    "--long-poll-timeout", "500"], { stdio: ["ignore", "pipe", "pipe"] })
+  let out = ""
+  let err = ""
+  child.stderr.on("data", (d) => { err += d })
+  const url = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`server did not start: ${err}`)), 10000)
+    child.stdout.on("data", (d) => {
+      out += d
+      const m = out.match(/listening on (http:\/\/\S+)/)
+      if (m) { clearTimeout(timer); resolve(m[1]) }
+    })
+    child.on("exit", (code) => { clearTimeout(timer); reject(new Error(`server exited ${code}: ${err}`)) })
+  })
+  child.removeAllListeners("exit")
+  server = { child, url }
+  return url
+}
+
+async function stopServer() {
+  if (!server) return
+  const { child } = server
+  server = null
+  const code = await new Promise((resolve) => {
+    child.on("exit", (c, sig) => resolve(sig ? sig : c))
+    child.kill("SIGTERM")
+  })
+  // a clean shutdown exits 0 (sanitizer builds exit non-zero on leaks or errors)
+  assert.equal(code, 0, "server exit status after SIGTERM")
+}
+
+async function until(pred, what, ms = 5000) {
+  const deadline = Date.now() + ms
+  while (Date.now() < deadline) {
+    if (await pred()) return
+    await new Promise((r) => setTimeout(r, 20))
+  }
+  throw new Error(`timed out waiting for ${what}`)
+}
+
+const off = (n) => String(n).padStart(16, "0")
+
+async function postEvent(base, path, type, payload) {
+  const res = await fetch(`${base}/agents/${path}`, {
+    method: "POST", headers: { "content-type": "application/json" },
+    body: JSON.stringify({ type, payload }),
+  })
+  assert.equal(res.status, 204, `POST /agents/${path}`)
+}
+
+// Reads /agents SSE history (no live) and returns the events.
+async function agentsHistory(base, path, offset) {
+  const res = await fetch(`${base}/agents/${path}?offset=${offset}`)
+  assert.equal(res.status, 200)
+  const text = await res.text()
+  return text.split("\n").filter((l) => l.startsWith("data: ")).map((l) => JSON.parse(l.slice(6)))
+}
+
+async function testAgentsView(base, storage) {
+  const path = `conv/session-${Date.now()}`
+  const url = `${base}/v1/stream/${path}`
+  await postEvent(base, path, "user.message", { text: "hello" })
+  await postEvent(base, path, "assistant.message", { text: "hi, how can I help?" })
+  await postEvent(base, path, "user.message", { text: "tell me a joke" })
+
+  // catch-up
+  const res = await stream({ url, offset: "-1", live: false })
+  assert.equal(res.contentType, "application/json")
+  const items = await res.json()
+  assert.equal(items.length, 3)
+  assert.deepEqual(items.map((e) => e.type), ["user.message", "assistant.message", "user.message"])
+  assert.deepEqual(items.map((e) => e.offset), [off(0), off(1), off(2)])
+  assert.equal(items[1].payload.text, "hi, how can I help?")
+  assert.equal(items[0].path, path)
+  assert.equal(res.offset, off(3))
+
+  // long-poll: wait at the tail, then an /agents append arrives
+  const lp = await stream({ url, offset: res.offset, live: "long-poll" })
+  const lpGot = []
+  lp.subscribeJson((batch) => { lpGot.push(...batch.items) })
+  await new Promise((r) => setTimeout(r, 100))
+  await postEvent(base, path, "assistant.message", { text: "why did the stream cross the road" })
+  await until(() => lpGot.length >= 1, "long-poll delivery")
+  lp.cancel()
+  assert.equal(lpGot[0].type, "assistant.message")
+  assert.equal(lpGot[0].offset, off(3))
+
+  // SSE from an inclusive protocol offset, then live
+  const sse = await stream({ url, offset: off(2), live: "sse" })
+  const sseGot = []
+  sse.subscribeJson((batch) => { sseGot.push(...batch.items) })
+  await until(() => sseGot.length >= 2, "SSE catch-up")
+  assert.deepEqual(sseGot.map((e) => e.offset), [off(2), off(3)])
+  await postEvent(base, path, "user.message", { text: "ha" })
+  await until(() => sseGot.length >= 3, "SSE live delivery")
+  sse.cancel()
+  assert.equal(sseGot[2].offset, off(4))
+  assert.equal(sseGot[2].payload.text, "ha")
+
+  // offsets resume across views: /agents offset=X is exclusive, /v1/stream offset=X inclusive
+  const viaAgents = await agentsHistory(base, path, off(2))
+  assert.deepEqual(viaAgents.map((e) => e.offset), [off(3), off(4)])
+  const viaProtocol = await (await fetch(`${url}?offset=${off(3)}`)).json()
+  assert.deepEqual(viaProtocol.map((e) => e.offset), [off(3), off(4)])
+  assert.deepEqual(viaProtocol, viaAgents)
+
+  // a protocol append to the agent stream is visible to /agents readers too
+  const post = await fetch(url, { method: "POST", headers: { "content-type": "application/json" },
+    body: JSON.stringify({ type: "note", payload: { by: "protocol" } }) })
+  assert.equal(post.status, 204)
+  assert.equal(post.headers.get("stream-next-offset"), off(6))
+  const head = await fetch(url, { method: "HEAD" })
+  assert.equal(head.headers.get("content-type"), "application/json")
+  console.log(`ok - ${storage} store: agent conversation read through /v1/stream (catch-up, long-poll, SSE)`)
+}
+
+async function put(base, name, headers, body) {
+  const res = await fetch(`${base}/v1/stream/${name}`, { method: "PUT", headers, body })
+  assert.equal(res.status, 201, `PUT ${name}`)
+  return res
+}
+
+async function post(base, name, headers, body) {
+  return fetch(`${base}/v1/stream/${name}`, { method: "POST", headers, body })
+}
+
+async function testRestart() {
+  let base = await startServer("yaml")
+  const bytes = new Uint8Array(256)
+  for (let i = 0; i < 256; i++) bytes[i] = i
+  await put(base, "r/json", { "content-type": "application/json" }, `[{"a":1},{"b":2}]`)
+  await post(base, "r/json", { "content-type": "application/json" }, `{"c":3}`)
+  await put(base, "r/text", { "content-type": "text/plain", "stream-ttl": "3600" }, "line one\r\nline two")
+  await put(base, "r/bin", { "content-type": "application/octet-stream" }, bytes)
+  const prod = { "content-type": "text/plain", "producer-id": "p1", "producer-epoch": "3" }
+  await put(base, "r/prod", { "content-type": "text/plain" })
+  assert.equal((await post(base, "r/prod", { ...prod, "producer-seq": "0" }, "a")).status, 200)
+  assert.equal((await post(base, "r/prod", { ...prod, "producer-seq": "1" }, "b")).status, 200)
+  await put(base, "r/closed", { "content-type": "text/plain", "stream-closed": "true" }, "final")
+  await put(base, "r/fork", { "stream-forked-from": "/v1/stream/r/json", "stream-fork-offset": off(2) })
+  await post(base, "r/fork", { "content-type": "application/json" }, `{"f":1}`)
+  await put(base, "r/src2", { "content-type": "text/plain" }, "abc")
+  await put(base, "r/fork2", { "stream-forked-from": "/v1/stream/r/src2" })
+  assert.equal((await fetch(`${base}/v1/stream/r/src2`, { method: "DELETE" })).status, 204)
+  assert.equal((await fetch(`${base}/v1/stream/r/src2`)).status, 410)
+  await stopServer()
+
+  // the YAML store keeps binary messages as !!binary, text as strings
+  const binYaml = readFileSync(join(dataDir, "streams", "r", "bin.yaml"), "utf8")
+  assert.match(binYaml, /^bytes: !!binary/m)
+  assert.match(readFileSync(join(dataDir, "streams", "r", "text.yaml"), "utf8"), /^text: /m)
+
+  base = await startServer("yaml")
+  const get = async (name, q = "") => fetch(`${base}/v1/stream/${name}${q}`)
+  assert.deepEqual(await (await get("r/json")).json(), [{ a: 1 }, { b: 2 }, { c: 3 }])
+  const text = await get("r/text")
+  assert.equal(await text.text(), "line one\r\nline two")
+  const head = await fetch(`${base}/v1/stream/r/text`, { method: "HEAD" })
+  assert.equal(head.headers.get("stream-ttl"), "3600")
+  assert.equal(head.headers.get("content-type"), "text/plain")
+  assert.deepEqual(new Uint8Array(await (await get("r/bin")).arrayBuffer()), bytes)
+  // producer state survived: a retry is a duplicate, the next seq is accepted, a gap is 409
+  const dup = await post(base, "r/prod", { ...prod, "producer-seq": "1" }, "b")
+  assert.equal(dup.status, 204)
+  assert.equal(dup.headers.get("producer-seq"), "1")
+  assert.equal((await post(base, "r/prod", { ...prod, "producer-seq": "2" }, "c")).status, 200)
+  assert.equal((await post(base, "r/prod", { ...prod, "producer-seq": "9" }, "x")).status, 409)
+  const stale = await post(base, "r/prod", { ...prod, "producer-epoch": "2", "producer-seq": "0" }, "z")
+  assert.equal(stale.status, 403)
+  assert.equal(await (await get("r/prod")).text(), "abc")
+  // closure survived
+  const closedRead = await get("r/closed")
+  assert.equal(await closedRead.text(), "final")
+  assert.equal(closedRead.headers.get("stream-closed"), "true")
+  const late = await post(base, "r/closed", { "content-type": "text/plain" }, "more")
+  assert.equal(late.status, 409)
+  assert.equal(late.headers.get("stream-closed"), "true")
+  // forks survived: inherited part stitched with the fork's own data
+  assert.deepEqual(await (await get("r/fork")).json(), [{ a: 1 }, { b: 2 }, { f: 1 }])
+  assert.deepEqual(await (await get("r/json")).json(), [{ a: 1 }, { b: 2 }, { c: 3 }])
+  // a soft-deleted source stays gone but its fork still reads through it
+  assert.equal((await get("r/src2")).status, 410)
+  assert.equal(await (await get("r/fork2")).text(), "abc")
+  // deleting the last fork garbage-collects the soft-deleted source
+  assert.equal((await fetch(`${base}/v1/stream/r/fork2`, { method: "DELETE" })).status, 204)
+  assert.equal((await get("r/src2")).status, 404)
+  await stopServer()
+  console.log("ok - streams, metadata, producer state, closure and forks survive a restart")
+}
+
+try {
+  for (const storage of ["yaml", "memory"]) {
+    const base = await startServer(storage)
+    await testAgentsView(base, storage)
+    await stopServer()
+  }
+  await testRestart()
+} catch (e) {
+  console.error("FAIL:", e)
+  process.exitCode = 1
+} finally {
+  await stopServer()
+  rmSync(dataDir, { recursive: true, force: true })
+}
