@@ -34,7 +34,10 @@ end
 
 for _, storage in ipairs({ "yaml", "memory" }) do
   describe("GET /agents/<path> (" .. storage .. " storage)", function()
-    local ctx = A.serve({ storage = storage, config = { sse = { keepalive_ms = 200 } } })
+    -- dropping slow readers is agents_slow_subscriber_spec's subject; here a generous backlog
+    -- keeps a prompt reader on a busy machine from being dropped
+    local ctx = A.serve({ storage = storage, config = { sse = { keepalive_ms = 200 },
+      limits = { subscriber_backlog_bytes = 16 * 1048576 } } })
 
     describe("offset", function()
       local p = "read/offsets/" .. storage
@@ -276,7 +279,8 @@ for _, storage in ipairs({ "yaml", "memory" }) do
           local got = {}
           while #got < total do
             local ev, why = rd:next_event(10)
-            assert(ev, string.format("reader %d stopped after %d events: %s", idx, #got, tostring(why)))
+            assert(ev, string.format("reader %d (joined at %d) stopped after %d events: %s %s (%d bytes read); server log tail:\n%s",
+              idx, join_at[idx], #got, tostring(why), tostring(rd.error), rd.bytes, ctx.srv:log():sub(-1500)))
             got[#got + 1] = ev.id
             assert.are.equal(off(#got - 1), ev.id, string.format("reader %d: gap or duplicate", idx))
           end
