@@ -163,5 +163,7 @@ void ds__subs_handle(ds_protocol_t *p, ds_http_req_t *req, const char *rest, siz
 /** A stream received data (subscriptions wake their consumers). */
 void ds__subs_on_append(ds_protocol_t *p, const char *path);
 void ds__subs_on_delete(ds_protocol_t *p, const char *path);
+/** Subscription glob: `*` matches one path segment, `**` any number (also none). */
+bool ds__glob_match(const char *pattern, const char *path);
 
 #endif
