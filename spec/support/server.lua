@@ -161,7 +161,7 @@ function S:_launch()
   self.status_path = string.format("%s/status.%d", self.root, n)
   -- No API keys reach the server: agent events in specs must never call real upstreams.
   local args = {
-    "env -u OPENAI_API_KEY -u XAI_API_KEY", sh_quote(M.binary()), "--config", sh_quote(self.config_path), "--host", "127.0.0.1",
+    "env -u OPENAI_API_KEY -u XAI_API_KEY -u OPENAI_BASE_URL", sh_quote(M.binary()), "--config", sh_quote(self.config_path), "--host", "127.0.0.1",
     "--port", "0", "--data-dir", sh_quote(self.data_dir),
   }
   if self.opts.storage then
