@@ -70,6 +70,15 @@ function M.binary()
   return abs_path(os.getenv("DS_BINARY") or "build/durable-stream")
 end
 
+--- True when the binary is built with AddressSanitizer (its quarantine holds freed memory,
+--- so RSS bounds do not apply).
+function M.sanitized()
+  if M._sanitized == nil then
+    M._sanitized = os.execute("grep -q __asan_init " .. sh_quote(M.binary()) .. " 2>/dev/null") == true
+  end
+  return M._sanitized
+end
+
 function M.mktemp()
   local d = cmd_output("mktemp -d /tmp/ds-spec.XXXXXX"):gsub("\n$", "")
   assert(d:match("^/tmp/ds%-spec%.") , "mktemp failed")
