@@ -4,7 +4,11 @@
 -- request in flight, queued prompts) is rebuilt from the path's own stream on first use,
 -- by replaying the stored events before the triggering one, so a restart continues a
 -- conversation, never answers a message twice and does not lose one that was stored
--- but never answered (it is answered at the next event on that path).
+-- but never answered (it is answered at the next event on that path). At most
+-- agents.max_cached_paths states are kept: beyond that the least recently used idle one
+-- (nothing in flight, pending or queued, no model connection open) is dropped and rebuilt
+-- from its stream if the path is used again, so memory does not grow with every path ever
+-- prompted.
 --   iterate:agent:config:set                          {model}: switch model, or
 --       iterate:ai:error {error:"unknown_model", message, model}
 --   iterate:agent:action:send-user-message:called      {content, mode?}: modes
@@ -45,6 +49,9 @@ function M.install(ds, cfg, models)
     models = models,
     loop = llm_loop.new(ds, models, cfg),
     states = {},
+    cached = 0, -- number of entries in states
+    tick = 0, -- use counter for least-recently-used eviction
+    max_cached = math.tointeger(cfg.max_cached_paths) or 1000,
     default_model = cfg.default_model or "openai",
     prefixes = cfg.prefixes,
   }, M)
@@ -123,10 +130,42 @@ local function replay(self, st, ev)
   end
 end
 
+-- Whether a state may be dropped: nothing would be lost that its stream does not hold.
+local function idle(st)
+  if st.inflight or st.pending or #st.queue > 0 then
+    return false
+  end
+  for _, sc in pairs(st.scratch) do
+    if type(sc) ~= "table" or next(sc) ~= nil then
+      return false -- e.g. an open Grok connection
+    end
+  end
+  return true
+end
+
+-- Drops least recently used idle states (never `keep`) while over the cap.
+function M:evict(keep)
+  while self.max_cached > 0 and self.cached > self.max_cached do
+    local victim, vpath
+    for path, st in pairs(self.states) do
+      if path ~= keep and idle(st) and (not victim or st.used < victim.used) then
+        victim, vpath = st, path
+      end
+    end
+    if not victim then
+      return
+    end
+    self.states[vpath] = nil
+    self.cached = self.cached - 1
+  end
+end
+
 ---The state of `path`, rebuilt from the events stored before offset `upto` on first use.
 function M:state(path, upto)
   local st = self.states[path]
+  self.tick = self.tick + 1
   if st then
+    st.used = self.tick
     return st
   end
   st = llm_loop.new_state(path, self.default_model)
@@ -153,6 +192,9 @@ function M:state(path, upto)
     end
   end
   self.states[path] = st
+  st.used = self.tick
+  self.cached = self.cached + 1
+  self:evict(path)
   -- A request that was in flight when the server stopped will never finish.
   self.loop:close_orphan(st)
   return st
