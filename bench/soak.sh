@@ -9,8 +9,8 @@
 #   -o  keep logs and samples.csv in this directory (default: a temp dir, removed)
 # Load: 4 appenders (25 events/s each), 4 live SSE subscribers joining and leaving, catch-ups
 # from recent offsets, agent requests taking turns over 20 echo paths and 20 openai paths (the
-# fake upstream spec/fixtures/upstream/openai_fake.py). Server config: tail_cache_bytes 64 KiB
-# so the per-stream caches fill within the first minute, and agents.max_cached_paths 8 so the
+# fake upstream spec/fixtures/upstream/openai_fake.py). Server config: tail_cache_bytes 8 KiB
+# so the per-stream caches (44 streams) fill within the first two minutes, and agents.max_cached_paths 8 so the
 # agent keeps 8 conversations in memory and rebuilds the others from their streams (a held
 # conversation grows with every turn by design; RSS must stay flat apart from that).
 # Exit status: 0 when soak.py reports PASS (and valgrind is clean with -v).
@@ -54,7 +54,7 @@ cp plugins/echo.lua "$T/plugins/"
 cat >"$T/config.lua" <<CFG
 return {
   port = 0, data_dir = "$T/data", fsync = "interval", log_level = "warn",
-  limits = { tail_cache_bytes = 65536 },
+  limits = { tail_cache_bytes = 8192 },
   agents = {
     default_model = "echo", plugin_dir = "$T/plugins", max_cached_paths = 8,
     models = { openai = { base_url = "http://127.0.0.1:$FPORT/v1", api_key_env = "SOAK_OPENAI_KEY" } },
