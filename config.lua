@@ -48,10 +48,13 @@ return {
     models = {
       openai = {
         model = "gpt-4o",
-        base_url = "https://api.openai.com/v1",
+        base_url = "https://api.openai.com/v1", -- OPENAI_BASE_URL in the environment overrides it
         api_key_env = "OPENAI_API_KEY",  -- name of the environment variable, never the key
         system_prompt = nil,             -- optional system prompt sent first
         api = "responses",               -- "responses" or "chat" (Chat Completions servers)
+        connect_timeout_ms = 10000,      -- TCP + TLS connect
+        timeout_ms = 600000,             -- a whole answer must finish within
+        stall_timeout_ms = 120000,       -- longest silence (no byte received) before giving up
       },
       grok = {                           -- xAI realtime voice over a WebSocket
         url = "wss://api.x.ai/v1/realtime", -- XAI_REALTIME_URL in the environment overrides it
@@ -76,6 +79,5 @@ return {
     load_instruction_budget = 10000000, -- ... and a plugin's load phase in total
     max_hook_errors = 5,                -- a plugin whose hooks fail this often is disabled
     memory_limit_mb = 512,              -- cap on the Lua state's memory
-    max_cached_paths = 1000,            -- idle per-path agent states kept (LRU; rebuilt from the stream)
   },
 }

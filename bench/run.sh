@@ -197,12 +197,12 @@ flags() {
   [ "$(get "$id" saturated)" = 1 ] && f="$f generator saturated;"
   local v
   v=$(get "$id" server_cpu)
-  [ -n "$v" ] && [ "${v:0:1}" != - ] && f="$f server cpu $(awk -v x="$v" 'BEGIN { printf "%.0f", x * 100 }')%;"
+  [ -n "$v" ] && [ "${v:0:1}" != - ] && f="$f srv cpu $(awk -v x="$v" 'BEGIN { printf "%.0f", x * 100 }')%;"
   # run-queue waits above 10 %: other processes (or the other side) starved this one
   v=$(get "$id" server_wait)
-  [ -n "$v" ] && awk -v x="$v" 'BEGIN { exit !(x > 0.10) }' && f="$f server waited for a CPU $(awk -v x="$v" 'BEGIN { printf "%.0f", x * 100 }')%;"
+  [ -n "$v" ] && awk -v x="$v" 'BEGIN { exit !(x > 0.10) }' && f="$f srv waited for CPU $(awk -v x="$v" 'BEGIN { printf "%.0f", x * 100 }')%;"
   v=$(get "$id" gen_wait)
-  [ -n "$v" ] && awk -v x="$v" 'BEGIN { exit !(x > 0.10) }' && f="$f generator waited for a CPU $(awk -v x="$v" 'BEGIN { printf "%.0f", x * 100 }')%;"
+  [ -n "$v" ] && awk -v x="$v" 'BEGIN { exit !(x > 0.10) }' && f="$f gen waited for CPU $(awk -v x="$v" 'BEGIN { printf "%.0f", x * 100 }')%;"
   v=$(get "$id" errors); [ -n "$v" ] && [ "$v" != 0 ] && f="$f $v errors;"
   v=$(get "$id" non2xx); [ -n "$v" ] && [ "$v" != 0 ] && f="$f $v non-2xx;"
   v=$(get "$id" missed); [ -n "$v" ] && [ "$v" != 0 ] && f="$f $v missed;"
@@ -318,11 +318,17 @@ idle_val() { [ -n "$(get "$1" held)" ] && [ "$(get "$1" held)" = "$(get "$1" con
 if want idle; then
   for C in $IDLE_CASES; do
     # fresh servers: garbage from earlier scenarios must not blur the RSS reading
-    start_ours
+    # (memory a process once grew and freed is reused without raising its RSS, so each
+    # measurement gets a server of its own)
+    if [ "$PROBED_AGENTS" = 1 ]; then
+      start_ours
+      [ -n "$OURS_URL" ] && run "idle-$C-ours-agents" dsbench-idle --url "$OURS_URL" --pid "$OURS_PID" --kind agents -c "$C" --settle "$IDLE_SETTLE"
+    fi
+    if [ "$PROBED_PROTOCOL" = 1 ]; then
+      start_ours
+      [ -n "$OURS_URL" ] && run "idle-$C-ours-protocol" dsbench-idle --url "$OURS_URL" --pid "$OURS_PID" --kind protocol -c "$C" --settle "$IDLE_SETTLE"
+    fi
     start_ref
-    if [ -n "$OURS_URL" ]; then OURS_AGENTS=$PROBED_AGENTS OURS_PROTOCOL=$PROBED_PROTOCOL; fi
-    [ -n "$OURS_URL" ] && [ "$OURS_AGENTS" = 1 ] && run "idle-$C-ours-agents" dsbench-idle --url "$OURS_URL" --pid "$OURS_PID" --kind agents -c "$C" --settle "$IDLE_SETTLE"
-    [ -n "$OURS_URL" ] && [ "$OURS_PROTOCOL" = 1 ] && run "idle-$C-ours-protocol" dsbench-idle --url "$OURS_URL" --pid "$OURS_PID" --kind protocol -c "$C" --settle "$IDLE_SETTLE"
     [ -n "$REF_URL" ] && run "idle-$C-ref" dsbench-idle --url "$REF_URL" --pid "$REF_PID" --kind protocol -c "$C" --settle "$IDLE_SETTLE"
     a="idle-$C-ours-agents" r="idle-$C-ref" q="idle-$C-ours-protocol"
     row "idle SSE, $C connections" "server RSS bytes/connection: ours /agents vs ref" "$(idle_val $a)" "$(idle_val $r)" "lower" "$(both_flags $a $r)"
@@ -351,6 +357,7 @@ mkdir -p "$(dirname "$OUT")"
   echo "* load average (1/5/15 min): $LOAD_BEFORE before the scenarios, $LOAD_AFTER after"
   echo
   echo "Ratio = ours / reference (for the last-10 row: big stream / small stream). \"better\" says which direction is good for ours."
+  echo "Notes: \"srv cpu\" = share of one core the server used during the measured window; \"srv/gen waited for CPU\" = share of the window the server's main thread / the load generator was runnable but not running (shown above 10 %: the figure is then limited by competition for the 2 cores, not by the server alone)."
   echo
   echo "| scenario | metric | ours | reference | ratio | better | notes |"
   echo "| --- | --- | --- | --- | --- | --- | --- |"

@@ -4,11 +4,7 @@
 -- request in flight, queued prompts) is rebuilt from the path's own stream on first use,
 -- by replaying the stored events before the triggering one, so a restart continues a
 -- conversation, never answers a message twice and does not lose one that was stored
--- but never answered (it is answered at the next event on that path). At most
--- agents.max_cached_paths states are kept: beyond that the least recently used idle one
--- (nothing in flight, pending or queued, no model connection open) is dropped and rebuilt
--- from its stream if the path is used again, so memory does not grow with every path ever
--- prompted.
+-- but never answered (it is answered at the next event on that path).
 --   iterate:agent:config:set                          {model}: switch model, or
 --       iterate:ai:error {error:"unknown_model", message, model}
 --   iterate:agent:action:send-user-message:called      {content, mode?}: modes
@@ -36,6 +32,10 @@ local T_AI_ERROR = "iterate:ai:error"
 M.types = { T_CONFIG, T_USER, T_AUDIO, T_CANCEL }
 
 local REPLAY_BATCH = 1000
+-- Paths whose state stays cached; beyond this, idle states (nothing in flight, nothing
+-- queued, no model connection kept) are dropped: they are rebuilt from the stream on
+-- their next use, so this bounds memory without changing behaviour.
+M.MAX_CACHED = 10000
 
 ---Installs the agent: registers its hooks with ds.on and returns the agent object.
 ---@param ds table host module
@@ -49,9 +49,7 @@ function M.install(ds, cfg, models)
     models = models,
     loop = llm_loop.new(ds, models, cfg),
     states = {},
-    cached = 0, -- number of entries in states
-    tick = 0, -- use counter for least-recently-used eviction
-    max_cached = math.tointeger(cfg.max_cached_paths) or 1000,
+    n_states = 0,
     default_model = cfg.default_model or "openai",
     prefixes = cfg.prefixes,
   }, M)
@@ -130,42 +128,10 @@ local function replay(self, st, ev)
   end
 end
 
--- Whether a state may be dropped: nothing would be lost that its stream does not hold.
-local function idle(st)
-  if st.inflight or st.pending or #st.queue > 0 then
-    return false
-  end
-  for _, sc in pairs(st.scratch) do
-    if type(sc) ~= "table" or next(sc) ~= nil then
-      return false -- e.g. an open Grok connection
-    end
-  end
-  return true
-end
-
--- Drops least recently used idle states (never `keep`) while over the cap.
-function M:evict(keep)
-  while self.max_cached > 0 and self.cached > self.max_cached do
-    local victim, vpath
-    for path, st in pairs(self.states) do
-      if path ~= keep and idle(st) and (not victim or st.used < victim.used) then
-        victim, vpath = st, path
-      end
-    end
-    if not victim then
-      return
-    end
-    self.states[vpath] = nil
-    self.cached = self.cached - 1
-  end
-end
-
 ---The state of `path`, rebuilt from the events stored before offset `upto` on first use.
 function M:state(path, upto)
   local st = self.states[path]
-  self.tick = self.tick + 1
   if st then
-    st.used = self.tick
     return st
   end
   st = llm_loop.new_state(path, self.default_model)
@@ -192,12 +158,39 @@ function M:state(path, upto)
     end
   end
   self.states[path] = st
-  st.used = self.tick
-  self.cached = self.cached + 1
-  self:evict(path)
+  self.n_states = self.n_states + 1
+  if self.n_states > M.MAX_CACHED then
+    self:evict(path)
+  end
   -- A request that was in flight when the server stopped will never finish.
   self.loop:close_orphan(st)
   return st
+end
+
+local function idle(st)
+  if st.inflight or st.pending or #st.queue > 0 then
+    return false
+  end
+  for _, scratch in pairs(st.scratch) do
+    if next(scratch) ~= nil then
+      return false
+    end
+  end
+  return true
+end
+
+---Drops idle cached states (never `keep`) until a tenth below the cap.
+function M:evict(keep)
+  local target = M.MAX_CACHED - M.MAX_CACHED // 10
+  for path, st in pairs(self.states) do
+    if self.n_states <= target then
+      break
+    end
+    if path ~= keep and idle(st) then
+      self.states[path] = nil
+      self.n_states = self.n_states - 1
+    end
+  end
 end
 
 function M:ai_error(st, code, message, extra)

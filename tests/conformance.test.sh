@@ -10,6 +10,7 @@
 # off. Prints passed/failed/skipped per run from vitest's JSON report and exits non-zero
 # unless every runnable test passed.
 # Environment: DS_BINARY (path to the server binary; default build/durable-stream),
+#   DS_SERVER_ARGS (extra server flags, e.g. "--fsync always"),
 #   DS_CONFORMANCE_STORES (default "yaml memory"), DS_CONFORMANCE_SUBS (default "1 0").
 # Must not: leave servers or temp dirs behind.
 set -u
@@ -50,7 +51,8 @@ trap cleanup EXIT
 start_server() { # $1 = store kind
   rm -rf "$tmp/data"; mkdir -p "$tmp/data"
   : >"$tmp/server.out"
-  "$bin" --port 0 --storage "$1" --data-dir "$tmp/data" --long-poll-timeout 500 \
+  # shellcheck disable=SC2086 # DS_SERVER_ARGS is a list of extra flags
+  "$bin" --port 0 --storage "$1" --data-dir "$tmp/data" --long-poll-timeout 500 ${DS_SERVER_ARGS:-} \
     >"$tmp/server.out" 2>"$tmp/server.err" &
   pid=$!
   url=""
@@ -67,13 +69,24 @@ start_server() { # $1 = store kind
   fi
 }
 
-stop_server() {
+stop_server() { # returns non-zero unless the server shut down cleanly (exit 0) on SIGTERM
+  local rc
   if ! kill -0 "$pid" 2>/dev/null; then
     wait "$pid"
     echo "conformance: the server died during the run (exit status $?); its stderr ends with:" >&2
     tail -20 "$tmp/server.err" >&2
+    pid=""
+    return 1
   fi
-  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; pid=""
+  kill "$pid" 2>/dev/null
+  wait "$pid"
+  rc=$?
+  pid=""
+  if [ "$rc" != 0 ]; then
+    echo "conformance: the server exited with status $rc after SIGTERM; its stderr ends with:" >&2
+    tail -20 "$tmp/server.err" >&2
+    return 1
+  fi
 }
 
 status=0
@@ -84,7 +97,7 @@ for store in $stores; do
     (cd "$cache" && CONFORMANCE_TEST_URL="$url" SUBSCRIPTIONS="$subs" \
        npx --no-install vitest run conformance.test.mjs --no-coverage \
        --reporter=json --outputFile.json="$out" >"$tmp/vitest.log" 2>&1)
-    stop_server
+    stop_server || status=1
     if [ ! -f "$out" ]; then
       echo "conformance: store=$store subscriptions=$subs: no report" >&2
       tail -30 "$tmp/vitest.log" >&2

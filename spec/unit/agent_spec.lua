@@ -330,6 +330,50 @@ describe("agent", function()
   end)
 end)
 
+describe("agent state cache", function()
+  it("drops idle states beyond the cap and rebuilds them on their next use", function()
+    local saved = agent_mod.MAX_CACHED
+    agent_mod.MAX_CACHED = 10
+    local ok, err = pcall(function()
+      local h, agent, reg = setup()
+      local slow = recorder({ "a", "b" }, { delay = 10 })
+      reg:register("slow", slow)
+      h.ds.append("busy", T.config, { model = "slow" })
+      say(h, "keep me", nil, "busy")
+      h:advance(5) -- "busy" has a request in flight: never evicted
+      for i = 1, 30 do
+        say(h, "hi", nil, "p" .. i)
+        h:drain() -- echo answers without timers; the clock (and "busy") stand still
+      end
+      assert.is_true(agent.n_states <= 10)
+      assert.truthy(agent.states["busy"])
+      h:run()
+      assert.equal(1, #h:events("busy", T.ended))
+      -- an evicted path continues its conversation: history rebuilt, nothing re-answered
+      local gone
+      for i = 1, 30 do
+        if not agent.states["p" .. i] then
+          gone = "p" .. i
+          break
+        end
+      end
+      assert.truthy(gone)
+      say(h, "again", nil, gone)
+      h:run()
+      assert.equal(2, #h:events(gone, T.started))
+      local fin = {}
+      for _, ev in ipairs(h:events(gone, T.sse)) do
+        if ev.payload.part.type == "finish" then
+          fin[#fin + 1] = ev.payload.part.usage.inputTokens
+        end
+      end
+      assert.same({ 1, 3 }, fin)
+    end)
+    agent_mod.MAX_CACHED = saved
+    assert(ok, err)
+  end)
+end)
+
 describe("agent state rebuilt from a recorded history", function()
   it("continues the conversation and never answers a message twice", function()
     local h = setup()
@@ -443,52 +487,3 @@ describe("agent state rebuilt from a recorded history", function()
     assert.same({ kind = "text", text = "queued one" }, m.calls[1].prompt)
   end)
 end)
-
-describe("agent path-state cache", function()
-  it("keeps at most max_cached_paths idle states and rebuilds a dropped one from its stream", function()
-    local h, agent, reg = setup({ default_model = "echo", max_cached_paths = 3, models = { echo = { delay_ms = 0 } } })
-    local other = recorder({ "ok" })
-    reg:register("other", other)
-    -- path a: model "other" and one turn, then five more paths push it out
-    h.ds.append("c/a", T.config, { model = "other" })
-    say(h, "first on a", nil, "c/a")
-    h:run()
-    for i = 1, 5 do
-      say(h, "hello " .. i, nil, "c/p" .. i)
-      h:run()
-    end
-    assert.equal(3, agent.cached)
-    assert.is_nil(agent.states["c/a"])
-    local n = 0
-    for _ in pairs(agent.states) do
-      n = n + 1
-    end
-    assert.equal(3, n)
-    -- a comes back: the model and the whole history are rebuilt from the stream
-    say(h, "second on a", nil, "c/a")
-    h:run()
-    assert.equal(2, #other.calls)
-    local msgs = other.calls[2].messages
-    assert.equal("first on a", msgs[1].content or msgs[1].text)
-    assert.equal("second on a", msgs[#msgs].content or msgs[#msgs].text)
-    assert.equal(2, #h:events("c/a", T.ended))
-    assert.equal(0, #h:events("c/a", T.cancelled))
-    assert.same({}, h.errors)
-    assert.equal(0, h.live_tasks)
-  end)
-
-  it("never drops a state with a request in flight", function()
-    local h, agent, reg = setup({ default_model = "slow", max_cached_paths = 1, models = { echo = { delay_ms = 0 } } })
-    reg:register("slow", recorder({ "a", "b", "c" }, { delay = 50 }))
-    say(h, "long answer", nil, "f/1")
-    h:drain()
-    say(h, "other path", nil, "f/2")
-    h:drain()
-    assert.truthy(agent.states["f/1"])
-    h:run()
-    assert.equal(1, #h:events("f/1", T.ended))
-    assert.equal(0, #h:events("f/1", T.cancelled))
-    assert.equal(1, #h:events("f/2", T.ended))
-  end)
-end)
-

@@ -68,6 +68,7 @@ struct hreq_s {
   /* the task waiting on this request */
   ds_task_t *waiter;
   int wait_kind;
+  int reading; /* a task blocked here and not yet resumed: others must not read meanwhile */
 };
 
 typedef struct {
@@ -202,6 +203,7 @@ static int push_item_or_end(lua_State *L, hreq_t *r);
 static int retval_headers(lua_State *co, void *ud) {
   hreq_t *r = ud;
   int n = 0;
+  r->reading = 0;
   if (co) {
     lua_pushboolean(co, r->headers_ready);
     n = 1;
@@ -213,7 +215,15 @@ static int retval_headers(lua_State *co, void *ud) {
 /* retval of a task blocked in read(): pushes the read results. */
 static int retval_read(lua_State *co, void *ud) {
   hreq_t *r = ud;
+  r->reading = 0;
   int n = co ? push_item_or_end(co, r) : 0;
+  if (n < 0) { /* cannot happen: woken only with something to deliver, and `reading` kept
+                * other readers away; answer rather than corrupt the resume */
+    lua_pushnil(co);
+    lua_pushliteral(co, "read woken without data");
+    lua_pushliteral(co, "EIO");
+    n = 3;
+  }
   hreq_unref(r);
   return n;
 }
@@ -222,6 +232,7 @@ static int retval_read(lua_State *co, void *ud) {
  * is abandoned at once. */
 static void wait_cleanup(void *ud) {
   hreq_t *r = ud;
+  r->reading = 0;
   r->waiter = NULL;
   r->wait_kind = W_NONE;
   hreq_cancel_xfer(r, "ECANCELED", "request abandoned");
@@ -292,6 +303,7 @@ static int push_item_or_end(lua_State *L, hreq_t *r) {
 }
 
 static void hreq_block(lua_State *L, ds_task_t *t, hreq_t *r, int kind) {
+  r->reading = 1;
   r->waiter = t;
   r->wait_kind = kind;
   r->refs++; /* the waiter's ref: released by retval or cleanup */
@@ -419,19 +431,21 @@ static int request_k(lua_State *L, int status, lua_KContext ctx) {
   return push_closed(L);
 }
 
+static int push_busy(lua_State *L) {
+  lua_pushnil(L);
+  lua_pushliteral(L, "busy reading in another task");
+  lua_pushliteral(L, "busy");
+  return 3;
+}
+
 static int l_res_read(lua_State *L) {
   hreq_t *r = check_open(L, 1);
   if (!r) return push_closed(L);
+  if (r->reading) return push_busy(L);
   int n = push_item_or_end(L, r);
   if (n >= 0) return n;
   ds_task_t *t = ds_task_current(L);
   if (!t) return luaL_error(L, "Response:read must be called from a task");
-  if (r->waiter) {
-    lua_pushnil(L);
-    lua_pushliteral(L, "busy reading in another task");
-    lua_pushliteral(L, "busy");
-    return 3;
-  }
   hreq_block(L, t, r, W_READ);
   return ds_task_block(L, t, wait_cleanup, r, -1, NULL, 0);
 }
@@ -443,11 +457,11 @@ static int l_res_iter(lua_State *L) {
   lua_settop(L, 1);
   hreq_t *r = check_open(L, 1);
   if (!r) return 0;
+  if (r->reading) return luaL_error(L, "Response:events: busy reading in another task");
   int n = push_item_or_end(L, r);
   if (n >= 0) return l_res_iter_k(L, LUA_OK, 0);
   ds_task_t *t = ds_task_current(L);
   if (!t) return luaL_error(L, "Response:events must be iterated from a task");
-  if (r->waiter) return luaL_error(L, "Response:events: busy reading in another task");
   hreq_block(L, t, r, W_READ);
   return ds_task_block(L, t, wait_cleanup, r, -1, l_res_iter_k, 0);
 }

@@ -101,7 +101,6 @@ static int copy_rec(void *ud, uint64_t off, const char *repr, size_t len) {
 
 static void respond_created(ds_protocol_t *p, ds_http_req_t *req, ds__pstream_t *st,
                             ds_stream_t *s, int status) {
-  (void)p;
   ds_arena_t a;
   ds_arena_init(&a);
   ds__hdrs_t h;
@@ -119,7 +118,7 @@ static void respond_created(ds_protocol_t *p, ds_http_req_t *req, ds__pstream_t 
     ds_buf_free(&loc);
   }
   if (st->closed) ds__hdr(&h, "Stream-Closed", "true");
-  ds_http_respond(req, status, ds__hdrs_done(&h), NULL, 0);
+  ds__respond_durable(p, req, status, &h);
   ds_arena_free(&a);
 }
 
@@ -486,7 +485,7 @@ void ds__op_post(ds_protocol_t *p, ds_http_req_t *req, const char *path) {
     ds__hdr(&h, "Stream-Next-Offset", off);
     ds__hdr(&h, "Stream-Closed", "true");
     if (allp) producer_headers(&h, epoch, pseqv);
-    ds_http_respond(req, 204, ds__hdrs_done(&h), NULL, 0);
+    ds__respond_durable(p, req, 204, &h);
     ds_arena_free(&a);
     return;
   }
@@ -569,7 +568,7 @@ void ds__op_post(ds_protocol_t *p, ds_http_req_t *req, const char *path) {
   ds__hdr(&h, "Stream-Next-Offset", off);
   if (allp) producer_headers(&h, epoch, pseqv);
   if (close) ds__hdr(&h, "Stream-Closed", "true");
-  ds_http_respond(req, allp ? 200 : 204, ds__hdrs_done(&h), NULL, 0);
+  ds__respond_durable(p, req, allp ? 200 : 204, &h);
   ds_arena_free(&a);
   ds__subs_on_append(p, path);
 }

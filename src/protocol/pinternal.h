@@ -65,6 +65,13 @@ struct ds_protocol_s {
   ds__waiter_t *waiters; /* live reads (long-poll and SSE), for shutdown */
   bool shutting_down;
   struct ds__subs_s *subs; /* reserved subscription APIs (NULL when disabled) */
+  struct ds__fcache_s {    /* the last live SSE frame, shared by every subscriber at the tail */
+    const ds_stream_t *s;
+    uint64_t off;
+    int enc; /* DS__M_* of the payload, DS__M_BYTES = base64 */
+    char cursor[32];
+    ds_rbuf_t *frame;
+  } fcache;
   uv_timer_t *sweep;       /* periodic expiry of cached TTL / Expires-At streams; owns itself
                               once closing so ds_protocol_free never races its close */
 };
@@ -83,6 +90,10 @@ void ds__hdrf(ds__hdrs_t *h, const char *name, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /** NULL-terminated list for ds_http_* calls. */
 const ds_http_header_t *ds__hdrs_done(ds__hdrs_t *h);
+/** Sends a body-less success response once everything appended so far is durable under
+ *  the store's fsync policy (at once unless "always"), like the /agents acks. The header
+ *  names in h must be string literals (values are copied). */
+void ds__respond_durable(ds_protocol_t *p, ds_http_req_t *req, int status, ds__hdrs_t *h);
 /** Plain-text error with the common headers. */
 void ds__respond_err(ds_http_req_t *req, int status, const char *msg);
 /** Same with extra headers already in h. */
@@ -140,6 +151,7 @@ void ds__op_head(ds_protocol_t *p, ds_http_req_t *req, const char *path);
 void ds__op_delete(ds_protocol_t *p, ds_http_req_t *req, const char *path);
 void ds__op_get(ds_protocol_t *p, ds_http_req_t *req, const char *path);
 void ds__reads_shutdown(ds_protocol_t *p);
+void ds__reads_free(ds_protocol_t *p);
 
 
 /* subscriptions (subs.c) */
@@ -151,5 +163,7 @@ void ds__subs_handle(ds_protocol_t *p, ds_http_req_t *req, const char *rest, siz
 /** A stream received data (subscriptions wake their consumers). */
 void ds__subs_on_append(ds_protocol_t *p, const char *path);
 void ds__subs_on_delete(ds_protocol_t *p, const char *path);
+/** Subscription glob: `*` matches one path segment, `**` any number (also none). */
+bool ds__glob_match(const char *pattern, const char *path);
 
 #endif

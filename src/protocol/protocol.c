@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/err.h"
 #include "core/log.h"
 #include "protocol/pinternal.h"
 
@@ -63,6 +64,40 @@ void ds__respond_err(ds_http_req_t *req, int status, const char *msg) {
   ds_arena_free(&a);
 }
 
+typedef struct durable_s {
+  ds_http_req_t *req;
+  int status;
+  ds_arena_t a;
+  ds__hdrs_t h;
+} durable_t;
+
+static void durable_closed(void *ud) {
+  durable_t *d = ud;
+  d->req = NULL;
+}
+
+static void durable_synced(void *ud, int rc) {
+  durable_t *d = ud;
+  if (d->req) {
+    if (rc == 0) ds_http_respond(d->req, d->status, ds__hdrs_done(&d->h), NULL, 0);
+    else ds__respond_err(d->req, rc == DS_ENOSPC ? 507 : 500, "Storage sync failed");
+  }
+  ds_arena_free(&d->a);
+  free(d);
+}
+
+void ds__respond_durable(ds_protocol_t *p, ds_http_req_t *req, int status, ds__hdrs_t *h) {
+  durable_t *d = ds_xcalloc(1, sizeof *d);
+  d->req = req;
+  d->status = status;
+  ds_arena_init(&d->a);
+  d->h.a = &d->a;
+  for (size_t i = 0; i < h->n; i++) ds__hdr(&d->h, h->h[i].name, h->h[i].value);
+  ds_http_req_on_close(req, durable_closed, d);
+  int rc = ds_store_sync(ds_streams_store(p->streams), durable_synced, d);
+  if (rc != 0) durable_synced(d, rc);
+}
+
 ds_protocol_t *ds_protocol_new(uv_loop_t *loop, ds_streams_t *streams,
                                const ds_protocol_opts_t *opts) {
   ds_protocol_t *p = ds_xcalloc(1, sizeof *p);
@@ -95,6 +130,7 @@ void ds_protocol_free(ds_protocol_t *p) {
   if (!p) return;
   ds__sweep_stop(p); /* normally done by ds_protocol_shutdown; the caller runs the loop */
   if (p->subs) ds__subs_free(p->subs);
+  ds__reads_free(p);
   ds__state_free_all(p);
   free(p->tab);
   free(p);

@@ -10,7 +10,9 @@
  * response after the reconnect interval. Fork reads stitch the inherited range (read
  * through the source chain, even soft-deleted sources) with the fork's own records.
  * Publications only mark a waiter ready; the work runs from a zero timer, never inside
- * the publisher's call stack.
+ * the publisher's call stack. The one exception is the live SSE fast path: a subscriber
+ * already at the tail gets the new record as a frame encoded once and shared (refcounted)
+ * by every subscriber in the same position, queued without any store read.
  * Must not: write to streams.
  */
 #include <stdio.h>
@@ -202,7 +204,8 @@ struct ds__waiter_s {
   uint64_t next_off;
   uint64_t deadline;   /* long-poll timeout / SSE reconnect (monotonic ms) */
   uint64_t keepalive;  /* SSE: next idle control event */
-  bool wake_pending, subscribed, finished, deleted, base64, draining;
+  int mode;            /* DS__M_* of the stream (fixed for its lifetime) */
+  bool wake_pending, subscribed, finished, deleted, base64, draining, broken;
 };
 
 static void waiter_free_cb(uv_handle_t *h) {
@@ -242,9 +245,33 @@ static void waiter_wake(ds__waiter_t *w) {
   uv_timer_start(&w->timer, waiter_timer_cb, 0, 0);
 }
 
+static void sse_on_drain(void *ud);
+static ds_rbuf_t *shared_frame(ds_protocol_t *p, const ds_published_t *rec, int enc,
+                               const char *cur);
+
 static void waiter_on_publish(ds_sub_t *sub, const ds_published_t *rec) {
-  (void)rec;
-  waiter_wake(sub->ud);
+  ds__waiter_t *w = sub->ud;
+  /* live SSE subscriber exactly at the tail: queue the shared frame now */
+  if (w->kind == W_SSE && w->req && !w->finished && !w->wake_pending && !w->draining &&
+      !w->broken && w->next_off == rec->offset &&
+      rec->offset + 1 == ds_stream_next_offset(rec->stream)) {
+    char cur[32];
+    ds__cursor(w->cursor, cur);
+    ds_rbuf_t *f = shared_frame(w->p, rec, w->base64 ? DS__M_BYTES : w->mode, cur);
+    if (ds_http_stream_write(w->req, f) != 0) {
+      w->broken = true; /* dropped from the timer, outside the publisher's stack */
+      waiter_wake(w);
+      return;
+    }
+    w->next_off = rec->offset + 1;
+    w->keepalive = ds_clock_mono_ms() + w->p->opts.long_poll_timeout_ms;
+    if (ds_http_stream_backlog(w->req) > SSE_BACKLOG_PAUSE) {
+      w->draining = true;
+      ds_http_stream_on_drain(w->req, sse_on_drain, w);
+    }
+    return;
+  }
+  waiter_wake(w);
 }
 
 static void waiter_on_change(ds_sub_t *sub, int what) {
@@ -341,20 +368,72 @@ static void sse_data_lines(ds_buf_t *out, const char *s, size_t n) {
   ds_buf_puts(out, "\n\n");
 }
 
-static void sse_control(ds_buf_t *out, uint64_t next, const char *cursor_in, bool uptodate,
-                        bool closed) {
+static void sse_control_cur(ds_buf_t *out, uint64_t next, const char *cur, bool uptodate,
+                            bool closed) {
   char off[17];
   ds_offset_format(next, off);
   ds_buf_printf(out, "event: control\ndata:{\"streamNextOffset\":\"%s\"", off);
   if (closed) {
     ds_buf_puts(out, ",\"streamClosed\":true");
   } else {
-    char cur[32];
-    ds__cursor(cursor_in, cur);
     ds_buf_printf(out, ",\"streamCursor\":\"%s\"", cur);
     if (uptodate) ds_buf_puts(out, ",\"upToDate\":true");
   }
   ds_buf_puts(out, "}\n\n");
+}
+
+static void sse_control(ds_buf_t *out, uint64_t next, const char *cursor_in, bool uptodate,
+                        bool closed) {
+  char cur[32];
+  ds__cursor(cursor_in, cur);
+  sse_control_cur(out, next, cur, uptodate, closed);
+}
+
+/* One data event (payload encoded per the stream's mode) and its control event. */
+static void sse_frame(ds_buf_t *out, int enc, const char *data, size_t len) {
+  ds_buf_puts(out, "event: data\n");
+  if (enc == DS__M_BYTES) {
+    ds_buf_t b64 = DS_BUF_INIT;
+    ds_base64_encode(&b64, data, len);
+    sse_data_lines(out, b64.data ? b64.data : "", b64.len);
+    ds_buf_free(&b64);
+  } else {
+    sse_data_lines(out, data, len);
+  }
+}
+
+void ds__reads_free(ds_protocol_t *p) {
+  if (p->fcache.frame) ds_rbuf_unref(p->fcache.frame);
+  memset(&p->fcache, 0, sizeof p->fcache);
+}
+
+/* The shared frame for record `rec` as seen by a subscriber with cursor `cur`. */
+static ds_rbuf_t *shared_frame(ds_protocol_t *p, const ds_published_t *rec, int enc,
+                               const char *cur) {
+  struct ds__fcache_s *c = &p->fcache;
+  if (c->frame && c->s == rec->stream && c->off == rec->offset && c->enc == enc &&
+      strcmp(c->cursor, cur) == 0)
+    return c->frame;
+  ds_buf_t out = DS_BUF_INIT;
+  if (enc == DS__M_JSON) {
+    ds_buf_t arr = DS_BUF_INIT;
+    ds_buf_putc(&arr, '[');
+    ds_buf_append(&arr, rec->repr, rec->repr_len);
+    ds_buf_putc(&arr, ']');
+    sse_frame(&out, enc, arr.data, arr.len);
+    ds_buf_free(&arr);
+  } else {
+    sse_frame(&out, enc, rec->repr, rec->repr_len);
+  }
+  sse_control_cur(&out, rec->offset + 1, cur, true, false);
+  if (c->frame) ds_rbuf_unref(c->frame);
+  c->frame = ds_rbuf_new(out.data, out.len);
+  ds_buf_free(&out);
+  c->s = rec->stream;
+  c->off = rec->offset;
+  c->enc = enc;
+  snprintf(c->cursor, sizeof c->cursor, "%s", cur);
+  return c->frame;
 }
 
 static void sse_on_drain(void *ud) {
@@ -397,15 +476,7 @@ static void sse_step(ds__waiter_t *w, bool first) {
       break;
     }
     w->next_off = bd.last + 1;
-    ds_buf_puts(&out, "event: data\n");
-    if (w->base64) {
-      ds_buf_t b64 = DS_BUF_INIT;
-      ds_base64_encode(&b64, bd.b.data, bd.b.len);
-      sse_data_lines(&out, b64.data ? b64.data : "", b64.len);
-      ds_buf_free(&b64);
-    } else {
-      sse_data_lines(&out, bd.b.data, bd.b.len);
-    }
+    sse_frame(&out, w->base64 ? DS__M_BYTES : w->mode, bd.b.data, bd.b.len);
     ds_buf_free(&bd.b);
     bool at_tail = w->next_off >= tail;
     sse_control(&out, w->next_off, w->cursor, at_tail, at_tail && st->closed);
@@ -463,6 +534,12 @@ static void waiter_timer_cb(uv_timer_t *t) {
   ds__waiter_t *w = t->data;
   w->wake_pending = false;
   if (w->finished || !w->req) return;
+  if (w->broken) {
+    ds_http_stream_abort(w->req); /* does not call on_close */
+    w->req = NULL;
+    waiter_finish(w);
+    return;
+  }
   if (w->kind == W_LONGPOLL) longpoll_step(w);
   else sse_step(w, false);
 }
@@ -545,6 +622,7 @@ void ds__op_get(ds_protocol_t *p, ds_http_req_t *req, const char *path) {
     ds_arena_free(&a);
     ds__waiter_t *w = waiter_new(p, req, s, path, W_SSE, from, cursor, start_str);
     w->base64 = b64;
+    w->mode = st->mode;
     uint64_t now = ds_clock_mono_ms();
     w->deadline = now + p->opts.sse_reconnect_ms;
     w->keepalive = now + p->opts.long_poll_timeout_ms;

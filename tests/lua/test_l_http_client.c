@@ -309,6 +309,31 @@ static void test_failures(void **state) {
   ds_buf_free(&code);
 }
 
+static void test_busy_second_reader(void **state) {
+  fx_t *f = *state;
+  result_t r[2];
+  memset(r, 0, sizeof r);
+  ds_buf_t a = DS_BUF_INIT, b = DS_BUF_INIT;
+  ds_buf_puts(&a, PRELUDE);
+  ds_buf_puts(&a,
+              "SHARED = assert(post('{\"stream\":true,\"input\":\"shared [[tokens:3]] [[pace:200]]\"}'))\n"
+              "local n = 0\n"
+              "for ev in SHARED:events() do n = n + 1 end\n"
+              "assert(SHARED:error() == nil and n > 5)\n"
+              "SHARED:close()\n");
+  ds_buf_puts(&b,
+              "while not SHARED do coroutine.yield() end\n"
+              "local x, msg, code = SHARED:read()\n"
+              "assert(x == nil and code == 'busy', tostring(code))\n");
+  spawn(f, ds_buf_cstr(&a), &r[0]);
+  spawn(f, ds_buf_cstr(&b), &r[1]);
+  ds_buf_free(&a);
+  ds_buf_free(&b);
+  run_until_done(f, r, 2);
+  lua_pushnil(f->L);
+  lua_setglobal(f->L, "SHARED");
+}
+
 static void test_outside_task(void **state) {
   fx_t *f = *state;
   int rc = luaL_dostring(f->L, "return http.request{url = BASE}");
@@ -342,6 +367,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_close_aborts_upstream, setup, teardown),
       cmocka_unit_test_setup_teardown(test_task_cancel_aborts, setup, teardown),
       cmocka_unit_test_setup_teardown(test_failures, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_busy_second_reader, setup, teardown),
       cmocka_unit_test_setup_teardown(test_outside_task, setup, teardown),
       cmocka_unit_test_setup_teardown(test_concurrent, setup, teardown),
   };

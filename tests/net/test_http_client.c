@@ -13,10 +13,16 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <uv.h>
+
+extern char **environ;
 
 #include "core/buf.h"
 #include "net/http_client.h"
@@ -496,6 +502,72 @@ static void test_tls(void **state) {
   expect_failure(f, u, 0, 0, DS_HTTPC_ETLS);
 }
 
+/* A TLS server with a self-signed certificate (made with the openssl CLI) in a Python
+ * child: peer verification against the system CAs must refuse it. */
+static const char *TLS_SERVER_PY =
+    "import ssl, socket, sys\n"
+    "ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n"
+    "ctx.load_cert_chain(sys.argv[1], sys.argv[2])\n"
+    "s = socket.socket()\n"
+    "s.bind(('127.0.0.1', 0))\n"
+    "s.listen(8)\n"
+    "print(s.getsockname()[1], flush=True)\n"
+    "while True:\n"
+    "    c, _ = s.accept()\n"
+    "    try:\n"
+    "        t = ctx.wrap_socket(c, server_side=True)\n"
+    "        t.recv(4096)\n"
+    "        t.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok')\n"
+    "        t.close()\n"
+    "    except Exception:\n"
+    "        c.close()\n";
+
+static void test_tls_untrusted(void **state) {
+  fx_t *f = *state;
+  char dir[] = "/tmp/ds-test-tls-XXXXXX";
+  assert_non_null(mkdtemp(dir));
+  char cmd[512], cert[128], key[128];
+  snprintf(cert, sizeof cert, "%s/cert.pem", dir);
+  snprintf(key, sizeof key, "%s/key.pem", dir);
+  snprintf(cmd, sizeof cmd,
+           "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout %s -out %s "
+           "-days 1 -subj /CN=127.0.0.1 >/dev/null 2>&1",
+           key, cert);
+  assert_int_equal(system(cmd), 0);
+  int fds[2];
+  assert_int_equal(pipe(fds), 0);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
+  posix_spawn_file_actions_addclose(&fa, fds[0]);
+  char *argv[] = {"/usr/bin/python3", "-c", (char *)TLS_SERVER_PY, cert, key, NULL};
+  pid_t pid;
+  assert_int_equal(posix_spawn(&pid, argv[0], &fa, NULL, argv, environ), 0);
+  posix_spawn_file_actions_destroy(&fa);
+  close(fds[1]);
+  char line[32] = "";
+  size_t n = 0;
+  while (n < sizeof line - 1 && read(fds[0], line + n, 1) == 1 && line[n] != '\n') n++;
+  line[n] = '\0';
+  close(fds[0]);
+  char u[64];
+  snprintf(u, sizeof u, "https://127.0.0.1:%d/", atoi(line));
+  xres_t r = {0};
+  ds_http_request_t req = {.url = u, .connect_timeout_ms = 5000};
+  ds_buf_init(&r.body);
+  int rc = atoi(line) > 0 ? ds_http_client_request(f->client, &req, &CBS, &r, &r.x) : -1;
+  if (rc == 0) run_until(&f->loop, cond_done, &r, 20000);
+  kill(pid, SIGTERM);
+  waitpid(pid, NULL, 0);
+  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+  assert_int_equal(system(cmd), 0);
+  assert_int_equal(rc, 0);
+  if (strcmp(r.code, DS_HTTPC_ETLS) != 0) fail_msg("expected ETLS, got %s (%s)", r.code, r.msg);
+  assert_non_null(strstr(r.msg, "certificate"));
+  assert_int_equal(r.headers_calls, 0);
+  ds_buf_free(&r.body);
+}
+
 static void test_timeout(void **state) {
   fx_t *f = *state;
   char u[64];
@@ -583,6 +655,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_refused, setup, teardown),
       cmocka_unit_test_setup_teardown(test_dns, setup, teardown),
       cmocka_unit_test_setup_teardown(test_tls, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_tls_untrusted, setup, teardown),
       cmocka_unit_test_setup_teardown(test_timeout, setup, teardown),
       cmocka_unit_test_setup_teardown(test_stall, setup, teardown),
       cmocka_unit_test_setup_teardown(test_partial, setup, teardown),
