@@ -384,3 +384,47 @@ describe("POST on a full disk (yaml storage on a small tmpfs)", function()
     srv:wait_stats(base)
   end)
 end)
+
+describe("POST of an event that starts AI work", function()
+  -- an upstream that accepts the connection and never answers: generation must run in the
+  -- background, so the POST is answered at once anyway
+  local upstream = assert(socket.bind("127.0.0.1", 0))
+  local _, up_port = upstream:getsockname()
+  local ctx = A.serve({
+    storage = "yaml",
+    config = { agents = { default_model = "openai", models = { openai = {
+      base_url = "http://127.0.0.1:" .. up_port .. "/v1", api_key = "sk-test-not-a-key", connect_timeout_ms = 60000,
+    } } } },
+    allow_errors = { "openai", "upstream", "cancel", "shutdown", "request" },
+  })
+  teardown(function() upstream:close() end)
+
+  it("answers 204 while the upstream request is still pending", function()
+    local p = "ai/pending"
+    local c = http.connect(ctx.srv.port, { timeout = 3 })
+    local t0 = socket.gettime()
+    local status, h = c:request("POST", A.url(p), {},
+      A.body("iterate:agent:action:send-user-message:called", '{"content":"Hello"}'))
+    c:close()
+    assert.are.equal(204, status)
+    assert.are.equal(off(0), h["stream-offset"])
+    assert.is_true(socket.gettime() - t0 < 3)
+    -- the request started in the background and has not ended (the upstream is silent)
+    local evs
+    server.wait_for(function()
+      evs = A.history(ctx.srv.port, p)
+      return #evs >= 2
+    end, 5, "request-started")
+    assert.are.equal("iterate:llm-loop:request-started", J.get(evs[2].json, "type"))
+    assert.are.equal(2, #evs)
+    -- cancelling ends it (and lets the after_each find no task left running)
+    assert.are.equal(off(2), A.append(ctx.srv.port, p, "iterate:agent:action:cancel-request:called", "{}"))
+    server.wait_for(function()
+      evs = A.history(ctx.srv.port, p)
+      return #evs >= 4
+    end, 5, "request-cancelled")
+    local last = evs[4].json
+    assert.are.equal("iterate:llm-loop:request-cancelled", J.get(last, "type"))
+    assert.are.equal("cancelled", J.get(J.get(last, "payload"), "reason"))
+  end)
+end)

@@ -180,6 +180,32 @@ local function post_all(port, path, items)
   c:close()
 end
 
+-- The exact line the server writes for event i (createdAt matched by pattern): its JSON
+-- writer echoes number lexemes and escapes only what the canonical form escapes.
+local function expected_line(item, path, i)
+  return '{"type":' .. J.encode(item.type, { canonical = true }) .. ',"payload":'
+      .. J.encode(item.payload, { canonical = true }) .. ',"version":"1","path":' .. J.encode(path)
+      .. ',"offset":"' .. off(i - 1) .. '","createdAt":"'
+end
+
+local function verify_text(port, path, items)
+  local evs = A.history(port, path)
+  assert.are.equal(#items, #evs)
+  local failures = {}
+  for i, ev in ipairs(evs) do
+    local want = expected_line(items[i], path, i)
+    local d = ev.data
+    if d:sub(1, #want) ~= want or not d:sub(#want + 1):match("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%dZ\"}$") then
+      local k = 1
+      while d:byte(k) == want:byte(k) do k = k + 1 end
+      failures[#failures + 1] = string.format("#%d differs at byte %d: want ...%q got ...%q", i, k,
+        want:sub(math.max(1, k - 20), k + 40), d:sub(math.max(1, k - 20), k + 40))
+      if #failures >= 20 then break end
+    end
+  end
+  assert(#failures == 0, #failures .. " event line(s) differ from the canonical text:\n" .. table.concat(failures, "\n"))
+end
+
 local function verify(port, path, items)
   local evs = A.history(port, path)
   assert.are.equal(#items, #evs)
@@ -222,10 +248,15 @@ describe("JSON fidelity (yaml storage, across a restart)", function()
     verify(ctx.srv.port, "roundtrip/yaml", items)
   end)
 
+  it("each event line is the canonical compact text of what was sent", function()
+    verify_text(ctx.srv.port, "roundtrip/yaml", items)
+  end)
+
   it("and again after a restart (read from the YAML file)", function()
     ctx.srv:restart()
     ctx.base = ctx.srv:baseline()
     verify(ctx.srv.port, "roundtrip/yaml", items)
+    verify_text(ctx.srv.port, "roundtrip/yaml", items)
   end)
 end)
 
@@ -235,5 +266,6 @@ describe("JSON fidelity (memory storage)", function()
   it("every payload comes back exactly", function()
     post_all(ctx.srv.port, "roundtrip/memory", items)
     verify(ctx.srv.port, "roundtrip/memory", items)
+    verify_text(ctx.srv.port, "roundtrip/memory", items)
   end)
 end)

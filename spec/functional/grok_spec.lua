@@ -641,6 +641,39 @@ describe("grok model against the fake realtime server", function()
       { "assistant", "You said: 960 bytes of audio" },
       { "user", "gamma question for openai" },
     }, seen)
+    local answer3 = {}
+    local after_gamma = false
+    for _, e in ipairs(srv:events(p)) do
+      if e.type == T.user and e.payload.content == "gamma question for openai" then
+        after_gamma = true
+      elseif after_gamma and e.type == T.sse and e.payload.part.type == "text-delta" then
+        answer3[#answer3 + 1] = e.payload.part.delta
+      end
+    end
+
+    -- back to grok on the connection still open: only the turns it missed are sent
+    assert.equal(204, srv:post(p, T.config, { model = "grok" }))
+    local _, e4 = prompt_and_wait(srv, p, T.user, { content = "delta question for grok" })
+    assert.equal(T.ended, e4.type)
+    assert.equal(conn, grok:conn_of("delta question for grok"))
+    local tail = {}
+    local from_gamma = false
+    for _, m in ipairs(grok:messages(conn)) do
+      if m.msg.type == "conversation.item.create" then
+        local it = { m.msg.item.role, m.msg.item.content[1].text }
+        if it[2] == "gamma question for openai" then
+          from_gamma = true
+        end
+        if from_gamma then
+          tail[#tail + 1] = it
+        end
+      end
+    end
+    assert.same({
+      { "user", "gamma question for openai" },
+      { "assistant", table.concat(answer3) },
+      { "user", "delta question for grok" },
+    }, tail)
   end)
 end)
 

@@ -205,3 +205,38 @@ describe("HTTP/1.1", function()
     ctx.srv:wait_stats(ctx.base)
   end)
 end)
+
+describe("shutdown", function()
+  local server = require "spec.support.server"
+  local sse = require "spec.support.sse"
+
+  for _, sig in ipairs({ "INT", "TERM" }) do
+    it("SIG" .. sig .. " with live subscribers and idle keep-alive connections exits 0 and ends their responses", function()
+      local srv = server.start({ storage = "yaml" })
+      finally(function() srv:cleanup() end)
+      A.append(srv.port, "bye", "t")
+      local rs = {}
+      for i = 1, 3 do
+        rs[i] = sse.open(srv.port, A.url("bye", "live=sse"))
+        assert.are.equal(off(0), assert(rs[i]:next_event(5)).id)
+      end
+      local idle = http.connect(srv.port)
+      assert.are.equal(200, (idle:request("GET", A.url("bye"))))
+      assert.are.equal(0, srv:stop({ signal = sig }))
+      for i = 1, 3 do
+        local ev, why = rs[i]:next_event(5)
+        assert.is_nil(ev)
+        assert.is_true(why == "closed" or why == "ended", tostring(why))
+        rs[i]:close()
+      end
+      idle:pump(2)
+      assert.is_true(idle.closed)
+      idle:close()
+      srv:assert_no_error_log()
+      -- the data survives a clean shutdown
+      srv:restart()
+      assert.are.same({ off(0) }, A.offsets(A.history(srv.port, "bye")))
+      srv:stop()
+    end)
+  end
+end)

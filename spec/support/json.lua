@@ -52,10 +52,13 @@ local function esc_cp(cp)
   return string.format("\\u%04x\\u%04x", 0xD800 + (cp >> 10), 0xDC00 + (cp & 0x3FF))
 end
 
-local function enc_string(s, ascii)
+local function enc_string(s, ascii, canonical)
   local out = s:gsub('[%c"\\]', function(c)
     return short[c] or string.format("\\u%04x", c:byte())
   end)
+  if canonical then
+    out = out:gsub("\u{2028}", "\\u2028"):gsub("\u{2029}", "\\u2029")
+  end
   if ascii then
     out = out:gsub("[\xC2-\xF4][\x80-\xBF]+", function(seq)
       local res = {}
@@ -66,10 +69,10 @@ local function enc_string(s, ascii)
   return '"' .. out .. '"'
 end
 
-local function enc(v, ascii, out)
+local function enc(v, ascii, out, canonical)
   local t = type(v)
   if t == "string" then
-    out[#out + 1] = enc_string(v, ascii)
+    out[#out + 1] = enc_string(v, ascii, canonical)
   elseif t == "boolean" then
     out[#out + 1] = v and "true" or "false"
   elseif v == J.null or v == nil then
@@ -86,16 +89,16 @@ local function enc(v, ascii, out)
     out[#out + 1] = "{"
     for i, k in ipairs(v.keys) do
       if i > 1 then out[#out + 1] = "," end
-      out[#out + 1] = enc_string(k, ascii)
+      out[#out + 1] = enc_string(k, ascii, canonical)
       out[#out + 1] = ":"
-      enc(v.vals[i], ascii, out)
+      enc(v.vals[i], ascii, out, canonical)
     end
     out[#out + 1] = "}"
   elseif J.is_arr(v) then
     out[#out + 1] = "["
     for i = 1, v.n do
       if i > 1 then out[#out + 1] = "," end
-      enc(v[i], ascii, out)
+      enc(v[i], ascii, out, canonical)
     end
     out[#out + 1] = "]"
   else
@@ -104,10 +107,12 @@ local function enc(v, ascii, out)
 end
 
 --- Compact JSON text. opts.ascii: escape every non-ASCII code point as \u (surrogate pairs
---- for astral), to exercise the server's escape decoding.
+--- for astral), to exercise the server's escape decoding. opts.canonical: the server's
+--- output form (short escapes for " \\ \b \f \n \r \t, \u00xx for other controls and DEL,
+--- \u2028 / \u2029, everything else raw UTF-8; numbers by their lexeme).
 function J.encode(v, opts)
   local out = {}
-  enc(v, opts and opts.ascii, out)
+  enc(v, opts and opts.ascii, out, opts and opts.canonical)
   return table.concat(out)
 end
 

@@ -70,6 +70,15 @@ function M.binary()
   return abs_path(os.getenv("DS_BINARY") or "build/durable-stream")
 end
 
+--- True when the binary is built with AddressSanitizer (its quarantine holds freed memory,
+--- so RSS bounds do not apply).
+function M.sanitized()
+  if M._sanitized == nil then
+    M._sanitized = os.execute("grep -q __asan_init " .. sh_quote(M.binary()) .. " 2>/dev/null") == true
+  end
+  return M._sanitized
+end
+
 function M.mktemp()
   local d = cmd_output("mktemp -d /tmp/ds-spec.XXXXXX"):gsub("\n$", "")
   assert(d:match("^/tmp/ds%-spec%.") , "mktemp failed")
@@ -161,7 +170,7 @@ function S:_launch()
   self.status_path = string.format("%s/status.%d", self.root, n)
   -- No API keys reach the server: agent events in specs must never call real upstreams.
   local args = {
-    "env -u OPENAI_API_KEY -u XAI_API_KEY", sh_quote(M.binary()), "--config", sh_quote(self.config_path), "--host", "127.0.0.1",
+    "env -u OPENAI_API_KEY -u XAI_API_KEY -u OPENAI_BASE_URL", sh_quote(M.binary()), "--config", sh_quote(self.config_path), "--host", "127.0.0.1",
     "--port", "0", "--data-dir", sh_quote(self.data_dir),
   }
   if self.opts.storage then

@@ -32,7 +32,11 @@ struct ds_agents_api_s {
   int timer_open;
   reader_t *live_head; /* readers in live mode, for keep-alive comments */
   reader_t *all_head;  /* every open reader, for shutdown */
-  ds_rbuf_t *keepalive_frame;
+  ds_rbuf_t *keepalive_frame; /* chunk-framed (ds_http_chunk_new) */
+  /* The chunk-framed copy of the last published frame: publish calls every subscriber
+   * with the same frame, so it is framed once, not once per subscriber. The source is
+   * referenced so its address cannot be reused by a later frame while cached. */
+  ds_rbuf_t *chunk_src, *chunk;
   ds_agents_stats_t stats;
 };
 
@@ -229,13 +233,16 @@ static void on_publish(ds_sub_t *sub, const ds_published_t *rec) {
     pump(r);
     return;
   }
-  int rc;
-  if (rec->agents_frame) {
-    rc = ds_http_stream_write(r->req, rec->agents_frame);
-  } else {
-    ds_rbuf_t *f = ds_rbuf_new("", 0);
-    rc = ds_http_stream_write(r->req, f);
-    ds_rbuf_unref(f);
+  int rc = 0;
+  ds_agents_api_t *api = r->api;
+  if (rec->agents_frame && rec->agents_frame->len) {
+    if (api->chunk_src != rec->agents_frame) {
+      ds_rbuf_unref(api->chunk_src);
+      ds_rbuf_unref(api->chunk);
+      api->chunk_src = ds_rbuf_ref(rec->agents_frame);
+      api->chunk = ds_http_chunk_new(rec->agents_frame->data, rec->agents_frame->len);
+    }
+    rc = ds_http_stream_write_chunk(r->req, api->chunk);
   }
   if (rc == 0) {
     r->next = rec->offset + 1;
@@ -257,7 +264,7 @@ static void on_keepalive(uv_timer_t *t) {
   while (r) {
     reader_t *next = r->lnext;
     if (ds_http_stream_backlog(r->req) == 0 &&
-        ds_http_stream_write(r->req, api->keepalive_frame) != 0)
+        ds_http_stream_write_chunk(r->req, api->keepalive_frame) != 0)
       reader_drop(r, "keep-alive write failed");
     r = next;
   }
@@ -453,7 +460,7 @@ ds_agents_api_t *ds_agents_api_new(uv_loop_t *loop, ds_streams_t *streams, const
   if (opts) api->opts = *opts;
   if (!api->opts.keepalive_ms) api->opts.keepalive_ms = 15000;
   if (!api->opts.subscriber_backlog_bytes) api->opts.subscriber_backlog_bytes = 4u << 20;
-  api->keepalive_frame = ds_rbuf_new(": keepalive\n\n", 13);
+  api->keepalive_frame = ds_http_chunk_new(": keepalive\n\n", 13);
   uv_timer_init(loop, &api->keepalive);
   api->keepalive.data = api;
   api->timer_open = 1;
@@ -473,6 +480,8 @@ void ds_agents_api_shutdown(ds_agents_api_t *api) {
 void ds_agents_api_free(ds_agents_api_t *api) {
   if (!api) return;
   ds_rbuf_unref(api->keepalive_frame);
+  ds_rbuf_unref(api->chunk_src);
+  ds_rbuf_unref(api->chunk);
   free(api);
 }
 
