@@ -253,12 +253,16 @@ def main():
     ap.add_argument("--subscribers", type=int, default=4)
     ap.add_argument("--openai", action="store_true", help="also drive agent requests on openai paths")
     ap.add_argument("--csv")
+    ap.add_argument("--no-agents", action="store_true", help="leave out agent requests (isolating a load)")
+    ap.add_argument("--agent-paths", type=int, default=20, help="paths per agent model, used in turn")
+    ap.add_argument("--no-echo", action="store_true", help="leave out echo agent requests")
+    ap.add_argument("--no-catchup", action="store_true", help="leave out catch-up reads (isolating a load)")
     ap.add_argument("--upstream-port", type=int, default=0)
     a = ap.parse_args()
     UPSTREAM_PORT[0] = a.upstream_port
 
-    echo_paths = ["soak/agent/echo%d" % i for i in range(2)]
-    openai_paths = ["soak/agent/openai%d" % i for i in range(2)] if a.openai else []
+    echo_paths = ["soak/agent/echo%d" % i for i in range(a.agent_paths)]
+    openai_paths = ["soak/agent/openai%d" % i for i in range(a.agent_paths)] if a.openai else []
     # warm-up: every stream and agent path exists and has been read once
     c = conn(a.port)
     for i in range(a.streams):
@@ -276,9 +280,11 @@ def main():
 
     threads = [threading.Thread(target=appender, args=(a.port, i, a.append_rate)) for i in range(a.streams)]
     threads += [threading.Thread(target=subscriber, args=(a.port, a.streams)) for _ in range(a.subscribers)]
-    threads += [threading.Thread(target=catchup, args=(a.port, a.streams))]
-    threads += [threading.Thread(target=agents, args=(a.port, echo_paths, "echo"))]
-    if openai_paths:
+    if not a.no_catchup:
+        threads += [threading.Thread(target=catchup, args=(a.port, a.streams))]
+    if not a.no_agents and not a.no_echo:
+        threads += [threading.Thread(target=agents, args=(a.port, echo_paths, "echo"))]
+    if openai_paths and not a.no_agents:
         threads += [threading.Thread(target=agents, args=(a.port, openai_paths, "openai"))]
     for t in threads:
         t.daemon = True
@@ -297,8 +303,13 @@ def main():
             samples.append((el, r, f, s))
             with LOCK:
                 cnt = dict(COUNT)
-            print("t=%5.0fs rss=%d kB fds=%d sockets=%d appends=%d subs=%d catchups=%d echo=%d openai=%d errors=%d"
-                  % (el, r, f, s, cnt["appends"], cnt["subscribers"], cnt["catchups"], cnt["agent_echo"],
+            anon = 0
+            with open("/proc/%d/status" % a.pid) as st:
+                for line in st:
+                    if line.startswith("RssAnon:"):
+                        anon = int(line.split()[1])
+            print("t=%5.0fs anon=%d kB rss=%d kB fds=%d sockets=%d appends=%d subs=%d catchups=%d echo=%d openai=%d errors=%d"
+                  % (el, anon, r, f, s, cnt["appends"], cnt["subscribers"], cnt["catchups"], cnt["agent_echo"],
                      cnt["agent_openai"], cnt["errors"]), flush=True)
             nxt += a.sample
         time.sleep(min(0.5, max(0.01, nxt - time.time())))
@@ -343,7 +354,7 @@ def main():
     if COUNT["errors"]:
         print("FAIL: %d errors, first: %s" % (COUNT["errors"], "; ".join(ERRORS[:5])))
         ok = False
-    if COUNT["appends"] == 0 or COUNT["agent_echo"] == 0 or (openai_paths and COUNT["agent_openai"] == 0):
+    if COUNT["appends"] == 0 or (not a.no_agents and ((COUNT["agent_echo"] == 0 and not a.no_echo) or (openai_paths and COUNT["agent_openai"] == 0))):
         print("FAIL: some load did not run")
         ok = False
     print("soak: " + ("PASS" if ok else "FAIL"))

@@ -8,9 +8,10 @@
 #       or leaked block; RSS is not judged then (valgrind's own heap dominates it)
 #   -o  keep logs and samples.csv in this directory (default: a temp dir, removed)
 # Load: 4 appenders (25 events/s each), 4 live SSE subscribers joining and leaving, catch-ups
-# from recent offsets, agent requests on 2 echo paths and 2 openai paths (the fake upstream
-# spec/fixtures/upstream/openai_fake.py). Server config: tail_cache_bytes 64 KiB so the
-# per-stream caches fill within the first minute (RSS then must stay flat).
+# from recent offsets, agent requests taking turns over 20 echo paths and 20 openai paths (the
+# fake upstream spec/fixtures/upstream/openai_fake.py). Server config: tail_cache_bytes 8 KiB
+# so the per-stream caches (44 streams) fill within the first two minutes. Agent turns are
+# spread over 40 paths because a conversation the agent holds grows with every turn by design.
 # Exit status: 0 when soak.py reports PASS (and valgrind is clean with -v).
 set -u
 cd "$(dirname "$0")/.."
@@ -52,7 +53,7 @@ cp plugins/echo.lua "$T/plugins/"
 cat >"$T/config.lua" <<CFG
 return {
   port = 0, data_dir = "$T/data", fsync = "interval", log_level = "warn",
-  limits = { tail_cache_bytes = 65536 },
+  limits = { tail_cache_bytes = 8192 },
   agents = {
     default_model = "echo", plugin_dir = "$T/plugins",
     models = { openai = { base_url = "http://127.0.0.1:$FPORT/v1", api_key_env = "SOAK_OPENAI_KEY" } },
@@ -75,11 +76,11 @@ PORT=$(sed -n 's/.*:\([0-9]*\)$/\1/p' "$T/server-out.txt")
 echo "soak: server pid $SPID port $PORT, fake upstream port $FPORT, ${DUR}s$( [ "$VG" = 1 ] && echo ' under valgrind')"
 
 TOL=5
-EXTRA=""
+EXTRA="${SOAK_ARGS:-}"
 # under valgrind the rates are lower and RSS is valgrind's own; judge only errors and descriptors
-if [ "$VG" = 1 ]; then TOL=100000; EXTRA="--append-rate 5 --subscribers 2"; fi
+if [ "$VG" = 1 ]; then TOL=100000; EXTRA="--append-rate 5 --subscribers 2 ${SOAK_ARGS:-}"; fi
 /usr/bin/python3 bench/soak.py --port "$PORT" --pid "$SPID" --duration "$DUR" --rss-ref "$REF" \
-  --rss-tolerance "$TOL" --openai --upstream-port "$FPORT" --csv "$T/samples.csv" $EXTRA | tee "$T/soak.txt"
+  --rss-tolerance "$TOL" $( [ "${SOAK_NO_OPENAI:-0}" = 1 ] || echo --openai) --upstream-port "$FPORT" --csv "$T/samples.csv" $EXTRA | tee "$T/soak.txt"
 rc=$(grep -c "^soak: PASS" "$T/soak.txt")
 kill -TERM "$SPID"
 wait "$SPID"

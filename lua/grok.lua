@@ -193,7 +193,35 @@ local function open(ds, cfg, key)
   end
   guard.ws = nil
   ws:set_idle(math.tointeger(cfg_get(cfg, "idle_timeout_ms")) or 0)
-  return { ws = ws, known = 0 }
+  return { ws = ws, known = 0, unacked = 0, stale = {}, cancel_ids = {}, cancels = 0, create_ids = {}, creates = 0 }
+end
+
+-- Responses are created in the order of our response.create messages, so while more than
+-- one is unacknowledged, a response.created belongs to an older (cancelled) request: its
+-- id is remembered as stale and its messages are kept out of the current answer.
+-- Returns true when msg belongs to no current answer.
+local function track(conn, msg, rid)
+  if msg.type == "response.created" then
+    conn.unacked = math.max(0, (conn.unacked or 0) - 1)
+    if conn.unacked > 0 then
+      if rid then
+        conn.stale[rid] = true
+      end
+      return true
+    end
+    return false
+  end
+  return rid ~= nil and conn.stale[rid] == true
+end
+
+-- An `error` caused by our own response.cancel (the response had already finished) is
+-- not a failure of the current request.
+local function cancel_error(conn, msg)
+  local e = type(msg.error) == "table" and msg.error or {}
+  if e.code == "response_cancel_not_active" then
+    return true
+  end
+  return type(e.event_id) == "string" and conn.cancel_ids[e.event_id] == true
 end
 
 local function response_id(msg)
@@ -237,9 +265,13 @@ function M.new(ds)
     local ws = conn.ws
     -- whatever arrived between requests belongs to no answer
     while ws:state() == "open" do
-      local stale = ws:receive(0)
-      if not stale then
+      local raw = ws:receive(0)
+      if not raw then
         break
+      end
+      local msg = decode(ds, raw)
+      if msg then
+        track(conn, msg, response_id(msg))
       end
     end
     if ws:state() ~= "open" then
@@ -268,16 +300,23 @@ function M.new(ds)
       out = {
         obj("type", "input_audio_buffer.append", "audio", prompt.audio),
         obj("type", "input_audio_buffer.commit"),
-        obj("type", "response.create"),
+        "response.create",
       }
     else
       out = {
         obj("type", "conversation.item.create", "item", obj("type", "message", "role", "user", "content",
           arr(obj("type", "input_text", "text", prompt.text or "")))),
-        obj("type", "response.create"),
+        "response.create",
       }
     end
     for _, m in ipairs(out) do
+      if m == "response.create" then
+        conn.creates = conn.creates + 1
+        local id = "create_" .. conn.creates
+        conn.create_ids[id] = true
+        conn.unacked = conn.unacked + 1
+        m = obj("event_id", id, "type", "response.create")
+      end
       local ok, err = send(ds, ws, m)
       if not ok then
         close_conn(scratch, conn)
@@ -306,13 +345,22 @@ function M.new(ds)
       local t = msg.type
       local rid = response_id(msg)
       -- messages of an earlier, cancelled response are not part of this answer
-      local stale = false
-      if type(t) == "string" and t:sub(1, 9) == "response." then
-        if t == "response.created" and not current then
-          current = rid
-        elseif rid ~= nil and rid ~= current then
+      local stale = track(conn, msg, rid)
+      if not stale and type(t) == "string" and t:sub(1, 9) == "response." then
+        if t == "response.created" then
+          current = current or rid
+        elseif (rid ~= nil and rid ~= current) or (rid == nil and not current) then
           stale = true
-        elseif rid == nil and not current then
+        end
+      end
+      if t == "error" then
+        local e = type(msg.error) == "table" and msg.error or {}
+        if type(e.event_id) == "string" and conn.create_ids[e.event_id] then
+          -- a response.create was refused: no response.created will come for it
+          conn.create_ids[e.event_id] = nil
+          conn.unacked = math.max(0, conn.unacked - 1)
+        end
+        if cancel_error(conn, msg) then
           stale = true
         end
       end
@@ -349,9 +397,13 @@ function M.new(ds)
       return
     end
     ctx.grok = nil
-    g.conn.ws:send(ds.json.encode(ds.json.obj("type", "response.cancel")))
+    local conn = g.conn
+    conn.cancels = conn.cancels + 1
+    local id = "cancel_" .. conn.cancels
+    conn.cancel_ids[id] = true
+    conn.ws:send(ds.json.encode(ds.json.obj("event_id", id, "type", "response.cancel")))
     -- the session saw the prompt but the partial answer may be cut: resync from here
-    g.conn.known = #(ctx.messages or {})
+    conn.known = #(ctx.messages or {})
   end
 
   return model

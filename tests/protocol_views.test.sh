@@ -14,5 +14,8 @@ cache="${DS_CONFORMANCE_CACHE:-$here/.cache/conformance}"
 . "$here/tests/lib/ds_npm.sh"
 ds_npm_ensure "$cache" || exit 1
 # ESM resolves packages from the importing file's directory, so run a copy in the cache
-cp "$here/tests/protocol/views.mjs" "$cache/views.mjs"
-exec node "$cache/views.mjs"
+# (per-process name: the valgrind variant may run at the same time)
+copy="$cache/views.$$.mjs"
+trap 'rm -f "$copy"' EXIT
+cp "$here/tests/protocol/views.mjs" "$copy"
+node "$copy"

@@ -1,9 +1,10 @@
 #!/bin/sh
 # The Grok transport under valgrind: the real binary talks to the fake realtime server
 # (spec/fixtures/upstream/grok_fake.py), opens WebSocket connections on two paths (text and
-# audio prompts), loses one mid-answer and reconnects, meets a 401 handshake, leaves one
-# connection open through SIGTERM. Fails on any valgrind error or on any leaked block
-# (definite, indirect or possible): the lws context must be destroyed in both stages.
+# audio prompts), loses one mid-answer and reconnects, meets a 401 handshake, and at
+# SIGTERM still holds one idle connection and one request waiting on a stalled upstream.
+# Fails on any valgrind error or on any leaked block (definite, indirect or possible): the
+# lws context must be destroyed in both stages.
 set -e
 cd "$(dirname "$0")/.."
 BIN=${DS_BINARY:-build/durable-stream}
@@ -61,6 +62,11 @@ post vg/g2 "$(msg 'rejected')"
 wait_ends vg/g2 1
 post vg/g2 "$(msg 'accepted, left open')"
 wait_ends vg/g2 2
+# a request still waiting on the upstream when SIGTERM arrives
+post vg/g3 "$CFGSET"
+post vg/g3 "$(msg 'stall until shutdown [fault:stall]')"
+for i in $(seq 1 300); do curl -s "$U/agents/vg/g3" | grep -q 'response.created' && break; sleep 0.1; done
+curl -s "$U/agents/vg/g3" | grep -q 'response.created' || { echo "the stalled answer did not start"; exit 1; }
 curl -s "$U/agents/vg/g1" | grep -q 'request-ended' || { echo "no request ended"; exit 1; }
 curl -s "$U/agents/vg/g2" | grep -q 'HTTP 401' || { echo "the 401 was not reported"; exit 1; }
 kill -TERM $VPID

@@ -83,13 +83,16 @@ local function start_server(opts)
   return srv
 end
 
-local function stop_server(srv)
+local function stop_server(srv, secret)
   if not srv then
     return
   end
   srv:stop()
   local log = srv:log()
   srv:cleanup()
+  if secret then
+    assert.falsy(log:find(secret, 1, true), "the API key appears in the log")
+  end
   assert.falsy(log:find("leaked"), log)
   assert.falsy(log:find("still alive"), log)
   assert.falsy(log:find("still held"), log)
@@ -319,7 +322,7 @@ describe("grok model against the fake realtime server", function()
     })
   end)
   teardown(function()
-    stop_server(srv)
+    stop_server(srv, "xai-test-key")
     if grok then
       grok:stop()
     end
@@ -514,6 +517,51 @@ describe("grok model against the fake realtime server", function()
     assert.equal(conn, grok:conn_of("after the cancel"))
   end)
 
+  it("keeps a cancelled response's late messages out of the next answer", function()
+    local p = "grok/late"
+    assert.equal(204, srv:post(p, T.config, { model = "grok" }))
+    local _, e0 = prompt_and_wait(srv, p, T.user, { content = "warm up late" })
+    assert.equal(T.ended, e0.type)
+    local conn = grok:conn_of("warm up late")
+    assert.equal(204, srv:post(p, T.user, { content = "slow start [fault:latecreated]" }))
+    -- interrupt while the fake holds back response.created of the first answer
+    S.wait_for(function()
+      local seen = grok:messages(conn)
+      local last = seen[#seen]
+      return last and last.msg.type == "response.create" and seen[#seen - 1].raw:find("slow start", 1, true)
+    end, 10, "the fake to receive the slow response.create")
+    local evs, e2, R2 = prompt_and_wait(srv, p, T.user, { content = "the prompt after the late one" })
+    assert.equal(T.ended, e2.type)
+    assert.equal(1, S.count(evs, T.interrupted))
+    local msgs = grok_payloads(evs, R2)
+    assert.equal("response.created", msgs[1].type)
+    local id = msgs[1].response.id
+    assert.equal("response.done", msgs[#msgs].type)
+    assert.equal("completed", msgs[#msgs].response.status)
+    assert.equal(id, msgs[#msgs].response.id)
+    for _, m in ipairs(msgs) do
+      local rid = m.response_id or (m.response and m.response.id)
+      if rid then
+        assert.equal(id, rid)
+      end
+    end
+    local text = {}
+    for _, m in ipairs(msgs) do
+      if m.type == "response.output_audio_transcript.delta" then
+        text[#text + 1] = m.delta
+      end
+    end
+    assert.equal("You said: the prompt after the late one", table.concat(text))
+    -- the fake saw the cancel, tagged with our event id
+    local cancel
+    for _, m in ipairs(grok:messages(conn)) do
+      if m.msg.type == "response.cancel" then
+        cancel = m.msg
+      end
+    end
+    assert.truthy(cancel and cancel.event_id:match("^cancel_%d+$"))
+  end)
+
   local faults = {
     { name = "handshake rejected (401)", control = "next=401", pattern = "HTTP 401" },
     { name = "no session.updated", control = "next=nosession", pattern = "no session.updated" },
@@ -593,10 +641,55 @@ describe("grok model against the fake realtime server", function()
       { "assistant", "You said: 960 bytes of audio" },
       { "user", "gamma question for openai" },
     }, seen)
+    local answer3 = {}
+    local after_gamma = false
+    for _, e in ipairs(srv:events(p)) do
+      if e.type == T.user and e.payload.content == "gamma question for openai" then
+        after_gamma = true
+      elseif after_gamma and e.type == T.sse and e.payload.part.type == "text-delta" then
+        answer3[#answer3 + 1] = e.payload.part.delta
+      end
+    end
+
+    -- back to grok on the connection still open: only the turns it missed are sent
+    assert.equal(204, srv:post(p, T.config, { model = "grok" }))
+    local _, e4 = prompt_and_wait(srv, p, T.user, { content = "delta question for grok" })
+    assert.equal(T.ended, e4.type)
+    assert.equal(conn, grok:conn_of("delta question for grok"))
+    local tail = {}
+    local from_gamma = false
+    for _, m in ipairs(grok:messages(conn)) do
+      if m.msg.type == "conversation.item.create" then
+        local it = { m.msg.item.role, m.msg.item.content[1].text }
+        if it[2] == "gamma question for openai" then
+          from_gamma = true
+        end
+        if from_gamma then
+          tail[#tail + 1] = it
+        end
+      end
+    end
+    assert.same({
+      { "user", "gamma question for openai" },
+      { "assistant", table.concat(answer3) },
+      { "user", "delta question for grok" },
+    }, tail)
   end)
 end)
 
 describe("grok model connection management", function()
+  it("cancels the request when XAI_API_KEY is missing", function()
+    local srv = start_server({ storage = "memory", env = { XAI_REALTIME_URL = "ws://127.0.0.1:1/" } })
+    local ok, err = pcall(function()
+      assert.equal(204, srv:post("k/1", T.config, { model = "grok" }))
+      local _, e = prompt_and_wait(srv, "k/1", T.user, { content = "no key" })
+      assert_error_end(e, "XAI_API_KEY")
+      assert.truthy(srv:alive())
+    end)
+    stop_server(srv)
+    assert(ok, err)
+  end)
+
   it("reports a refused connection and stays up", function()
     local s = socket.bind("127.0.0.1", 0)
     local _, port = s:getsockname()

@@ -116,7 +116,11 @@ function R.start(opts)
   end
   self.config_path = dir .. "/config.lua"
   write_file(self.config_path, "return " .. ser(cfg) .. "\n")
-  self:launch()
+  local ok, err = pcall(self.launch, self)
+  if not ok then
+    self:cleanup()
+    error(err, 0)
+  end
   return self
 end
 

@@ -49,6 +49,67 @@ describe("history", function()
     h:apply(ev("iterate:grok:response:sse", { type = "response.output_audio_transcript.delta", delta = "stray" }, "6"))
     assert.same({ { role = "user", text = "talk" }, { role = "assistant", text = "Hi there" } }, h:messages())
   end)
+
+  it("gives a user audio turn the text of its Grok transcript", function()
+    local h = history.new()
+    h:apply(ev("iterate:agent:action:send-user-audio:called", { audio = "QUJD" }, "0"))
+    h:apply(ev("iterate:llm-loop:request-started", { model = "grok" }, "1"))
+    h:apply(ev("iterate:grok:response:sse",
+      { type = "conversation.item.input_audio_transcription.completed", transcript = "what time is it" }, "2"))
+    h:apply(ev("iterate:grok:response:sse", { type = "response.output_audio_transcript.delta", delta = "Noon." }, "3"))
+    h:apply(ev("iterate:llm-loop:request-ended", { requestOffset = "1" }, "4"))
+    assert.same({
+      { role = "user", audio = "QUJD", text = "what time is it" },
+      { role = "assistant", text = "Noon." },
+    }, h:messages())
+  end)
+end)
+
+describe("grok helpers", function()
+  local grok = require("grok")
+  local ds = { json = {} }
+  function ds.json.obj(...)
+    local t, n = {}, select("#", ...)
+    for i = 1, n, 2 do
+      local k, v = select(i, ...)
+      t[k] = v
+    end
+    return t
+  end
+  function ds.json.array(...)
+    return { ... }
+  end
+
+  it("builds session.update with the documented fields and the configured values", function()
+    local m = grok.session_update(ds, { voice = "rex", instructions = "Be brief." })
+    assert.same({
+      type = "session.update",
+      session = {
+        instructions = "Be brief.",
+        voice = "rex",
+        audio = { input = { format = { type = "audio/pcm", rate = 48000 } },
+          output = { format = { type = "audio/pcm", rate = 48000 } } },
+        turn_detection = { type = "server_vad" },
+      },
+    }, m)
+    assert.equal("ara", grok.session_update(ds, {}).session.voice)
+  end)
+
+  it("turns text history into conversation items, skipping audio without a transcript", function()
+    local items = grok.history_items(ds, {
+      { role = "user", text = "hi" },
+      { role = "assistant", text = "hello" },
+      { role = "user", audio = "QUJD" },
+      { role = "user", audio = "QUJD", text = "spoken" },
+      { role = "user", text = "prompt" },
+    }, 1, 4)
+    assert.equal(3, #items)
+    assert.same({ type = "conversation.item.create", item = { type = "message", role = "user",
+      content = { { type = "input_text", text = "hi" } } } }, items[1])
+    assert.same({ type = "output_text", text = "hello" }, items[2].item.content[1])
+    assert.equal("assistant", items[2].item.role)
+    assert.same({ type = "input_text", text = "spoken" }, items[3].item.content[1])
+  end)
 end)
 
 describe("models", function()

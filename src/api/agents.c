@@ -421,7 +421,12 @@ static void handle_post(ds_agents_api_t *api, ds_http_req_t *req, const char *pa
   if (rc != 0) {
     api->stats.append_errors++;
     ds_streams_release(s);
-    int status = rc == DS_EINVAL ? 400 : rc == DS_ETOOBIG ? 413 : rc == DS_ENOSPC ? 507 : 500;
+    int status = rc == DS_EINVAL      ? 400
+                 : rc == DS_ETOOBIG   ? 413
+                 : rc == DS_ECONFLICT ? 409
+                 : rc == DS_EGONE     ? 410
+                 : rc == DS_ENOSPC    ? 507
+                                      : 500;
     if (status >= 500) ds_error("agents", "append to %s failed: %s", path, err);
     ds_http_respond_error(req, status, NULL, "%s", err);
     return;

@@ -293,6 +293,9 @@ void ds_http_stream_start(ds_http_req_t *req, int status, const ds_http_header_t
   put_head(&c->stage, c->srv, req, status, hdrs, 0);
   if (chunked) ds_buf_puts(&c->stage, "Transfer-Encoding: chunked\r\n");
   if (!r->keep_alive) ds_buf_puts(&c->stage, "Connection: close\r\n");
+  /* The connection header is this layer's; a handler that asks for keep-alive (the SSE
+   * contract lists it) gets it stated when the connection really stays open. */
+  else if (has_header(hdrs, "connection")) ds_buf_puts(&c->stage, "Connection: keep-alive\r\n");
   ds_buf_append(&c->stage, "\r\n", 2);
   account(c, before);
   r->chunked_out = (uint8_t)chunked;

@@ -131,7 +131,9 @@ static int l_respond(lua_State *L) {
 void ds__http_task_done(ds__lreq_t *r, int status, lua_State *L) {
   if (r->req && !r->responded) {
     if (status == LUA_OK) {
-      ds_warn("lua", "route handler ended without answering %s %s", r->req->method, r->req->target);
+      /* the path only: the query may carry ?access_token=, which must never be logged */
+      ds_warn("lua", "route handler ended without answering %s %.*s", r->req->method,
+              (int)r->req->path_len, r->req->path);
       static const char msg[] = "{\"error\":\"handler did not respond\"}";
       static const ds_http_header_t hd[] = {{"Content-Type", "application/json"}, {NULL, NULL}};
       answer(r, 500, hd, msg, sizeof msg - 1);
@@ -141,7 +143,8 @@ void ds__http_task_done(ds__lreq_t *r, int status, lua_State *L) {
       answer(r, 503, hd, msg, sizeof msg - 1);
     } else {
       const char *m = lua_tostring(L, -1);
-      ds_error("lua", "route handler for %s %s failed: %s", r->req->method, r->req->target, m ? m : "?");
+      ds_error("lua", "route handler for %s %.*s failed: %s", r->req->method, (int)r->req->path_len,
+               r->req->path, m ? m : "?");
       static const char msg[] = "{\"error\":\"internal error in a Lua route\"}";
       static const ds_http_header_t hd[] = {{"Content-Type", "application/json"}, {NULL, NULL}};
       answer(r, 500, hd, msg, sizeof msg - 1);
@@ -239,7 +242,8 @@ int ds_lua_host_handle(ds_lua_host_t *h, ds_http_req_t *req) {
   lua_pushcfunction(L, build_and_spawn);
   lua_pushlightuserdata(L, &a);
   if (ds_vm_pcall(L, 1, 0) != LUA_OK) {
-    ds_error("lua", "cannot start the Lua route for %s %s: %s", req->method, req->target, lua_tostring(L, -1));
+    ds_error("lua", "cannot start the Lua route for %s %.*s: %s", req->method, (int)req->path_len, req->path,
+             lua_tostring(L, -1));
     lua_pop(L, 1);
   }
   if (!a.t) { /* not started (shutting down, out of memory): answer here */

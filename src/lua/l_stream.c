@@ -79,7 +79,20 @@ static int l_append(lua_State *L) {
   if (raw) {
     size_t pl;
     const char *pj = lua_tolstring(L, 3, &pl);
-    ds_buf_append(&b, pj, pl); /* validated with the whole body by the append below */
+    /* The text is spliced into the event body, so it must be exactly one JSON object on
+     * its own: `{}, "version":"9"` would otherwise smuggle top-level fields in. */
+    ds_arena_t a;
+    ds_arena_init(&a);
+    ds_value_t *v = NULL;
+    char perr[160];
+    int prc = ds_json_parse(&a, pj, pl, DS_JSON_DEFAULT_MAX_DEPTH, &v, perr, sizeof perr);
+    int is_obj = prc == 0 && v->type == DS_V_OBJECT;
+    ds_arena_free(&a);
+    if (!is_obj) {
+      ds_buf_free(&b);
+      return fail(L, DS_EINVAL, prc != 0 ? perr : "payload must be a JSON object");
+    }
+    ds_buf_append(&b, pj, pl);
   } else if (lua_isnil(L, 3)) {
     ds_buf_puts(&b, "{}");
   } else if (ds__json_encode(L, 3, &b) != 0) {
@@ -88,7 +101,8 @@ static int l_append(lua_State *L) {
   }
   ds_buf_putc(&b, '}');
   ds_stream_t *s = NULL;
-  int rc = ds_streams_get(h->streams, path, 1, 0, &s);
+  /* WATCH, not CREATE: an event that fails validation must not leave an empty stream */
+  int rc = ds_streams_get(h->streams, path, DS_STREAMS_WATCH, 0, &s);
   if (rc != 0) {
     ds_buf_free(&b);
     return fail(L, rc, ds_strerror(rc));
@@ -97,7 +111,10 @@ static int l_append(lua_State *L) {
   char err[256] = "";
   rc = ds_stream_append_event(s, b.data, b.len, &off, err, sizeof err);
   ds_buf_free(&b);
-  if (rc != 0) return fail(L, rc, err[0] ? err : ds_strerror(rc));
+  if (rc != 0) {
+    ds_streams_release(s);
+    return fail(L, rc, err[0] ? err : ds_strerror(rc));
+  }
   char o[17];
   ds_offset_format(off, o);
   lua_pushstring(L, o);

@@ -6,7 +6,7 @@
  *   local ws, err, code, status = ds.ws.connect{url=, headers=, timeout_ms=, max_message=,
  *       idle_timeout_ms=, insecure=}
  *     yields until the connection is open; on failure nil, a one-line message, a stable
- *     code ("ECONNREFUSED", "EHANDSHAKE", "ETLS", "ETIMEDOUT", "ECLOSED", "EINVAL") and, for
+ *     code ("ECONNREFUSED", "EDNS", "EHANDSHAKE", "ETLS", "ETIMEDOUT", "ECLOSED", "EINVAL") and, for
  *     a rejected handshake, the HTTP status (e.g. 401).
  *   ws:send(text)        -> true | nil, msg, code        queued, never yields
  *   ws:receive(timeout_ms) -> message | nil, msg, code   yields while nothing is queued;

@@ -119,6 +119,8 @@ struct ds_ws_s {
   int state;
   int released;
   int in_connect; /* inside ds_ws_connect: no on_event yet */
+  int insecure;
+  uv_getaddrinfo_t *gai; /* name resolution in flight (it points at us) */
   ds_ws_event_fn on_event;
   void *ud;
   /* connect parameters (kept until free: lws may read them while connecting) */
@@ -202,7 +204,7 @@ static void ws_detach(ds_ws_t *ws, const char *code, const char *msg) {
   ws->state = DS_WS_ENDED;
   timer_close(ws);
   if (ws->released) {
-    ws_free(ws);
+    if (!ws->gai) ws_free(ws); /* else on_resolved frees it */
     return;
   }
   notify(ws);
@@ -412,6 +414,72 @@ static int ensure_context(ds_ws_client_t *c) {
   return 0;
 }
 
+/* Hands the connection to lws, connecting to `address` (a numeric IP). */
+static void start_lws(ds_ws_t *ws, const char *address) {
+  ds_ws_client_t *c = ws->c;
+  struct lws_client_connect_info cci;
+  memset(&cci, 0, sizeof cci);
+  cci.context = c->ctx;
+  cci.address = address;
+  cci.port = ws->port;
+  cci.path = ws->path;
+  cci.host = ws->host;
+  cci.origin = ws->host;
+  cci.local_protocol_name = PROTOCOLS[0].name;
+  cci.opaque_user_data = ws;
+  cci.pwsi = &ws->wsi;
+  if (ws->tls) {
+    cci.ssl_connection = LCCSCF_USE_SSL;
+    if (ws->insecure) cci.ssl_connection |= LCCSCF_ALLOW_SELFSIGNED | LCCSCF_SKIP_SERVER_CERT_HOSTNAME_CHECK;
+  }
+  struct lws *w = lws_client_connect_via_info(&cci);
+  if (!w) {
+    /* failed synchronously: lws already called CONNECTION_ERROR (detached) or never
+     * adopted the struct; either way it is no longer lws's */
+    ws->wsi = NULL;
+    if (!ws->ended) ws_end(ws, DS_WS_ECONNREFUSED, "cannot start the WebSocket connection", 0);
+    ws->state = DS_WS_ENDED;
+    timer_close(ws);
+    notify(ws);
+  }
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
+  ds_ws_t *ws = req->data;
+  free(req);
+  ws->gai = NULL;
+  char ip[64] = "";
+  /* prefer IPv4 (what most hosts listen on when they listen on one family only) */
+  for (int pass = 0; pass < 2 && !ip[0]; pass++) {
+    for (struct addrinfo *a = status == 0 ? res : NULL; a && !ip[0]; a = a->ai_next) {
+      if (a->ai_family == AF_INET && pass == 0)
+        uv_ip4_name((const struct sockaddr_in *)a->ai_addr, ip, sizeof ip);
+      else if (a->ai_family == AF_INET6 && pass == 1)
+        uv_ip6_name((const struct sockaddr_in6 *)a->ai_addr, ip, sizeof ip);
+    }
+  }
+  if (res) uv_freeaddrinfo(res);
+  if (ws->released) { /* the owner left meanwhile (or the client shut down) */
+    ws_free(ws);
+    return;
+  }
+  if (ws->ended) { /* timed out, closed or shut down while resolving */
+    ws->state = DS_WS_ENDED;
+    timer_close(ws);
+    return;
+  }
+  if (!ip[0]) {
+    char m[256];
+    snprintf(m, sizeof m, "cannot resolve %s: %s", ws->host, status ? uv_strerror(status) : "no address");
+    ws_end(ws, DS_WS_EDNS, m, 0);
+    ws->state = DS_WS_ENDED;
+    timer_close(ws);
+    notify(ws);
+    return;
+  }
+  start_lws(ws, ip);
+}
+
 /* ---------------- public API ---------------- */
 
 int ds_ws_client_new(uv_loop_t *loop, ds_ws_client_t **out) {
@@ -539,35 +607,35 @@ int ds_ws_connect(ds_ws_client_t *c, const ds_ws_opts_t *o, ds_ws_event_fn on_ev
   ws->timer->data = ws;
   touch(ws);
 
-  struct lws_client_connect_info cci;
-  memset(&cci, 0, sizeof cci);
-  cci.context = c->ctx;
-  cci.address = ws->host;
-  cci.port = ws->port;
-  cci.path = ws->path;
-  cci.host = ws->host;
-  cci.origin = ws->host;
-  cci.local_protocol_name = PROTOCOLS[0].name;
-  cci.opaque_user_data = ws;
-  cci.pwsi = &ws->wsi;
-  if (ws->tls) {
-    cci.ssl_connection = LCCSCF_USE_SSL;
-    if (o->insecure) cci.ssl_connection |= LCCSCF_ALLOW_SELFSIGNED | LCCSCF_SKIP_SERVER_CERT_HOSTNAME_CHECK;
-  }
+  ws->insecure = o->insecure;
   ws->state = DS_WS_CONNECTING;
   c->held++;
-  ws->in_connect = 1;
-  struct lws *w = lws_client_connect_via_info(&cci);
-  ws->in_connect = 0;
-  if (!w) {
-    /* failed synchronously: lws already called CONNECTION_ERROR (detached) or never
-     * adopted the struct; either way it is no longer lws's */
-    ws->wsi = NULL;
-    if (!ws->ended) ws_end(ws, DS_WS_ECONNREFUSED, "cannot start the WebSocket connection", 0);
-    ws->state = DS_WS_ENDED;
-    timer_close(ws);
+  arm(ws, ws->connect_timeout_ms); /* covers name resolution, TCP, TLS and the upgrade */
+  unsigned char bin[16];
+  if (uv_inet_pton(AF_INET, ws->host, bin) == 0 || uv_inet_pton(AF_INET6, ws->host, bin) == 0) {
+    ws->in_connect = 1;
+    start_lws(ws, ws->host);
+    ws->in_connect = 0;
   } else {
-    arm(ws, ws->connect_timeout_ms);
+    /* lws 4.1 here has no async DNS: its getaddrinfo would block the loop, so resolve on
+     * the threadpool first and hand lws the address (the host name still goes into the
+     * Host header, SNI and the certificate check) */
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    ws->gai = ds_xmalloc(sizeof *ws->gai);
+    ws->gai->data = ws;
+    int r = uv_getaddrinfo(c->loop, ws->gai, on_resolved, ws->host, NULL, &hints);
+    if (r != 0) {
+      free(ws->gai);
+      ws->gai = NULL;
+      char m[256];
+      snprintf(m, sizeof m, "cannot resolve %s: %s", ws->host, uv_strerror(r));
+      ws_end(ws, DS_WS_EDNS, m, 0);
+      ws->state = DS_WS_ENDED;
+      timer_close(ws);
+    }
   }
   *out = ws;
   return 0;
@@ -646,6 +714,10 @@ void ds_ws_release(ds_ws_t *ws) {
   ws->released = 1;
   ws->on_event = NULL;
   if (ws->c) ws->c->held--;
+  if (ws->gai) { /* resolving: on_resolved frees it */
+    if (ws->state != DS_WS_ENDED) ds_ws_close(ws, 1000, "");
+    return;
+  }
   if (ws->state != DS_WS_ENDED && ws->wsi && ws->c) {
     ds_ws_close(ws, 1000, "");
     return; /* freed when lws lets go (detach) */

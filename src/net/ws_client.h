@@ -30,7 +30,8 @@ typedef struct ds_ws_client_s ds_ws_client_t;
 typedef struct ds_ws_s ds_ws_t;
 
 /* Stable end codes (ds_ws_error). */
-#define DS_WS_ECONNREFUSED "ECONNREFUSED" /* TCP connect failed (refused, unreachable, DNS) */
+#define DS_WS_ECONNREFUSED "ECONNREFUSED" /* TCP connect failed (refused, unreachable) */
+#define DS_WS_EDNS "EDNS"                 /* the host name did not resolve */
 #define DS_WS_EHANDSHAKE "EHANDSHAKE"     /* the HTTP upgrade was not answered with 101 */
 #define DS_WS_ETLS "ETLS"                 /* TLS handshake or certificate failure */
 #define DS_WS_ETIMEDOUT "ETIMEDOUT"       /* the connect timeout elapsed */

@@ -72,6 +72,11 @@ struct ds_protocol_s {
     char cursor[32];
     ds_rbuf_t *frame;
   } fcache;
+  /* /agents appends wake subscriptions too: paths queued by the streams observer, handled
+   * from a zero timer because waking may append (pull-wake events) */
+  uv_timer_t *wake_timer;  /* owns itself once closing, like sweep */
+  char **wake_paths;
+  size_t nwake, wake_cap;
   uv_timer_t *sweep;       /* periodic expiry of cached TTL / Expires-At streams; owns itself
                               once closing so ds_protocol_free never races its close */
 };
@@ -163,5 +168,7 @@ void ds__subs_handle(ds_protocol_t *p, ds_http_req_t *req, const char *rest, siz
 /** A stream received data (subscriptions wake their consumers). */
 void ds__subs_on_append(ds_protocol_t *p, const char *path);
 void ds__subs_on_delete(ds_protocol_t *p, const char *path);
+/** Subscription glob: `*` matches one path segment, `**` any number (also none). */
+bool ds__glob_match(const char *pattern, const char *path);
 
 #endif

@@ -136,7 +136,7 @@ static bool match_parts(const char **ps, size_t *pl, size_t pn, size_t pi, const
   return pi == pn && si == sn;
 }
 
-static bool glob_match(const char *pattern, const char *path) {
+bool ds__glob_match(const char *pattern, const char *path) {
   const char *ps[64], *ss[64];
   size_t pl[64], sl[64];
   size_t pn = split_segs(pattern, ps, pl, 64), sn = split_segs(path, ss, sl, 64);
@@ -485,7 +485,7 @@ void ds__subs_on_append(ds_protocol_t *p, const char *path) {
   struct ds__subs_s *ss = p->subs;
   if (!ss || p->shutting_down) return;
   for (sub_t *sb = ss->subs; sb; sb = sb->next) {
-    if (sb->pattern && glob_match(sb->pattern, path)) {
+    if (sb->pattern && ds__glob_match(sb->pattern, path)) {
       link_t *l = link_find(sb, path);
       link_add(sb, path, false, l ? l->acked : "-1");
     }
@@ -591,7 +591,7 @@ typedef struct collect_s {
 static void collect_stream(void *ud, const char *path) {
   collect_t *c = ud;
   if (strncmp(path, "__ds", 4) == 0 && (path[4] == 0 || path[4] == '/')) return;
-  if (glob_match(c->sb->pattern, path)) {
+  if (ds__glob_match(c->sb->pattern, path)) {
     char t[20];
     tail_of(c->ss, path, t);
     link_add(c->sb, path, false, t);

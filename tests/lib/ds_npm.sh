@@ -9,6 +9,16 @@ DS_CLIENT_VERSION=0.2.7
 
 ds_npm_ensure() {
   local cache="$1"
+  mkdir -p "$cache" || return 1
+  # several script tests may start at once on a fresh machine: one installs, the others wait
+  (
+    flock 9 || exit 1
+    ds_npm_install_locked "$cache"
+  ) 9>"$cache/.install.lock"
+}
+
+ds_npm_install_locked() {
+  local cache="$1"
   local suite_pkg="$cache/node_modules/@durable-streams/server-conformance-tests/package.json"
   local client_pkg="$cache/node_modules/@durable-streams/client/package.json"
   if [ -f "$suite_pkg" ] && grep -q "\"version\": \"$DS_SUITE_VERSION\"" "$suite_pkg" \

@@ -17,6 +17,7 @@
 #include "core/clock.h"
 #include "lua/host.h"
 #include "store/store.h"
+#include "core/err.h"
 #include "stream/streams.h"
 
 typedef struct {
@@ -49,6 +50,14 @@ static const char *PING =
     "    if #seen == 3 then break end\n"
     "  end\n"
     "  ds.append('out/w', 't:got', {seen = seen, next = sub:offset()})\n"
+    "end)\n"
+    "ds.on('t:raw', function(ev)\n"
+    "  local ok1 = ds.append_raw('out/raw', 't:r', '{\"a\":1}')\n"
+    "  local r2, e2, c2 = ds.append_raw('out/raw', 't:r', '{}, \"version\":\"9\"')\n"
+    "  local r3, e3, c3 = ds.append_raw('out/raw', 't:r', '[1]')\n"
+    "  local r4, e4, c4 = ds.append_raw('out/never', 't:r', 'nope')\n"
+    "  ds.append('out/raw', 't:result', ds.json.obj('ok1', ok1 ~= nil, 'c2', c2, 'c3', c3, 'c4', c4,\n"
+    "    'r', r2 == nil and r3 == nil and r4 == nil))\n"
     "end)\n";
 
 static int setup(void **state) {
@@ -186,6 +195,23 @@ static void test_subscription_yields_until_events_arrive(void **state) {
   assert_int_equal(st.hooks_failed, 0);
 }
 
+/* append_raw splices the payload text into the event body, so it must be one object. */
+static void test_append_raw_rejects_smuggled_fields(void **state) {
+  fx_t *f = *state;
+  append(f, "ctl", "{\"type\":\"t:raw\",\"payload\":{}}");
+  run_until(f, "out/raw", 2);
+  run_until_idle(f);
+  ds_stream_t *s;
+  assert_int_equal(ds_streams_get(f->ss, "out/raw", 0, 0, &s), 0);
+  char got[512] = "";
+  assert_int_equal(ds_store_read(ds_stream_store(s), 1, 1, 4096, copy_first, got), 1);
+  if (!strstr(got, "\"payload\":{\"ok1\":true,\"c2\":\"EINVAL\",\"c3\":\"EINVAL\",\"c4\":\"EINVAL\",\"r\":true}"))
+    fail_msg("got %s", got);
+  assert_int_equal(next_offset(f, "out/raw"), 2);
+  /* the failed append to a never-written path left nothing behind */
+  assert_int_equal(ds_streams_get(f->ss, "out/never", 0, 0, &s), DS_ENOTFOUND);
+}
+
 static void test_echo_agent_end_to_end(void **state) {
   fx_t *f = *state;
   append(f, "chat", "{\"type\":\"iterate:agent:action:send-user-message:called\",\"payload\":{\"content\":\"one two\"}}");
@@ -210,6 +236,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_hooks_see_only_their_types, setup, teardown),
       cmocka_unit_test_setup_teardown(test_subscription_yields_until_events_arrive, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_append_raw_rejects_smuggled_fields, setup, teardown),
       cmocka_unit_test_setup_teardown(test_echo_agent_end_to_end, setup, teardown),
       cmocka_unit_test_setup_teardown(test_shutdown_mid_answer, setup, teardown),
   };

@@ -12,10 +12,13 @@ by request path:
   /big?n=N      sends one text message of N bytes on connect
   /stall        never answers the HTTP upgrade
   /reject       refuses the upgrade with HTTP 401
+With --cert FILE --key FILE it serves wss:// (TLS) instead.
 Must not: bind anything but 127.0.0.1.
 """
+import argparse
 import asyncio
 import http
+import ssl
 import sys
 import urllib.parse
 
@@ -56,8 +59,16 @@ async def handler(ws, path):
 
 
 async def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cert")
+    ap.add_argument("--key")
+    a = ap.parse_args()
+    ctx = None
+    if a.cert:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(a.cert, a.key)
     async with websockets.serve(handler, "127.0.0.1", 0, process_request=process_request,
-                                ping_interval=None, max_size=1 << 24) as server:
+                                ping_interval=None, max_size=1 << 24, ssl=ctx) as server:
         print("PORT=%d" % server.sockets[0].getsockname()[1], flush=True)
         await asyncio.Future()
 

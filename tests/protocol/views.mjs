@@ -5,11 +5,16 @@
 //    through /v1/stream/<p> by the official client in catch-up, long-poll and SSE modes,
 //    and offsets resume across the views (protocol reads are inclusive, /agents reads
 //    exclusive).
-// 2. Restart: streams, metadata (content type, TTL), producer state, closure, forks and
+// 2. Subscriptions: a webhook subscription delivers a signed wake (verified against the
+//    JWKS) that a `{done:true}` reply acknowledges; a pull-wake subscription is claimed,
+//    acked and released.
+// 3. Restart: streams, metadata (content type, TTL), producer state, closure, forks and
 //    soft deletes written through the protocol survive a restart of the server on the
 //    same YAML data directory.
 // Environment: DS_BINARY (server binary). Exits non-zero on the first failure.
 import { spawn } from "node:child_process"
+import { createServer } from "node:http"
+import { createPublicKey, verify } from "node:crypto"
 import { mkdtempSync, rmSync, readFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -139,6 +144,96 @@ async function testAgentsView(base, storage) {
   console.log(`ok - ${storage} store: agent conversation read through /v1/stream (catch-up, long-poll, SSE)`)
 }
 
+async function testSubscriptions(base) {
+  const hits = []
+  const recv = createServer((req, res) => {
+    let body = ""
+    req.on("data", (d) => { body += d })
+    req.on("end", () => {
+      hits.push({ body, sig: req.headers["webhook-signature"] })
+      res.writeHead(200, { "content-type": "application/json" })
+      res.end(JSON.stringify({ done: true }))
+    })
+  })
+  await new Promise((r) => recv.listen(0, "127.0.0.1", r))
+  const hook = `http://127.0.0.1:${recv.address().port}/hook`
+  try {
+    const sub = `${base}/v1/stream/__ds/subscriptions/vw-hook`
+    const cfg = { type: "webhook", pattern: "hooked/*", webhook: { url: hook }, lease_ttl_ms: 1000 }
+    const created = await fetch(sub, { method: "PUT", body: JSON.stringify(cfg) })
+    assert.equal(created.status, 201)
+    const jwksUrl = (await created.json()).webhook.signing.jwks_url
+    const jwks = await (await fetch(jwksUrl)).json()
+    await put(base, "hooked/a", { "content-type": "application/json" }, `{"n":1}`)
+    await until(() => hits.length >= 1, "webhook delivery")
+    const m = hits[0].sig.match(/^t=(\d+),kid=([^,]+),ed25519=([A-Za-z0-9_-]+)$/)
+    assert.ok(m, `signature header ${hits[0].sig}`)
+    const key = createPublicKey({ key: jwks.keys.find((k) => k.kid === m[2]), format: "jwk" })
+    assert.ok(verify(null, Buffer.from(`${m[1]}.${hits[0].body}`), key, Buffer.from(m[3], "base64url")))
+    const wake = JSON.parse(hits[0].body)
+    const tail = wake.streams.find((x) => x.path === "hooked/a").tail_offset
+    assert.equal(tail, off(1))
+    await until(async () => {
+      const s = await (await fetch(sub)).json()
+      return s.streams.some((x) => x.path === "hooked/a" && x.acked_offset === tail)
+    }, "auto-ack of the wake")
+    assert.equal((await fetch(sub, { method: "DELETE" })).status, 204)
+
+    const pull = `${base}/v1/stream/__ds/subscriptions/vw-pull`
+    await put(base, "wakes", { "content-type": "application/json" }, "[]")
+    const pcfg = { type: "pull-wake", streams: ["pulled/a"], wake_stream: "wakes" }
+    assert.equal((await fetch(pull, { method: "PUT", body: JSON.stringify(pcfg) })).status, 201)
+    await put(base, "pulled/a", { "content-type": "text/plain" }, "work")
+    await until(async () => (await (await fetch(`${base}/v1/stream/wakes`)).json()).length >= 1, "wake event")
+    const claim = await fetch(`${pull}/claim`, { method: "POST", body: JSON.stringify({ worker: "w1" }) })
+    assert.equal(claim.status, 200)
+    const c = await claim.json()
+    const auth = { authorization: `Bearer ${c.token}` }
+    const ack = await fetch(`${pull}/ack`, { method: "POST", headers: auth,
+      body: JSON.stringify({ wake_id: c.wake_id, generation: c.generation, acks: [{ stream: "pulled/a", offset: off(1) }] }) })
+    assert.equal(ack.status, 200)
+    const rel = await fetch(`${pull}/release`, { method: "POST", headers: auth,
+      body: JSON.stringify({ wake_id: c.wake_id, generation: c.generation }) })
+    assert.equal(rel.status, 204)
+    const stale = await fetch(`${pull}/release`, { method: "POST", headers: auth,
+      body: JSON.stringify({ wake_id: c.wake_id, generation: c.generation }) })
+    assert.equal(stale.status, 409)
+  } finally {
+    recv.closeAllConnections()
+    await new Promise((r) => recv.close(r))
+  }
+  console.log("ok - webhook (Ed25519-signed, auto-acked) and pull-wake subscriptions")
+}
+
+// The two views agree on closure, content type and subscriptions: /agents respects a
+// protocol close, refuses non-JSON streams, and its appends wake subscriptions.
+async function testAgentsInterplay(base) {
+  const postEvent = (b, path, type, payload) => fetch(`${b}/agents/${path}`, {
+    method: "POST", body: JSON.stringify({ type, payload }),
+  })
+  await put(base, "mix/closed", { "content-type": "application/json" })
+  assert.equal((await postEvent(base, "mix/closed", "note", { n: 1 })).status, 204)
+  const close = await fetch(`${base}/v1/stream/mix/closed`, { method: "POST", headers: { "stream-closed": "true" } })
+  assert.equal(close.status, 204)
+  const refused = await postEvent(base, "mix/closed", "note", { n: 2 })
+  assert.equal(refused.status, 409)
+  assert.deepEqual(await refused.json(), { error: "stream is closed" })
+  await put(base, "mix/text", { "content-type": "text/plain" }, "plain")
+  const wrong = await postEvent(base, "mix/text", "note", {})
+  assert.equal(wrong.status, 409)
+  assert.match((await wrong.json()).error, /text\/plain/)
+
+  const pull = `${base}/v1/stream/__ds/subscriptions/mix-pull`
+  await put(base, "mixwakes", { "content-type": "application/json" }, "[]")
+  const pcfg = { type: "pull-wake", pattern: "mixagent/*", wake_stream: "mixwakes" }
+  assert.equal((await fetch(pull, { method: "PUT", body: JSON.stringify(pcfg) })).status, 201)
+  assert.equal((await postEvent(base, "mixagent/a", "user.message", { text: "wake up" })).status, 204)
+  await until(async () => (await (await fetch(`${base}/v1/stream/mixwakes`)).json())
+    .some((w) => w.stream === "mixagent/a"), "wake event for an /agents append")
+  assert.equal((await fetch(pull, { method: "DELETE" })).status, 204)
+  console.log("ok - /agents respects protocol closure and content type; its appends wake subscriptions")
+}
+
 async function put(base, name, headers, body) {
   const res = await fetch(`${base}/v1/stream/${name}`, { method: "PUT", headers, body })
   assert.equal(res.status, 201, `PUT ${name}`)
@@ -217,6 +312,8 @@ try {
   for (const storage of ["yaml", "memory"]) {
     const base = await startServer(storage)
     await testAgentsView(base, storage)
+    if (storage === "memory") await testSubscriptions(base)
+    await testAgentsInterplay(base)
     await stopServer()
   }
   await testRestart()

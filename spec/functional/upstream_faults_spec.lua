@@ -1,0 +1,293 @@
+-- Upstream fault catalogue for both model transports, through their fakes: the OpenAI HTTP/SSE
+-- transport (spec/fixtures/upstream/openai_fake.py) and the Grok realtime WebSocket transport
+-- (spec/fixtures/upstream/grok_fake.py). Faults: connection refused, DNS failure (a name under
+-- .invalid), TLS failure (https/wss to a plain port), 401, 429, 500, stalled stream, garbage,
+-- malformed events, connection reset and close mid-answer, clean EOF without completion,
+-- response.failed, a hanging upstream, WebSocket handshake refused, no session, invalid JSON,
+-- error message, WebSocket drop mid-answer. Every case must end the request with
+-- request-cancelled reason "error" and a one-line message (no key in it), the server stays up,
+-- and the next prompt on the same path succeeds (for faults that come from the configuration
+-- itself - refused, DNS, TLS - the next prompt goes to the echo model on that path).
+-- Prints the counts per transport.
+package.path = "./?.lua;" .. package.path
+local R = require("spec.support.rel")
+local cjson = require("cjson")
+local socket = require("socket")
+
+local USER = "iterate:agent:action:send-user-message:called"
+local CONFIG = "iterate:agent:config:set"
+local STARTED = "iterate:llm-loop:request-started"
+local ENDED = "iterate:llm-loop:request-ended"
+local CANCELLED = "iterate:llm-loop:request-cancelled"
+local OPENAI_KEY = "sk-faults-5e1d0c9b"
+local XAI_KEY = "xai-faults-77a2c41e"
+
+local function start_fake(cmd, pattern, what)
+  local dir = R.mktemp()
+  local p = io.popen(("%s --log %s >%s 2>%s & echo $!"):format(cmd, R.q(dir .. "/log.jsonl"), R.q(dir .. "/stdout"),
+    R.q(dir .. "/stderr")))
+  local pid = tonumber(p:read("l"))
+  p:close()
+  local port = R.wait_for(function()
+    local s = R.read_file(dir .. "/stdout")
+    local n = s and s:match(pattern)
+    if n then
+      return tonumber(n)
+    end
+    if os.execute("kill -0 " .. pid .. " 2>/dev/null") ~= true then
+      error(what .. " exited: " .. (R.read_file(dir .. "/stderr") or ""))
+    end
+  end, 10, what .. "'s port")
+  return { pid = pid, port = port, dir = dir }
+end
+
+local function stop_fake(f)
+  if not f then
+    return
+  end
+  os.execute("kill " .. f.pid .. " 2>/dev/null")
+  R.wait_for(function()
+    return os.execute("kill -0 " .. f.pid .. " 2>/dev/null") ~= true
+  end, 10, "a fake to exit")
+  os.execute("rm -rf " .. R.q(f.dir))
+end
+
+local function free_port()
+  local s = assert(socket.bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return port
+end
+
+local function grok_fake_available()
+  return os.execute("/usr/bin/python3 -c 'import websockets' 2>/dev/null") == true
+end
+
+-- Server with the given model settings; keys and URLs only from the config and env below.
+local function server(models, env)
+  local e = { OPENAI_API_KEY = OPENAI_KEY, XAI_API_KEY = XAI_KEY }
+  for k, v in pairs(env or {}) do
+    e[k] = v
+  end
+  return R.start({ config = { storage = "memory", agents = { default_model = "echo", models = models } }, env = e })
+end
+
+local function events(srv, path, after)
+  local r = srv:req("GET", "/agents/" .. path .. (after and ("?offset=" .. after) or ""))
+  assert(r.status == 200, "read " .. path .. ": " .. tostring(r.status))
+  local out = {}
+  for data in r.body:gmatch("data: ([^\n]*)\n") do
+    out[#out + 1] = cjson.decode(data)
+  end
+  return out
+end
+
+local function post(srv, path, etype, payload)
+  local r = srv:req("POST", "/agents/" .. path, cjson.encode({ type = etype, payload = payload }))
+  assert(r.status == 204, "post " .. etype .. ": " .. tostring(r.status) .. " " .. tostring(r.body))
+  return tonumber(r.headers["stream-offset"])
+end
+
+-- Sends a prompt and waits for its request's end event.
+local function ask(srv, path, text, timeout)
+  local off = post(srv, path, USER, { content = text })
+  local reqoff
+  return R.wait_for(function()
+    for _, e in ipairs(events(srv, path, off)) do
+      if e.type == STARTED and not reqoff then
+        reqoff = e.offset
+      end
+      if reqoff and (e.type == ENDED or e.type == CANCELLED) and e.payload.requestOffset == reqoff then
+        return e
+      end
+    end
+  end, timeout or 20, "the end of the request for " .. text)
+end
+
+local function assert_error_end(e, pattern, what)
+  assert(e.type == CANCELLED, what .. ": ended with " .. e.type)
+  assert.equal("error", e.payload.reason)
+  local m = e.payload.message
+  assert(type(m) == "string" and #m > 0 and not m:find("\n"), what .. ": message " .. tostring(m))
+  assert(#m <= 400, what .. ": message too long")
+  assert(not m:find(OPENAI_KEY, 1, true) and not m:find(XAI_KEY, 1, true), what .. ": key in the message")
+  if pattern then
+    assert(m:find(pattern), what .. ": message '" .. m .. "' does not match " .. pattern)
+  end
+end
+
+local COUNTS = {}
+local function count(transport, ok)
+  local c = COUNTS[transport] or { cases = 0, clean = 0 }
+  COUNTS[transport] = c
+  c.cases = c.cases + 1
+  if ok then
+    c.clean = c.clean + 1
+  end
+end
+
+describe("upstream faults", function()
+  teardown(function()
+    local parts = {}
+    for t, c in pairs(COUNTS) do
+      parts[#parts + 1] = ("%s %d/%d ended cleanly with the next prompt answered"):format(t, c.clean, c.cases)
+    end
+    table.sort(parts)
+    print("\nupstream faults: " .. table.concat(parts, "; "))
+  end)
+
+  it("openai: every fault of the fake ends the request cleanly and the next prompt works", function()
+    local fake = start_fake("/usr/bin/python3 " .. R.q(R.source_dir() .. "/spec/fixtures/upstream/openai_fake.py")
+      .. " --pace-ms 1", "^(%d+)\n", "openai_fake")
+    local base = ("http://127.0.0.1:%d/v1"):format(fake.port)
+    local srv
+    local ok, err = pcall(function()
+      srv = server({ openai = { base_url = base, stall_timeout_ms = 800, timeout_ms = 4000 } }, { OPENAI_BASE_URL = base })
+      local p = "faults/openai"
+      post(srv, p, CONFIG, { model = "openai" })
+      assert.equal(ENDED, ask(srv, p, "warm up [[tokens:3]]").type)
+      local faults = {
+        { "401", "401" }, { "429", "429" }, { "500", "500" }, { "stall", "stall" }, { "hang", "stall" },
+        { "garbage", nil }, { "malformed", nil }, { "reset", nil }, { "close", nil }, { "eof", nil },
+        { "failed", nil },
+      }
+      for _, f in ipairs(faults) do
+        local e = ask(srv, p, ("fault %s [[fault:%s]] [[tokens:6]]"):format(f[1], f[1]))
+        assert_error_end(e, f[2], "openai " .. f[1])
+        assert(srv:alive())
+        local nxt = ask(srv, p, "after " .. f[1] .. " [[tokens:3]]")
+        assert(nxt.type == ENDED, "openai: the prompt after " .. f[1] .. " ended with " .. nxt.type)
+        count("openai", true)
+      end
+    end)
+    if srv then
+      srv:stop()
+      local log = srv:log()
+      srv:cleanup()
+      assert.falsy(log:find(OPENAI_KEY, 1, true))
+    end
+    stop_fake(fake)
+    assert(ok, err)
+  end)
+
+  it("openai: refused, DNS failure and TLS failure end cleanly; the path keeps working", function()
+    local fake = start_fake("/usr/bin/python3 " .. R.q(R.source_dir() .. "/spec/fixtures/upstream/openai_fake.py"),
+      "^(%d+)\n", "openai_fake")
+    local ok, err = pcall(function()
+      local cases = {
+        { "refused", ("http://127.0.0.1:%d/v1"):format(free_port()), "refused" },
+        { "DNS failure", "http://upstream.invalid/v1", nil },
+        { "TLS failure", ("https://127.0.0.1:%d/v1"):format(fake.port), "TLS" },
+      }
+      for _, c in ipairs(cases) do
+        local srv = server({ openai = { base_url = c[2], connect_timeout_ms = 3000, timeout_ms = 5000 } },
+          { OPENAI_BASE_URL = c[2] })
+        local cok, cerr = pcall(function()
+          local p = "faults/cfg"
+          post(srv, p, CONFIG, { model = "openai" })
+          for round = 1, 2 do
+            assert_error_end(ask(srv, p, c[1] .. " round " .. round), c[3], "openai " .. c[1])
+            assert(srv:alive())
+          end
+          post(srv, p, CONFIG, { model = "echo" })
+          assert.equal(ENDED, ask(srv, p, "echo after " .. c[1]).type)
+        end)
+        srv:stop()
+        srv:cleanup()
+        assert(cok, cerr)
+        count("openai", true)
+      end
+    end)
+    stop_fake(fake)
+    assert(ok, err)
+  end)
+
+  it("grok: every fault of the fake ends the request cleanly and the next prompt works", function()
+    if not grok_fake_available() then
+      pending("python3-websockets is not installed for /usr/bin/python3")
+      return
+    end
+    local fake = start_fake("/usr/bin/python3 " .. R.q(R.source_dir() .. "/spec/fixtures/upstream/grok_fake.py"),
+      "PORT=(%d+)", "grok_fake")
+    local url = ("ws://127.0.0.1:%d/v1/realtime"):format(fake.port)
+    local function control(q)
+      local http = require("socket.http")
+      local _, status = http.request(("http://127.0.0.1:%d/_control?%s"):format(fake.port, q))
+      assert(status == 200, "control " .. q)
+    end
+    local srv
+    local ok, err = pcall(function()
+      srv = server({ grok = { url = url, ready_timeout_ms = 1500, response_timeout_ms = 1500, connect_timeout_ms = 3000 } },
+        { XAI_REALTIME_URL = url })
+      local p = "faults/grok"
+      post(srv, p, CONFIG, { model = "grok" })
+      assert.equal(ENDED, ask(srv, p, "warm up").type)
+      local faults = {
+        { "handshake 401", control = "next=401", pattern = "401" },
+        { "no session", control = "next=nosession", pattern = "session" },
+        { "invalid JSON", marker = "[fault:badjson]", pattern = "JSON" },
+        { "stall", marker = "[fault:stall]", pattern = "timed out" },
+        { "error message", marker = "[fault:error]" },
+        { "WebSocket drop", marker = "[fault:drop]" },
+      }
+      for i, f in ipairs(faults) do
+        if f.control then
+          -- connection-level faults hit the next connection: a fresh path opens one
+          p = "faults/grok-" .. i
+          post(srv, p, CONFIG, { model = "grok" })
+          control(f.control)
+        end
+        local e = ask(srv, p, "fault " .. f[1] .. " " .. (f.marker or ""))
+        assert_error_end(e, f.pattern, "grok " .. f[1])
+        assert(srv:alive())
+        local nxt = ask(srv, p, "after " .. f[1])
+        assert(nxt.type == ENDED, "grok: the prompt after " .. f[1] .. " ended with " .. nxt.type)
+        count("grok", true)
+      end
+    end)
+    if srv then
+      srv:stop()
+      local log = srv:log()
+      srv:cleanup()
+      assert.falsy(log:find(XAI_KEY, 1, true))
+    end
+    stop_fake(fake)
+    assert(ok, err)
+  end)
+
+  it("grok: refused, DNS failure and TLS failure end cleanly; the path keeps working", function()
+    if not grok_fake_available() then
+      pending("python3-websockets is not installed for /usr/bin/python3")
+      return
+    end
+    local fake = start_fake("/usr/bin/python3 " .. R.q(R.source_dir() .. "/spec/fixtures/upstream/grok_fake.py"),
+      "PORT=(%d+)", "grok_fake")
+    local ok, err = pcall(function()
+      local cases = {
+        { "refused", ("ws://127.0.0.1:%d/v1/realtime"):format(free_port()), "ECONNREFUSED" },
+        { "DNS failure", "ws://upstream.invalid/v1/realtime", nil },
+        { "TLS failure", ("wss://127.0.0.1:%d/v1/realtime"):format(fake.port), nil },
+      }
+      for _, c in ipairs(cases) do
+        local srv = server({ grok = { url = c[2], connect_timeout_ms = 3000, ready_timeout_ms = 2000 } },
+          { XAI_REALTIME_URL = c[2] })
+        local cok, cerr = pcall(function()
+          local p = "faults/gcfg"
+          post(srv, p, CONFIG, { model = "grok" })
+          for round = 1, 2 do
+            assert_error_end(ask(srv, p, c[1] .. " round " .. round), c[3], "grok " .. c[1])
+            assert(srv:alive())
+          end
+          post(srv, p, CONFIG, { model = "echo" })
+          assert.equal(ENDED, ask(srv, p, "echo after " .. c[1]).type)
+        end)
+        srv:stop()
+        srv:cleanup()
+        assert(cok, cerr)
+        count("grok", true)
+      end
+    end)
+    stop_fake(fake)
+    assert(ok, err)
+  end)
+end)
