@@ -296,12 +296,12 @@ fi
 if want catchup; then
   cargs=(--reads "$CATCHUP_READS" --tail-reads "$TAIL_READS")
   if [ "$OURS_AGENTS" = 1 ]; then
-    run "catchup-$CATCHUP_N-ours-agents" dsbench-catchup --url "$OURS_URL" --kind agents --events "$CATCHUP_N" --path "bench/catchup-$CATCHUP_N" "${cargs[@]}"
+    run "catchup-$CATCHUP_N-ours-agents" dsbench-catchup --url "$OURS_URL" --server-pid "$OURS_PID" --kind agents --events "$CATCHUP_N" --path "bench/catchup-$CATCHUP_N" "${cargs[@]}"
     run "tail-$TAIL_BIG-ours-agents" dsbench-catchup --url "$OURS_URL" --kind agents --events "$TAIL_BIG" --path "bench/tail-$TAIL_BIG" --reads 0 --tail-reads "$TAIL_READS" --seed-conns 16 --seed-depth 32
     run "tail-$TAIL_SMALL-ours-agents" dsbench-catchup --url "$OURS_URL" --kind agents --events "$TAIL_SMALL" --path "bench/tail-$TAIL_SMALL" --reads 0 --tail-reads "$TAIL_READS"
   fi
-  [ "$OURS_PROTOCOL" = 1 ] && run "catchup-$CATCHUP_N-ours-protocol" dsbench-catchup --url "$OURS_URL" --kind protocol --events "$CATCHUP_N" --path "bench/catchup-$CATCHUP_N-pr" "${cargs[@]}"
-  [ "$REF_ON" = 1 ] && run "catchup-$CATCHUP_N-ref" dsbench-catchup --url "$REF_URL" --kind protocol --events "$CATCHUP_N" --path "bench/catchup-$CATCHUP_N-pr" "${cargs[@]}"
+  [ "$OURS_PROTOCOL" = 1 ] && run "catchup-$CATCHUP_N-ours-protocol" dsbench-catchup --url "$OURS_URL" --server-pid "$OURS_PID" --kind protocol --events "$CATCHUP_N" --path "bench/catchup-$CATCHUP_N-pr" "${cargs[@]}"
+  [ "$REF_ON" = 1 ] && run "catchup-$CATCHUP_N-ref" dsbench-catchup --url "$REF_URL" --server-pid "$REF_PID" --kind protocol --events "$CATCHUP_N" --path "bench/catchup-$CATCHUP_N-pr" "${cargs[@]}"
   a="catchup-$CATCHUP_N-ours-agents" r="catchup-$CATCHUP_N-ref" q="catchup-$CATCHUP_N-ours-protocol"
   sc="catch-up, $CATCHUP_N events"
   row "$sc" "full read events/s: ours /agents vs ref" "$(get $a full_eps)" "$(get $r full_eps)" "higher" "$(both_flags $a $r)"
@@ -357,7 +357,7 @@ mkdir -p "$(dirname "$OUT")"
   echo "* load average (1/5/15 min): $LOAD_BEFORE before the scenarios, $LOAD_AFTER after"
   echo
   echo "Ratio = ours / reference (for the last-10 row: big stream / small stream). \"better\" says which direction is good for ours."
-  echo "Notes: \"srv cpu\" = share of one core the server used during the measured window; \"srv/gen waited for CPU\" = share of the window the server's main thread / the load generator was runnable but not running (shown above 10 %: the figure is then limited by competition for the 2 cores, not by the server alone)."
+  echo "Notes: \"srv cpu\" = CPU the server process used during the measured window, all threads, as a share of one core (above 100 % = more than one core); \"srv/gen waited for CPU\" = share of the window the server's main thread / the load generator was runnable but not running (shown above 10 %: the figure is then limited by competition for the 2 cores, not by the server alone)."
   echo
   echo "| scenario | metric | ours | reference | ratio | better | notes |"
   echo "| --- | --- | --- | --- | --- | --- | --- |"

@@ -48,6 +48,7 @@ static struct {
   int line_pos;      /* SSE: match position of "data:" at line start, -1 = not matching */
   int depth, in_str, esc; /* JSON array scanner */
   char known_next[48];     /* a Stream-Next-Offset seen outside seeding */
+  long server_pid;
 } G;
 
 static const char *prefix(void) { return G.protocol ? "/v1/stream/" : "/agents/"; }
@@ -298,7 +299,7 @@ static void usage(void) {
   fprintf(stderr,
           "usage: dsbench-catchup --url http://HOST:PORT [--kind agents|protocol] [--events N]\n"
           "         [--path P] [--reads R] [--tail T] [--tail-reads K] [--seed-conns C]\n"
-          "         [--seed-depth D] [--pad-bytes B]\n");
+          "         [--seed-depth D] [--pad-bytes B] [--server-pid PID]\n");
   exit(2);
 }
 
@@ -316,9 +317,10 @@ int main(int argc, char **argv) {
       {"url", 1, 0, 'u'},        {"kind", 1, 0, 'k'},       {"events", 1, 0, 'n'},
       {"path", 1, 0, 'p'},       {"reads", 1, 0, 'r'},      {"tail", 1, 0, 't'},
       {"tail-reads", 1, 0, 'T'}, {"seed-conns", 1, 0, 'c'}, {"seed-depth", 1, 0, 'D'},
-      {"pad-bytes", 1, 0, 'b'},  {"help", 0, 0, 'h'},       {0, 0, 0, 0}};
+      {"pad-bytes", 1, 0, 'b'},  {"server-pid", 1, 0, 'S'}, {"help", 0, 0, 'h'},
+      {0, 0, 0, 0}};
   int o;
-  while ((o = getopt_long(argc, argv, "u:k:n:p:r:t:T:c:D:b:h", opts, NULL)) != -1) {
+  while ((o = getopt_long(argc, argv, "u:k:n:p:r:t:T:c:D:b:S:h", opts, NULL)) != -1) {
     switch (o) {
     case 'u': url = optarg; break;
     case 'k':
@@ -334,6 +336,7 @@ int main(int argc, char **argv) {
     case 'c': G.seed_conns = atoi(optarg); break;
     case 'D': G.seed_depth = atoi(optarg); break;
     case 'b': G.pad_bytes = atoi(optarg); break;
+    case 'S': G.server_pid = atol(optarg); break;
     default: usage();
     }
   }
@@ -412,8 +415,15 @@ int main(int argc, char **argv) {
 
   /* (a) full reads */
   double med_eps = 0, med_mbps = 0, med_s = 0;
+  double server_cpu = -1, server_wait = -1, gen_wait = -1;
   int full_ok = 0;
   if (G.reads > 0) {
+    /* CPU use and run-queue waits over all full reads: was anyone starved? */
+    uint64_t w0 = bt_now_ns(), scpu0 = 0, swait0 = 0, gwait0 = bt_proc_wait_ns(0);
+    if (G.server_pid > 0) {
+      scpu0 = bt_proc_cpu_ns(G.server_pid);
+      swait0 = bt_proc_wait_ns(G.server_pid);
+    }
     double *eps = calloc((size_t)G.reads, sizeof(double));
     double *mbps = calloc((size_t)G.reads, sizeof(double));
     double *secs = calloc((size_t)G.reads, sizeof(double));
@@ -443,6 +453,15 @@ int main(int argc, char **argv) {
           idx[i] = idx[j];
           idx[j] = t;
         }
+    uint64_t wall = bt_now_ns() - w0;
+    gen_wait = (double)(bt_proc_wait_ns(0) - gwait0) / (double)wall;
+    if (G.server_pid > 0) {
+      server_cpu = bt_server_cpu_share(G.server_pid, scpu0, wall);
+      server_wait = (double)(bt_proc_wait_ns(G.server_pid) - swait0) / (double)wall;
+      printf("full reads: server cpu %.0f%% of one core, it waited for a CPU %.0f%% of the time\n",
+             server_cpu * 100.0, server_wait * 100.0);
+    }
+    printf("full reads: generator waited for a CPU %.0f%% of the time\n", gen_wait * 100.0);
     int m = idx[nr / 2];
     med_eps = eps[m];
     med_mbps = mbps[m];
@@ -502,9 +521,10 @@ int main(int argc, char **argv) {
   bt_conn_close(&G.rc, 0);
 
   printf("RESULT tool=catchup kind=%s events=%ld full_ok=%d full_eps=%.0f full_mbps=%.1f "
-         "full_s=%.3f tail_ok=%d tail=%ld tail_med_ms=%.3f tail_p90_ms=%.3f tail_min_ms=%.3f\n",
+         "full_s=%.3f tail_ok=%d tail=%ld tail_med_ms=%.3f tail_p90_ms=%.3f tail_min_ms=%.3f "
+         "server_cpu=%.2f server_wait=%.2f gen_wait=%.2f\n",
          G.protocol ? "protocol" : "agents", G.events, full_ok, med_eps, med_mbps, med_s, tail_ok,
-         G.tail, bt_ms(tmed), bt_ms(tp90), bt_ms(tmin));
+         G.tail, bt_ms(tmed), bt_ms(tp90), bt_ms(tmin), server_cpu, server_wait, gen_wait);
   free(G.pad);
   free(G.top);
   return (G.reads > 0 && !full_ok) || (G.tail_reads > 0 && tail_q[0] && !tail_ok) ? 1 : 0;

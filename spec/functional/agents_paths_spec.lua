@@ -90,46 +90,48 @@ describe("valid stream paths (yaml storage)", function()
   end)
 end)
 
-describe("invalid stream paths", function()
-  local ctx = A.serve({ storage = "yaml" })
-  local before
+for _, storage in ipairs({ "yaml", "memory" }) do
+  describe("invalid stream paths (" .. storage .. " storage)", function()
+    local ctx = A.serve({ storage = storage })
+    local before
 
-  local long513 = string.rep("a", 200) .. "/" .. string.rep("b", 200) .. "/" .. string.rep("c", 111)
-  assert(#long513 == 513)
+    local long513 = string.rep("a", 200) .. "/" .. string.rep("b", 200) .. "/" .. string.rep("c", 111)
+    assert(#long513 == 513)
 
-  local bad = {
-    "..", "../x", "a/..", "a/../b", "../../../../etc/passwd", ".", "./a", "a/.", "a/./b",
-    "%2e%2e", "%2E%2E", "%2e%2e/x", "a/%2e%2e", "a/%2e%2e/b", ".%2e", "%2e.", "%2e", "a/%2e/b",
-    "%2Fetc%2Fpasswd", "%2F..%2F..%2Fetc%2Fpasswd", "..%2Fx", "a%2F..%2Fb", "a%2F%2Fb", "a%2F", "%2F",
-    "%00", "a%00b", "a/%00", "x.yaml%00.txt",
-    "a//b", "/a", "a/", "a///", "//",
-    long513, string.rep("x", 2000), string.rep("a/", 300) .. "a",
-    "a%5Cb", "..%5C..%5Cx", "%5C", "a\\b", "..\\x",
-    "%01", "a%0Ab", "a%0Db", "a%09b", "%1F", "%7F", "a%1Bb",
-    "%FF", "a%C3", "%C0%AF", "%ED%A0%80",
-    "%", "a%", "%4", "%zz", "a%G0",
-  }
+    local bad = {
+      "..", "../x", "a/..", "a/../b", "../../../../etc/passwd", ".", "./a", "a/.", "a/./b",
+      "%2e%2e", "%2E%2E", "%2e%2e/x", "a/%2e%2e", "a/%2e%2e/b", ".%2e", "%2e.", "%2e", "a/%2e/b",
+      "%2Fetc%2Fpasswd", "%2F..%2F..%2Fetc%2Fpasswd", "..%2Fx", "a%2F..%2Fb", "a%2F%2Fb", "a%2F", "%2F",
+      "%00", "a%00b", "a/%00", "x.yaml%00.txt",
+      "a//b", "/a", "a/", "a///", "//",
+      long513, string.rep("x", 2000), string.rep("a/", 300) .. "a",
+      "a%5Cb", "..%5C..%5Cx", "%5C", "a\\b", "..\\x",
+      "%01", "a%0Ab", "a%0Db", "a%09b", "%1F", "%7F", "a%1Bb",
+      "%FF", "a%C3", "%C0%AF", "%ED%A0%80",
+      "%", "a%", "%4", "%zz", "a%G0",
+    }
 
-  setup(function()
-    os.execute("mkdir -p " .. server.sh_quote(ctx.srv.root .. "/outside"))
-    before = server.tree(ctx.srv.root)
-  end)
-
-  for _, p in ipairs(bad) do
-    local label = #p > 40 and (p:sub(1, 20) .. "...(" .. #p .. " bytes)") or p
-    it("POST and GET /agents/" .. label .. " -> 400 with a JSON error", function()
-      local url = "/agents/" .. p
-      local status, h, body = A.post(ctx.srv.port, url, A.body("t"))
-      A.assert_json_error(400, status, h, body, "POST " .. label)
-      local gs, gh, gb = http.request(ctx.srv.port, "GET", url)
-      A.assert_json_error(400, gs, gh, gb, "GET " .. label)
-      local ls, lh, lb = http.request(ctx.srv.port, "GET", url .. "?live=sse")
-      A.assert_json_error(400, ls, lh, lb, "GET live " .. label)
+    setup(function()
+      os.execute("mkdir -p " .. server.sh_quote(ctx.srv.root .. "/outside"))
+      before = server.tree(ctx.srv.root)
     end)
-  end
 
-  it("created no file anywhere (tree before == tree after)", function()
-    local after = server.tree(ctx.srv.root)
-    assert.are.same(before, after)
+    for _, p in ipairs(bad) do
+      local label = #p > 40 and (p:sub(1, 20) .. "...(" .. #p .. " bytes)") or p
+      it("POST and GET /agents/" .. label .. " -> 400 with a JSON error", function()
+        local url = "/agents/" .. p
+        local status, h, body = A.post(ctx.srv.port, url, A.body("t"))
+        A.assert_json_error(400, status, h, body, "POST " .. label)
+        local gs, gh, gb = http.request(ctx.srv.port, "GET", url)
+        A.assert_json_error(400, gs, gh, gb, "GET " .. label)
+        local ls, lh, lb = http.request(ctx.srv.port, "GET", url .. "?live=sse")
+        A.assert_json_error(400, ls, lh, lb, "GET live " .. label)
+      end)
+    end
+
+    it("created no file anywhere (tree before == tree after)", function()
+      local after = server.tree(ctx.srv.root)
+      assert.are.same(before, after)
+    end)
   end)
-end)
+end

@@ -359,3 +359,58 @@ describe("GET ordering across a restart (yaml storage)", function()
     assert.are.same(range(0, 3), A.offsets(A.history(ctx.srv.port, "restart/x")))
   end)
 end)
+
+describe("clients that must work unchanged (§7)", function()
+  local server = require "spec.support.server"
+  local ctx = A.serve({ storage = "yaml" })
+
+  it("curl -N receives history and live events", function()
+    local p = "clients/curl"
+    A.append(ctx.srv.port, p, "before")
+    local out = ctx.srv.root .. "/curl.out"
+    local pid = tonumber(server.cmd_output(string.format(
+      "curl -sN --max-time 20 'http://127.0.0.1:%d%s' > %s 2>/dev/null & echo $!",
+      ctx.srv.port, A.url(p, "live=sse"), server.sh_quote(out))))
+    finally(function() os.execute("kill " .. pid .. " 2>/dev/null") end)
+    server.wait_for(function() return (server.read_file(out) or ""):find("id: " .. off(0), 1, true) end, 5, "curl history")
+    A.append(ctx.srv.port, p, "after")
+    server.wait_for(function()
+      local t = server.read_file(out) or ""
+      return t:find("id: " .. off(1) .. "\nevent: data\ndata: ", 1, true) and t:sub(-2) == "\n\n"
+    end, 5, "curl live event")
+    os.execute("kill " .. pid .. " 2>/dev/null")
+  end)
+
+  it("the original browser UI's flow: POST shape, non-live history split on blank lines, live from the last offset", function()
+    local p = "clients/ui"
+    local c = http.connect(ctx.srv.port)
+    for i = 1, 3 do
+      local status = c:request("POST", A.url(p), { ["Content-Type"] = "application/json" },
+        '{"type":"ui:test","version":1,"eventStreamId":"/' .. p .. '","payload":{"n":' .. i .. '}}')
+      assert.is_true(status >= 200 and status < 300) -- the UI checks only res.ok
+    end
+    local status, _, body = c:request("GET", A.url(p))
+    c:close()
+    assert.are.equal(200, status)
+    local datas = {}
+    for block in (body .. "\n\n"):gmatch("(.-)\n\n") do
+      local d = block:match("^data: ([^\n]*)") or block:match("\ndata: ([^\n]*)")
+      if d then datas[#datas + 1] = J.decode(d) end
+    end
+    assert.are.equal(3, #datas)
+    for i, d in ipairs(datas) do
+      assert.are.equal("ui:test", J.get(d, "type"))
+      assert.are.equal("1", J.get(d, "version"))
+      assert.are.equal(p, J.get(d, "path"))
+      assert.are.equal(i, tonumber(J.get(J.get(d, "payload"), "n").lexeme))
+    end
+    local last = J.get(datas[3], "offset")
+    local r = sse.open(ctx.srv.port, A.url(p, "offset=" .. last .. "&live=sse"))
+    assert.are.equal(200, r:wait_head(5))
+    A.append(ctx.srv.port, p, "ui:test", '{"n":4}')
+    local ev = assert(r:next_event(5))
+    assert.are.equal("data", ev.event)
+    assert.are.equal(off(3), J.get(J.decode(ev.data), "offset"))
+    r:close()
+  end)
+end)

@@ -32,7 +32,15 @@ struct ds_agents_api_s {
   int timer_open;
   reader_t *live_head; /* readers in live mode, for keep-alive comments */
   reader_t *all_head;  /* every open reader, for shutdown */
-  ds_rbuf_t *keepalive_frame;
+  ds_rbuf_t *keepalive_frame; /* chunk-framed (ds_http_chunk_new) */
+  /* The chunk-framed copy of the last published frame: publish calls every subscriber
+   * with the same frame, so it is framed once, not once per subscriber. The source is
+   * referenced so its address cannot be reused by a later frame while cached. */
+  ds_rbuf_t *chunk_src, *chunk;
+  /* A catch-up batch is built here (kept between batches: a fresh 256 KiB buffer per
+   * batch cost page faults); batch_busy guards against reentry. */
+  ds_buf_t batch;
+  int batch_busy;
   ds_agents_stats_t stats;
 };
 
@@ -172,16 +180,28 @@ static int batch_cb(void *ud, uint64_t offset, const char *repr, size_t len) {
 static void pump(reader_t *r);
 static void pump_cb(void *ud) { pump(ud); }
 
+static void pump_release(ds_agents_api_t *api, int shared, ds_buf_t *local) {
+  ds_buf_free(local);
+  if (!shared) return;
+  api->batch_busy = 0;
+  ds_buf_reset(&api->batch);
+  if (api->batch.cap > 2 * CATCHUP_BATCH_BYTES) ds_buf_free(&api->batch); /* an outsized record */
+}
+
 static void pump(reader_t *r) {
   if (r->pumping || r->in_live) return;
   r->pumping = 1;
-  ds_buf_t out = DS_BUF_INIT;
+  ds_agents_api_t *api = r->api;
+  ds_buf_t local = DS_BUF_INIT;
+  int shared = !api->batch_busy;
+  ds_buf_t *outp = shared ? &api->batch : &local;
+  api->batch_busy = 1;
   for (;;) {
     uint64_t tail = ds_stream_next_offset(r->stream);
     ds_store_stream_t *st = ds_stream_store(r->stream);
     if (!st || r->next >= tail) {
       r->pumping = 0;
-      ds_buf_free(&out);
+      pump_release(api, shared, &local);
       if (!r->live) {
         reader_finish(r);
       } else {
@@ -193,14 +213,14 @@ static void pump(reader_t *r) {
       ds_http_stream_on_drain(r->req, pump_cb, r);
       break;
     }
-    ds_buf_reset(&out);
-    batch_ctx_t ctx = {r, &out};
+    ds_buf_reset(outp);
+    batch_ctx_t ctx = {r, outp};
     long n = ds_store_read(st, r->next, CATCHUP_BATCH_RECORDS, CATCHUP_BATCH_BYTES, batch_cb, &ctx);
     if (n < 0) {
       ds_error("agents", "reading %s from offset %llu failed: %s", ds_stream_path(r->stream),
                (unsigned long long)r->next, ds_strerror((int)n));
       r->pumping = 0;
-      ds_buf_free(&out);
+      pump_release(api, shared, &local);
       reader_drop(r, "storage read failed");
       return;
     }
@@ -208,15 +228,19 @@ static void pump(reader_t *r) {
       r->next = tail;
       continue;
     }
-    if (ds_http_stream_write_copy(r->req, out.data, out.len) != 0) {
+    /* framed once into a buffer the connection sends by reference (no second copy) */
+    ds_rbuf_t *chunk = ds_http_chunk_new(outp->data, outp->len);
+    int wrc = ds_http_stream_write_chunk(r->req, chunk);
+    ds_rbuf_unref(chunk);
+    if (wrc != 0) {
       r->pumping = 0;
-      ds_buf_free(&out);
+      pump_release(api, shared, &local);
       reader_drop(r, "write failed");
       return;
     }
   }
   r->pumping = 0;
-  ds_buf_free(&out);
+  pump_release(api, shared, &local);
 }
 
 static void on_publish(ds_sub_t *sub, const ds_published_t *rec) {
@@ -229,13 +253,16 @@ static void on_publish(ds_sub_t *sub, const ds_published_t *rec) {
     pump(r);
     return;
   }
-  int rc;
-  if (rec->agents_frame) {
-    rc = ds_http_stream_write(r->req, rec->agents_frame);
-  } else {
-    ds_rbuf_t *f = ds_rbuf_new("", 0);
-    rc = ds_http_stream_write(r->req, f);
-    ds_rbuf_unref(f);
+  int rc = 0;
+  ds_agents_api_t *api = r->api;
+  if (rec->agents_frame && rec->agents_frame->len) {
+    if (api->chunk_src != rec->agents_frame) {
+      ds_rbuf_unref(api->chunk_src);
+      ds_rbuf_unref(api->chunk);
+      api->chunk_src = ds_rbuf_ref(rec->agents_frame);
+      api->chunk = ds_http_chunk_new(rec->agents_frame->data, rec->agents_frame->len);
+    }
+    rc = ds_http_stream_write_chunk(r->req, api->chunk);
   }
   if (rc == 0) {
     r->next = rec->offset + 1;
@@ -257,7 +284,7 @@ static void on_keepalive(uv_timer_t *t) {
   while (r) {
     reader_t *next = r->lnext;
     if (ds_http_stream_backlog(r->req) == 0 &&
-        ds_http_stream_write(r->req, api->keepalive_frame) != 0)
+        ds_http_stream_write_chunk(r->req, api->keepalive_frame) != 0)
       reader_drop(r, "keep-alive write failed");
     r = next;
   }
@@ -394,7 +421,12 @@ static void handle_post(ds_agents_api_t *api, ds_http_req_t *req, const char *pa
   if (rc != 0) {
     api->stats.append_errors++;
     ds_streams_release(s);
-    int status = rc == DS_EINVAL ? 400 : rc == DS_ETOOBIG ? 413 : rc == DS_ENOSPC ? 507 : 500;
+    int status = rc == DS_EINVAL      ? 400
+                 : rc == DS_ETOOBIG   ? 413
+                 : rc == DS_ECONFLICT ? 409
+                 : rc == DS_EGONE     ? 410
+                 : rc == DS_ENOSPC    ? 507
+                                      : 500;
     if (status >= 500) ds_error("agents", "append to %s failed: %s", path, err);
     ds_http_respond_error(req, status, NULL, "%s", err);
     return;
@@ -448,7 +480,7 @@ ds_agents_api_t *ds_agents_api_new(uv_loop_t *loop, ds_streams_t *streams, const
   if (opts) api->opts = *opts;
   if (!api->opts.keepalive_ms) api->opts.keepalive_ms = 15000;
   if (!api->opts.subscriber_backlog_bytes) api->opts.subscriber_backlog_bytes = 4u << 20;
-  api->keepalive_frame = ds_rbuf_new(": keepalive\n\n", 13);
+  api->keepalive_frame = ds_http_chunk_new(": keepalive\n\n", 13);
   uv_timer_init(loop, &api->keepalive);
   api->keepalive.data = api;
   api->timer_open = 1;
@@ -468,6 +500,9 @@ void ds_agents_api_shutdown(ds_agents_api_t *api) {
 void ds_agents_api_free(ds_agents_api_t *api) {
   if (!api) return;
   ds_rbuf_unref(api->keepalive_frame);
+  ds_rbuf_unref(api->chunk_src);
+  ds_rbuf_unref(api->chunk);
+  ds_buf_free(&api->batch);
   free(api);
 }
 

@@ -24,6 +24,7 @@
 
 #define DS__LINGER_MS 2000 /* how long a closing connection waits for its output and EOF */
 #define DS__STOP_MS 1000   /* how long server stop waits for a connection's output */
+#define DS__SEGS_KEEP 8    /* segment array capacity kept across flushes */
 
 static void on_closed(uv_handle_t *h);
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
@@ -95,17 +96,19 @@ void ds__conn_queue_copy(ds__conn_t *c, const void *p, size_t n) {
   ds__conn_mark_dirty(c);
 }
 
-void ds__conn_queue_rbuf(ds__conn_t *c, ds_rbuf_t *rb) {
-  if (!rb->len || c->closing) return;
+void ds__conn_queue_rbuf_part(ds__conn_t *c, ds_rbuf_t *rb, size_t off, size_t len) {
+  if (!len || c->closing) return;
   stage_to_seg(c);
   ds__seg_t *s = seg_push(c);
   s->rb = ds_rbuf_ref(rb);
-  s->base = rb->data;
-  s->len = rb->len;
-  c->backlog += rb->len;
-  c->srv->stats.bytes_queued += rb->len;
+  s->base = rb->data + off;
+  s->len = len;
+  c->backlog += len;
+  c->srv->stats.bytes_queued += len;
   ds__conn_mark_dirty(c);
 }
+
+void ds__conn_queue_rbuf(ds__conn_t *c, ds_rbuf_t *rb) { ds__conn_queue_rbuf_part(c, rb, 0, rb->len); }
 
 static void in_append(ds__conn_t *c, const char *p, size_t n) {
   if (c->in_off && c->in_off == c->in.len) {
@@ -549,9 +552,15 @@ static void conn_flush(ds__conn_t *c) {
     i++;
   }
   if (i == n) {
-    free(c->segs);
-    c->segs = NULL;
-    c->nsegs = c->segs_cap = 0;
+    /* everything went out (the common case): keep a small segment array for the next
+     * flush, so a live stream does not malloc/free it per event; a large one (after a
+     * burst) is given back, so an idle connection stays small */
+    c->nsegs = 0;
+    if (c->segs_cap > DS__SEGS_KEEP) {
+      free(c->segs);
+      c->segs = NULL;
+      c->segs_cap = 0;
+    }
     if (bufs != sbufs) free(bufs);
     return;
   }

@@ -149,7 +149,15 @@ void ds_http_stream_start(ds_http_req_t *req, int status, const ds_http_header_t
  *  zero, so one buffer larger than the limit cannot wedge a stream. Empty buffers are
  *  skipped (an empty chunk would end the stream). */
 int ds_http_stream_write(ds_http_req_t *req, ds_rbuf_t *buf);
-/** Same for bytes copied from p. */
+/** Frames p[0..n) (n > 0) once for sending on many streaming responses: a new rbuf (one
+ *  reference) holding "<hex n>\r\n" p "\r\n", the chunked transfer coding's framing, for
+ *  ds_http_stream_write_chunk. A fan-out of one event to N subscribers then costs one
+ *  encoding and N references, not N framings and copies. */
+ds_rbuf_t *ds_http_chunk_new(const void *p, size_t n);
+/** ds_http_stream_write for a buffer from ds_http_chunk_new: queued whole (no copy) on a
+ *  chunked response, without its framing on a close-delimited (HTTP/1.0) one. */
+int ds_http_stream_write_chunk(ds_http_req_t *req, ds_rbuf_t *chunk);
+/** Same as ds_http_stream_write for bytes copied from p. */
 int ds_http_stream_write_copy(ds_http_req_t *req, const void *p, size_t n);
 /** Unsent bytes queued on this response. */
 size_t ds_http_stream_backlog(const ds_http_req_t *req);

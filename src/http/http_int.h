@@ -166,6 +166,8 @@ void ds__conn_close_after(ds__conn_t *c);
 void ds__conn_server_stop(ds__conn_t *c);
 void ds__conn_queue_copy(ds__conn_t *c, const void *p, size_t n);
 void ds__conn_queue_rbuf(ds__conn_t *c, ds_rbuf_t *rb);
+/** Queues rb->data[off, off+len) (takes a reference to rb). */
+void ds__conn_queue_rbuf_part(ds__conn_t *c, ds_rbuf_t *rb, size_t off, size_t len);
 /** Sends an error response of this layer on the connection and closes it afterwards. */
 void ds__conn_fail(ds__conn_t *c, int status, const char *msg);
 /** The current request has its full response queued: free it and move on. */

@@ -160,17 +160,29 @@ void ds_http_server_set_header_hook(ds_http_server_t *srv, ds_http_header_hook_f
 /* Appends the status line, the caller's headers (minus those this layer owns) and Date. */
 static void put_head(ds_buf_t *b, ds_http_server_t *srv, const ds_http_req_t *req, int status,
                      const ds_http_header_t *hdrs, int keep_user_cl) {
-  ds_buf_printf(b, "HTTP/1.1 %d %s\r\n", status, ds_http_status_text(status));
+  /* formatted by hand: this runs for every response (printf was a visible cost) */
+  char line[16] = "HTTP/1.1 000 ";
+  int st = status >= 100 && status <= 999 ? status : 500;
+  line[9] = (char)('0' + st / 100);
+  line[10] = (char)('0' + st / 10 % 10);
+  line[11] = (char)('0' + st % 10);
+  ds_buf_append(b, line, 13);
+  ds_buf_puts(b, ds_http_status_text(status));
+  ds_buf_append(b, "\r\n", 2);
   for (const ds_http_header_t *h = hdrs; h && h->name; h++) {
     if (!h->value) continue;
     if (!header_ok(h)) {
       ds_warn("http", "dropping response header with CR/LF: %s", h->name);
       continue;
     }
-    if (strcasecmp(h->name, "content-length") == 0 && !keep_user_cl) continue;
-    if (strcasecmp(h->name, "transfer-encoding") == 0 || strcasecmp(h->name, "connection") == 0 ||
-        strcasecmp(h->name, "date") == 0)
-      continue;
+    /* only names starting with c, t or d can be one this layer owns */
+    char c0 = (char)(h->name[0] | 0x20);
+    if (c0 == 'c' || c0 == 't' || c0 == 'd') {
+      if (strcasecmp(h->name, "content-length") == 0 && !keep_user_cl) continue;
+      if (strcasecmp(h->name, "transfer-encoding") == 0 || strcasecmp(h->name, "connection") == 0 ||
+          strcasecmp(h->name, "date") == 0)
+        continue;
+    }
     ds_buf_puts(b, h->name);
     ds_buf_append(b, ": ", 2);
     ds_buf_puts(b, h->value);
@@ -230,7 +242,17 @@ void ds_http_respond(ds_http_req_t *req, int status, const ds_http_header_t *hdr
   size_t before = c->stage.len;
   ds_buf_reserve(&c->stage, 256 + (no_body || r->is_head ? 0 : len));
   put_head(&c->stage, c->srv, req, status, hdrs, user_cl);
-  if (!no_body && !user_cl) ds_buf_printf(&c->stage, "Content-Length: %zu\r\n", len);
+  if (!no_body && !user_cl) {
+    char num[24], *e = num + sizeof num, *q = e;
+    size_t v = len;
+    do {
+      *--q = (char)('0' + v % 10);
+      v /= 10;
+    } while (v);
+    ds_buf_append(&c->stage, "Content-Length: ", 16);
+    ds_buf_append(&c->stage, q, (size_t)(e - q));
+    ds_buf_append(&c->stage, "\r\n", 2);
+  }
   if (closing) ds_buf_puts(&c->stage, "Connection: close\r\n");
   else if (req->http_minor == 0) ds_buf_puts(&c->stage, "Connection: keep-alive\r\n");
   ds_buf_append(&c->stage, "\r\n", 2);
@@ -271,6 +293,9 @@ void ds_http_stream_start(ds_http_req_t *req, int status, const ds_http_header_t
   put_head(&c->stage, c->srv, req, status, hdrs, 0);
   if (chunked) ds_buf_puts(&c->stage, "Transfer-Encoding: chunked\r\n");
   if (!r->keep_alive) ds_buf_puts(&c->stage, "Connection: close\r\n");
+  /* The connection header is this layer's; a handler that asks for keep-alive (the SSE
+   * contract lists it) gets it stated when the connection really stays open. */
+  else if (has_header(hdrs, "connection")) ds_buf_puts(&c->stage, "Connection: keep-alive\r\n");
   ds_buf_append(&c->stage, "\r\n", 2);
   account(c, before);
   r->chunked_out = (uint8_t)chunked;
@@ -313,6 +338,32 @@ int ds_http_stream_write(ds_http_req_t *req, ds_rbuf_t *buf) {
   if (ln) ds__conn_queue_copy(c, line, (size_t)ln);
   ds__conn_queue_rbuf(c, buf);
   if (ln) ds__conn_queue_copy(c, "\r\n", 2);
+  return 0;
+}
+
+ds_rbuf_t *ds_http_chunk_new(const void *p, size_t n) {
+  char line[24];
+  int ln = snprintf(line, sizeof line, "%zx\r\n", n);
+  ds_rbuf_t *rb = ds_rbuf_alloc((size_t)ln + n + 2);
+  memcpy(rb->data, line, (size_t)ln);
+  if (n) memcpy(rb->data + ln, p, n);
+  memcpy(rb->data + (size_t)ln + n, "\r\n", 2);
+  rb->len = (size_t)ln + n + 2;
+  rb->data[rb->len] = '\0';
+  return rb;
+}
+
+int ds_http_stream_write_chunk(ds_http_req_t *req, ds_rbuf_t *chunk) {
+  ds__req_t *r = (ds__req_t *)req;
+  ds__conn_t *c;
+  const char *nl = memchr(chunk->data, '\n', chunk->len < 20 ? chunk->len : 20);
+  size_t pre = nl ? (size_t)(nl - chunk->data) + 1 : 0;
+  if (!nl || chunk->len <= pre + 2) return DS_EINVAL; /* not from ds_http_chunk_new, or empty */
+  int chunked = r && r->chunked_out;
+  size_t off = chunked ? 0 : pre, len = chunked ? chunk->len : chunk->len - pre - 2;
+  int rc = stream_check(r, len, &c);
+  if (rc != 0 || !c) return rc;
+  ds__conn_queue_rbuf_part(c, chunk, off, len);
   return 0;
 }
 

@@ -595,7 +595,7 @@ ds_lua_host_t *ds_lua_host_new(uv_loop_t *loop, ds_streams_t *streams, const ds_
   lua_settop(h->L, 0);
   lua_gc(h->L, LUA_GCCOLLECT);
   h->phase = DS_PHASE_RUN;
-  ds_streams_set_observer(streams, observer, h);
+  ds_streams_add_observer(streams, observer, h);
   return h;
 }
 
@@ -614,7 +614,7 @@ void ds_lua_host_shutdown(ds_lua_host_t *h) {
   if (!h || h->phase == DS_PHASE_DOWN) return;
   int was_run = h->phase == DS_PHASE_RUN;
   h->phase = DS_PHASE_DOWN;
-  if (was_run) ds_streams_set_observer(h->streams, NULL, NULL);
+  if (was_run) ds_streams_remove_observer(h->streams, observer, h);
   while (h->phead) {
     ds__pending_t *p = h->phead;
     h->phead = p->next;

@@ -72,6 +72,11 @@ struct ds_protocol_s {
     char cursor[32];
     ds_rbuf_t *frame;
   } fcache;
+  /* /agents appends wake subscriptions too: paths queued by the streams observer, handled
+   * from a zero timer because waking may append (pull-wake events) */
+  uv_timer_t *wake_timer;  /* owns itself once closing, like sweep */
+  char **wake_paths;
+  size_t nwake, wake_cap;
   uv_timer_t *sweep;       /* periodic expiry of cached TTL / Expires-At streams; owns itself
                               once closing so ds_protocol_free never races its close */
 };

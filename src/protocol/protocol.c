@@ -98,6 +98,60 @@ void ds__respond_durable(ds_protocol_t *p, ds_http_req_t *req, int status, ds__h
   if (rc != 0) durable_synced(d, rc);
 }
 
+/* ---- /agents appends: closure guard and subscription wake-ups ---- */
+
+/* Appends through /agents respect what the protocol says about the stream: a closed
+ * stream takes no more events, a soft-deleted one is gone, and only a JSON stream can hold
+ * events. */
+static int agents_guard(void *ud, ds_stream_t *s, char *err, size_t errlen) {
+  ds_protocol_t *p = ud;
+  ds__pstream_t *st = ds__state_peek(p, ds_stream_path(s), NULL);
+  if (!st || st->agents) return 0;
+  if (st->soft_deleted) {
+    snprintf(err, errlen, "stream was deleted");
+    return DS_EGONE;
+  }
+  if (st->closed) {
+    snprintf(err, errlen, "stream is closed");
+    return DS_ECONFLICT;
+  }
+  if (st->mode != DS__M_JSON) {
+    snprintf(err, errlen, "stream content type is %s, not application/json", st->ctype);
+    return DS_ECONFLICT;
+  }
+  return 0;
+}
+
+static void wake_run(uv_timer_t *t) {
+  ds_protocol_t *p = t->data;
+  /* take the queue first: waking may append, which may queue more */
+  char **paths = p->wake_paths;
+  size_t n = p->nwake;
+  p->wake_paths = NULL;
+  p->nwake = p->wake_cap = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (!p->shutting_down) ds__subs_on_append(p, paths[i]);
+    free(paths[i]);
+  }
+  free(paths);
+}
+
+static void on_record(void *ud, const ds_published_t *rec) {
+  ds_protocol_t *p = ud;
+  /* protocol appends wake subscriptions themselves (ops.c); events come from /agents */
+  if (rec->kind != DS_REC_EVENT || !p->subs || p->shutting_down) return;
+  for (size_t i = 0; i < p->nwake; i++)
+    if (strcmp(p->wake_paths[i], rec->path) == 0) return;
+  if (p->nwake == p->wake_cap) {
+    p->wake_cap = p->wake_cap ? p->wake_cap * 2 : 8;
+    p->wake_paths = ds_xrealloc(p->wake_paths, p->wake_cap * sizeof *p->wake_paths);
+  }
+  p->wake_paths[p->nwake++] = ds_xstrdup(rec->path);
+  if (!uv_is_active((uv_handle_t *)p->wake_timer)) uv_timer_start(p->wake_timer, wake_run, 0, 0);
+}
+
+static void free_handle(uv_handle_t *h) { free(h); }
+
 ds_protocol_t *ds_protocol_new(uv_loop_t *loop, ds_streams_t *streams,
                                const ds_protocol_opts_t *opts) {
   ds_protocol_t *p = ds_xcalloc(1, sizeof *p);
@@ -115,11 +169,22 @@ ds_protocol_t *ds_protocol_new(uv_loop_t *loop, ds_streams_t *streams,
   p->tab_cap = 256;
   p->tab = ds_xcalloc(p->tab_cap, sizeof *p->tab);
   if (p->opts.subscriptions) p->subs = ds__subs_new(p);
+  p->wake_timer = ds_xmalloc(sizeof *p->wake_timer);
+  uv_timer_init(loop, p->wake_timer);
+  p->wake_timer->data = p;
+  ds_streams_add_observer(streams, on_record, p);
+  ds_streams_set_append_guard(streams, agents_guard, p);
   ds__sweep_start(p);
   return p;
 }
 
 void ds_protocol_shutdown(ds_protocol_t *p) {
+  if (p->wake_timer) {
+    ds_streams_remove_observer(p->streams, on_record, p);
+    ds_streams_set_append_guard(p->streams, NULL, NULL);
+    uv_close((uv_handle_t *)p->wake_timer, free_handle);
+    p->wake_timer = NULL;
+  }
   p->shutting_down = true;
   ds__sweep_stop(p);
   ds__reads_shutdown(p);
@@ -129,6 +194,14 @@ void ds_protocol_shutdown(ds_protocol_t *p) {
 void ds_protocol_free(ds_protocol_t *p) {
   if (!p) return;
   ds__sweep_stop(p); /* normally done by ds_protocol_shutdown; the caller runs the loop */
+  if (p->wake_timer) { /* freed without a shutdown: detach, the loop frees the handle */
+    ds_streams_remove_observer(p->streams, on_record, p);
+    ds_streams_set_append_guard(p->streams, NULL, NULL);
+    uv_close((uv_handle_t *)p->wake_timer, free_handle);
+    p->wake_timer = NULL;
+  }
+  for (size_t i = 0; i < p->nwake; i++) free(p->wake_paths[i]);
+  free(p->wake_paths);
   if (p->subs) ds__subs_free(p->subs);
   ds__reads_free(p);
   ds__state_free_all(p);

@@ -480,13 +480,41 @@ static const unsigned char wr_class[256] = {
 
 static const char hexdig[] = "0123456789abcdef";
 
+/* Word-at-a-time byte tests (exact as "is there any such byte"). */
+#define DS__ONES UINT64_C(0x0101010101010101)
+#define DS__HIGH UINT64_C(0x8080808080808080)
+static inline uint64_t has_less(uint64_t x, unsigned n) { return (x - DS__ONES * n) & ~x & DS__HIGH; }
+static inline uint64_t has_byte(uint64_t x, unsigned c) {
+  uint64_t y = x ^ (DS__ONES * c);
+  return (y - DS__ONES) & ~y & DS__HIGH;
+}
+/* Nonzero if one of the 8 bytes in x is not copied as is into a JSON string. */
+static inline uint64_t json_special8(uint64_t x) {
+  return (x & DS__HIGH) | has_less(x, 0x20) | has_byte(x, '"') | has_byte(x, '\\') |
+         has_byte(x, 0x7f);
+}
+
 void ds_json_write_string(ds_buf_t *b, const char *s, size_t n) {
   if (!s) s = "";
   const unsigned char *p = (const unsigned char *)s, *end = p + n, *run = p;
   /* Worst case is 6 output bytes per input byte; reserve for the common case only. */
   ds_buf_reserve(b, n + 2);
   b->data[b->len++] = '"';
+  const unsigned char *stop = p;
   while (p < end) {
+    if (p >= stop) {
+      /* 8 bytes at a time while none needs a look (no control, quote, backslash, DEL or
+       * non-ASCII byte); a block with one goes through the byte loop below */
+      if (end - p >= 8) {
+        uint64_t x;
+        memcpy(&x, p, 8);
+        if (!json_special8(x)) {
+          p += 8;
+          continue;
+        }
+      }
+      stop = end - p >= 8 ? p + 8 : end;
+    }
     unsigned char c = *p;
     unsigned char k = wr_class[c];
     if (!k) {

@@ -42,8 +42,53 @@ static int parse_offset(const ds_value_t *v, uint64_t *out) {
   return 0;
 }
 
+/* parse_offset for the JSON text of the value (a string of digits or a bare number). */
+static int parse_offset_json(const char *j, size_t n, uint64_t *out) {
+  if (n >= 2 && j[0] == '"' && j[n - 1] == '"') {
+    j++;
+    n -= 2;
+  }
+  ds_value_t v = {.type = DS_V_STRING, .u.str = {j, n}};
+  return parse_offset(&v, out);
+}
+
+/* The fast path for the two kinds that are JSON anyway (/agents events and protocol JSON
+ * messages): the document is transcoded straight into repr, without a value tree. Returns
+ * 1 if it decoded the record, 0 to use the general path (repr left as it was). */
+static int decode_json_kinds(const char *doc, size_t len, ds_buf_t *repr, uint64_t *offset) {
+  size_t base = repr->len;
+  ds__yaml_json_info_t info;
+  if (!ds__yaml_doc_to_json(doc, len, repr, "offset", 6, &info)) return 0;
+  const char *j = repr->data + base;
+  const ds__yaml_span_t *f = &info.first;
+  size_t kn = f->key_end - f->key_start;
+  uint64_t off;
+  /* JSON string encoding is one-to-one, so comparing encoded keys compares keys */
+  int is_type = kn == 6 && memcmp(j + f->key_start - base, "\"type\"", 6) == 0;
+  int is_json = kn == 6 && memcmp(j + f->key_start - base, "\"json\"", 6) == 0;
+  if ((!is_type && !is_json) || !info.want_found ||
+      parse_offset_json(j + info.want.val_start - base, info.want.val_end - info.want.val_start,
+                        &off) != 0) {
+    repr->len = base; /* other kinds and errors: the general path decides */
+    repr->data[base] = '\0';
+    return 0;
+  }
+  if (is_json) { /* repr = the first member's value */
+    size_t vn = f->val_end - f->val_start;
+    memmove(repr->data + base, repr->data + f->val_start, vn);
+    repr->len = base + vn;
+    repr->data[repr->len] = '\0';
+  }
+  *offset = off;
+  return 1;
+}
+
 int ds_record_decode_yaml(const char *doc, size_t len, ds_buf_t *repr, uint64_t *offset,
                           char *err, size_t errlen) {
+  if (decode_json_kinds(doc, len, repr, offset)) {
+    if (err && errlen) err[0] = '\0';
+    return 0;
+  }
   ds_arena_t a;
   ds_arena_init(&a);
   ds_value_t *v = NULL;

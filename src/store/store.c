@@ -241,6 +241,8 @@ void ds_store_close(ds_store_t *st) {
   free(st->data_dir);
   free(st->root);
   ds_buf_free(&st->scratch);
+  ds_buf_free(&st->read_raw);
+  ds_buf_free(&st->read_repr);
   free(st);
 }
 

@@ -134,6 +134,10 @@ struct ds_store_s {
   struct ds__fsync_job_s *job; /* running group fsync, NULL when idle */
   ds__cbq_t pending;           /* sync callbacks waiting for the next fsync */
   ds_buf_t scratch;
+  /* yaml kind: cold reads' buffers, kept between reads (a catch-up is many reads of up to
+   * READ_CHUNK; allocating them each time cost page faults); `reading` guards reentry */
+  ds_buf_t read_raw, read_repr;
+  int reading;
   /* yaml kind: all hot tails together stay within cache_budget (oldest records of the
    * least recently appended streams go first), so many streams cannot exhaust memory */
   size_t cache_total, cache_budget;

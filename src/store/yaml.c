@@ -95,11 +95,15 @@ static int looks_numeric(const unsigned char *s, size_t n) {
 /* Words some YAML reader resolves to null/bool (any case form), the merge key and the
  * YAML 1.1 value key. */
 static int special_word(const unsigned char *s, size_t n) {
-  static const char *const words[] = {"null", "~", "true", "false", "yes", "no",
-                                      "on",   "off", "y",   "n",     "<<",  "="};
+  static const struct {
+    const char *w;
+    size_t n;
+  } words[] = {{"null", 4}, {"~", 1},  {"true", 4}, {"false", 5}, {"yes", 3}, {"no", 2},
+               {"on", 2},   {"off", 3}, {"y", 1},   {"n", 1},     {"<<", 2},  {"=", 1}};
   if (n > 5) return 0;
   for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
-    if (ieq(s, n, words[i])) return 1;
+    if (words[i].n == n && lower(s[0]) == (unsigned char)words[i].w[0] && ieq(s, n, words[i].w))
+      return 1;
   return 0;
 }
 
@@ -131,7 +135,32 @@ static inline size_t special_mb(const unsigned char *p, const unsigned char *end
   return 0;
 }
 
-int ds_yaml_scalar_plain_ok(const char *str, size_t n) {
+/* plain_syntax_ok's byte classes: yesc_class with '"' and '\\' ordinary (fine in a plain
+ * scalar), plus 4 = ':' and 5 = ' ' (which matter only before ' ' and '#'), so that an
+ * ordinary byte costs one lookup. */
+static const unsigned char plain_class[256] = {
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+};
+
+/* Word-at-a-time byte tests (exact as "is there any such byte"). */
+#define Y_ONES UINT64_C(0x0101010101010101)
+#define Y_HIGH UINT64_C(0x8080808080808080)
+static inline uint64_t y_has_less(uint64_t x, unsigned n) { return (x - Y_ONES * n) & ~x & Y_HIGH; }
+static inline uint64_t y_has_byte(uint64_t x, unsigned c) {
+  uint64_t y = x ^ (Y_ONES * c);
+  return (y - Y_ONES) & ~y & Y_HIGH;
+}
+
+/* The syntactic half of the quoting rule: s[0..n) read as a plain scalar on one line
+ * (after "key: " or "- ", or as a key before ": ") is exactly these bytes. */
+static int plain_syntax_ok(const char *str, size_t n) {
   if (n == 0) return 0;
   const unsigned char *s = (const unsigned char *)str, *end = s + n;
   if (s[0] == ' ' || s[n - 1] == ' ' || s[n - 1] == ':') return 0;
@@ -144,18 +173,38 @@ int ds_yaml_scalar_plain_ok(const char *str, size_t n) {
     break;
   }
   if (n >= 3 && memcmp(s, "...", 3) == 0) return 0;
+  const unsigned char *stop = s;
   for (const unsigned char *p = s; p < end; p++) {
-    unsigned char k = yesc_class[*p];
-    if (!k) {
-      if (*p == ':' && p + 1 < end && p[1] == ' ') return 0;
-      if (*p == ' ' && p + 1 < end && p[1] == '#') return 0;
-      continue;
+    if (p >= stop) {
+      /* 8 bytes at a time while none is a control, DEL, ':', ' ' or non-ASCII */
+      while (end - p >= 8) {
+        uint64_t x;
+        memcpy(&x, p, 8);
+        if ((x & Y_HIGH) | y_has_less(x, 0x20) | y_has_byte(x, 0x7f) | y_has_byte(x, ':') |
+            y_has_byte(x, ' '))
+          break;
+        p += 8;
+      }
+      if (p >= end) break;
+      stop = end - p >= 8 ? p + 8 : end;
     }
-    if (k == 1) return 0;
-    if (k == 3 && special_mb(p, end)) return 0;
+    unsigned char k = plain_class[*p];
+    if (!k) continue;
+    if (k == 4) {
+      if (p + 1 < end && p[1] == ' ') return 0;
+    } else if (k == 5) {
+      if (p + 1 < end && p[1] == '#') return 0;
+    } else if (k == 1 || special_mb(p, end)) {
+      return 0;
+    }
   }
-  if (special_word(s, n) || looks_numeric(s, n)) return 0;
   return 1;
+}
+
+int ds_yaml_scalar_plain_ok(const char *str, size_t n) {
+  /* ... and the resolution half: no YAML reader may take it for anything but a string */
+  const unsigned char *s = (const unsigned char *)str;
+  return plain_syntax_ok(str, n) && !special_word(s, n) && !looks_numeric(s, n);
 }
 
 /* ---------------------------------------------------------------------------------- */
@@ -459,8 +508,8 @@ static int open_container(loader_t *L, const yaml_event_t *ev, ds_value_t *c) {
   return 0;
 }
 
-int ds_yaml_load_doc(ds_arena_t *a, const char *s, size_t n, ds_value_t **out, char *err,
-                     size_t errlen) {
+int ds__yaml_load_doc_libyaml(ds_arena_t *a, const char *s, size_t n, ds_value_t **out,
+                              char *err, size_t errlen) {
   loader_t L;
   memset(&L, 0, sizeof L);
   L.a = a;
@@ -539,4 +588,441 @@ int ds_yaml_load_doc(ds_arena_t *a, const char *s, size_t n, ds_value_t **out, c
   }
   *out = L.root;
   return 0;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Fast loader: the emitter's own layout, without libyaml                             */
+/*
+ * Catch-up reads decode every cold record, and libyaml (a general parser that allocates
+ * per document, per token and per event) made that the dominant cost of a read. This
+ * loader accepts exactly the shapes ds_yaml_emit_doc writes for a non-empty mapping
+ * document: 2-space block indentation, keys plain (ds_yaml_scalar_plain_ok) or
+ * double-quoted with the emitter's escapes, values on the key's line, `- ` items, `{}`,
+ * `[]`, `!!binary`. Anything else (a hand-edited file, a comment, a tab, `~`, an explicit
+ * `? key`, ...) makes it decline, and the libyaml loader reads the document instead (and
+ * reports errors), so the result never depends on which loader ran: each accepted shape
+ * is valid YAML that libyaml reads to the same tree (tests/store/test_roundtrip.c checks
+ * both loaders on every generated document).
+ * The same code also transcodes such a document straight to compact JSON (no tree, no
+ * arena): what a catch-up read sends is ds_json_write of the loaded tree, and writing it
+ * while parsing gives the same bytes at a fraction of the cost.
+ */
+
+typedef struct {
+  const unsigned char *p, *end;
+  ds_arena_t *a;   /* tree mode: values are built here */
+  ds_buf_t *json;  /* JSON mode (a != NULL is tree mode): compact JSON is written here */
+  ds_buf_t *tmp;   /* decoded quoted scalars */
+  int depth;
+  /* JSON mode, top-level members: spans of the first one and of the first `want` one */
+  const char *want;
+  size_t want_len;
+  ds__yaml_json_info_t *info;
+} fl_t;
+
+enum { FL_OK = 0, FL_DECLINE = -1 };
+
+/* ds_buf_putc without the call (JSON mode writes many single bytes). */
+static inline void jputc(ds_buf_t *b, char c) {
+  if (b->len + 2 > b->cap) ds_buf_reserve(b, 1);
+  b->data[b->len++] = c;
+}
+
+/* ds_json_write_string for text that passed plain_syntax_ok: no controls, no DEL, no
+ * U+2028/U+2029 (special_mb), so only '"' and '\\' need escaping. */
+static void jstr_plain(ds_buf_t *b, const unsigned char *s, size_t n) {
+  if (b->len + 2 * n + 3 > b->cap) ds_buf_reserve(b, 2 * n + 2);
+  char *o = b->data + b->len;
+  *o++ = '"';
+  size_t i = 0;
+  while (i < n) {
+    if (n - i >= 8) { /* 8 bytes at a time while there is nothing to escape */
+      uint64_t x;
+      memcpy(&x, s + i, 8);
+      if (!(y_has_byte(x, '"') | y_has_byte(x, '\\'))) {
+        memcpy(o, &x, 8);
+        o += 8;
+        i += 8;
+        continue;
+      }
+    }
+    unsigned char c = s[i++];
+    if (c == '"' || c == '\\') *o++ = '\\';
+    *o++ = (char)c;
+  }
+  *o++ = '"';
+  b->len = (size_t)(o - b->data);
+}
+
+static int fl_members(fl_t *F, ds_value_t *obj, int indent, int first_inline);
+static int fl_items(fl_t *F, ds_value_t *arr, int indent, int first_inline);
+
+/* Raw bytes the emitter never leaves unescaped: controls (line breaks included), DEL, and
+ * the multi-byte characters YAML treats as breaks or non-printable. */
+static int fl_raw_ok(const unsigned char *p, const unsigned char *end, size_t *adv) {
+  unsigned char k = yesc_class[*p];
+  *adv = 1;
+  if (k == 1) return 0;
+  if (k == 3 && special_mb(p, end)) return 0;
+  return 1;
+}
+
+static void fl_put_cp(ds_buf_t *b, unsigned cp) {
+  char u[4];
+  size_t n;
+  if (cp < 0x80) {
+    u[0] = (char)cp;
+    n = 1;
+  } else if (cp < 0x800) {
+    u[0] = (char)(0xC0 | (cp >> 6));
+    u[1] = (char)(0x80 | (cp & 0x3F));
+    n = 2;
+  } else {
+    u[0] = (char)(0xE0 | (cp >> 12));
+    u[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+    u[2] = (char)(0x80 | (cp & 0x3F));
+    n = 3;
+  }
+  ds_buf_append(b, u, n);
+}
+
+static int fl_hex(const unsigned char *p, int n, unsigned *out) {
+  unsigned v = 0;
+  for (int i = 0; i < n; i++) {
+    unsigned char c = p[i];
+    if (!ishex(c)) return -1;
+    v = v * 16 + (unsigned)(isdig(c) ? c - '0' : lower(c) - 'a' + 10);
+  }
+  *out = v;
+  return 0;
+}
+
+/* A double-quoted scalar at F->p (on the opening quote), decoded into F->tmp; F->p ends
+ * after the closing quote. Only the escapes the emitter writes are accepted. */
+static int fl_quoted(fl_t *F) {
+  const unsigned char *p = F->p + 1, *end = F->end, *run = p;
+  ds_buf_reset(F->tmp);
+  for (;;) {
+    if (p >= end) return FL_DECLINE;
+    unsigned char c = *p;
+    if (c == '"') break;
+    if (c != '\\') {
+      size_t adv;
+      if (!fl_raw_ok(p, end, &adv)) return FL_DECLINE;
+      p += adv;
+      continue;
+    }
+    if (p > run) ds_buf_append(F->tmp, run, (size_t)(p - run));
+    if (p + 1 >= end) return FL_DECLINE;
+    unsigned cp;
+    switch (p[1]) {
+    case '"': ds_buf_putc(F->tmp, '"'); p += 2; break;
+    case '\\': ds_buf_putc(F->tmp, '\\'); p += 2; break;
+    case '0': ds_buf_putc(F->tmp, '\0'); p += 2; break;
+    case 't': ds_buf_putc(F->tmp, '\t'); p += 2; break;
+    case 'n': ds_buf_putc(F->tmp, '\n'); p += 2; break;
+    case 'r': ds_buf_putc(F->tmp, '\r'); p += 2; break;
+    case 'x':
+      if (end - p < 4 || fl_hex(p + 2, 2, &cp) != 0) return FL_DECLINE;
+      fl_put_cp(F->tmp, cp); /* YAML's \xNN names the code point U+00NN */
+      p += 4;
+      break;
+    case 'u':
+      if (end - p < 6 || fl_hex(p + 2, 4, &cp) != 0) return FL_DECLINE;
+      if (cp >= 0xD800 && cp <= 0xDFFF) return FL_DECLINE; /* libyaml rejects these */
+      fl_put_cp(F->tmp, cp);
+      p += 6;
+      break;
+    default:
+      return FL_DECLINE;
+    }
+    run = p;
+  }
+  if (p > run) ds_buf_append(F->tmp, run, (size_t)(p - run));
+  F->p = p + 1;
+  return FL_OK;
+}
+
+/* End of the current line (the '\n'), or NULL if the document ends without one. */
+static const unsigned char *fl_eol(const fl_t *F) {
+  return memchr(F->p, '\n', (size_t)(F->end - F->p));
+}
+
+/* A key at F->p: plain or quoted, followed by ':'. On success *k and *kl hold the key
+ * (in the document or the arena; the caller copies it) and F->p is on the ':'. */
+static int fl_key(fl_t *F, const char **k, size_t *kl, int *plain) {
+  *plain = 0;
+  const unsigned char *eol = fl_eol(F);
+  if (!eol) return FL_DECLINE;
+  const unsigned char *start = F->p;
+  if (*F->p == '"') {
+    if (fl_quoted(F) != FL_OK || F->p >= eol || *F->p != ':') return FL_DECLINE;
+    if ((size_t)(F->p - start) > DS__YAML_SIMPLE_KEY_MAX) return FL_DECLINE;
+    *kl = F->tmp->len;
+    /* tree mode copies it (tmp is reused by the value); JSON mode writes it at once */
+    *k = F->a ? ds_arena_strndup(F->a, F->tmp->data ? F->tmp->data : "", *kl)
+              : (F->tmp->data ? F->tmp->data : "");
+    return FL_OK;
+  }
+  const unsigned char *q = start;
+  while (q < eol && !(*q == ':' && (q + 1 == eol || q[1] == ' '))) q++;
+  if (q == eol) return FL_DECLINE;
+  size_t n = (size_t)(q - start);
+  /* libyaml takes a key's text as written (no resolution), so syntax is all that matters */
+  if (n > DS__YAML_SIMPLE_KEY_MAX || !plain_syntax_ok((const char *)start, n)) return FL_DECLINE;
+  *k = (const char *)start; /* ds_value_object_add copies it */
+  *kl = n;
+  *plain = 1;
+  F->p = q;
+  return FL_OK;
+}
+
+static int fl_is_b64(const unsigned char *s, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = s[i];
+    if (!(isdig(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '+' || c == '/' ||
+          c == '='))
+      return 0;
+  }
+  return 1;
+}
+
+/* An inline value from F->p to the end of the line; F->p ends after the '\n'. */
+static int fl_inline(fl_t *F, ds_value_t **out) {
+  const unsigned char *eol = fl_eol(F);
+  if (!eol) return FL_DECLINE;
+  const unsigned char *s = F->p;
+  size_t n = (size_t)(eol - s);
+  ds_buf_t *J = F->json;
+  *out = NULL;
+  if (n && s[0] == '"') {
+    if (fl_quoted(F) != FL_OK || F->p != eol) return FL_DECLINE;
+    if (J) ds_json_write_string(J, F->tmp->data, F->tmp->len);
+    else *out = ds_value_string(F->a, F->tmp->data ? F->tmp->data : "", F->tmp->len);
+  } else if (n >= 9 && memcmp(s, "!!binary ", 9) == 0) {
+    const unsigned char *b = s + 9;
+    size_t bn = n - 9;
+    ds_buf_reset(F->tmp);
+    if (!(bn == 2 && b[0] == '"' && b[1] == '"')) {
+      if (!bn || !fl_is_b64(b, bn)) return FL_DECLINE;
+      if (ds_base64_decode(F->tmp, (const char *)b, bn) != 0) return FL_DECLINE;
+    }
+    if (J) { /* as ds_json_write writes DS_V_BINARY: re-encoded (canonical) base64 */
+      jputc(J, '"');
+      ds_base64_encode(J, F->tmp->data, F->tmp->len);
+      jputc(J, '"');
+    } else {
+      *out = ds_value_binary(F->a, F->tmp->data ? F->tmp->data : "", F->tmp->len);
+    }
+  } else if (n == 2 && s[0] == '[' && s[1] == ']') {
+    if (J) ds_buf_append(J, "[]", 2);
+    else *out = ds_value_array(F->a, 0);
+  } else if (n == 2 && s[0] == '{' && s[1] == '}') {
+    if (J) ds_buf_append(J, "{}", 2);
+    else *out = ds_value_object(F->a, 0);
+  } else if (n == 4 && memcmp(s, "null", 4) == 0) {
+    if (J) ds_buf_append(J, "null", 4);
+    else *out = ds_value_null(F->a);
+  } else if (n == 4 && memcmp(s, "true", 4) == 0) {
+    if (J) ds_buf_append(J, "true", 4);
+    else *out = ds_value_bool(F->a, true);
+  } else if (n == 5 && memcmp(s, "false", 5) == 0) {
+    if (J) ds_buf_append(J, "false", 5);
+    else *out = ds_value_bool(F->a, false);
+  } else if (is_json_number(s, n)) {
+    if (J) ds_buf_append(J, s, n); /* the lexeme, as ds_json_write writes numbers */
+    else *out = ds_value_number(F->a, (const char *)s, n);
+  } else if (!(n == 1 && s[0] == '~') && plain_syntax_ok((const char *)s, n)) {
+    /* the loader resolves only null/~/true/false/numbers (handled above; "~" declined):
+     * any other plain text is a string, whatever YAML 1.1 would make of it */
+    if (J) jstr_plain(J, s, n);
+    else *out = ds_value_string(F->a, (const char *)s, n);
+  } else {
+    return FL_DECLINE;
+  }
+  F->p = eol + 1;
+  return FL_OK;
+}
+
+/* Consumes exactly `indent` spaces at the start of a line. Returns 1 if the line is
+ * indented so, 0 if it is less indented or the document ended (the block is over), and
+ * FL_DECLINE if it is indented more. */
+static int fl_indent(fl_t *F, int indent) {
+  const unsigned char *q = F->p;
+  while (q < F->end && *q == ' ') q++;
+  if (q == F->end) return 0;
+  int k = (int)(q - F->p);
+  if (k < indent) return 0;
+  if (k > indent) return FL_DECLINE;
+  F->p = q;
+  return 1;
+}
+
+/* The value of a key whose ':' is at F->p. */
+static int fl_after_key(fl_t *F, int indent, ds_value_t **out) {
+  F->p++; /* ':' */
+  if (F->p < F->end && *F->p == ' ') {
+    F->p++;
+    return fl_inline(F, out);
+  }
+  if (F->p >= F->end || *F->p != '\n') return FL_DECLINE;
+  F->p++;
+  /* a non-empty block, exactly 2 deeper */
+  const unsigned char *q = F->p;
+  while (q < F->end && *q == ' ') q++;
+  if ((int)(q - F->p) != indent + 2 || q >= F->end) return FL_DECLINE;
+  if (++F->depth > DS__YAML_MAX_DEPTH / 2) return FL_DECLINE;
+  int rc;
+  *out = NULL;
+  if (q + 1 < F->end && q[0] == '-' && q[1] == ' ') {
+    if (F->json) jputc(F->json, '[');
+    else *out = ds_value_array(F->a, 0);
+    rc = fl_items(F, *out, indent + 2, 0);
+    if (F->json) jputc(F->json, ']');
+  } else {
+    if (F->json) jputc(F->json, '{');
+    else *out = ds_value_object(F->a, 4);
+    rc = fl_members(F, *out, indent + 2, 0);
+    if (F->json) jputc(F->json, '}');
+  }
+  F->depth--;
+  return rc;
+}
+
+static int fl_members(fl_t *F, ds_value_t *obj, int indent, int first_inline) {
+  for (int i = 0;; i++) {
+    if (i || !first_inline) {
+      int r = fl_indent(F, indent);
+      if (r == 0 && i) return FL_OK;
+      if (r != 1) return FL_DECLINE;
+    }
+    const char *k;
+    size_t kl;
+    int plain;
+    ds_value_t *v = NULL;
+    if (fl_key(F, &k, &kl, &plain) != FL_OK) return FL_DECLINE;
+    ds_buf_t *J = F->json;
+    if (!J) {
+      if (fl_after_key(F, indent, &v) != FL_OK) return FL_DECLINE;
+      ds_value_object_add(F->a, obj, k, kl, v);
+      continue;
+    }
+    if (i) jputc(J, ',');
+    /* (k may point into tmp, which the value reuses: use it before the value) */
+    int top = F->depth == 0 && F->info;
+    int is_want = top && F->want && !F->info->want_found && kl == F->want_len &&
+                  memcmp(k, F->want, kl) == 0;
+    ds__yaml_span_t sp;
+    sp.key_start = J->len;
+    if (plain) jstr_plain(J, (const unsigned char *)k, kl);
+    else ds_json_write_string(J, k, kl);
+    sp.key_end = J->len;
+    jputc(J, ':');
+    sp.val_start = J->len;
+    if (fl_after_key(F, indent, &v) != FL_OK) return FL_DECLINE;
+    sp.val_end = J->len;
+    if (top && i == 0) F->info->first = sp;
+    if (is_want) {
+      F->info->want_found = 1;
+      F->info->want = sp;
+    }
+  }
+}
+
+/* True if the line at F->p starts a mapping (a key followed by ':'), not a scalar. */
+static int fl_line_is_key(const fl_t *F) {
+  const unsigned char *eol = fl_eol(F);
+  if (!eol) return 0;
+  if (*F->p == '"') {
+    const unsigned char *q = F->p + 1;
+    while (q < eol && *q != '"') q += *q == '\\' ? 2 : 1;
+    return q + 1 < eol && q[1] == ':';
+  }
+  for (const unsigned char *q = F->p; q < eol; q++)
+    if (*q == ':' && (q + 1 == eol || q[1] == ' ')) return 1;
+  return 0;
+}
+
+static int fl_items(fl_t *F, ds_value_t *arr, int indent, int first_inline) {
+  for (int i = 0;; i++) {
+    if (i || !first_inline) {
+      int r = fl_indent(F, indent);
+      if (r == 0 && i) return FL_OK;
+      if (r != 1) return FL_DECLINE;
+    }
+    if (F->end - F->p < 2 || F->p[0] != '-' || F->p[1] != ' ') return FL_DECLINE;
+    F->p += 2;
+    ds_buf_t *J = F->json;
+    if (J && i) jputc(J, ',');
+    ds_value_t *v = NULL;
+    int rc;
+    if (F->end - F->p >= 2 && F->p[0] == '-' && F->p[1] == ' ') {
+      if (++F->depth > DS__YAML_MAX_DEPTH / 2) return FL_DECLINE;
+      if (J) jputc(J, '[');
+      else v = ds_value_array(F->a, 0);
+      rc = fl_items(F, v, indent + 2, 1);
+      if (J) jputc(J, ']');
+      F->depth--;
+    } else if (fl_line_is_key(F)) {
+      if (++F->depth > DS__YAML_MAX_DEPTH / 2) return FL_DECLINE;
+      if (J) jputc(J, '{');
+      else v = ds_value_object(F->a, 4);
+      rc = fl_members(F, v, indent + 2, 1);
+      if (J) jputc(J, '}');
+      F->depth--;
+    } else {
+      rc = fl_inline(F, &v);
+    }
+    if (rc != FL_OK) return FL_DECLINE;
+    if (!J) ds_value_array_push(F->a, arr, v);
+  }
+}
+
+int ds__yaml_load_doc_fast(ds_arena_t *a, const char *s, size_t n, ds_value_t **out) {
+  if (!s || n < 5 || memcmp(s, "---\n", 4) != 0 || s[n - 1] != '\n') return 0;
+  if (!ds_utf8_valid(s, n)) return 0; /* libyaml reports the encoding error */
+  ds_buf_t tmp = DS_BUF_INIT;
+  fl_t F = {(const unsigned char *)s + 4, (const unsigned char *)s + n, a, NULL, &tmp, 0, NULL, 0, NULL};
+  if (F.p < F.end && (*F.p == ' ' || (F.end - F.p >= 2 && F.p[0] == '-' && F.p[1] == ' '))) {
+    ds_buf_free(&tmp);
+    return 0;
+  }
+  ds_value_t *root = ds_value_object(a, 8);
+  int rc = fl_members(&F, root, 0, 0);
+  ds_buf_free(&tmp);
+  if (rc != FL_OK || F.p != F.end) return 0;
+  *out = root;
+  return 1;
+}
+
+int ds__yaml_doc_to_json(const char *s, size_t n, ds_buf_t *out, const char *want,
+                         size_t want_len, ds__yaml_json_info_t *info) {
+  if (!s || n < 5 || memcmp(s, "---\n", 4) != 0 || s[n - 1] != '\n') return 0;
+  const unsigned char *p = (const unsigned char *)s + 4;
+  if (*p == ' ' || (n >= 6 && p[0] == '-' && p[1] == ' ')) return 0;
+  if (!ds_utf8_valid(s, n)) return 0;
+  memset(info, 0, sizeof *info);
+  ds_buf_t tmp = DS_BUF_INIT;
+  size_t base = out->len;
+  ds_buf_reserve(out, n + 16); /* the JSON is about as long as the YAML */
+  fl_t F = {p, (const unsigned char *)s + n, NULL, out, &tmp, 0, want, want_len, info};
+  jputc(out, '{');
+  int rc = fl_members(&F, NULL, 0, 0);
+  jputc(out, '}');
+  ds_buf_free(&tmp);
+  if (rc != FL_OK || F.p != F.end) {
+    out->len = base;
+    if (out->data) out->data[base] = '\0';
+    return 0;
+  }
+  return 1;
+}
+
+int ds_yaml_load_doc(ds_arena_t *a, const char *s, size_t n, ds_value_t **out, char *err,
+                     size_t errlen) {
+  if (ds__yaml_load_doc_fast(a, s, n, out)) {
+    if (err && errlen) err[0] = '\0';
+    return 0;
+  }
+  return ds__yaml_load_doc_libyaml(a, s, n, out, err, errlen);
 }

@@ -4,7 +4,8 @@
  * exact layout (a `---` line, block style, 2-space indentation, keys in insertion order,
  * strings plain unless plain would read back as something else, then double-quoted with
  * escapes; `{}` and `[]` for empty containers; DS_V_BINARY as `!!binary <base64>`), and the
- * loader (libyaml) that reads such a document back into an identical ds_value_t tree.
+ * loader that reads such a document back into an identical ds_value_t tree (a fast path for
+ * the emitter's own layout, libyaml for anything else).
  *
  * Round-trip law: for every value v the JSON parser can produce,
  *   ds_yaml_load_doc(ds_yaml_emit_doc(v)) equals v (ds_value_equal), including number
@@ -37,6 +38,29 @@ void ds_yaml_emit_doc(ds_buf_t *b, const ds_value_t *doc);
  */
 int ds_yaml_load_doc(ds_arena_t *a, const char *s, size_t n, ds_value_t **out, char *err,
                      size_t errlen);
+
+/** The two loaders behind ds_yaml_load_doc, exposed for tests: the fast one reads only
+ *  the emitter's own layout of a non-empty mapping and returns 1 (and *out) or 0 when it
+ *  declines; the libyaml one reads any single document (same contract as ds_yaml_load_doc).
+ *  ds_yaml_load_doc tries the fast one first. */
+int ds__yaml_load_doc_fast(ds_arena_t *a, const char *s, size_t n, ds_value_t **out);
+/** Spans (byte offsets into the output buffer) of one top-level member's JSON. */
+typedef struct {
+  size_t key_start, key_end; /* the key as a JSON string, quotes included */
+  size_t val_start, val_end; /* its value's JSON */
+} ds__yaml_span_t;
+typedef struct {
+  ds__yaml_span_t first; /* the first member */
+  int want_found;
+  ds__yaml_span_t want; /* the first member whose key is `want` */
+} ds__yaml_json_info_t;
+/** Transcodes a document the fast loader would take straight to compact JSON, appended to
+ *  out: the same bytes as ds_json_write of what ds_yaml_load_doc returns. Returns 1, or 0
+ *  (out unchanged) when the fast loader would decline. */
+int ds__yaml_doc_to_json(const char *s, size_t n, ds_buf_t *out, const char *want,
+                         size_t want_len, ds__yaml_json_info_t *info);
+int ds__yaml_load_doc_libyaml(ds_arena_t *a, const char *s, size_t n, ds_value_t **out,
+                              char *err, size_t errlen);
 
 /** Returns 1 if the string s[0..n) may be written as a plain scalar (the emitter's quoting
  *  rule: 0 means it is double-quoted). Exposed for tests and tools. */

@@ -794,7 +794,10 @@ static long y_read(ds_store_stream_t *s, uint64_t from, size_t max_records, size
   long delivered = 0;
   size_t bytes = 0;
   uint64_t off = from;
-  ds_buf_t raw = DS_BUF_INIT, repr = DS_BUF_INIT;
+  ds_buf_t lraw = DS_BUF_INIT, lrepr = DS_BUF_INIT;
+  int shared = !st->reading; /* a read from inside a read's callback uses its own */
+  ds_buf_t *rawp = shared ? &st->read_raw : &lraw, *reprp = shared ? &st->read_repr : &lrepr;
+  st->reading = 1;
   long rc = 0;
   int stop = 0, healed = 0;
   while (!stop && off < s->next && (size_t)delivered < max_records) {
@@ -824,21 +827,21 @@ static long y_read(ds_store_stream_t *s, uint64_t from, size_t max_records, size
     }
     size_t j = lo;
     uint64_t end = doc_end(s, j - 1);
-    ds_buf_reset(&raw);
-    ds_buf_reserve(&raw, (size_t)(end - start));
-    if (pread_full(s->fd, raw.data, (size_t)(end - start), start) != (ssize_t)(end - start)) {
+    ds_buf_reset(rawp);
+    ds_buf_reserve(rawp, (size_t)(end - start));
+    if (pread_full(s->fd, rawp->data, (size_t)(end - start), start) != (ssize_t)(end - start)) {
       ds_error("store", "%s: short read at %" PRIu64, s->file, start);
       rc = DS_EIO;
       break;
     }
     for (size_t i = i0; i < j; i++) {
-      const char *doc = raw.data + (s->idx[i] - start);
+      const char *doc = rawp->data + (s->idx[i] - start);
       size_t len = (size_t)(doc_end(s, i) - s->idx[i]);
       uint64_t got_off = 0;
       char err[160];
-      ds_buf_reset(&repr);
+      ds_buf_reset(reprp);
       st->stats.cache_misses++;
-      if (ds_record_decode_yaml(doc, len, &repr, &got_off, err, sizeof err) < 0 ||
+      if (ds_record_decode_yaml(doc, len, reprp, &got_off, err, sizeof err) < 0 ||
           got_off != s->base + i) {
         if (!healed) { /* maybe the index lies: rebuild it once and retry from here */
           healed = 1;
@@ -851,22 +854,28 @@ static long y_read(ds_store_stream_t *s, uint64_t from, size_t max_records, size
         stop = 1;
         break;
       }
-      if (delivered > 0 && (bytes >= max_bytes || repr.len > max_bytes - bytes)) {
+      if (delivered > 0 && (bytes >= max_bytes || reprp->len > max_bytes - bytes)) {
         stop = 1;
         break;
       }
-      bytes += repr.len;
+      bytes += reprp->len;
       delivered++;
       st->stats.records_read++;
       off = s->base + i + 1;
-      if (cb(ud, s->base + i, repr.data ? repr.data : "", repr.len)) {
+      if (cb(ud, s->base + i, reprp->data ? reprp->data : "", reprp->len)) {
         stop = 1;
         break;
       }
     }
   }
-  ds_buf_free(&raw);
-  ds_buf_free(&repr);
+  if (shared) {
+    st->reading = 0;
+    /* keep them for the next read unless an outsized record made them large */
+    if (st->read_raw.cap > 4 * READ_CHUNK) ds_buf_free(&st->read_raw);
+    if (st->read_repr.cap > 4 * READ_CHUNK) ds_buf_free(&st->read_repr);
+  }
+  ds_buf_free(&lraw);
+  ds_buf_free(&lrepr);
   /* Records already handed over stay delivered; the error surfaces on the next read. */
   if (rc < 0 && delivered == 0) return rc;
   return delivered;

@@ -2,6 +2,7 @@
 #include "stream/event.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,33 @@ void ds_number_shortest(double v, char *out, size_t outlen) {
     snprintf(out, outlen, "%.*g", prec, v);
     if (strtod(out, NULL) == v) return;
   }
+}
+
+/* createdAt for wall_ms: ds_clock_iso8601 (gmtime_r + snprintf) cost as much as the rest
+ * of an event's rendering, and appends come many per second, so the formatted second is
+ * cached and only the milliseconds are patched in. One loop thread renders events; the
+ * cache is only an optimisation (a stale entry is never used: the second is compared). */
+static void created_at(int64_t wall_ms, char out[DS_ISO8601_LEN + 1]) {
+  static int64_t cached_sec = INT64_MIN;
+  static char cached[DS_ISO8601_LEN + 1];
+  int64_t sec = wall_ms / 1000, ms = wall_ms % 1000;
+  if (ms < 0) {
+    ms += 1000;
+    sec -= 1;
+  }
+  if (sec != cached_sec) {
+    ds_clock_iso8601(sec * 1000, cached);
+    /* the layout is fixed ("...SS.000Z") for years 0000-9999; otherwise do not cache */
+    if (cached[19] != '.' || cached[23] != 'Z') {
+      ds_clock_iso8601(wall_ms, out);
+      return;
+    }
+    cached_sec = sec;
+  }
+  memcpy(out, cached, DS_ISO8601_LEN + 1);
+  out[20] = (char)('0' + ms / 100);
+  out[21] = (char)('0' + ms / 10 % 10);
+  out[22] = (char)('0' + ms % 10);
 }
 
 static int fail(char *err, size_t errlen, const char *msg) {
@@ -82,7 +110,7 @@ int ds_event_render(ds_arena_t *a, const char *body, size_t len, int max_depth, 
   char off[17];
   ds_offset_format(offset, off);
   char ts[DS_ISO8601_LEN + 1];
-  ds_clock_iso8601(created_ms, ts);
+  created_at(created_ms, ts);
 
   ds_value_t *ev = ds_value_object(a, 6);
   ds_value_object_add(a, ev, "type", 4, type);

@@ -38,8 +38,13 @@ struct ds_streams_s {
   ds_streams_opts_t opts;
   ds_stream_t **buckets;
   size_t nbuckets, count;
-  ds_streams_observer_fn observer;
-  void *observer_ud;
+  struct {
+    ds_streams_observer_fn fn;
+    void *ud;
+  } observers[DS_STREAMS_MAX_OBSERVERS];
+  size_t nobservers;
+  ds_streams_guard_fn guard;
+  void *guard_ud;
   ds_buf_t yaml, json; /* scratch buffers reused by every append */
   ds_arena_t arena;
   ds_streams_stats_t stats;
@@ -132,9 +137,28 @@ ds_streams_t *ds_streams_new(ds_store_t *store, const ds_streams_opts_t *opts) {
 
 ds_store_t *ds_streams_store(ds_streams_t *ss) { return ss->store; }
 
-void ds_streams_set_observer(ds_streams_t *ss, ds_streams_observer_fn fn, void *ud) {
-  ss->observer = fn;
-  ss->observer_ud = ud;
+int ds_streams_add_observer(ds_streams_t *ss, ds_streams_observer_fn fn, void *ud) {
+  if (ss->nobservers == DS_STREAMS_MAX_OBSERVERS) return DS_EBUSY;
+  ss->observers[ss->nobservers].fn = fn;
+  ss->observers[ss->nobservers].ud = ud;
+  ss->nobservers++;
+  return 0;
+}
+
+void ds_streams_remove_observer(ds_streams_t *ss, ds_streams_observer_fn fn, void *ud) {
+  for (size_t i = 0; i < ss->nobservers; i++) {
+    if (ss->observers[i].fn == fn && ss->observers[i].ud == ud) {
+      memmove(&ss->observers[i], &ss->observers[i + 1],
+              (ss->nobservers - i - 1) * sizeof ss->observers[0]);
+      ss->nobservers--;
+      return;
+    }
+  }
+}
+
+void ds_streams_set_append_guard(ds_streams_t *ss, ds_streams_guard_fn fn, void *ud) {
+  ss->guard = fn;
+  ss->guard_ud = ud;
 }
 
 static void detach_all(ds_stream_t *s) {
@@ -315,7 +339,7 @@ static void publish(ds_stream_t *s, ds_published_t *rec) {
   }
   s->publishing--;
   ss->stats.events_published++;
-  if (ss->observer) ss->observer(ss->observer_ud, rec);
+  for (size_t i = 0; i < ss->nobservers; i++) ss->observers[i].fn(ss->observers[i].ud, rec);
 }
 
 static ds_rbuf_t *agents_frame(uint64_t offset, const char *json, size_t n) {
@@ -348,6 +372,10 @@ int ds_stream_append_event(ds_stream_t *s, const char *body, size_t len, uint64_
   if (len > ss->opts.max_event_bytes) {
     snprintf(err, errlen, "event larger than %zu bytes", ss->opts.max_event_bytes);
     return DS_ETOOBIG;
+  }
+  if (ss->guard && s->st) {
+    int grc = ss->guard(ss->guard_ud, s, err, errlen);
+    if (grc != 0) return grc;
   }
   /* Validate and render before touching the store, so that an invalid event never
    * creates a file. A never-written stream starts at offset 0. */
@@ -390,8 +418,6 @@ int ds_stream_append_event(ds_stream_t *s, const char *body, size_t len, uint64_
   if (s->nsubs) pub.agents_frame = agents_frame(off, ss->json.data, ss->json.len);
   publish(s, &pub);
   if (pub.agents_frame) ds_rbuf_unref(pub.agents_frame);
-  /* the observer may have appended (re-entrantly) and reset the arena: harmless, since
-   * nothing of ours is used after publish */
   ds_arena_free(&ss->arena);
   return 0;
 }

@@ -53,9 +53,15 @@ struct ds_sub_s {
   ds_stream_t *stream;
 };
 
-/** Observer of every stored record (the Lua decorator chain). Runs after subscribers.
- *  Like subscribers it must not append synchronously (copy what it needs, defer). */
+/** Observer of every stored record (the Lua decorator chain, the protocol's
+ *  subscriptions). Runs after subscribers. Like subscribers it must not append
+ *  synchronously (copy what it needs, defer). */
 typedef void (*ds_streams_observer_fn)(void *ud, const ds_published_t *rec);
+
+/** Guard consulted before an /agents event is appended (not protocol records): returns 0
+ *  to allow, or a DS_E* code (DS_ECONFLICT: closed stream -> 409, DS_EGONE -> 410) with a
+ *  one-line reason in err. The protocol uses it so that /agents respects closure. */
+typedef int (*ds_streams_guard_fn)(void *ud, ds_stream_t *s, char *err, size_t errlen);
 
 typedef struct ds_streams_opts_s {
   int max_json_depth;      /* default 64 */
@@ -67,7 +73,13 @@ ds_streams_t *ds_streams_new(ds_store_t *store, const ds_streams_opts_t *opts);
  *  store is not closed. */
 void ds_streams_free(ds_streams_t *ss);
 ds_store_t *ds_streams_store(ds_streams_t *ss);
-void ds_streams_set_observer(ds_streams_t *ss, ds_streams_observer_fn fn, void *ud);
+/** Adds an observer (at most DS_STREAMS_MAX_OBSERVERS; returns DS_EBUSY beyond).
+ *  Observers run in the order they were added. */
+#define DS_STREAMS_MAX_OBSERVERS 8
+int ds_streams_add_observer(ds_streams_t *ss, ds_streams_observer_fn fn, void *ud);
+/** Removes the observer registered with exactly (fn, ud); a no-op if absent. */
+void ds_streams_remove_observer(ds_streams_t *ss, ds_streams_observer_fn fn, void *ud);
+void ds_streams_set_append_guard(ds_streams_t *ss, ds_streams_guard_fn fn, void *ud);
 
 /** Modes of ds_streams_get(). */
 enum {

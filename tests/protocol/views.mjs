@@ -205,6 +205,35 @@ async function testSubscriptions(base) {
   console.log("ok - webhook (Ed25519-signed, auto-acked) and pull-wake subscriptions")
 }
 
+// The two views agree on closure, content type and subscriptions: /agents respects a
+// protocol close, refuses non-JSON streams, and its appends wake subscriptions.
+async function testAgentsInterplay(base) {
+  const postEvent = (b, path, type, payload) => fetch(`${b}/agents/${path}`, {
+    method: "POST", body: JSON.stringify({ type, payload }),
+  })
+  await put(base, "mix/closed", { "content-type": "application/json" })
+  assert.equal((await postEvent(base, "mix/closed", "note", { n: 1 })).status, 204)
+  const close = await fetch(`${base}/v1/stream/mix/closed`, { method: "POST", headers: { "stream-closed": "true" } })
+  assert.equal(close.status, 204)
+  const refused = await postEvent(base, "mix/closed", "note", { n: 2 })
+  assert.equal(refused.status, 409)
+  assert.deepEqual(await refused.json(), { error: "stream is closed" })
+  await put(base, "mix/text", { "content-type": "text/plain" }, "plain")
+  const wrong = await postEvent(base, "mix/text", "note", {})
+  assert.equal(wrong.status, 409)
+  assert.match((await wrong.json()).error, /text\/plain/)
+
+  const pull = `${base}/v1/stream/__ds/subscriptions/mix-pull`
+  await put(base, "mixwakes", { "content-type": "application/json" }, "[]")
+  const pcfg = { type: "pull-wake", pattern: "mixagent/*", wake_stream: "mixwakes" }
+  assert.equal((await fetch(pull, { method: "PUT", body: JSON.stringify(pcfg) })).status, 201)
+  assert.equal((await postEvent(base, "mixagent/a", "user.message", { text: "wake up" })).status, 204)
+  await until(async () => (await (await fetch(`${base}/v1/stream/mixwakes`)).json())
+    .some((w) => w.stream === "mixagent/a"), "wake event for an /agents append")
+  assert.equal((await fetch(pull, { method: "DELETE" })).status, 204)
+  console.log("ok - /agents respects protocol closure and content type; its appends wake subscriptions")
+}
+
 async function put(base, name, headers, body) {
   const res = await fetch(`${base}/v1/stream/${name}`, { method: "PUT", headers, body })
   assert.equal(res.status, 201, `PUT ${name}`)
@@ -284,6 +313,7 @@ try {
     const base = await startServer(storage)
     await testAgentsView(base, storage)
     if (storage === "memory") await testSubscriptions(base)
+    await testAgentsInterplay(base)
     await stopServer()
   }
   await testRestart()

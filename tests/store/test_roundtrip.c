@@ -25,6 +25,7 @@ static uint64_t rnd(void) {
   g_rng ^= g_rng << 17;
   return g_rng;
 }
+static size_t g_fast_docs; /* documents the fast loader read */
 static unsigned rn(unsigned n) { return (unsigned)(rnd() % n); }
 
 /* Whole strings that are hard for a YAML emitter. */
@@ -240,6 +241,49 @@ static size_t roundtrip_one(ds_value_t *v) {
   if (ds_yaml_load_doc(&a, y.data, y.len, &back, err, sizeof err) != 0)
     fail_msg("YAML does not load: %s\n%.*s", err, (int)y.len, y.data);
   ds_json_write(&j2, back);
+  /* both loaders: the fast one must read every non-empty mapping the emitter writes
+   * (unless it needed an explicit "? key"), and read it exactly as libyaml does */
+  ds_value_t *fast = NULL, *slow = NULL;
+  int took = ds__yaml_load_doc_fast(&a, y.data, y.len, &fast);
+  if (ds__yaml_load_doc_libyaml(&a, y.data, y.len, &slow, err, sizeof err) != 0)
+    fail_msg("libyaml does not load: %s\n%.*s", err, (int)y.len, y.data);
+  const char *yc = ds_buf_cstr(&y);
+  int explicit_key = memcmp(yc, "---\n? ", 6) == 0 || strstr(yc, "\n? ") != NULL ||
+                     strstr(yc, "- ? ") != NULL || strstr(yc, " ? ") != NULL;
+  if (p->type == DS_V_OBJECT && p->u.obj.len && !took && !explicit_key)
+    fail_msg("the fast loader declined the emitter's own document:\n%.*s", (int)y.len, y.data);
+  if (took && !ds_value_equal(fast, slow))
+    fail_msg("fast and libyaml loaders differ on:\n%.*s", (int)y.len, y.data);
+  if (took) g_fast_docs++;
+  /* the transcoder takes the same documents and writes exactly ds_json_write's bytes */
+  ds_buf_t j3 = DS_BUF_INIT;
+  ds_buf_append(&j3, "x", 1); /* it appends: check it leaves what was there */
+  ds__yaml_json_info_t info;
+  int tj = ds__yaml_doc_to_json(y.data, y.len, &j3, "offset", 6, &info);
+  if (tj != took) fail_msg("transcoder %s a document the fast loader %s:\n%.*s",
+                           tj ? "took" : "declined", took ? "took" : "declined", (int)y.len, y.data);
+  if (tj) {
+    ds_buf_t jf = DS_BUF_INIT;
+    ds_json_write(&jf, fast);
+    if (j3.len != jf.len + 1 || memcmp(j3.data + 1, jf.data, jf.len) != 0)
+      fail_msg("transcoder output differs:\n%.*s\nJSON  %.*s\nTRANS %.*s", (int)y.len, y.data,
+               (int)jf.len, jf.data, (int)j3.len - 1, j3.data + 1);
+    const ds_member_t *m0 = &fast->u.obj.items[0];
+    ds_buf_t k0 = DS_BUF_INIT, v0 = DS_BUF_INIT;
+    ds_json_write_string(&k0, m0->key, m0->klen);
+    ds_json_write(&v0, m0->val);
+    assert_int_equal(info.first.key_end - info.first.key_start, k0.len);
+    assert_memory_equal(j3.data + info.first.key_start, k0.data, k0.len);
+    assert_int_equal(info.first.val_end - info.first.val_start, v0.len);
+    assert_memory_equal(j3.data + info.first.val_start, v0.data, v0.len);
+    assert_int_equal(info.want_found, ds_value_get(fast, "offset") != NULL);
+    ds_buf_free(&jf);
+    ds_buf_free(&k0);
+    ds_buf_free(&v0);
+  } else {
+    assert_int_equal(j3.len, 1);
+  }
+  ds_buf_free(&j3);
   if (!ds_value_equal(p, back) || j1.len != j2.len || memcmp(j1.data, j2.data, j1.len) != 0)
     fail_msg("round trip differs:\nJSON  %.*s\nYAML\n%.*s\nBACK  %.*s", (int)j1.len, j1.data,
              (int)y.len, y.data, (int)j2.len, j2.data);
@@ -263,6 +307,7 @@ static void test_random_values(void **st) {
     ds_arena_free(&a);
   }
   assert_true(total > 100000); /* the generator really produced substantial documents */
+  assert_true(g_fast_docs > 300); /* non-empty mappings (~1/11 of the values) took the fast path */
 }
 
 /* Record-shaped documents go through ds_record_decode_yaml as the store will do. */

@@ -358,6 +358,56 @@ static void test_record_decode(void **st) {
   ds_buf_free(&r);
 }
 
+/* Shapes the emitter never writes: the fast loader declines them or reads them exactly
+ * as libyaml does ("a: yes" is the string "yes" either way), and ds_yaml_load_doc gives
+ * libyaml's reading or its error. */
+static void test_fast_loader_agrees(void **st) {
+  (void)st;
+  size_t declined = 0;
+  static const char *const docs[] = {
+      "---\na: yes\n", "---\na: ~\n", "---\na: b # c\n", "---\na:\nb: 1\n",
+      "---\na: foo\n  bar\n", "---\na:\tb\n", "---\na:\n\t- 1\n", "---\na: [1, 2]\n",
+      "---\na: 'x'\n", "---\n? a\n: b\n", "---\na: 1\n b: 2\n", "---\na:\n   b: 1\n",
+      "---\na: \"\\e\"\n", "---\na: \"x\" y\n", "---\na: !!str 1\n", "---\na: &x 1\n",
+      "---\na: 1", "---\n- 1\n", "--- 1\n", "---\n\"a\nb\": 1\n", "---\na: True\n",
+      "---\na:  x\n", "---\na: x \n", "---\na: 1\n\nb: 2\n", "---\na: \"\\ud800\"\n",
+      "---\nkey: !!binary ###\n", "---\na: {b: 1}\n", "---\na:\n- 1\n",
+  };
+  for (size_t i = 0; i < sizeof docs / sizeof docs[0]; i++) {
+    ds_arena_t a;
+    ds_arena_init(&a);
+    size_t n = strlen(docs[i]);
+    ds_value_t *v = NULL, *w = NULL, *f = NULL;
+    int took = ds__yaml_load_doc_fast(&a, docs[i], n, &f);
+    char e1[160], e2[160];
+    int r1 = ds_yaml_load_doc(&a, docs[i], n, &v, e1, sizeof e1);
+    int r2 = ds__yaml_load_doc_libyaml(&a, docs[i], n, &w, e2, sizeof e2);
+    assert_int_equal(r1, r2);
+    if (took && (r2 != 0 || !ds_value_equal(f, w))) fail_msg("fast loader misread:\n%s", docs[i]);
+    if (r1 == 0) assert_true(ds_value_equal(v, w));
+    else assert_string_equal(e1, e2);
+    declined += !took;
+    ds_arena_free(&a);
+  }
+  assert_int_equal(declined, sizeof docs / sizeof docs[0] - 2); /* all but "yes" and "True" */
+  /* and the emitter's shapes it does take, read like libyaml does */
+  static const char *const ok[] = {
+      "---\na: 1\nb:\n  - x\n  - - 1\n    - {}\n  - c: \"\\x85\\u2028\\0\"\n    d: []\ne: !!binary \"\"\n",
+      "---\n\"\\\"k\": null\nt: true\nf: false\nnum: -1.5e3\ns: a:b#c\nx: !!binary aGk=\n",
+  };
+  for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+    ds_arena_t a;
+    ds_arena_init(&a);
+    size_t n = strlen(ok[i]);
+    ds_value_t *v = NULL, *w = NULL;
+    char e[160];
+    if (!ds__yaml_load_doc_fast(&a, ok[i], n, &v)) fail_msg("fast loader declined:\n%s", ok[i]);
+    assert_int_equal(ds__yaml_load_doc_libyaml(&a, ok[i], n, &w, e, sizeof e), 0);
+    assert_true(ds_value_equal(v, w));
+    ds_arena_free(&a);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_contract_example), cmocka_unit_test(test_quoting_rule),
@@ -365,6 +415,7 @@ int main(void) {
       cmocka_unit_test(test_long_keys),        cmocka_unit_test(test_load_scalars),
       cmocka_unit_test(test_load_hand_written), cmocka_unit_test(test_load_errors),
       cmocka_unit_test(test_load_garbage_no_crash), cmocka_unit_test(test_record_decode),
+      cmocka_unit_test(test_fast_loader_agrees),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
