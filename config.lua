@@ -79,5 +79,6 @@ return {
     load_instruction_budget = 10000000, -- ... and a plugin's load phase in total
     max_hook_errors = 5,                -- a plugin whose hooks fail this often is disabled
     memory_limit_mb = 512,              -- cap on the Lua state's memory
+    max_cached_paths = 10000,           -- per-path agent states kept; idle ones beyond are rebuilt from the stream
   },
 }

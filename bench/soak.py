@@ -249,7 +249,7 @@ def main():
     ap.add_argument("--rss-ref", type=float, default=120)
     ap.add_argument("--rss-tolerance", type=float, default=5)
     ap.add_argument("--streams", type=int, default=4)
-    ap.add_argument("--append-rate", type=float, default=25, help="appends/s per appender")
+    ap.add_argument("--append-rate", type=float, default=10, help="appends/s per appender")
     ap.add_argument("--subscribers", type=int, default=4)
     ap.add_argument("--openai", action="store_true", help="also drive agent requests on openai paths")
     ap.add_argument("--csv")

@@ -7,11 +7,14 @@
 #   -v  run the server under valgrind (use a short -d, e.g. 60): fails on any valgrind error
 #       or leaked block; RSS is not judged then (valgrind's own heap dominates it)
 #   -o  keep logs and samples.csv in this directory (default: a temp dir, removed)
-# Load: 4 appenders (25 events/s each), 4 live SSE subscribers joining and leaving, catch-ups
+# Load: 4 appenders (10 events/s each), 4 live SSE subscribers joining and leaving, catch-ups
 # from recent offsets, agent requests taking turns over 20 echo paths and 20 openai paths (the
 # fake upstream spec/fixtures/upstream/openai_fake.py). Server config: tail_cache_bytes 8 KiB
-# so the per-stream caches (44 streams) fill within the first two minutes. Agent turns are
-# spread over 40 paths because a conversation the agent holds grows with every turn by design.
+# so the per-stream caches (44 streams) fill within the first two minutes, and
+# agents.max_cached_paths 8: the agent holds 8 of the 40 conversations in memory and rebuilds
+# the others from their streams (a held conversation grows with every turn by design).
+# Memory that grows with stored data by design remains: 8 bytes per event (the offset index of
+# an open stream) - about 150 KB over 10 minutes at these rates.
 # Exit status: 0 when soak.py reports PASS (and valgrind is clean with -v).
 set -u
 cd "$(dirname "$0")/.."
@@ -55,7 +58,7 @@ return {
   port = 0, data_dir = "$T/data", fsync = "interval", log_level = "warn",
   limits = { tail_cache_bytes = 8192 },
   agents = {
-    default_model = "echo", plugin_dir = "$T/plugins",
+    default_model = "echo", plugin_dir = "$T/plugins", max_cached_paths = 8,
     models = { openai = { base_url = "http://127.0.0.1:$FPORT/v1", api_key_env = "SOAK_OPENAI_KEY" } },
   },
 }

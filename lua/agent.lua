@@ -50,6 +50,8 @@ function M.install(ds, cfg, models)
     loop = llm_loop.new(ds, models, cfg),
     states = {},
     n_states = 0,
+    -- agents.max_cached_paths overrides the cap (the soak run uses a small one)
+    max_cached = math.tointeger(cfg.max_cached_paths) or M.MAX_CACHED,
     default_model = cfg.default_model or "openai",
     prefixes = cfg.prefixes,
   }, M)
@@ -159,7 +161,7 @@ function M:state(path, upto)
   end
   self.states[path] = st
   self.n_states = self.n_states + 1
-  if self.n_states > M.MAX_CACHED then
+  if self.n_states > self.max_cached then
     self:evict(path)
   end
   -- A request that was in flight when the server stopped will never finish.
@@ -181,7 +183,7 @@ end
 
 ---Drops idle cached states (never `keep`) until a tenth below the cap.
 function M:evict(keep)
-  local target = M.MAX_CACHED - M.MAX_CACHED // 10
+  local target = self.max_cached - self.max_cached // 10
   for path, st in pairs(self.states) do
     if self.n_states <= target then
       break

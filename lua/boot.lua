@@ -43,6 +43,7 @@ M.DEFAULTS = {
   load_instruction_budget = 10000000,
   max_hook_errors = 5,
   memory_limit_mb = 512,
+  max_cached_paths = 10000,
 }
 
 local KNOWN = {}
@@ -97,7 +98,8 @@ function M.normalize(cfg)
   if c.prefixes ~= nil and type(c.prefixes) ~= "table" then
     error("config: agents.prefixes must be a list of path prefixes", 0)
   end
-  for _, k in ipairs({ "instruction_budget", "load_instruction_budget", "max_hook_errors", "memory_limit_mb" }) do
+  for _, k in ipairs({ "instruction_budget", "load_instruction_budget", "max_hook_errors", "memory_limit_mb",
+    "max_cached_paths" }) do
     if math.type(c[k]) ~= "integer" or c[k] < 0 then
       error(("config: agents.%s must be a non-negative integer"):format(k), 0)
     end

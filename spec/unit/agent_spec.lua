@@ -487,3 +487,20 @@ describe("agent state rebuilt from a recorded history", function()
     assert.same({ kind = "text", text = "queued one" }, m.calls[1].prompt)
   end)
 end)
+
+describe("agents.max_cached_paths", function()
+  it("sets the cap on cached per-path states", function()
+    local h, agent = setup({ default_model = "echo", max_cached_paths = 2, models = { echo = { delay_ms = 0 } } })
+    for i = 1, 5 do
+      say(h, "hello " .. i, nil, "cap/p" .. i)
+      h:run()
+    end
+    assert.equal(2, agent.max_cached)
+    assert.is_true(agent.n_states <= 2)
+    -- an evicted path still answers, with its history rebuilt from the stream
+    say(h, "again", nil, "cap/p1")
+    h:run()
+    assert.equal(2, #h:events("cap/p1", T.ended))
+    assert.same({}, h.errors)
+  end)
+end)
