@@ -176,13 +176,22 @@ static int plain_syntax_ok(const char *str, size_t n) {
   const unsigned char *stop = s;
   for (const unsigned char *p = s; p < end; p++) {
     if (p >= stop) {
-      /* 8 bytes at a time while none is a control, DEL, ':', ' ' or non-ASCII */
+      /* 8 bytes at a time while none is a control, DEL or non-ASCII; ':' and ' ' only
+       * matter before ' ' and '#', so the flagged positions are checked one by one (a
+       * flag may be false above a true one, never missing: each is verified) */
       while (end - p >= 8) {
         uint64_t x;
         memcpy(&x, p, 8);
-        if ((x & Y_HIGH) | y_has_less(x, 0x20) | y_has_byte(x, 0x7f) | y_has_byte(x, ':') |
-            y_has_byte(x, ' '))
-          break;
+        if ((x & Y_HIGH) | y_has_less(x, 0x20) | y_has_byte(x, 0x7f)) break;
+        uint64_t m = y_has_byte(x, ':') | y_has_byte(x, ' ');
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+        if (m) break; /* flag positions below assume byte 0 is the low byte */
+#endif
+        while (m) {
+          const unsigned char *q = p + (__builtin_ctzll(m) >> 3);
+          if (q + 1 < end && ((*q == ':' && q[1] == ' ') || (*q == ' ' && q[1] == '#'))) return 0;
+          m &= m - 1;
+        }
         p += 8;
       }
       if (p >= end) break;
