@@ -623,6 +623,7 @@ typedef struct {
   ds_buf_t *json;  /* JSON mode (a != NULL is tree mode): compact JSON is written here */
   ds_buf_t *tmp;   /* decoded quoted scalars */
   int depth;
+  const unsigned char *eol; /* fl_eol's last answer */
   /* JSON mode, top-level members: spans of the first one and of the first `want` one */
   const char *want;
   size_t want_len;
@@ -753,8 +754,11 @@ static int fl_quoted(fl_t *F) {
 }
 
 /* End of the current line (the '\n'), or NULL if the document ends without one. */
-static const unsigned char *fl_eol(const fl_t *F) {
-  return memchr(F->p, '\n', (size_t)(F->end - F->p));
+static const unsigned char *fl_eol(fl_t *F) {
+  /* p only moves forward, so a newline found earlier at or after p is still the first */
+  if (F->eol && F->eol >= F->p) return F->eol;
+  F->eol = memchr(F->p, '\n', (size_t)(F->end - F->p));
+  return F->eol;
 }
 
 /* A key at F->p: plain or quoted, followed by ':'. On success *k and *kl hold the key
@@ -939,7 +943,7 @@ static int fl_members(fl_t *F, ds_value_t *obj, int indent, int first_inline) {
 }
 
 /* True if the line at F->p starts a mapping (a key followed by ':'), not a scalar. */
-static int fl_line_is_key(const fl_t *F) {
+static int fl_line_is_key(fl_t *F) {
   const unsigned char *eol = fl_eol(F);
   if (!eol) return 0;
   if (*F->p == '"') {
@@ -991,7 +995,7 @@ int ds__yaml_load_doc_fast(ds_arena_t *a, const char *s, size_t n, ds_value_t **
   if (!s || n < 5 || memcmp(s, "---\n", 4) != 0 || s[n - 1] != '\n') return 0;
   if (!ds_utf8_valid(s, n)) return 0; /* libyaml reports the encoding error */
   ds_buf_t tmp = DS_BUF_INIT;
-  fl_t F = {(const unsigned char *)s + 4, (const unsigned char *)s + n, a, NULL, &tmp, 0, NULL, 0, NULL};
+  fl_t F = {(const unsigned char *)s + 4, (const unsigned char *)s + n, a, NULL, &tmp, 0, NULL, NULL, 0, NULL};
   if (F.p < F.end && (*F.p == ' ' || (F.end - F.p >= 2 && F.p[0] == '-' && F.p[1] == ' '))) {
     ds_buf_free(&tmp);
     return 0;
@@ -1014,7 +1018,7 @@ int ds__yaml_doc_to_json(const char *s, size_t n, ds_buf_t *out, const char *wan
   ds_buf_t tmp = DS_BUF_INIT;
   size_t base = out->len;
   ds_buf_reserve(out, n + 16); /* the JSON is about as long as the YAML */
-  fl_t F = {p, (const unsigned char *)s + n, NULL, out, &tmp, 0, want, want_len, info};
+  fl_t F = {p, (const unsigned char *)s + n, NULL, out, &tmp, 0, NULL, want, want_len, info};
   jputc(out, '{');
   int rc = fl_members(&F, NULL, 0, 0);
   jputc(out, '}');
