@@ -254,7 +254,7 @@ def main():
     ap.add_argument("--openai", action="store_true", help="also drive agent requests on openai paths")
     ap.add_argument("--csv")
     ap.add_argument("--no-agents", action="store_true", help="leave out agent requests (isolating a load)")
-    ap.add_argument("--agent-paths", type=int, default=20, help="paths per agent model, used in turn")
+    ap.add_argument("--agent-paths", type=int, default=300, help="paths per agent model, used in turn")
     ap.add_argument("--no-echo", action="store_true", help="leave out echo agent requests")
     ap.add_argument("--no-catchup", action="store_true", help="leave out catch-up reads (isolating a load)")
     ap.add_argument("--upstream-port", type=int, default=0)

@@ -8,10 +8,10 @@
 #       or leaked block; RSS is not judged then (valgrind's own heap dominates it)
 #   -o  keep logs and samples.csv in this directory (default: a temp dir, removed)
 # Load: 4 appenders (10 events/s each), 4 live SSE subscribers joining and leaving, catch-ups
-# from recent offsets, agent requests taking turns over 20 echo paths and 20 openai paths (the
+# from recent offsets, agent requests taking turns over 300 echo paths and 300 openai paths (the
 # fake upstream spec/fixtures/upstream/openai_fake.py). Server config: tail_cache_bytes 8 KiB
 # so the per-stream caches (44 streams) fill within the first two minutes, and
-# agents.max_cached_paths 8: the agent holds 8 of the 40 conversations in memory and rebuilds
+# agents.max_cached_paths 8: the agent holds 8 of the 600 conversations in memory and rebuilds
 # the others from their streams (a held conversation grows with every turn by design).
 # Memory that grows with stored data by design remains: 8 bytes per event (the offset index of
 # an open stream) - about 150 KB over 10 minutes at these rates.

@@ -151,4 +151,7 @@ PY
 verify "after space returned"
 stop
 grep -q "stopped cleanly" "$T/err.txt" || { echo "no clean stop"; exit 1; }
+if grep -qE "ERROR: (Address|Leak)Sanitizer|runtime error:" "$T/err.txt"; then
+  echo "sanitizer report in the server log:"; grep -A20 -E "Sanitizer|runtime error:" "$T/err.txt" | head -40; exit 1
+fi
 echo "full-disk run: PASS"

@@ -101,7 +101,11 @@ local function start(extra)
 end
 
 local function run(srv, fn)
-  local ok, err = pcall(fn)
+  local ok, err = pcall(function()
+    fn()
+    srv:stop()
+    srv:assert_no_sanitizer_reports()
+  end)
   local log = srv:log()
   srv:cleanup()
   assert(ok, tostring(err) .. "\n--- server log tail:\n" .. log:sub(-2000))
@@ -117,8 +121,11 @@ describe("bearer-token auth", function()
 
   teardown(function()
     if srv then
+      srv:stop()
       log = srv:log()
+      local ok, err = pcall(srv.assert_no_sanitizer_reports, srv)
       srv:cleanup()
+      assert(ok, err)
     end
   end)
 

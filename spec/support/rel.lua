@@ -172,6 +172,23 @@ function R:cleanup()
   os.execute("rm -rf " .. q(self.dir))
 end
 
+---Whether the binary is an ASan/UBSan build (RSS bounds do not apply: ASan's quarantine
+---holds freed memory on purpose).
+function R.sanitized()
+  if R._sanitized == nil then
+    R._sanitized = os.execute("grep -q __asan_init " .. q(binary()) .. " 2>/dev/null") == true
+  end
+  return R._sanitized
+end
+
+---Fails when a sanitizer reported anything in the server's stderr (call after stop()).
+function R:assert_no_sanitizer_reports()
+  local l = self:log()
+  for _, pat in ipairs({ "ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:" }) do
+    assert(not l:find(pat, 1, true), "sanitizer report in the server log:\n" .. l:sub(-4000))
+  end
+end
+
 function R:log()
   local out = {}
   for i = 1, self.run do
