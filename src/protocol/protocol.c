@@ -15,6 +15,7 @@
 #include "core/err.h"
 #include "core/log.h"
 #include "protocol/pinternal.h"
+#include "store/json.h"
 
 void ds__hdrs_init(ds__hdrs_t *h, ds_arena_t *a) {
   h->n = 0;
@@ -50,9 +51,15 @@ const ds_http_header_t *ds__hdrs_done(ds__hdrs_t *h) {
   return h->h;
 }
 
+/* Errors use the server-wide form {"error": "<one line>"} on both views. */
 void ds__respond_err_h(ds_http_req_t *req, ds__hdrs_t *h, int status, const char *msg) {
-  ds__hdr(h, "Content-Type", "text/plain");
-  ds_http_respond(req, status, ds__hdrs_done(h), msg, strlen(msg));
+  ds__hdr(h, "Content-Type", "application/json");
+  ds_buf_t b = DS_BUF_INIT;
+  ds_buf_puts(&b, "{\"error\":");
+  ds_json_write_string(&b, msg, strlen(msg));
+  ds_buf_putc(&b, '}');
+  ds_http_respond(req, status, ds__hdrs_done(h), b.data, b.len);
+  ds_buf_free(&b);
 }
 
 void ds__respond_err(ds_http_req_t *req, int status, const char *msg) {
