@@ -29,7 +29,7 @@ return {
     idle_timeout_ms = 60000,            -- idle keep-alive connections are closed after
     subscriber_backlog_bytes = 4194304, -- unsent bytes before a slow SSE reader is dropped
     tail_cache_bytes = 1048576,         -- per-stream cache of recent events for catch-up
-    max_open_files = 512,               -- YAML store descriptors kept open (LRU)
+    max_open_files = 4096,              -- YAML store descriptors kept open (LRU; the fd limit is raised to fit)
   },
 
   sse = {

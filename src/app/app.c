@@ -2,6 +2,7 @@
 #include "app/app.h"
 
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -239,6 +240,27 @@ static void print_listening(const ds_config_t *cfg, int port) {
   fflush(stdout);
 }
 
+/* Connections and open stream files are descriptors: raise the soft limit to the hard
+ * one (as Redis and nginx do), and warn when even that cannot hold what the config asks
+ * for. A store whose LRU of open files is smaller than the set of streams being written
+ * reopens a file on almost every append, which costs more than the append itself. */
+static void raise_fd_limit(const ds_config_t *cfg) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+  if (rl.rlim_cur < rl.rlim_max) {
+    rlim_t old = rl.rlim_cur;
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) rl.rlim_cur = old;
+  }
+  /* max_connections is a ceiling, not a need; the store's files plus a working margin of
+   * connections are what must fit */
+  rlim_t want = (rlim_t)cfg->max_open_files + 1024;
+  if (rl.rlim_cur < want)
+    ds_warn("server", "open-file limit %llu leaves little room beside limits.max_open_files "
+            "(%u); lower it or raise the limit (ulimit -n)", (unsigned long long)rl.rlim_cur,
+            cfg->max_open_files);
+}
+
 int ds_app_run(const ds_config_t *cfg) {
   app_t app;
   memset(&app, 0, sizeof app);
@@ -246,6 +268,7 @@ int ds_app_run(const ds_config_t *cfg) {
   char err[512];
   int status = 1;
   signal(SIGPIPE, SIG_IGN);
+  raise_fd_limit(cfg);
 #if defined(__GLIBC__)
   /* All request work runs on the loop thread; the few helper threads (libuv's pool,
    * libcurl's resolver) gain nothing from arenas of their own but fragmentation. */

@@ -30,7 +30,7 @@ void ds_config_defaults(ds_config_t *c) {
   c->idle_timeout_ms = 60000;
   c->subscriber_backlog_bytes = 4u << 20;
   c->tail_cache_bytes = 1u << 20;
-  c->max_open_files = 512;
+  c->max_open_files = 4096;
   c->keepalive_ms = 15000;
   c->long_poll_timeout_ms = 30000;
   c->sse_reconnect_ms = 60000;
