@@ -326,6 +326,27 @@ static void producer_headers(ds__hdrs_t *h, int64_t epoch, int64_t seq) {
   ds__hdrf(h, "Producer-Seq", "%lld", (long long)seq);
 }
 
+/* A producer that repeats the exact (id, epoch, seq) that closed the stream gets the same
+ * 204 again (idempotent close), whether it retries the close or an append-and-close. */
+static bool repeat_of_close(ds_http_req_t *req, ds_stream_t *s, const ds__pstream_t *st,
+                            const char *pid, int64_t epoch, int64_t pseqv) {
+  if (!st->closed_by || strcmp(st->closed_by, pid) != 0 || st->closed_epoch != epoch ||
+      st->closed_seq != pseqv)
+    return false;
+  ds_arena_t a;
+  ds_arena_init(&a);
+  ds__hdrs_t h;
+  ds__hdrs_init(&h, &a);
+  char off[17];
+  fmt_off(ds_stream_next_offset(s), off);
+  ds__hdr(&h, "Stream-Next-Offset", off);
+  ds__hdr(&h, "Stream-Closed", "true");
+  producer_headers(&h, epoch, pseqv);
+  ds_http_respond(req, 204, ds__hdrs_done(&h), NULL, 0);
+  ds_arena_free(&a);
+  return true;
+}
+
 static void respond_closed_conflict(ds_http_req_t *req, ds_stream_t *s) {
   ds_arena_t a;
   ds_arena_init(&a);
@@ -448,18 +469,7 @@ void ds__op_post(ds_protocol_t *p, ds_http_req_t *req, const char *path) {
 
   if (req->body_len == 0 && close) {
     if (st->closed) {
-      if (allp && st->closed_by && strcmp(st->closed_by, pid) == 0 && st->closed_epoch == epoch &&
-          st->closed_seq == pseqv) {
-        ds_arena_init(&a);
-        ds__hdrs_init(&h, &a);
-        fmt_off(ds_stream_next_offset(s), off);
-        ds__hdr(&h, "Stream-Next-Offset", off);
-        ds__hdr(&h, "Stream-Closed", "true");
-        producer_headers(&h, epoch, pseqv);
-        ds_http_respond(req, 204, ds__hdrs_done(&h), NULL, 0);
-        ds_arena_free(&a);
-        return;
-      }
+      if (allp && repeat_of_close(req, s, st, pid, epoch, pseqv)) return;
       if (allp) {
         respond_closed_conflict(req, s);
         return;
@@ -498,18 +508,7 @@ void ds__op_post(ds_protocol_t *p, ds_http_req_t *req, const char *path) {
     return;
   }
   if (st->closed) {
-    if (allp && st->closed_by && strcmp(st->closed_by, pid) == 0 && st->closed_epoch == epoch &&
-        st->closed_seq == pseqv) {
-      ds_arena_init(&a);
-      ds__hdrs_init(&h, &a);
-      fmt_off(ds_stream_next_offset(s), off);
-      ds__hdr(&h, "Stream-Next-Offset", off);
-      ds__hdr(&h, "Stream-Closed", "true");
-      producer_headers(&h, epoch, pseqv);
-      ds_http_respond(req, 204, ds__hdrs_done(&h), NULL, 0);
-      ds_arena_free(&a);
-      return;
-    }
+    if (allp && repeat_of_close(req, s, st, pid, epoch, pseqv)) return;
     respond_closed_conflict(req, s);
     return;
   }
