@@ -165,14 +165,22 @@ typedef struct {
 
 static int batch_cb(void *ud, uint64_t offset, const char *repr, size_t len) {
   batch_ctx_t *b = ud;
+  /* one reservation, then the frame is written in place (once per event sent) */
+  static const char mid[] = "\nevent: data\ndata: ";
+  ds_buf_reserve(b->out, len + 4 + 16 + (sizeof mid - 1) + 2);
+  char *o = b->out->data + b->out->len;
+  memcpy(o, "id: ", 4);
   char off[17];
   ds_offset_format(offset, off);
-  ds_buf_reserve(b->out, len + 48);
-  ds_buf_append(b->out, "id: ", 4);
-  ds_buf_append(b->out, off, 16);
-  ds_buf_append(b->out, "\nevent: data\ndata: ", 19);
-  ds_buf_append(b->out, repr, len);
-  ds_buf_append(b->out, "\n\n", 2);
+  memcpy(o + 4, off, 16);
+  o += 20;
+  memcpy(o, mid, sizeof mid - 1);
+  o += sizeof mid - 1;
+  if (len) memcpy(o, repr, len);
+  o += len;
+  o[0] = '\n';
+  o[1] = '\n';
+  b->out->len = (size_t)(o + 2 - b->out->data);
   b->r->next = offset + 1;
   return 0;
 }

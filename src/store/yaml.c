@@ -814,17 +814,17 @@ static const unsigned char *scan_key(const unsigned char *p, const unsigned char
   return plain_scan(p, end, NULL, 0, 1);
 }
 
+/* First bytes a plain scalar may not start with: the indicators plain_syntax_ok refuses,
+ * and ' '. */
+static const unsigned char lead_bad[256] = {
+    [' '] = 1, ['-'] = 1, ['?'] = 1, [':'] = 1, [','] = 1, ['['] = 1, [']'] = 1, ['{'] = 1,
+    ['}'] = 1, ['#'] = 1, ['&'] = 1, ['*'] = 1, ['!'] = 1, ['|'] = 1, ['>'] = 1, ['\''] = 1,
+    ['"'] = 1, ['%'] = 1, ['@'] = 1, ['`'] = 1,
+};
+
 /* The rest of plain_syntax_ok, for a scalar plain_scan took: its first and last bytes. */
-static int plain_edges_ok(const unsigned char *s, size_t n) {
-  if (n == 0 || s[n - 1] == ' ' || s[n - 1] == ':') return 0;
-  switch (s[0]) {
-  case ' ': case '-': case '?': case ':': case ',': case '[': case ']': case '{': case '}':
-  case '#': case '&': case '*': case '!': case '|': case '>': case '\'': case '"':
-  case '%': case '@': case '`':
-    return 0;
-  default:
-    break;
-  }
+static inline int plain_edges_ok(const unsigned char *s, size_t n) {
+  if (n == 0 || lead_bad[s[0]] || s[n - 1] == ' ' || s[n - 1] == ':') return 0;
   return !(n >= 3 && s[0] == '.' && s[1] == '.' && s[2] == '.');
 }
 
@@ -1071,29 +1071,49 @@ static int fl_inline(fl_t *F, ds_value_t **out) {
     }
     if (!eol) return FL_DECLINE;
     size_t n = (size_t)(eol - s);
-    const char *lit = NULL; /* JSON mode: what replaces the string just written */
+    const char *lit = NULL; /* what replaces the string just written (JSON mode) */
     size_t litn = n;
-    if ((c == '[' || c == '{') && n == 2 && s[1] == (c == '[' ? ']' : '}')) {
-      lit = c == '[' ? "[]" : "{}";
-      if (!J) *out = c == '[' ? ds_value_array(F->a, 0) : ds_value_object(F->a, 0);
-    } else if (n == 4 && memcmp(s, "null", 4) == 0) {
-      lit = "null";
-      if (!J) *out = ds_value_null(F->a);
-    } else if (n == 4 && memcmp(s, "true", 4) == 0) {
-      lit = "true";
-      if (!J) *out = ds_value_bool(F->a, true);
-    } else if (n == 5 && memcmp(s, "false", 5) == 0) {
-      lit = "false";
-      if (!J) *out = ds_value_bool(F->a, false);
-    } else if ((c == '-' || isdig(c)) && is_json_number(s, n)) {
-      lit = (const char *)s; /* the lexeme, as ds_json_write writes numbers */
-      if (!J) *out = ds_value_number(F->a, (const char *)s, n);
-    } else if (!plain_edges_ok(s, n) || (n == 1 && c == '~')) {
+    switch (c) { /* the few plain values that are not strings */
+    case '[':
+    case '{':
+      if (n == 2 && s[1] == (c == '[' ? ']' : '}')) {
+        lit = c == '[' ? "[]" : "{}";
+        if (!J) *out = c == '[' ? ds_value_array(F->a, 0) : ds_value_object(F->a, 0);
+      }
+      break;
+    case 'n':
+      if (n == 4 && memcmp(s, "null", 4) == 0) {
+        lit = "null";
+        if (!J) *out = ds_value_null(F->a);
+      }
+      break;
+    case 't':
+      if (n == 4 && memcmp(s, "true", 4) == 0) {
+        lit = "true";
+        if (!J) *out = ds_value_bool(F->a, true);
+      }
+      break;
+    case 'f':
+      if (n == 5 && memcmp(s, "false", 5) == 0) {
+        lit = "false";
+        if (!J) *out = ds_value_bool(F->a, false);
+      }
+      break;
+    case '-': case '0': case '1': case '2': case '3': case '4': case '5': case '6': case '7':
+    case '8': case '9':
+      if (is_json_number(s, n)) {
+        lit = (const char *)s; /* the lexeme, as ds_json_write writes numbers */
+        if (!J) *out = ds_value_number(F->a, (const char *)s, n);
+      }
+      break;
+    default:
+      break;
+    }
+    if (!lit) {
       /* the loader resolves only null/~/true/false/numbers (handled above; "~" declined):
        * any other plain text is a string, whatever YAML 1.1 would make of it */
-      return FL_DECLINE;
-    } else if (!J) {
-      *out = ds_value_string(F->a, (const char *)s, n);
+      if (!plain_edges_ok(s, n) || (n == 1 && c == '~')) return FL_DECLINE;
+      if (!J) *out = ds_value_string(F->a, (const char *)s, n);
     }
     if (J && lit) { /* (the string written was n + 2 bytes: room enough) */
       memcpy(J->data + mark, lit, litn);
@@ -1153,6 +1173,7 @@ static int fl_after_key(fl_t *F, int indent, ds_value_t **out) {
 
 static int fl_members(fl_t *F, ds_value_t *obj, int indent, int first_inline) {
   ds_buf_t *J = F->json;
+  int top = F->depth == 0 && F->info; /* (the depth is back to this one after each value) */
   for (int i = 0;; i++) {
     if (i || !first_inline) {
       int r = fl_indent(F, indent);
@@ -1174,8 +1195,7 @@ static int fl_members(fl_t *F, ds_value_t *obj, int indent, int first_inline) {
     if (fl_key(F, &k, &kl) != FL_OK) return FL_DECLINE;
     sp.key_end = J->len;
     /* (k may point into tmp, which the value reuses: use it before the value) */
-    int top = F->depth == 0 && F->info;
-    int is_want = top && F->want && !F->info->want_found && kl == F->want_len &&
+    int is_want = top && !F->info->want_found && kl == F->want_len && F->want &&
                   memcmp(k, F->want, kl) == 0;
     jputc(J, ':');
     sp.val_start = J->len;

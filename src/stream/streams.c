@@ -57,14 +57,20 @@ static const char digits2[] = "0001020304050607080910111213141516171819202122232
                               "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
                               "8081828384858687888990919293949596979899";
 
+/* 8 decimal digits of v (< 10^8), two at a time in 32-bit arithmetic (divisions by
+ * constants become multiplications; 64-bit ones cost more). */
+static inline void fmt8(uint32_t v, char *o) {
+  uint32_t hi = v / 10000, lo = v % 10000;
+  memcpy(o, digits2 + 2 * (hi / 100), 2);
+  memcpy(o + 2, digits2 + 2 * (hi % 100), 2);
+  memcpy(o + 4, digits2 + 2 * (lo / 100), 2);
+  memcpy(o + 6, digits2 + 2 * (lo % 100), 2);
+}
+
 void ds_offset_format(uint64_t off, char out[17]) {
   off %= UINT64_C(10000000000000000); /* 16 digits, as the loop it replaces kept */
-  for (int i = 14; i >= 0; i -= 2) {
-    unsigned d = (unsigned)(off % 100);
-    off /= 100;
-    out[i] = digits2[2 * d];
-    out[i + 1] = digits2[2 * d + 1];
-  }
+  fmt8((uint32_t)(off / 100000000), out);
+  fmt8((uint32_t)(off % 100000000), out + 8);
   out[16] = '\0';
 }
 

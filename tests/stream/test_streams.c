@@ -148,6 +148,30 @@ static void test_offsets(void **state) {
   assert_string_equal(out, "0000000000000000");
   ds_offset_format(9999, out);
   assert_string_equal(out, "0000000000009999");
+  /* every digit position, and values past 16 digits (only the low 16 are kept) */
+  static const uint64_t vals[] = {1,
+                                  12,
+                                  123456789,
+                                  99999999,
+                                  100000000,
+                                  1234567890123456,
+                                  9999999999999999,
+                                  10000000000000000,
+                                  12345678901234567890u,
+                                  UINT64_MAX};
+  for (size_t i = 0; i < sizeof vals / sizeof vals[0]; i++) {
+    char want[24];
+    snprintf(want, sizeof want, "%016llu",
+             (unsigned long long)(vals[i] % UINT64_C(10000000000000000)));
+    ds_offset_format(vals[i], out);
+    assert_string_equal(out, want);
+  }
+  for (uint64_t v = 1; v < UINT64_C(10000000000000000); v = v * 7 + 3) {
+    char want[24];
+    snprintf(want, sizeof want, "%016llu", (unsigned long long)v);
+    ds_offset_format(v, out);
+    assert_string_equal(out, want);
+  }
   uint64_t v;
   assert_int_equal(ds_offset_parse("0000000000009999", 16, &v), 0);
   assert_int_equal(v, 9999);
