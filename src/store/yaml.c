@@ -622,6 +622,7 @@ int ds__yaml_load_doc_libyaml(ds_arena_t *a, const char *s, size_t n, ds_value_t
 
 typedef struct {
   const unsigned char *p, *end;
+  const unsigned char *start; /* the document's first byte (scanners may look back to it) */
   ds_arena_t *a;   /* tree mode: values are built here */
   ds_buf_t *json;  /* JSON mode (a != NULL is tree mode): compact JSON is written here */
   ds_buf_t *tmp;   /* decoded quoted scalars */
@@ -674,6 +675,7 @@ static size_t fl_mb_ok(const unsigned char *p, const unsigned char *end) {
 #define BLK 16
 #define BLK_POS(m) ((size_t)__builtin_ctz(m))
 #define BLK_BELOW(k) ((1u << (k)) - 1u)
+#define BLK_SHIFT(m, k) ((m) >> (k)) /* drops the flags of the first k bytes */
 typedef unsigned blk_mask_t;
 static inline blk_mask_t blk_masks(const unsigned char *p, char *o, blk_mask_t *cs) {
   __m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
@@ -692,6 +694,7 @@ static inline blk_mask_t blk_masks(const unsigned char *p, char *o, blk_mask_t *
 #define BLK 8
 #define BLK_POS(m) ((size_t)__builtin_ctzll(m) >> 3)
 #define BLK_BELOW(k) ((UINT64_C(1) << ((k) * 8)) - 1)
+#define BLK_SHIFT(m, k) ((m) >> ((k) * 8))
 typedef uint64_t blk_mask_t;
 static inline blk_mask_t blk_masks(const unsigned char *p, char *o, blk_mask_t *cs) {
   uint64_t x;
@@ -711,6 +714,19 @@ static inline blk_mask_t blk_masks(const unsigned char *p, char *o, blk_mask_t *
 }
 #endif
 
+/* Copies n < BLK bytes with a few overlapping fixed-size moves (no memcpy call). */
+static inline void copy_small(char *o, const unsigned char *p, size_t n) {
+  if (n >= 8) {
+    memcpy(o, p, 8);
+    memcpy(o + n - 8, p + n - 8, 8);
+  } else if (n >= 4) {
+    memcpy(o, p, 4);
+    memcpy(o + n - 4, p + n - 4, 4);
+  } else {
+    for (size_t i = 0; i < n; i++) o[i] = (char)p[i];
+  }
+}
+
 /* The fused plain-scalar scanner: one pass over a plain scalar at p that finds where it
  * ends, checks every byte as plain_syntax_ok does (no control, no DEL, no ": ", no " #",
  * no special_mb character) and that the bytes are valid UTF-8, and with `emit` writes the
@@ -724,39 +740,81 @@ static inline blk_mask_t blk_masks(const unsigned char *p, char *o, blk_mask_t *
  * A block at a time (blk_masks) while there is nothing to escape or check: the first
  * byte of any other class in a block is found exactly, and ':'/' ' before it are each
  * verified. */
+/* plain_scan's check of the ':' and ' ' bytes flagged in m (all before the block's first
+ * special byte) at block position p: 0 if none matters, -1 if one makes the scalar one the
+ * fast loader does not take, 1 if a key ends at *q. */
+static inline __attribute__((always_inline)) int cs_check(const unsigned char *p, blk_mask_t m,
+                                                         int key, const unsigned char **q) {
+  while (m) {
+    const unsigned char *c = p + BLK_POS(m);
+    if (*c == ':') {
+      if (key && (c[1] == ' ' || c[1] == '\n')) {
+        *q = c;
+        return 1;
+      }
+      if (!key && c[1] == ' ') return -1;
+    } else if (*c == ' ' && c[1] == '#') {
+      return -1;
+    }
+    m &= m - 1;
+  }
+  return 0;
+}
+
 static inline __attribute__((always_inline)) const unsigned char *
-plain_scan(const unsigned char *p, const unsigned char *end, ds_buf_t *J, int emit, int key) {
+plain_scan(const unsigned char *lo, const unsigned char *p, const unsigned char *end, ds_buf_t *J,
+           int emit, int key) {
   char *o = emit ? J->data + J->len : NULL;
+  const unsigned char *q;
+  blk_mask_t m, sp;
+  size_t k;
+  int r;
   if (emit) *o++ = '"';
   for (;;) {
     while (end - p >= BLK) {
-      blk_mask_t m, sp = blk_masks(p, o, &m); /* (o: copies the block, room is reserved) */
-      size_t k = BLK;
+      sp = blk_masks(p, o, &m); /* (o: copies the block, room is reserved) */
+      k = BLK;
       if (sp) {
         k = BLK_POS(sp);
         m &= BLK_BELOW(k); /* only the bytes before it */
       }
-      while (m) {
-        const unsigned char *q = p + BLK_POS(m);
-        if (*q == ':') {
-          if (key && (q[1] == ' ' || q[1] == '\n')) { /* the key ends here */
-            if (emit) {
-              o += q - p;
-              *o++ = '"';
-              J->len = (size_t)(o - J->data);
-            }
-            return q;
-          }
-          if (!key && q[1] == ' ') return NULL;
-        } else if (*q == ' ' && q[1] == '#') {
-          return NULL;
-        }
-        m &= m - 1;
+      if (m && (r = cs_check(p, m, key, &q)) != 0) {
+        if (r < 0) return NULL;
+        if (emit) o += q - p;
+        goto key_done;
       }
       if (emit) o += k; /* only k of the bytes copied count */
       p += k;
-      if (k < BLK) break;
+      if (k < BLK) goto one_byte;
     }
+#if defined(__SSE2__) || __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    if (!key && end - lo >= BLK) {
+      /* the document's last bytes: the block that ends with the document, its flags moved
+       * to start at p (the last byte is a '\n', so one is always left; with SWAR the lowest
+       * may now be false, which the byte step below takes as an ordinary byte). Values
+       * only: a key is never at the end of a document, its value follows. */
+      size_t sh = (size_t)(p - (end - BLK));
+      sp = blk_masks(end - BLK, NULL, &m);
+      sp = BLK_SHIFT(sp, sh);
+      m = BLK_SHIFT(m, sh);
+      k = BLK_POS(sp);
+      m &= BLK_BELOW(k);
+      if (m && (r = cs_check(p, m, key, &q)) != 0) {
+        if (r < 0) return NULL;
+        if (emit) {
+          copy_small(o, p, (size_t)(q - p));
+          o += q - p;
+        }
+        goto key_done;
+      }
+      if (emit) {
+        copy_small(o, p, k);
+        o += k;
+      }
+      p += k;
+    }
+#endif
+  one_byte:;
     /* one byte: the first special byte of a word, or the last few of the document */
     unsigned char c = *p;
     switch (scan_class[c]) {
@@ -768,13 +826,13 @@ plain_scan(const unsigned char *p, const unsigned char *end, ds_buf_t *J, int em
       if (emit) *o++ = '\\';
       break;
     case 3: {
-      size_t k = fl_mb_ok(p, end);
-      if (!k) return NULL;
+      size_t mb = fl_mb_ok(p, end);
+      if (!mb) return NULL;
       if (emit) {
-        memcpy(o, p, k);
-        o += k;
+        copy_small(o, p, mb);
+        o += mb;
       }
-      p += k;
+      p += mb;
       continue;
     }
     case 4:
@@ -797,21 +855,29 @@ done:
     J->len = (size_t)(o - J->data);
   }
   return p;
+key_done: /* a key ended at q, and o is where its bytes end */
+  if (emit) {
+    *o++ = '"';
+    J->len = (size_t)(o - J->data);
+  }
+  return q;
 }
 
-static const unsigned char *scan_value_json(const unsigned char *p, const unsigned char *end,
-                                            ds_buf_t *J) {
-  return plain_scan(p, end, J, 1, 0);
+static const unsigned char *scan_value_json(const unsigned char *lo, const unsigned char *p,
+                                            const unsigned char *end, ds_buf_t *J) {
+  return plain_scan(lo, p, end, J, 1, 0);
 }
-static const unsigned char *scan_value(const unsigned char *p, const unsigned char *end) {
-  return plain_scan(p, end, NULL, 0, 0);
+static const unsigned char *scan_value(const unsigned char *lo, const unsigned char *p,
+                                       const unsigned char *end) {
+  return plain_scan(lo, p, end, NULL, 0, 0);
 }
-static const unsigned char *scan_key_json(const unsigned char *p, const unsigned char *end,
-                                          ds_buf_t *J) {
-  return plain_scan(p, end, J, 1, 1);
+static const unsigned char *scan_key_json(const unsigned char *lo, const unsigned char *p,
+                                          const unsigned char *end, ds_buf_t *J) {
+  return plain_scan(lo, p, end, J, 1, 1);
 }
-static const unsigned char *scan_key(const unsigned char *p, const unsigned char *end) {
-  return plain_scan(p, end, NULL, 0, 1);
+static const unsigned char *scan_key(const unsigned char *lo, const unsigned char *p,
+                                     const unsigned char *end) {
+  return plain_scan(lo, p, end, NULL, 0, 1);
 }
 
 /* First bytes a plain scalar may not start with: the indicators plain_syntax_ok refuses,
@@ -954,7 +1020,8 @@ static int fl_quoted_json(fl_t *F) {
   if (J->cap - J->len <= n + 2) ds_buf_reserve(J, n + 2);
   char *o = J->data + J->len;
   o[0] = '"';
-  memcpy(o + 1, s, n);
+  if (n < BLK) copy_small(o + 1, s, n);
+  else memcpy(o + 1, s, n);
   o[n + 1] = '"';
   J->len += n + 2;
   F->p = q + 1;
@@ -989,9 +1056,9 @@ static int fl_key(fl_t *F, const char **k, size_t *kl) {
   const unsigned char *q;
   if (J) {
     jroom(J, start, F->end);
-    q = scan_key_json(start, F->end, J);
+    q = scan_key_json(F->start, start, F->end, J);
   } else {
-    q = scan_key(start, F->end);
+    q = scan_key(F->start, start, F->end);
   }
   if (!q) return FL_DECLINE;
   size_t n = (size_t)(q - start);
@@ -1065,9 +1132,9 @@ static int fl_inline(fl_t *F, ds_value_t **out) {
     if (J) {
       mark = J->len;
       jroom(J, s, end);
-      eol = scan_value_json(s, end, J);
+      eol = scan_value_json(F->start, s, end, J);
     } else {
-      eol = scan_value(s, end);
+      eol = scan_value(F->start, s, end);
     }
     if (!eol) return FL_DECLINE;
     size_t n = (size_t)(eol - s);
@@ -1116,7 +1183,8 @@ static int fl_inline(fl_t *F, ds_value_t **out) {
       if (!J) *out = ds_value_string(F->a, (const char *)s, n);
     }
     if (J && lit) { /* (the string written was n + 2 bytes: room enough) */
-      memcpy(J->data + mark, lit, litn);
+      if (litn < BLK) copy_small(J->data + mark, (const unsigned char *)lit, litn);
+      else memcpy(J->data + mark, lit, litn);
       J->len = mark + litn;
     }
     F->p = eol;
@@ -1263,7 +1331,11 @@ int ds__yaml_load_doc_fast(ds_arena_t *a, const char *s, size_t n, ds_value_t **
   /* (no UTF-8 pass first: the scanners validate every byte they take, and whatever they
    * refuse, libyaml reads and reports) */
   ds_buf_t tmp = DS_BUF_INIT;
-  fl_t F = {(const unsigned char *)s + 4, (const unsigned char *)s + n, a, NULL, &tmp, 0, NULL, NULL, 0, NULL};
+  fl_t F = {.p = (const unsigned char *)s + 4,
+            .end = (const unsigned char *)s + n,
+            .start = (const unsigned char *)s,
+            .a = a,
+            .tmp = &tmp};
   if (F.p < F.end && (*F.p == ' ' || (F.end - F.p >= 2 && F.p[0] == '-' && F.p[1] == ' '))) {
     ds_buf_free(&tmp);
     return 0;
@@ -1287,7 +1359,14 @@ int ds__yaml_doc_to_json(const char *s, size_t n, ds_buf_t *out, const char *wan
   /* The JSON is about as long as the YAML; reserving twice that once means the plain
    * scalars' room checks (jroom) never grow the buffer for an ordinary document. */
   ds_buf_reserve(out, 2 * n + 64);
-  fl_t F = {p, (const unsigned char *)s + n, NULL, out, &tmp, 0, NULL, want, want_len, info};
+  fl_t F = {.p = p,
+            .end = (const unsigned char *)s + n,
+            .start = (const unsigned char *)s,
+            .json = out,
+            .tmp = &tmp,
+            .want = want,
+            .want_len = want_len,
+            .info = info};
   jputc(out, '{');
   int rc = fl_members(&F, NULL, 0, 0);
   jputc(out, '}');
