@@ -618,6 +618,13 @@ int ds__yaml_load_doc_libyaml(ds_arena_t *a, const char *s, size_t n, ds_value_t
  * The same code also transcodes such a document straight to compact JSON (no tree, no
  * arena): what a catch-up read sends is ds_json_write of the loaded tree, and writing it
  * while parsing gives the same bytes at a fraction of the cost.
+ * Every scalar is read in one pass: plain_scan finds where a plain key or value ends,
+ * applies the quoting rule's byte checks, validates UTF-8 and (JSON mode) writes the JSON
+ * string at once, a 16-byte block at a time; quoted_run does the same for the raw runs of
+ * double-quoted scalars. Every byte the loader consumes goes through one of them or is
+ * matched literally (indentation, "- ", ": ", literals, base64), so there is no separate
+ * UTF-8 pass over the document: invalid UTF-8 anywhere makes it decline, and libyaml
+ * reports it.
  */
 
 typedef struct {
