@@ -47,41 +47,9 @@ local function tmpdir(prefix)
   return dir
 end
 
--- Servers of this file run with XAI_* / OPENAI_* taken from opts.env only.
-local function launch_with_env(self)
-  self.run = (self.run or 0) + 1
-  self.out = self.dir .. "/out." .. self.run
-  self.err = self.dir .. "/err." .. self.run
-  local env = { "env -u OPENAI_API_KEY -u OPENAI_BASE_URL -u XAI_API_KEY -u XAI_REALTIME_URL" }
-  for k, v in pairs(self.opts.env or {}) do
-    env[#env + 1] = k .. "=" .. q(v)
-  end
-  local cmd = ("%s %s --config %s >%s 2>%s & echo $!"):format(table.concat(env, " "),
-    q(os.getenv("DS_BINARY") or "build/durable-stream"), q(self.dir .. "/config.lua"), q(self.out), q(self.err))
-  local p = io.popen(cmd)
-  self.pid = tonumber(p:read("l"))
-  p:close()
-  self.port = S.wait_for(function()
-    local s = S.read_file(self.out) or ""
-    local port = s:match("listening on http://[^:]+:(%d+)")
-    if port then
-      return tonumber(port)
-    end
-    if not self:alive() then
-      error("server exited at start: " .. (S.read_file(self.err) or ""))
-    end
-  end, 10, "the listening line")
-end
-
-local function start_server(opts)
-  local orig = S.launch
-  S.launch = launch_with_env
-  local ok, srv = pcall(S.start, opts)
-  S.launch = orig
-  assert(ok, srv)
-  srv.launch = launch_with_env
-  return srv
-end
+-- Servers of this file run with XAI_* / OPENAI_* taken from opts.env only (server.lua
+-- removes them from the environment it inherits).
+local start_server = S.start
 
 local function stop_server(srv, secret)
   if not srv then

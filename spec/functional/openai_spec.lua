@@ -12,8 +12,9 @@
 --   5. the Chat Completions switch gives the same parts;
 --   6. 50 conversations on 50 paths stream at once within 1.5x the paced time;
 --   plus OPENAI_API_KEY / OPENAI_BASE_URL from the environment.
--- Must not: reach a real upstream (the server runs with OPENAI_* removed from its
--- environment unless a spec sets them), sleep fixed times, or leave processes behind.
+-- Must not: reach a real upstream (spec/support/server.lua starts the server with OPENAI_*
+-- removed from its environment unless a spec sets them), sleep fixed times, or leave
+-- processes behind.
 package.path = "./?.lua;" .. package.path
 local S = require("spec.support.lua_host_server")
 local cjson = require("cjson")
@@ -31,34 +32,6 @@ local T = {
 
 local function q(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
--- The servers of this file run with the OPENAI_* variables scrubbed (and set only when a
--- spec asks): no real key or base URL from the developer's shell can leak into a spec.
-local orig_launch = S.launch
-local function launch_scrubbed(self)
-  self.run = (self.run or 0) + 1
-  self.out = self.dir .. "/out." .. self.run
-  self.err = self.dir .. "/err." .. self.run
-  local env = { "env -u OPENAI_API_KEY -u OPENAI_BASE_URL" }
-  for k, v in pairs(self.opts.env or {}) do
-    env[#env + 1] = k .. "=" .. q(v)
-  end
-  local cmd = ("%s %s --config %s >%s 2>%s & echo $!"):format(table.concat(env, " "),
-    q(os.getenv("DS_BINARY") or "build/durable-stream"), q(self.dir .. "/config.lua"), q(self.out), q(self.err))
-  local p = io.popen(cmd)
-  self.pid = tonumber(p:read("l"))
-  p:close()
-  self.port = S.wait_for(function()
-    local s = S.read_file(self.out) or ""
-    local port = s:match("listening on http://[^:]+:(%d+)")
-    if port then
-      return tonumber(port)
-    end
-    if not self:alive() then
-      error("server exited at start: " .. (S.read_file(self.err) or ""))
-    end
-  end, 10, "the listening line")
 end
 
 -- fake upstream ------------------------------------------------------------------
@@ -208,7 +181,6 @@ end
 describe("openai model against the fake upstream", function()
   local fake, srv
   setup(function()
-    S.launch = launch_scrubbed
     fake = start_fake(5)
     srv = S.start({ agents = { models = { openai = {
       api_key = "sk-spec-key", base_url = fake.base, stall_timeout_ms = 1500, timeout_ms = 30000,
@@ -223,7 +195,6 @@ describe("openai model against the fake upstream", function()
     if fake then
       fake:stop()
     end
-    S.launch = orig_launch
   end)
 
   it("1. streams an answer as parts between request-started and request-ended", function()
@@ -424,14 +395,12 @@ end)
 describe("openai model configuration", function()
   local fake
   setup(function()
-    S.launch = launch_scrubbed
     fake = start_fake(5)
   end)
   teardown(function()
     if fake then
       fake:stop()
     end
-    S.launch = orig_launch
   end)
 
   local function with_server(openai_cfg, env, fn)
