@@ -17,6 +17,7 @@
 -- processes behind.
 package.path = "./?.lua;" .. package.path
 local S = require("spec.support.lua_host_server")
+local U = require("spec.support.upstream")
 local cjson = require("cjson")
 local socket = require("socket")
 
@@ -29,69 +30,6 @@ local T = {
   cancelled = "iterate:llm-loop:request-cancelled",
   interrupted = "iterate:llm-loop:request-interrupted",
 }
-
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
--- fake upstream ------------------------------------------------------------------
-
-local Fake = {}
-Fake.__index = Fake
-
-local function start_fake(pace_ms)
-  local p = io.popen("mktemp -d /tmp/ds-openai-fake-XXXXXX")
-  local dir = p:read("l")
-  p:close()
-  local self = setmetatable({ dir = dir, log_path = dir .. "/requests.jsonl" }, Fake)
-  local script = S.source_dir() .. "/spec/fixtures/upstream/openai_fake.py"
-  p = io.popen(("/usr/bin/python3 %s --log %s --pace-ms %d >%s 2>%s & echo $!"):format(q(script), q(self.log_path),
-    pace_ms or 5, q(dir .. "/port"), q(dir .. "/stderr")))
-  self.pid = tonumber(p:read("l"))
-  p:close()
-  self.port = S.wait_for(function()
-    local s = S.read_file(dir .. "/port")
-    return s and tonumber(s:match("^(%d+)\n"))
-  end, 10, "the fake's port")
-  self.base = ("http://127.0.0.1:%d/v1"):format(self.port)
-  return self
-end
-
-function Fake:stop()
-  os.execute("kill " .. self.pid .. " 2>/dev/null")
-  S.wait_for(function()
-    return os.execute("kill -0 " .. self.pid .. " 2>/dev/null") ~= true
-  end, 10, "the fake to exit")
-  if not os.getenv("DS_SPEC_KEEP") then
-    os.execute("rm -rf " .. q(self.dir))
-  end
-end
-
-function Fake:records(kind)
-  local out = {}
-  for line in (S.read_file(self.log_path) or ""):gmatch("[^\n]+") do
-    local r = cjson.decode(line)
-    if not kind or r.kind == kind then
-      out[#out + 1] = r
-    end
-  end
-  return out
-end
-
--- The request records whose last user text contains `marker`.
-function Fake:requests_with(marker)
-  local out = {}
-  for _, r in ipairs(self:records("request")) do
-    local body = r.body or {}
-    local msgs = body.input or body.messages or {}
-    local last = msgs[#msgs]
-    local text = last and (type(last.content) == "string" and last.content or last.content[1].text) or ""
-    if text:find(marker, 1, true) then
-      out[#out + 1] = r
-    end
-  end
-  return out
-end
 
 -- event helpers --------------------------------------------------------------------
 
@@ -181,7 +119,7 @@ end
 describe("openai model against the fake upstream", function()
   local fake, srv
   setup(function()
-    fake = start_fake(5)
+    fake = U.start("openai", { pace_ms = 5 })
     srv = S.start({ agents = { models = { openai = {
       api_key = "sk-spec-key", base_url = fake.base, stall_timeout_ms = 1500, timeout_ms = 30000,
     } } } })
@@ -291,7 +229,7 @@ describe("openai model against the fake upstream", function()
     local f3 = parts_of(evs3, R3)[#parts_of(evs3, R3)].usage.inputTokens
     assert.is_true(f3 > f1, ("inputTokens %d -> %d"):format(f1, f3))
     local file = srv.data_dir .. "/streams/" .. p .. ".yaml"
-    local pipe = io.popen(("grep -A5 'type: finish' %s | grep inputTokens"):format(q(file)))
+    local pipe = io.popen(("grep -A5 'type: finish' %s | grep inputTokens"):format(S.q(file)))
     local out = pipe:read("a")
     pipe:close()
     local nums = {}
@@ -395,7 +333,7 @@ end)
 describe("openai model configuration", function()
   local fake
   setup(function()
-    fake = start_fake(5)
+    fake = U.start("openai", { pace_ms = 5 })
   end)
   teardown(function()
     if fake then
@@ -557,11 +495,7 @@ describe("openai model configuration", function()
         cfg[k] = v
       end
       if cfg.base_url:find("REFUSED") then
-        -- a port that is free: bind, read it, close
-        local s = assert(socket.bind("127.0.0.1", 0))
-        local _, port = s:getsockname()
-        s:close()
-        cfg.base_url = cfg.base_url:gsub("REFUSED", tostring(port))
+        cfg.base_url = cfg.base_url:gsub("REFUSED", tostring(U.free_port()))
       end
       cfg.base_url = cfg.base_url:gsub("FAKEBASE", fake.base):gsub("FAKE", tostring(fake.port))
       with_server(cfg, nil, function(srv)

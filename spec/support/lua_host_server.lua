@@ -7,7 +7,7 @@
 -- run; server:post(path, type, payload) -> status, server:events(path) -> list of decoded
 -- events (non-live GET), server:wait_events(path, pred, what), server:first_live_event,
 -- server:stats(), server:wait_idle(), and every Server method of server.lua (stop, restart,
--- alive, cleanup...); S.wait_for, S.read_file, S.write_file, S.source_dir, S.of_type, S.count.
+-- alive, cleanup...); S.of_type, S.count, and server.class()'s S.wait_for, S.read_file, S.q...
 -- Must not: sleep fixed times (everything polls with deadlines) or leave processes or
 -- temp directories behind.
 local socket = require("socket")
@@ -16,13 +16,7 @@ local ltn12 = require("ltn12")
 local cjson = require("cjson")
 local server = require("spec.support.server")
 
-local S = setmetatable({}, { __index = server.Server })
-S.__index = S
-
-S.read_file = server.read_file
-S.write_file = server.write_file
-S.wait_for = server.wait_for
-S.source_dir = server.source_dir
+local S = server.class()
 
 ---@param opts table {agents = table, plugins = {name = source}, copy_plugins = {"echo.lua"},
 ---storage = "yaml" | "memory", env = {NAME = value}}
@@ -39,9 +33,6 @@ function S.start(opts)
     expect_exit = false,
   })
 end
-
----All stderr lines of every run so far.
-S.log = server.Server.logs
 
 function S:request(method, path, body)
   local chunks = {}

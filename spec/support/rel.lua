@@ -9,24 +9,14 @@
 -- {status, headers, body, closed} read from a fresh TCP connection; server:req(method,
 -- target, body, headers) (one request with Connection: close); server:check(tag) (a normal
 -- append and read back, asserted); server:fds(), server:stats(), and every Server method of
--- server.lua (stop, alive, rss_kb, cleanup...); R.wait_for(cond, timeout, what);
--- R.json_error(resp) (the body is {"error": "<one line>"}).
+-- server.lua (stop, alive, rss_kb, cleanup...); R.json_error(resp) (the body is {"error": "<one line>"}).
 -- Must not: sleep fixed times where a condition can be polled, or leave processes or temp
 -- directories behind (cleanup() kills and removes).
 local socket = require("socket")
 local cjson = require("cjson.safe")
 local server = require("spec.support.server")
 
-local R = setmetatable({}, { __index = server.Server })
-R.__index = R
-
-R.read_file = server.read_file
-R.write_file = server.write_file
-R.q = server.sh_quote
-R.wait_for = server.wait_for
-R.source_dir = server.source_dir
-R.mktemp = server.mktemp
-R.sanitized = server.sanitized
+local R = server.class()
 
 function R.start(opts)
   opts = opts or {}
@@ -58,8 +48,6 @@ function R:assert_no_sanitizer_reports()
   end
 end
 
----All stderr lines of every run so far.
-R.log = server.Server.logs
 
 function R:fds()
   local p = io.popen("ls /proc/" .. self.pid .. "/fd 2>/dev/null | wc -l")

@@ -412,6 +412,20 @@ function S:wait_stats(want, timeout)
   return last
 end
 
+--- A class for the helpers built on this launcher (lua_host_server.lua, rel.lua): its
+--- objects fall back to the Server methods, log() is the stderr of every run (a restart keeps
+--- the earlier lines), and it carries this module's file, quoting and polling functions.
+function M.class()
+  local C = setmetatable({}, { __index = S })
+  C.__index = C
+  C.log = S.logs
+  C.q = sh_quote
+  for _, k in ipairs({ "read_file", "write_file", "wait_for", "source_dir", "mktemp", "sanitized" }) do
+    C[k] = M[k]
+  end
+  return C
+end
+
 -- Counters that must return to their idle value after every test. The first three are
 -- the documented minimum; the others are checked when the server reports them.
 M.baseline_keys = { "connections", "streams_open", "subscribers", "readers_open", "bytes_queued", "lua.tasks_live" }
