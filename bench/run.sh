@@ -50,7 +50,7 @@ use_server() { case " $SERVERS " in *" $1 "*) return 0 ;; esac; return 1; }
 
 # ---- scenario sizes ------------------------------------------------------------------
 if [ "$MODE" = quick ]; then
-  APPEND_CASES="16:1 64:1000"; APPEND_D=2; APPEND_W=0.5
+  APPEND_CASES="16:1 64:1 64:1000"; APPEND_D=2; APPEND_W=0.5
   FANOUT_CASES="1:200 100:200 1000:200"; FANOUT_BIG=""; FANOUT_D=2; FANOUT_W=0.5
   CATCHUP_N=10000; TAIL_BIG=100000; TAIL_SMALL=100; CATCHUP_READS=1; TAIL_READS=20
   IDLE_CASES="1000"; IDLE_SETTLE=1
@@ -265,6 +265,13 @@ if want append; then
       row "$sc" "p99 ms: /v1/stream vs /v1/stream" "$(get $q p99_ms)" "$(get $r p99_ms)" "lower" ""
     fi
   done
+  # How close an append comes to our own HTTP ceiling: GET /health (no parsing of a body, no
+  # storage, no publication) from the same generator at 64 connections.
+  if [ "$OURS_AGENTS" = 1 ]; then
+    run "health-64-ours" dsbench-append --url "$OURS_URL" --server-pid "$OURS_PID" --kind health -c 64 -d "$APPEND_D" --warmup "$APPEND_W"
+    a="append-64-1-ours-agents" h="health-64-ours"
+    ROWS+=("| HTTP ceiling, 64 conns | req/s: ours append (1 path) vs ours GET /health (ratio = share of the ceiling) | $(get $a rps) | $(get $h rps) | $(ratio "$(get $a rps)" "$(get $h rps)") | ~1 = at the ceiling | $(flags $h) |")
+  fi
 fi
 
 # ---- fan-out ---------------------------------------------------------------------------
