@@ -21,19 +21,7 @@ package.path = "./?.lua;" .. package.path
 local S = require("spec.support.lua_host_server")
 local U = require("spec.support.upstream")
 
-local T = {
-  config = "iterate:agent:config:set",
-  user = "iterate:agent:action:send-user-message:called",
-  audio = "iterate:agent:action:send-user-audio:called",
-  cancel = "iterate:agent:action:cancel-request:called",
-  started = "iterate:llm-loop:request-started",
-  sse = "iterate:llm-loop:response:sse",
-  grok = "iterate:grok:response:sse",
-  ended = "iterate:llm-loop:request-ended",
-  cancelled = "iterate:llm-loop:request-cancelled",
-  interrupted = "iterate:llm-loop:request-interrupted",
-  ai_error = "iterate:ai:error",
-}
+local T = S.T
 
 -- Servers of this file run with XAI_* / OPENAI_* taken from opts.env only (server.lua
 -- removes them from the environment it inherits).
@@ -44,53 +32,12 @@ local function stop_server(srv, secret)
     return
   end
   srv:stop()
-  local log = srv:log()
+  local ok, err = pcall(srv.assert_clean_log, srv, { "still held", " error ", secret })
   srv:cleanup()
-  if secret then
-    assert.falsy(log:find(secret, 1, true), "the API key appears in the log")
-  end
-  assert.falsy(log:find("leaked"), log)
-  assert.falsy(log:find("still alive"), log)
-  assert.falsy(log:find("still held"), log)
-  assert.falsy(log:find(" error "), log)
-  assert.falsy(log:find("Sanitizer"), log) -- ASan/LSan builds report here
-  assert.falsy(log:find("runtime error"), log) -- UBSan
+  assert(ok, err)
 end
 
 -- event helpers --------------------------------------------------------------------
-
-local function done_for(R)
-  return function(evs)
-    for _, e in ipairs(evs) do
-      if (e.type == T.ended or e.type == T.cancelled) and e.payload.requestOffset == R then
-        return e
-      end
-    end
-  end
-end
-
-local function started_offsets(evs)
-  local out = {}
-  for _, e in ipairs(S.of_type(evs, T.started)) do
-    out[#out + 1] = e.offset
-  end
-  return out
-end
-
--- Posts a prompt and waits for its request to end; returns (all events, end event, R).
-local function prompt_and_wait(srv, path, etype, payload, timeout)
-  local before = #started_offsets(srv:events(path))
-  assert.equal(204, srv:post(path, etype, payload))
-  local R
-  local evs = srv:wait_events(path, function(evs)
-    local offs = started_offsets(evs)
-    if #offs > before then
-      R = offs[#offs]
-      return done_for(R)(evs) ~= nil
-    end
-  end, "the request to end", timeout or 15)
-  return evs, done_for(R)(evs), R
-end
 
 local function grok_payloads(evs, R)
   local out = {}
@@ -169,7 +116,7 @@ describe("grok model against the fake realtime server", function()
       local p = "grok/text" .. round
       local marker = "hello grok round " .. round
       assert.equal(204, srv:post(p, T.config, { model = "grok" }))
-      local evs, e, R = prompt_and_wait(srv, p, T.user, { content = marker })
+      local evs, e, R = srv:prompt(p, T.user, { content = marker })
       assert.equal(T.ended, e.type)
       local types = {}
       for _, ev in ipairs(evs) do
@@ -228,7 +175,7 @@ describe("grok model against the fake realtime server", function()
     local p = "grok/audio"
     local audio = b64(PCM)
     assert.equal(204, srv:post(p, T.config, { model = "grok" }))
-    local evs, e, R = prompt_and_wait(srv, p, T.audio, { audio = audio })
+    local evs, e, R = srv:prompt(p, T.audio, { audio = audio })
     assert.equal(T.ended, e.type)
     local conn = grok:conn_of(audio:sub(1, 40))
     assert.is_number(conn)
@@ -280,17 +227,17 @@ describe("grok model against the fake realtime server", function()
     grok:control("pace=5")
     assert.truthy(S.count(evs, T.grok) > 0)
     local conns = grok:connects()
-    local _, e2 = prompt_and_wait(srv, p, T.user, { content = "second reuse prompt" })
+    local _, e2 = srv:prompt(p, T.user, { content = "second reuse prompt" })
     assert.equal(T.ended, e2.type)
     assert.equal(conns, grok:connects())
     local c1 = grok:conn_of("first reuse prompt")
     assert.equal(c1, grok:conn_of("second reuse prompt"))
 
     -- the fake drops the socket mid-answer
-    local _, e3 = prompt_and_wait(srv, p, T.user, { content = "third [fault:drop]" })
+    local _, e3 = srv:prompt(p, T.user, { content = "third [fault:drop]" })
     assert_error_end(e3, "closed")
     assert.truthy(srv:alive())
-    local _, e4 = prompt_and_wait(srv, p, T.user, { content = "fourth after the drop" })
+    local _, e4 = srv:prompt(p, T.user, { content = "fourth after the drop" })
     assert.equal(T.ended, e4.type)
     local c4 = grok:conn_of("fourth after the drop")
     assert.are_not.equal(c1, c4)
@@ -299,7 +246,7 @@ describe("grok model against the fake realtime server", function()
   it("sends response.cancel upstream on interrupt and on cancel", function()
     local p = "grok/interrupt"
     assert.equal(204, srv:post(p, T.config, { model = "grok" }))
-    local _, e0 = prompt_and_wait(srv, p, T.user, { content = "warm up the connection" })
+    local _, e0 = srv:prompt(p, T.user, { content = "warm up the connection" })
     assert.equal(T.ended, e0.type)
     grok:control("pace=200")
     assert.equal(204, srv:post(p, T.user, { content = "slow answer to interrupt" }))
@@ -309,7 +256,7 @@ describe("grok model against the fake realtime server", function()
         and S.count(x, T.started) == 2
     end, "the slow answer to start")
     grok:control("pace=5")
-    local _, e2 = prompt_and_wait(srv, p, T.user, { content = "the interrupting prompt" })
+    local _, e2 = srv:prompt(p, T.user, { content = "the interrupting prompt" })
     assert.equal(T.ended, e2.type)
     local evs = srv:events(p)
     assert.equal(1, S.count(evs, T.interrupted))
@@ -345,7 +292,7 @@ describe("grok model against the fake realtime server", function()
       return n == 2
     end, 10, "the second response.cancel")
     -- the connection still serves the next prompt
-    local _, e5 = prompt_and_wait(srv, p, T.user, { content = "after the cancel" })
+    local _, e5 = srv:prompt(p, T.user, { content = "after the cancel" })
     assert.equal(T.ended, e5.type)
     assert.equal(conn, grok:conn_of("after the cancel"))
   end)
@@ -353,7 +300,7 @@ describe("grok model against the fake realtime server", function()
   it("keeps a cancelled response's late messages out of the next answer", function()
     local p = "grok/late"
     assert.equal(204, srv:post(p, T.config, { model = "grok" }))
-    local _, e0 = prompt_and_wait(srv, p, T.user, { content = "warm up late" })
+    local _, e0 = srv:prompt(p, T.user, { content = "warm up late" })
     assert.equal(T.ended, e0.type)
     local conn = grok:conn_of("warm up late")
     assert.equal(204, srv:post(p, T.user, { content = "slow start [fault:latecreated]" }))
@@ -363,7 +310,7 @@ describe("grok model against the fake realtime server", function()
       local last = seen[#seen]
       return last and last.msg.type == "response.create" and seen[#seen - 1].raw:find("slow start", 1, true)
     end, 10, "the fake to receive the slow response.create")
-    local evs, e2, R2 = prompt_and_wait(srv, p, T.user, { content = "the prompt after the late one" })
+    local evs, e2, R2 = srv:prompt(p, T.user, { content = "the prompt after the late one" })
     assert.equal(T.ended, e2.type)
     assert.equal(1, S.count(evs, T.interrupted))
     local msgs = grok_payloads(evs, R2)
@@ -409,10 +356,10 @@ describe("grok model against the fake realtime server", function()
       if f.control then
         grok:control(f.control)
       end
-      local _, e = prompt_and_wait(srv, p, T.user, { content = "prompt " .. (f.marker or "") })
+      local _, e = srv:prompt(p, T.user, { content = "prompt " .. (f.marker or "") })
       assert_error_end(e, f.pattern)
       assert.truthy(srv:alive())
-      local _, e2 = prompt_and_wait(srv, p, T.user, { content = "recovered after " .. f.name })
+      local _, e2 = srv:prompt(p, T.user, { content = "recovered after " .. f.name })
       assert.equal(T.ended, e2.type)
     end)
   end
@@ -420,7 +367,7 @@ describe("grok model against the fake realtime server", function()
   it("keeps the history across openai -> grok -> openai", function()
     local p = "grok/switch"
     assert.equal(204, srv:post(p, T.config, { model = "openai" }))
-    local _, e1 = prompt_and_wait(srv, p, T.user, { content = "alpha question for openai" })
+    local _, e1 = srv:prompt(p, T.user, { content = "alpha question for openai" })
     assert.equal(T.ended, e1.type)
     local oreqs = openai:records("request")
     local answer1 -- what openai answered, as the history holds it
@@ -435,7 +382,7 @@ describe("grok model against the fake realtime server", function()
     assert.truthy(#answer1 > 0)
 
     assert.equal(204, srv:post(p, T.config, { model = "grok" }))
-    local _, e2 = prompt_and_wait(srv, p, T.user, { content = "beta question for grok" })
+    local _, e2 = srv:prompt(p, T.user, { content = "beta question for grok" })
     assert.equal(T.ended, e2.type)
     local conn = grok:conn_of("beta question for grok")
     local items = {}
@@ -456,7 +403,7 @@ describe("grok model against the fake realtime server", function()
     end, "the audio answer")
 
     assert.equal(204, srv:post(p, T.config, { model = "openai" }))
-    local _, e3 = prompt_and_wait(srv, p, T.user, { content = "gamma question for openai" })
+    local _, e3 = srv:prompt(p, T.user, { content = "gamma question for openai" })
     assert.equal(T.ended, e3.type)
     local reqs = openai:records("request")
     assert.equal(#oreqs + 1, #reqs)
@@ -486,7 +433,7 @@ describe("grok model against the fake realtime server", function()
 
     -- back to grok on the connection still open: only the turns it missed are sent
     assert.equal(204, srv:post(p, T.config, { model = "grok" }))
-    local _, e4 = prompt_and_wait(srv, p, T.user, { content = "delta question for grok" })
+    local _, e4 = srv:prompt(p, T.user, { content = "delta question for grok" })
     assert.equal(T.ended, e4.type)
     assert.equal(conn, grok:conn_of("delta question for grok"))
     local tail = {}
@@ -515,7 +462,7 @@ describe("grok model connection management", function()
     local srv = start_server({ storage = "memory", env = { XAI_REALTIME_URL = "ws://127.0.0.1:1/" } })
     local ok, err = pcall(function()
       assert.equal(204, srv:post("k/1", T.config, { model = "grok" }))
-      local _, e = prompt_and_wait(srv, "k/1", T.user, { content = "no key" })
+      local _, e = srv:prompt("k/1", T.user, { content = "no key" })
       assert_error_end(e, "XAI_API_KEY")
       assert.truthy(srv:alive())
     end)
@@ -532,10 +479,10 @@ describe("grok model connection management", function()
     })
     local ok, err = pcall(function()
       assert.equal(204, srv:post("r/1", T.config, { model = "grok" }))
-      local _, e = prompt_and_wait(srv, "r/1", T.user, { content = "anyone there?" })
+      local _, e = srv:prompt("r/1", T.user, { content = "anyone there?" })
       assert_error_end(e, "ECONNREFUSED")
       assert.truthy(srv:alive())
-      local _, e2 = prompt_and_wait(srv, "r/1", T.user, { content = "still nobody?" })
+      local _, e2 = srv:prompt("r/1", T.user, { content = "still nobody?" })
       assert_error_end(e2, "ECONNREFUSED")
     end)
     stop_server(srv)
@@ -551,13 +498,13 @@ describe("grok model connection management", function()
     })
     local ok, err = pcall(function()
       assert.equal(204, srv:post("i/1", T.config, { model = "grok" }))
-      local _, e = prompt_and_wait(srv, "i/1", T.user, { content = "before idle" })
+      local _, e = srv:prompt("i/1", T.user, { content = "before idle" })
       assert.equal(T.ended, e.type)
       local c1 = grok:conn_of("before idle")
       S.wait_for(function()
         return grok:record(c1, "close")
       end, 10, "the idle close")
-      local _, e2 = prompt_and_wait(srv, "i/1", T.user, { content = "after idle" })
+      local _, e2 = srv:prompt("i/1", T.user, { content = "after idle" })
       assert.equal(T.ended, e2.type)
       assert.are_not.equal(c1, grok:conn_of("after idle"))
     end)
@@ -576,7 +523,7 @@ describe("grok model connection management", function()
       for i = 1, 3 do
         local p = "s/" .. i
         assert.equal(204, srv:post(p, T.config, { model = "grok" }))
-        local _, e = prompt_and_wait(srv, p, T.user, { content = "open " .. i })
+        local _, e = srv:prompt(p, T.user, { content = "open " .. i })
         assert.equal(T.ended, e.type)
       end
       assert.equal(3, grok:connects())

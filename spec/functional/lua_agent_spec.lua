@@ -4,17 +4,7 @@
 package.path = "./?.lua;" .. package.path
 local S = require("spec.support.lua_host_server")
 
-local T = {
-  config = "iterate:agent:config:set",
-  user = "iterate:agent:action:send-user-message:called",
-  cancel = "iterate:agent:action:cancel-request:called",
-  started = "iterate:llm-loop:request-started",
-  sse = "iterate:llm-loop:response:sse",
-  ended = "iterate:llm-loop:request-ended",
-  cancelled = "iterate:llm-loop:request-cancelled",
-  interrupted = "iterate:llm-loop:request-interrupted",
-  ai_error = "iterate:ai:error",
-}
+local T = S.T
 
 local function words(n, prefix)
   local t = {}
@@ -34,16 +24,6 @@ local function after(evs, offset)
   return out
 end
 
-local function ended_for(R)
-  return function(evs)
-    for _, e in ipairs(evs) do
-      if (e.type == T.ended or e.type == T.cancelled) and e.payload.requestOffset == R then
-        return true
-      end
-    end
-  end
-end
-
 describe("agent layer with the echo model", function()
   local srv
   setup(function()
@@ -52,11 +32,9 @@ describe("agent layer with the echo model", function()
   teardown(function()
     if srv then
       srv:stop()
-      assert.falsy(srv:log():find("leaked"), srv:log())
-      assert.falsy(srv:log():find("still alive"), srv:log())
-      assert.falsy(srv:log():find("Sanitizer"), srv:log())
-      assert.falsy(srv:log():find("runtime error"), srv:log())
+      local ok, err = pcall(srv.assert_clean_log, srv)
       srv:cleanup()
+      assert(ok, err)
     end
   end)
 
@@ -215,11 +193,9 @@ describe("agent layer across a restart", function()
       assert.same({ 2, 5, 8 }, finishes)
     end)
     srv:stop()
-    local log = srv:log()
+    local clean, why = pcall(srv.assert_clean_log, srv)
     srv:cleanup()
     assert(ok, err)
-    assert.falsy(log:find("leaked"))
-    assert.falsy(log:find("Sanitizer"), log)
-    assert.falsy(log:find("runtime error"), log)
+    assert(clean, why)
   end)
 end)

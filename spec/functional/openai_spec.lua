@@ -21,27 +21,9 @@ local U = require("spec.support.upstream")
 local cjson = require("cjson")
 local socket = require("socket")
 
-local T = {
-  config = "iterate:agent:config:set",
-  user = "iterate:agent:action:send-user-message:called",
-  started = "iterate:llm-loop:request-started",
-  sse = "iterate:llm-loop:response:sse",
-  ended = "iterate:llm-loop:request-ended",
-  cancelled = "iterate:llm-loop:request-cancelled",
-  interrupted = "iterate:llm-loop:request-interrupted",
-}
+local T = S.T
 
 -- event helpers --------------------------------------------------------------------
-
-local function done_for(R)
-  return function(evs)
-    for _, e in ipairs(evs) do
-      if (e.type == T.ended or e.type == T.cancelled) and e.payload.requestOffset == R then
-        return e
-      end
-    end
-  end
-end
 
 local function parts_of(evs, R)
   local out = {}
@@ -63,18 +45,8 @@ end
 
 -- Posts a prompt and waits for its request to end; returns events, R, the end event.
 local function ask(srv, path, content, mode, timeout)
-  local before = #srv:events(path)
-  assert.equal(204, srv:post(path, T.user, { content = content, mode = mode }))
-  local R
-  local evs = srv:wait_events(path, function(evs)
-    for i = before + 1, #evs do
-      if evs[i].type == T.started then
-        R = evs[i].offset
-      end
-    end
-    return R and done_for(R)(evs)
-  end, "the request for " .. content, timeout or 15)
-  return evs, R, done_for(R)(evs)
+  local evs, fin, R = srv:prompt(path, T.user, { content = content, mode = mode }, timeout)
+  return evs, R, fin
 end
 
 local function check_stream(parts, R, evs)
@@ -101,14 +73,6 @@ local function check_stream(parts, R, evs)
   return table.concat(text)
 end
 
-local function no_leaks(srv)
-  local log = srv:log()
-  assert.falsy(log:find("leaked"), log)
-  assert.falsy(log:find("still alive"), log)
-  assert.falsy(log:find("AddressSanitizer", 1, true), log)
-  assert.falsy(log:find("runtime error:", 1, true), log)
-  assert.falsy(log:find("LeakSanitizer", 1, true), log)
-end
 
 local function http_stats(srv)
   return srv:stats()
@@ -127,7 +91,7 @@ describe("openai model against the fake upstream", function()
   teardown(function()
     if srv then
       srv:stop()
-      no_leaks(srv)
+      srv:assert_clean_log()
       srv:cleanup()
     end
     if fake then
@@ -346,7 +310,7 @@ describe("openai model configuration", function()
     local ok, err = pcall(fn, srv)
     srv:stop()
     if ok then
-      no_leaks(srv)
+      srv:assert_clean_log()
     end
     srv:cleanup()
     if not ok then

@@ -14,11 +14,8 @@ local R = require("spec.support.rel")
 local U = require("spec.support.upstream")
 local cjson = require("cjson")
 
-local USER = "iterate:agent:action:send-user-message:called"
-local CONFIG = "iterate:agent:config:set"
-local STARTED = "iterate:llm-loop:request-started"
-local ENDED = "iterate:llm-loop:request-ended"
-local CANCELLED = "iterate:llm-loop:request-cancelled"
+local T = require("spec.support.agent_events")
+local USER, CONFIG, STARTED, ENDED, CANCELLED = T.user, T.config, T.started, T.ended, T.cancelled
 local OPENAI_KEY = "sk-faults-5e1d0c9b"
 local XAI_KEY = "xai-faults-77a2c41e"
 

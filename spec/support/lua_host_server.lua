@@ -5,9 +5,12 @@
 -- -> server (the real binary, port 0, temp root, config.lua holding the given agents table
 -- and a plugins/ dir with echo.lua), stopped with SIGINT, whose log() is the stderr of every
 -- run; server:post(path, type, payload) -> status, server:events(path) -> list of decoded
--- events (non-live GET), server:wait_events(path, pred, what), server:first_live_event,
+-- events (non-live GET), server:wait_events(path, pred, what), server:prompt(path, type,
+-- payload) (post and wait for the request's end), server:assert_clean_log(extra),
+-- server:first_live_event,
 -- server:stats(), server:wait_idle(), and every Server method of server.lua (stop, restart,
--- alive, cleanup...); S.of_type, S.count, and server.class()'s S.wait_for, S.read_file, S.q...
+-- alive, cleanup...); S.T (spec/support/agent_events.lua), S.end_of(evs, R), S.of_type, S.count,
+-- and server.class()'s S.wait_for, S.read_file, S.q...
 -- Must not: sleep fixed times (everything polls with deadlines) or leave processes or
 -- temp directories behind.
 local socket = require("socket")
@@ -17,6 +20,8 @@ local cjson = require("cjson")
 local server = require("spec.support.server")
 
 local S = server.class()
+S.T = require("spec.support.agent_events")
+local T = S.T
 
 ---@param opts table {agents = table, plugins = {name = source}, copy_plugins = {"echo.lua"},
 ---storage = "yaml" | "memory", env = {NAME = value}}
@@ -69,6 +74,51 @@ function S:wait_events(path, pred, what, timeout)
       return evs
     end
   end, timeout or 10, what)
+end
+
+---The event that ended request R (request-ended or request-cancelled), or nil.
+function S.end_of(evs, R)
+  for _, e in ipairs(evs) do
+    if (e.type == T.ended or e.type == T.cancelled) and e.payload.requestOffset == R then
+      return e
+    end
+  end
+end
+
+---Posts a prompt event (asserting 204) and waits for the request it starts to end.
+---@return table evs all events of the path, table fin the end event, string R the request's offset
+function S:prompt(path, etype, payload, timeout)
+  local before = S.count(self:events(path), T.started)
+  local status = self:post(path, etype, payload)
+  if status ~= 204 then
+    error(("POST %s to %s answered %s, not 204"):format(etype, path, tostring(status)), 2)
+  end
+  local R
+  local evs = self:wait_events(path, function(evs)
+    local started = S.of_type(evs, T.started)
+    if #started > before then
+      R = started[#started].offset
+      return S.end_of(evs, R) ~= nil
+    end
+  end, "the request for " .. tostring(payload and payload.content or etype) .. " to end", timeout or 15)
+  return evs, S.end_of(evs, R), R
+end
+
+-- What the server logs about leaks (at shutdown) or a sanitizer (ASan/LSan/UBSan builds).
+local LEAK_MARKS = { "leaked", "still alive", "Sanitizer", "runtime error" }
+
+---Raises when the log of every run holds a leak or sanitizer report, or any of the plain
+---strings in `extra` (e.g. an API key that must never be logged).
+function S:assert_clean_log(extra)
+  local log = self:log()
+  for _, list in ipairs({ LEAK_MARKS, extra or {} }) do
+    for _, mark in ipairs(list) do
+      local at = log:find(mark, 1, true)
+      if at then
+        error(("the server log holds %q:\n%s"):format(mark, log:sub(math.max(1, at - 2000), at + 2000)), 2)
+      end
+    end
+  end
 end
 
 ---Opens a live SSE read and returns the first event's decoded data (or errors).
