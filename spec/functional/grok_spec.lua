@@ -370,15 +370,7 @@ describe("grok model against the fake realtime server", function()
     local _, e1 = srv:prompt(p, T.user, { content = "alpha question for openai" })
     assert.equal(T.ended, e1.type)
     local oreqs = openai:records("request")
-    local answer1 -- what openai answered, as the history holds it
-    local evs = srv:events(p)
-    local parts = {}
-    for _, e in ipairs(S.of_type(evs, T.sse)) do
-      if e.payload.part.type == "text-delta" then
-        parts[#parts + 1] = e.payload.part.delta
-      end
-    end
-    answer1 = table.concat(parts)
+    local answer1 = table.concat(S.deltas(srv:events(p))) -- what openai answered, as the history holds it
     assert.truthy(#answer1 > 0)
 
     assert.equal(204, srv:post(p, T.config, { model = "grok" }))

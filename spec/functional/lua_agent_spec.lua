@@ -102,13 +102,7 @@ describe("agent layer with the echo model", function()
     srv:post(p, T.config, { model = "echo" })
     srv:post(p, T.user, { content = words(50, "old") })
     local evs = srv:wait_events(p, function(e)
-      local n = 0
-      for _, x in ipairs(e) do
-        if x.type == T.sse and x.payload.part.type == "text-delta" then
-          n = n + 1
-        end
-      end
-      return n >= 2
+      return #S.deltas(e) >= 2
     end, "two deltas")
     local R1 = S.of_type(evs, T.started)[1].offset
     srv:post(p, T.user, { content = "new question", mode = "interrupt" })

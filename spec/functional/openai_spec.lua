@@ -150,13 +150,7 @@ describe("openai model against the fake upstream", function()
     -- second turn: slow, interrupted after a few deltas
     assert.equal(204, srv:post(p, T.user, { content = "second question [[tokens:60]] [[pace:100]]" }))
     local evs = srv:wait_events(p, function(e)
-      local n = 0
-      for _, x in ipairs(e) do
-        if x.type == T.sse and x.payload.part.type == "text-delta" then
-          n = n + 1
-        end
-      end
-      return n >= 5 + 3
+      return #S.deltas(e) >= 5 + 3
     end, "three deltas of the second answer")
     local evs3, R3 = ask(srv, p, "third question [[tokens:4]]", "interrupt")
     -- the partial second answer as stored
@@ -209,11 +203,7 @@ describe("openai model against the fake upstream", function()
     srv:post(p, T.config, { model = "openai" })
     assert.equal(204, srv:post(p, T.user, { content = "slow one [[fault:slow]]" }))
     local evs = srv:wait_events(p, function(e)
-      for _, x in ipairs(e) do
-        if x.type == T.sse and x.payload.part.type == "text-delta" then
-          return true
-        end
-      end
+      return #S.deltas(e) > 0
     end, "the first delta")
     local R1 = evs[#evs].payload.requestOffset
     local evs2, R2, fin = ask(srv, p, "quick one [[tokens:3]]", "interrupt")

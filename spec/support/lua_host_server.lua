@@ -9,7 +9,8 @@
 -- payload) (post and wait for the request's end), server:assert_clean_log(extra),
 -- server:first_live_event,
 -- server:stats(), server:wait_idle(), and every Server method of server.lua (stop, restart,
--- alive, cleanup...); S.T (spec/support/agent_events.lua), S.end_of(evs, R), S.of_type, S.count,
+-- alive, cleanup...); S.T (spec/support/agent_events.lua), S.end_of(evs, R), S.deltas(evs),
+-- S.of_type, S.count,
 -- and server.class()'s S.wait_for, S.read_file, S.q...
 -- Must not: sleep fixed times (everything polls with deadlines) or leave processes or
 -- temp directories behind.
@@ -83,6 +84,17 @@ function S.end_of(evs, R)
       return e
     end
   end
+end
+
+---The deltas of every text-delta part among the events, in order.
+function S.deltas(evs)
+  local out = {}
+  for _, e in ipairs(evs) do
+    if e.type == T.sse and e.payload.part.type == "text-delta" then
+      out[#out + 1] = e.payload.part.delta
+    end
+  end
+  return out
 end
 
 ---Posts a prompt event (asserting 204) and waits for the request it starts to end.
