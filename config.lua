@@ -28,7 +28,8 @@ return {
     body_timeout_ms = 30000,            -- request body must keep arriving within
     idle_timeout_ms = 60000,            -- idle keep-alive connections are closed after
     subscriber_backlog_bytes = 4194304, -- unsent bytes before a slow SSE reader is dropped
-    tail_cache_bytes = 1048576,         -- per-stream cache of recent events for catch-up
+    tail_cache_bytes = 33554432,        -- per-stream memory cache of its newest events (catch-up reads them without the disk)
+    tail_cache_total_bytes = 268435456, -- all streams' caches together; the least recently written streams give way first
     max_open_files = 4096,              -- YAML store descriptors kept open (LRU; the fd limit is raised to fit)
   },
 

@@ -50,14 +50,14 @@ use_server() { case " $SERVERS " in *" $1 "*) return 0 ;; esac; return 1; }
 
 # ---- scenario sizes ------------------------------------------------------------------
 if [ "$MODE" = quick ]; then
-  APPEND_CASES="16:1 64:1000"; APPEND_D=2; APPEND_W=0.5
+  APPEND_CASES="16:1 64:1 64:1000"; APPEND_D=2; APPEND_W=0.5
   FANOUT_CASES="1:200 100:200 1000:200"; FANOUT_BIG=""; FANOUT_D=2; FANOUT_W=0.5
   CATCHUP_N=10000; TAIL_BIG=100000; TAIL_SMALL=100; CATCHUP_READS=1; TAIL_READS=20
   IDLE_CASES="1000"; IDLE_SETTLE=1
 else
   APPEND_CASES="16:1 64:1 16:1000 64:1000"; APPEND_D=8; APPEND_W=2
   FANOUT_CASES="1:200 100:200 1000:200"; FANOUT_BIG="10000:20"; FANOUT_D=10; FANOUT_W=1
-  CATCHUP_N=100000; TAIL_BIG=1000000; TAIL_SMALL=100; CATCHUP_READS=3; TAIL_READS=50
+  CATCHUP_N=100000; TAIL_BIG=1000000; TAIL_SMALL=100; CATCHUP_READS=7; TAIL_READS=50
   IDLE_CASES="1000 10000"; IDLE_SETTLE=3
 fi
 
@@ -101,6 +101,7 @@ wait_listen() {
   return 1
 }
 
+# start_ours [extra server args...]: a fresh instance of our server (fresh data dir)
 start_ours() {
   stop_pid "$OURS_PID"
   OURS_PID="" OURS_URL=""
@@ -110,7 +111,7 @@ start_ours() {
   # shellcheck disable=SC2086 # DS_SERVER_ARGS is a list of words on purpose
   STARTS_OURS=$((++STARTS))
   local log=$WORK/ours.$STARTS_OURS.log
-  (cd "$ROOT" && exec "$DS_BINARY" --port 0 --data-dir "$data" ${DS_SERVER_ARGS:-}) \
+  (cd "$ROOT" && exec "$DS_BINARY" --port 0 --data-dir "$data" ${DS_SERVER_ARGS:-} "$@") \
     >"$log" 2>&1 &
   OURS_PID=$!
   if ! OURS_URL=$(wait_listen "$log" "$OURS_PID"); then
@@ -264,6 +265,13 @@ if want append; then
       row "$sc" "p99 ms: /v1/stream vs /v1/stream" "$(get $q p99_ms)" "$(get $r p99_ms)" "lower" ""
     fi
   done
+  # How close an append comes to our own HTTP ceiling: GET /health (no parsing of a body, no
+  # storage, no publication) from the same generator at 64 connections.
+  if [ "$OURS_AGENTS" = 1 ]; then
+    run "health-64-ours" dsbench-append --url "$OURS_URL" --server-pid "$OURS_PID" --kind health -c 64 -d "$APPEND_D" --warmup "$APPEND_W"
+    a="append-64-1-ours-agents" h="health-64-ours"
+    ROWS+=("| HTTP ceiling, 64 conns | req/s: ours append (1 path) vs ours GET /health (ratio = share of the ceiling) | $(get $a rps) | $(get $h rps) | $(ratio "$(get $a rps)" "$(get $h rps)") | ~1 = at the ceiling | $(flags $h) |")
+  fi
 fi
 
 # ---- fan-out ---------------------------------------------------------------------------
@@ -308,6 +316,17 @@ if want catchup; then
   row "$sc" "full read MB/s (own wire format): ours /agents vs ref" "$(get $a full_mbps)" "$(get $r full_mbps)" "-" "formats differ (SSE frames vs JSON array)"
   [ "$OURS_PROTOCOL" = 1 ] && row "$sc" "full read events/s: /v1/stream vs /v1/stream" "$(get $q full_eps)" "$(get $r full_eps)" "higher" "$(both_flags $q $r)"
   row "$sc" "last-10 read median ms: ours /agents vs ref" "$(get $a tail_med_ms)" "$(get $r tail_med_ms)" "lower" ""
+  # The same full read with the hot-tail cache off (limits.tail_cache_bytes = 1 holds no
+  # event): every event is read from the YAML file and transcoded, as after a restart or
+  # for history older than the cache. A separate instance, so the row above is untouched.
+  if [ "$PROBED_AGENTS" = 1 ]; then
+    printf 'local c = dofile("%s")\nc.limits = c.limits or {}\nc.limits.tail_cache_bytes = 1\nreturn c\n' \
+      "$ROOT/config.lua" >"$WORK/cold.lua"
+    start_ours --config "$WORK/cold.lua"
+    [ -n "$OURS_URL" ] && run "catchup-$CATCHUP_N-ours-cold" dsbench-catchup --url "$OURS_URL" --server-pid "$OURS_PID" --kind agents --events "$CATCHUP_N" --path "bench/catchup-$CATCHUP_N" --reads "$CATCHUP_READS" --tail-reads 0
+    c="catchup-$CATCHUP_N-ours-cold"
+    row "$sc" "full read events/s, hot tail off (all from the YAML file): ours /agents vs ref" "$(get $c full_eps)" "$(get $r full_eps)" "higher" "$(both_flags $c $r)"
+  fi
   b="tail-$TAIL_BIG-ours-agents" s="tail-$TAIL_SMALL-ours-agents"
   ROWS+=("| last-10 read, ours | median ms: $TAIL_BIG-event stream vs $TAIL_SMALL-event stream (ratio = big/small) | $(get $b tail_med_ms) | $(get $s tail_med_ms) | $(ratio "$(get $b tail_med_ms)" "$(get $s tail_med_ms)") | ~1 = indexed | $(flags $b) |")
 fi

@@ -10,7 +10,8 @@
 # Load: 4 appenders (10 events/s each), 4 live SSE subscribers joining and leaving, catch-ups
 # from recent offsets, agent requests taking turns over 300 echo paths and 300 openai paths (the
 # fake upstream spec/fixtures/upstream/openai_fake.py). Server config: tail_cache_bytes 8 KiB
-# so the per-stream caches (44 streams) fill within the first two minutes, and
+# and tail_cache_total_bytes 512 KiB so the caches (44 busy streams, 600 agent paths touched
+# over time) reach their bound within the first two minutes, and
 # agents.max_cached_paths 8: the agent holds 8 of the 600 conversations in memory and rebuilds
 # the others from their streams (a held conversation grows with every turn by design).
 # Memory that grows with stored data by design remains: 8 bytes per event (the offset index of
@@ -56,7 +57,7 @@ cp plugins/echo.lua "$T/plugins/"
 cat >"$T/config.lua" <<CFG
 return {
   port = 0, data_dir = "$T/data", fsync = "interval", log_level = "warn",
-  limits = { tail_cache_bytes = 8192 },
+  limits = { tail_cache_bytes = 8192, tail_cache_total_bytes = 524288 },
   agents = {
     default_model = "echo", plugin_dir = "$T/plugins", max_cached_paths = 8,
     models = { openai = { base_url = "http://127.0.0.1:$FPORT/v1", api_key_env = "SOAK_OPENAI_KEY" } },

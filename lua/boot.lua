@@ -9,6 +9,7 @@
 -- Must not: do I/O (load phase).
 local models_mod = require("models")
 local agent_mod = require("agent")
+local grok_mod = require("grok")
 
 local M = {}
 
@@ -22,17 +23,7 @@ M.DEFAULTS = {
       system_prompt = nil,
       api = "responses",
     },
-    grok = {
-      url = "wss://api.x.ai/v1/realtime",
-      model = nil,
-      api_key_env = "XAI_API_KEY",
-      voice = "ara",
-      instructions = "You are a helpful voice assistant.",
-      idle_timeout_ms = 300000,
-      ready_timeout_ms = 10000,
-      connect_timeout_ms = 10000,
-      response_timeout_ms = 60000,
-    },
+    grok = grok_mod.DEFAULTS, -- one list, kept with the model that reads it
     echo = { delay_ms = 0 },
   },
   prefixes = nil,
@@ -132,7 +123,7 @@ function M.start(ds, cfg)
   local conf = M.normalize(cfg)
   local registry = models_mod.new()
   registry:register("openai", require("openai").new(ds)) -- the built-in model (lua/openai.lua)
-  registry:register("grok", require("grok").new(ds)) -- xAI realtime voice (lua/grok.lua)
+  registry:register("grok", grok_mod.new(ds)) -- xAI realtime voice (lua/grok.lua)
   local agent = agent_mod.install(ds, conf, registry)
   local base = {}
   for _, k in ipairs(SAFE_GLOBALS) do

@@ -25,10 +25,13 @@
 -- response_timeout_ms, turn_detection. Environment: XAI_API_KEY (via api_key_env) and
 -- XAI_REALTIME_URL, which overrides url.
 -- Must not: append lifecycle events (llm_loop.lua does), log or return the API key.
+local models = require("models")
+
 local M = {}
 
 local T_GROK = "iterate:grok:response:sse"
 
+-- The defaults of agents.models.grok (boot.lua fills them into the config from here).
 local DEFAULTS = {
   url = "wss://api.x.ai/v1/realtime",
   api_key_env = "XAI_API_KEY",
@@ -39,23 +42,10 @@ local DEFAULTS = {
   connect_timeout_ms = 10000,
   response_timeout_ms = 60000,
 }
+M.DEFAULTS = DEFAULTS
 
-local function cfg_get(cfg, k)
-  local v = cfg[k]
-  if v == nil then
-    return DEFAULTS[k]
-  end
-  return v
-end
-
-local function one_line(s, max)
-  s = tostring(s or ""):gsub("[\r\n]+", " "):gsub("%s+$", "")
-  max = max or 300
-  if #s > max then
-    s = s:sub(1, max) .. "..."
-  end
-  return s
-end
+local cfg_get = models.settings(DEFAULTS)
+local one_line = models.one_line
 
 ---The session.update message (a table for ds.json.encode).
 function M.session_update(ds, cfg)
@@ -240,13 +230,9 @@ function M.new(ds)
 
   function model.start(_, ctx)
     local cfg = ctx.config or {}
-    local key = cfg.api_key
-    if key == nil then
-      local env = cfg_get(cfg, "api_key_env")
-      key = os.getenv(env)
-      if key == nil or key == "" then
-        return nil, ("Grok API key missing: set %s"):format(env)
-      end
+    local key, env = models.api_key(cfg, DEFAULTS)
+    if not key then
+      return nil, ("Grok API key missing: set %s"):format(tostring(env))
     end
     local scratch = ctx.scratch
     local conn = scratch.conn

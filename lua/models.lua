@@ -13,6 +13,10 @@
 --                           before its task is killed, so a transport can abort its upstream
 --                           transfer at once. Must not yield.
 --
+-- Also the helpers the built-in upstream models (openai.lua, grok.lua) share: settings(defaults)
+-- (a model's config lookup with its defaults), api_key(cfg, defaults) (the key from the config
+-- or from the environment variable it names) and one_line(s, max) (a message on one line).
+--
 -- Must not: know about events or paths; llm_loop.lua drives the request lifecycle.
 local M = {}
 M.__index = M
@@ -65,6 +69,50 @@ end
 function M.accepts(model, kind)
   local inputs = model.inputs or { text = true }
   return inputs[kind] == true
+end
+
+---A lookup of a model's settings: get(cfg, k) is cfg[k], or defaults[k] when cfg has none
+---(false stays false).
+---@param defaults table
+---@return fun(cfg: table, k: string): any
+function M.settings(defaults)
+  return function(cfg, k)
+    local v = cfg[k]
+    if v == nil then
+      return defaults[k]
+    end
+    return v
+  end
+end
+
+---The API key of an upstream model: cfg.api_key, else the environment variable named by
+---api_key_env (from cfg, else from defaults). Returns the key, or nil when neither gives a
+---non-empty string; and the variable's name, for the "key missing" message.
+---@return string|nil key, any env
+function M.api_key(cfg, defaults)
+  local env = cfg.api_key_env
+  if env == nil then
+    env = defaults.api_key_env
+  end
+  local key = cfg.api_key
+  if key == nil and type(env) == "string" then
+    key = os.getenv(env)
+  end
+  if type(key) ~= "string" or key == "" then
+    return nil, env
+  end
+  return key, env
+end
+
+---An upstream's message on one line: line breaks folded, trailing blanks dropped, cut at
+---max bytes (default 300) with "..." after the cut.
+function M.one_line(s, max)
+  s = tostring(s or ""):gsub("[\r\n]+", " "):gsub("%s+$", "")
+  max = max or 300
+  if #s > max then
+    s = s:sub(1, max) .. "..."
+  end
+  return s
 end
 
 ---The plugin-facing view of the registry: plain functions (models.register(name, m)).

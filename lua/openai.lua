@@ -15,6 +15,8 @@
 -- stall_timeout_ms, max_output_tokens, temperature. Environment: OPENAI_API_KEY (via
 -- api_key_env) and OPENAI_BASE_URL, which overrides base_url as OpenAI's SDKs do.
 -- Must not: append lifecycle events (llm_loop.lua does), log or return the API key.
+local models = require("models")
+
 local M = {}
 
 local DEFAULTS = {
@@ -27,22 +29,8 @@ local DEFAULTS = {
   stall_timeout_ms = 120000,
 }
 
-local function cfg_get(cfg, k)
-  local v = cfg[k]
-  if v == nil then
-    return DEFAULTS[k]
-  end
-  return v
-end
-
-local function one_line(s, max)
-  s = tostring(s or ""):gsub("[\r\n]+", " "):gsub("%s+$", "")
-  max = max or 300
-  if #s > max then
-    s = s:sub(1, max) .. "..."
-  end
-  return s
-end
+local cfg_get = models.settings(DEFAULTS)
+local one_line = models.one_line
 
 ---The text of a message as the API expects it (audio turns have none).
 local function text_of(m)
@@ -326,12 +314,8 @@ function M.new(ds)
 
   function model.start(_, ctx)
     local cfg = ctx.config or {}
-    local key = cfg.api_key
-    local env = cfg_get(cfg, "api_key_env")
-    if key == nil and type(env) == "string" then
-      key = os.getenv(env)
-    end
-    if type(key) ~= "string" or key == "" then
+    local key, env = models.api_key(cfg, DEFAULTS)
+    if not key then
       return nil, ("OpenAI API key missing: set %s or agents.models.openai.api_key"):format(tostring(env))
     end
     local base = os.getenv("OPENAI_BASE_URL")

@@ -4,7 +4,8 @@
  * loop) for a fixed duration, spread over one or K stream paths, and report requests/s,
  * p50/p99/max latency, error and non-2xx counts, and whether this generator was itself
  * the bottleneck. Kinds: `agents` = POST /agents/<p>; `protocol` = PUT /v1/stream/<p>
- * (application/json) once per path, then POST appends.
+ * (application/json) once per path, then POST appends; `health` = GET /health, no storage
+ * and no body: the server's own HTTP ceiling, measured by the same generator.
  * It must not measure set-up work (path creation) and never reports a figure it did not
  * observe: the throughput is the responses completed inside the measured window divided by
  * the window's length. */
@@ -32,6 +33,7 @@ enum { PH_SETUP, PH_RUN, PH_DRAIN, PH_DONE };
 static struct {
   bt_target_t target;
   int protocol;
+  int health; /* --kind health: GET /health instead of appends */
   int nconn, depth, npaths, payload_bytes;
   double duration, warmup;
   char prefix[200];
@@ -55,7 +57,16 @@ static void path_of(int idx, char *out, size_t n) {
   snprintf(out, n, "%s%s/p%04d", kind_prefix(), G.prefix, idx);
 }
 
+static int send_health(aconn_t *a) {
+  char req[256];
+  int n = snprintf(req, sizeof(req), "GET /health HTTP/1.1\r\nHost: %s:%d\r\n\r\n", G.target.host,
+                   G.target.port);
+  G.sent_total++;
+  return bt_conn_send(&a->c, req, (size_t)n);
+}
+
 static int send_setup(aconn_t *a, int idx) {
+  if (G.health) return send_health(a); /* nothing to create */
   char path[300], req[1024];
   path_of(idx, path, sizeof(path));
   int n;
@@ -75,6 +86,7 @@ static int send_setup(aconn_t *a, int idx) {
 }
 
 static int send_append(aconn_t *a) {
+  if (G.health) return send_health(a);
   char path[300], body[8192 + 256], req[8192 + 1024];
   path_of((int)(G.rr++ % (uint64_t)G.npaths), path, sizeof(path));
   /* the same bytes for both kinds: an agents EventInput is also a valid JSON message */
@@ -160,7 +172,8 @@ static const bt_conn_cbs_t CBS = {.on_complete = on_complete, .on_close = on_clo
 
 static void usage(void) {
   fprintf(stderr,
-          "usage: dsbench-append --url http://HOST:PORT [--kind agents|protocol] [-c CONNS]\n"
+          "usage: dsbench-append --url http://HOST:PORT [--kind agents|protocol|health]\n"
+          "         [-c CONNS]\n"
           "         [-d SECONDS] [--warmup SECONDS] [--paths K] [--pipeline DEPTH]\n"
           "         [--prefix NAME] [--payload-bytes B] [--server-pid PID]\n");
   exit(2);
@@ -187,6 +200,7 @@ int main(int argc, char **argv) {
     case 'k':
       if (strcmp(optarg, "agents") == 0) G.protocol = 0;
       else if (strcmp(optarg, "protocol") == 0) G.protocol = 1;
+      else if (strcmp(optarg, "health") == 0) G.health = 1;
       else usage();
       break;
     case 'c': G.nconn = atoi(optarg); break;
@@ -223,7 +237,7 @@ int main(int argc, char **argv) {
   }
   printf("dsbench-append: kind=%s target=%s:%d connections=%d pipeline=%d paths=%d "
          "duration=%.1fs warmup=%.1fs\n",
-         G.protocol ? "protocol" : "agents", G.target.host, G.target.port, G.nconn, G.depth,
+         G.health ? "health" : G.protocol ? "protocol" : "agents", G.target.host, G.target.port, G.nconn, G.depth,
          G.npaths, G.duration, G.warmup);
 
   G.phase = PH_SETUP;
@@ -310,7 +324,7 @@ int main(int argc, char **argv) {
   printf("RESULT tool=append kind=%s conns=%d pipeline=%d paths=%d rps=%.1f %s"
          "ok=%llu non2xx=%llu errors=%llu gen_cpu=%.2f saturated=%d "
          "server_cpu=%.2f server_wait=%.2f gen_wait=%.2f\n",
-         G.protocol ? "protocol" : "agents", G.nconn, G.depth, G.npaths, rps, lat,
+         G.health ? "health" : G.protocol ? "protocol" : "agents", G.nconn, G.depth, G.npaths, rps, lat,
          (unsigned long long)G.ok,
          (unsigned long long)G.non2xx, (unsigned long long)G.errors, cpu_share, sat,
          G.server_pid > 0 ? G.server_cpu : -1.0, G.server_pid > 0 ? G.server_wait : -1.0,

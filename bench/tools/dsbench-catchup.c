@@ -55,16 +55,24 @@ static const char *prefix(void) { return G.protocol ? "/v1/stream/" : "/agents/"
 
 /* ---- counting response bodies -------------------------------------------------- */
 
+/* Counts "data:" lines. memchr jumps from line to line (the generator must not be the
+ * bottleneck: a byte-at-a-time loop here capped a full read at about 1M events/s). A line
+ * start may be split across reads: line_pos carries the match across. */
 static void count_sse(const char *p, size_t n) {
   static const char key[] = "data:";
-  for (size_t i = 0; i < n; i++) {
-    char ch = p[i];
-    if (ch == '\n') {
+  const char *end = p + n;
+  while (p < end) {
+    if (G.line_pos < 0) { /* inside a line that is not a data line: skip to its end */
+      const char *nl = memchr(p, '\n', (size_t)(end - p));
+      if (!nl) return;
+      p = nl + 1;
       G.line_pos = 0;
       continue;
     }
-    if (G.line_pos < 0) continue;
-    if (ch == key[G.line_pos]) {
+    char ch = *p++;
+    if (ch == '\n') {
+      G.line_pos = 0;
+    } else if (ch == key[G.line_pos]) {
       if (++G.line_pos == 5) {
         G.counted++;
         G.line_pos = -1;
@@ -75,16 +83,28 @@ static void count_sse(const char *p, size_t n) {
   }
 }
 
-/* Counts the elements of a top-level JSON array of objects (our messages). */
+/* Counts the elements of a top-level JSON array of objects (our messages). Inside a
+ * string only '"' and '\\' matter, so the scan jumps to the next of them. */
 static void count_json(const char *p, size_t n) {
-  for (size_t i = 0; i < n; i++) {
-    char ch = p[i];
+  const char *end = p + n;
+  while (p < end) {
     if (G.in_str) {
-      if (G.esc) G.esc = 0;
-      else if (ch == '\\') G.esc = 1;
-      else if (ch == '"') G.in_str = 0;
+      if (G.esc) {
+        G.esc = 0;
+        p++;
+        continue;
+      }
+      const char *dq = memchr(p, '"', (size_t)(end - p));
+      const char *lim = dq ? dq : end;
+      const char *bs = memchr(p, '\\', (size_t)(lim - p));
+      const char *q = bs ? bs : lim;
+      if (q == end) return;
+      if (*q == '\\') G.esc = 1;
+      else G.in_str = 0;
+      p = q + 1;
       continue;
     }
+    char ch = *p++;
     switch (ch) {
     case '"': G.in_str = 1; break;
     case '{':
@@ -415,11 +435,12 @@ int main(int argc, char **argv) {
 
   /* (a) full reads */
   double med_eps = 0, med_mbps = 0, med_s = 0;
-  double server_cpu = -1, server_wait = -1, gen_wait = -1;
+  double server_cpu = -1, server_wait = -1, gen_wait = -1, gen_cpu = -1;
+  int gen_sat = 0;
   int full_ok = 0;
   if (G.reads > 0) {
     /* CPU use and run-queue waits over all full reads: was anyone starved? */
-    uint64_t w0 = bt_now_ns(), scpu0 = 0, swait0 = 0, gwait0 = bt_proc_wait_ns(0);
+    uint64_t w0 = bt_now_ns(), scpu0 = 0, swait0 = 0, gwait0 = bt_proc_wait_ns(0), gcpu0 = bt_cpu_ns();
     if (G.server_pid > 0) {
       scpu0 = bt_proc_cpu_ns(G.server_pid);
       swait0 = bt_proc_wait_ns(G.server_pid);
@@ -462,6 +483,8 @@ int main(int argc, char **argv) {
              server_cpu * 100.0, server_wait * 100.0);
     }
     printf("full reads: generator waited for a CPU %.0f%% of the time\n", gen_wait * 100.0);
+    gen_cpu = (double)(bt_cpu_ns() - gcpu0) / (double)wall;
+    gen_sat = bt_report_cpu(gen_cpu);
     int m = idx[nr / 2];
     med_eps = eps[m];
     med_mbps = mbps[m];
@@ -522,9 +545,10 @@ int main(int argc, char **argv) {
 
   printf("RESULT tool=catchup kind=%s events=%ld full_ok=%d full_eps=%.0f full_mbps=%.1f "
          "full_s=%.3f tail_ok=%d tail=%ld tail_med_ms=%.3f tail_p90_ms=%.3f tail_min_ms=%.3f "
-         "server_cpu=%.2f server_wait=%.2f gen_wait=%.2f\n",
+         "server_cpu=%.2f server_wait=%.2f gen_wait=%.2f gen_cpu=%.2f saturated=%d\n",
          G.protocol ? "protocol" : "agents", G.events, full_ok, med_eps, med_mbps, med_s, tail_ok,
-         G.tail, bt_ms(tmed), bt_ms(tp90), bt_ms(tmin), server_cpu, server_wait, gen_wait);
+         G.tail, bt_ms(tmed), bt_ms(tp90), bt_ms(tmin), server_cpu, server_wait, gen_wait,
+         gen_cpu, gen_sat);
   free(G.pad);
   free(G.top);
   return (G.reads > 0 && !full_ok) || (G.tail_reads > 0 && tail_q[0] && !tail_ok) ? 1 : 0;

@@ -19,8 +19,7 @@
 -- sleep fixed times, or leave processes behind.
 package.path = "./?.lua;" .. package.path
 local S = require("spec.support.lua_host_server")
-local cjson = require("cjson")
-local socket = require("socket")
+local U = require("spec.support.upstream")
 
 local T = {
   config = "iterate:agent:config:set",
@@ -36,52 +35,9 @@ local T = {
   ai_error = "iterate:ai:error",
 }
 
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
-local function tmpdir(prefix)
-  local p = io.popen("mktemp -d /tmp/" .. prefix .. "-XXXXXX")
-  local dir = p:read("l")
-  p:close()
-  return dir
-end
-
--- Servers of this file run with XAI_* / OPENAI_* taken from opts.env only.
-local function launch_with_env(self)
-  self.run = (self.run or 0) + 1
-  self.out = self.dir .. "/out." .. self.run
-  self.err = self.dir .. "/err." .. self.run
-  local env = { "env -u OPENAI_API_KEY -u OPENAI_BASE_URL -u XAI_API_KEY -u XAI_REALTIME_URL" }
-  for k, v in pairs(self.opts.env or {}) do
-    env[#env + 1] = k .. "=" .. q(v)
-  end
-  local cmd = ("%s %s --config %s >%s 2>%s & echo $!"):format(table.concat(env, " "),
-    q(os.getenv("DS_BINARY") or "build/durable-stream"), q(self.dir .. "/config.lua"), q(self.out), q(self.err))
-  local p = io.popen(cmd)
-  self.pid = tonumber(p:read("l"))
-  p:close()
-  self.port = S.wait_for(function()
-    local s = S.read_file(self.out) or ""
-    local port = s:match("listening on http://[^:]+:(%d+)")
-    if port then
-      return tonumber(port)
-    end
-    if not self:alive() then
-      error("server exited at start: " .. (S.read_file(self.err) or ""))
-    end
-  end, 10, "the listening line")
-end
-
-local function start_server(opts)
-  local orig = S.launch
-  S.launch = launch_with_env
-  local ok, srv = pcall(S.start, opts)
-  S.launch = orig
-  assert(ok, srv)
-  srv.launch = launch_with_env
-  return srv
-end
+-- Servers of this file run with XAI_* / OPENAI_* taken from opts.env only (server.lua
+-- removes them from the environment it inherits).
+local start_server = S.start
 
 local function stop_server(srv, secret)
   if not srv then
@@ -99,129 +55,6 @@ local function stop_server(srv, secret)
   assert.falsy(log:find(" error "), log)
   assert.falsy(log:find("Sanitizer"), log) -- ASan/LSan builds report here
   assert.falsy(log:find("runtime error"), log) -- UBSan
-end
-
--- fakes ----------------------------------------------------------------------------
-
-local function start_process(cmd, dir, pattern, what)
-  local p = io.popen(("%s >%s 2>%s & echo $!"):format(cmd, q(dir .. "/stdout"), q(dir .. "/stderr")))
-  local pid = tonumber(p:read("l"))
-  p:close()
-  local port = S.wait_for(function()
-    local s = S.read_file(dir .. "/stdout")
-    local n = s and s:match(pattern)
-    if n then
-      return tonumber(n)
-    end
-    if os.execute("kill -0 " .. pid .. " 2>/dev/null") ~= true then
-      error(what .. " exited: " .. (S.read_file(dir .. "/stderr") or ""))
-    end
-  end, 10, what .. "'s port")
-  return pid, port
-end
-
-local function stop_process(pid, dir)
-  os.execute("kill " .. pid .. " 2>/dev/null")
-  S.wait_for(function()
-    return os.execute("kill -0 " .. pid .. " 2>/dev/null") ~= true
-  end, 10, "a fake to exit")
-  os.execute("rm -rf " .. q(dir))
-end
-
-local Grok = {}
-Grok.__index = Grok
-
-local function start_grok()
-  local dir = tmpdir("ds-grok-fake")
-  local self = setmetatable({ dir = dir, log_path = dir .. "/grok.jsonl" }, Grok)
-  local script = S.source_dir() .. "/spec/fixtures/upstream/grok_fake.py"
-  self.pid, self.port = start_process(("/usr/bin/python3 %s --log %s"):format(q(script), q(self.log_path)), dir,
-    "PORT=(%d+)", "grok_fake")
-  self.url = ("ws://127.0.0.1:%d/v1/realtime"):format(self.port)
-  return self
-end
-
-function Grok:stop()
-  stop_process(self.pid, self.dir)
-end
-
-function Grok:control(query)
-  local http = require("socket.http")
-  local body, status = http.request(("http://127.0.0.1:%d/_control?%s"):format(self.port, query))
-  assert(status == 200, "control " .. query .. ": " .. tostring(status) .. " " .. tostring(body))
-end
-
-function Grok:records()
-  local out = {}
-  for line in (S.read_file(self.log_path) or ""):gmatch("[^\n]+") do
-    out[#out + 1] = cjson.decode(line)
-  end
-  return out
-end
-
--- The connection number whose client messages contain `marker`.
-function Grok:conn_of(marker)
-  for _, r in ipairs(self:records()) do
-    if r.event == "message" and r.raw:find(marker, 1, true) then
-      return r.conn
-    end
-  end
-end
-
-function Grok:messages(conn)
-  local out = {}
-  for _, r in ipairs(self:records()) do
-    if r.conn == conn and r.event == "message" then
-      out[#out + 1] = r
-    end
-  end
-  return out
-end
-
-function Grok:record(conn, event)
-  for _, r in ipairs(self:records()) do
-    if r.conn == conn and r.event == event then
-      return r
-    end
-  end
-end
-
-function Grok:connects()
-  local n = 0
-  for _, r in ipairs(self:records()) do
-    if r.event == "connect" or r.event == "rejected" then
-      n = n + 1
-    end
-  end
-  return n
-end
-
-local OpenAI = {}
-OpenAI.__index = OpenAI
-
-local function start_openai()
-  local dir = tmpdir("ds-openai-fake")
-  local self = setmetatable({ dir = dir, log_path = dir .. "/openai.jsonl" }, OpenAI)
-  local script = S.source_dir() .. "/spec/fixtures/upstream/openai_fake.py"
-  self.pid, self.port = start_process(("/usr/bin/python3 %s --log %s --pace-ms 1"):format(q(script),
-    q(self.log_path)), dir, "^(%d+)\n", "openai_fake")
-  self.base = ("http://127.0.0.1:%d/v1"):format(self.port)
-  return self
-end
-
-function OpenAI:stop()
-  stop_process(self.pid, self.dir)
-end
-
-function OpenAI:requests()
-  local out = {}
-  for line in (S.read_file(self.log_path) or ""):gmatch("[^\n]+") do
-    local r = cjson.decode(line)
-    if r.kind == "request" then
-      out[#out + 1] = r
-    end
-  end
-  return out
 end
 
 -- event helpers --------------------------------------------------------------------
@@ -312,8 +145,8 @@ end
 describe("grok model against the fake realtime server", function()
   local grok, openai, srv
   setup(function()
-    grok = start_grok()
-    openai = start_openai()
+    grok = U.start("grok")
+    openai = U.start("openai", { pace_ms = 1 })
     srv = start_server({
       storage = "memory",
       env = { XAI_API_KEY = "xai-test-key", XAI_REALTIME_URL = grok.url, OPENAI_API_KEY = "sk-test",
@@ -589,7 +422,7 @@ describe("grok model against the fake realtime server", function()
     assert.equal(204, srv:post(p, T.config, { model = "openai" }))
     local _, e1 = prompt_and_wait(srv, p, T.user, { content = "alpha question for openai" })
     assert.equal(T.ended, e1.type)
-    local oreqs = openai:requests()
+    local oreqs = openai:records("request")
     local answer1 -- what openai answered, as the history holds it
     local evs = srv:events(p)
     local parts = {}
@@ -625,7 +458,7 @@ describe("grok model against the fake realtime server", function()
     assert.equal(204, srv:post(p, T.config, { model = "openai" }))
     local _, e3 = prompt_and_wait(srv, p, T.user, { content = "gamma question for openai" })
     assert.equal(T.ended, e3.type)
-    local reqs = openai:requests()
+    local reqs = openai:records("request")
     assert.equal(#oreqs + 1, #reqs)
     local input = reqs[#reqs].body.input
     local seen = {}
@@ -691,9 +524,7 @@ describe("grok model connection management", function()
   end)
 
   it("reports a refused connection and stays up", function()
-    local s = socket.bind("127.0.0.1", 0)
-    local _, port = s:getsockname()
-    s:close()
+    local port = U.free_port()
     local srv = start_server({
       storage = "memory",
       env = { XAI_API_KEY = "k", XAI_REALTIME_URL = ("ws://127.0.0.1:%d/v1/realtime"):format(port) },
@@ -712,7 +543,7 @@ describe("grok model connection management", function()
   end)
 
   it("closes an idle connection and reopens it on the next prompt", function()
-    local grok = start_grok()
+    local grok = U.start("grok")
     local srv = start_server({
       storage = "memory",
       env = { XAI_API_KEY = "k", XAI_REALTIME_URL = grok.url },
@@ -736,7 +567,7 @@ describe("grok model connection management", function()
   end)
 
   it("closes every connection at shutdown without leaks", function()
-    local grok = start_grok()
+    local grok = U.start("grok")
     local srv = start_server({
       storage = "memory",
       env = { XAI_API_KEY = "k", XAI_REALTIME_URL = grok.url },

@@ -12,10 +12,12 @@
 --   5. the Chat Completions switch gives the same parts;
 --   6. 50 conversations on 50 paths stream at once within 1.5x the paced time;
 --   plus OPENAI_API_KEY / OPENAI_BASE_URL from the environment.
--- Must not: reach a real upstream (the server runs with OPENAI_* removed from its
--- environment unless a spec sets them), sleep fixed times, or leave processes behind.
+-- Must not: reach a real upstream (spec/support/server.lua starts the server with OPENAI_*
+-- removed from its environment unless a spec sets them), sleep fixed times, or leave
+-- processes behind.
 package.path = "./?.lua;" .. package.path
 local S = require("spec.support.lua_host_server")
+local U = require("spec.support.upstream")
 local cjson = require("cjson")
 local socket = require("socket")
 
@@ -28,97 +30,6 @@ local T = {
   cancelled = "iterate:llm-loop:request-cancelled",
   interrupted = "iterate:llm-loop:request-interrupted",
 }
-
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
--- The servers of this file run with the OPENAI_* variables scrubbed (and set only when a
--- spec asks): no real key or base URL from the developer's shell can leak into a spec.
-local orig_launch = S.launch
-local function launch_scrubbed(self)
-  self.run = (self.run or 0) + 1
-  self.out = self.dir .. "/out." .. self.run
-  self.err = self.dir .. "/err." .. self.run
-  local env = { "env -u OPENAI_API_KEY -u OPENAI_BASE_URL" }
-  for k, v in pairs(self.opts.env or {}) do
-    env[#env + 1] = k .. "=" .. q(v)
-  end
-  local cmd = ("%s %s --config %s >%s 2>%s & echo $!"):format(table.concat(env, " "),
-    q(os.getenv("DS_BINARY") or "build/durable-stream"), q(self.dir .. "/config.lua"), q(self.out), q(self.err))
-  local p = io.popen(cmd)
-  self.pid = tonumber(p:read("l"))
-  p:close()
-  self.port = S.wait_for(function()
-    local s = S.read_file(self.out) or ""
-    local port = s:match("listening on http://[^:]+:(%d+)")
-    if port then
-      return tonumber(port)
-    end
-    if not self:alive() then
-      error("server exited at start: " .. (S.read_file(self.err) or ""))
-    end
-  end, 10, "the listening line")
-end
-
--- fake upstream ------------------------------------------------------------------
-
-local Fake = {}
-Fake.__index = Fake
-
-local function start_fake(pace_ms)
-  local p = io.popen("mktemp -d /tmp/ds-openai-fake-XXXXXX")
-  local dir = p:read("l")
-  p:close()
-  local self = setmetatable({ dir = dir, log_path = dir .. "/requests.jsonl" }, Fake)
-  local script = S.source_dir() .. "/spec/fixtures/upstream/openai_fake.py"
-  p = io.popen(("/usr/bin/python3 %s --log %s --pace-ms %d >%s 2>%s & echo $!"):format(q(script), q(self.log_path),
-    pace_ms or 5, q(dir .. "/port"), q(dir .. "/stderr")))
-  self.pid = tonumber(p:read("l"))
-  p:close()
-  self.port = S.wait_for(function()
-    local s = S.read_file(dir .. "/port")
-    return s and tonumber(s:match("^(%d+)\n"))
-  end, 10, "the fake's port")
-  self.base = ("http://127.0.0.1:%d/v1"):format(self.port)
-  return self
-end
-
-function Fake:stop()
-  os.execute("kill " .. self.pid .. " 2>/dev/null")
-  S.wait_for(function()
-    return os.execute("kill -0 " .. self.pid .. " 2>/dev/null") ~= true
-  end, 10, "the fake to exit")
-  if not os.getenv("DS_SPEC_KEEP") then
-    os.execute("rm -rf " .. q(self.dir))
-  end
-end
-
-function Fake:records(kind)
-  local out = {}
-  for line in (S.read_file(self.log_path) or ""):gmatch("[^\n]+") do
-    local r = cjson.decode(line)
-    if not kind or r.kind == kind then
-      out[#out + 1] = r
-    end
-  end
-  return out
-end
-
--- The request records whose last user text contains `marker`.
-function Fake:requests_with(marker)
-  local out = {}
-  for _, r in ipairs(self:records("request")) do
-    local body = r.body or {}
-    local msgs = body.input or body.messages or {}
-    local last = msgs[#msgs]
-    local text = last and (type(last.content) == "string" and last.content or last.content[1].text) or ""
-    if text:find(marker, 1, true) then
-      out[#out + 1] = r
-    end
-  end
-  return out
-end
 
 -- event helpers --------------------------------------------------------------------
 
@@ -208,8 +119,7 @@ end
 describe("openai model against the fake upstream", function()
   local fake, srv
   setup(function()
-    S.launch = launch_scrubbed
-    fake = start_fake(5)
+    fake = U.start("openai", { pace_ms = 5 })
     srv = S.start({ agents = { models = { openai = {
       api_key = "sk-spec-key", base_url = fake.base, stall_timeout_ms = 1500, timeout_ms = 30000,
     } } } })
@@ -223,7 +133,6 @@ describe("openai model against the fake upstream", function()
     if fake then
       fake:stop()
     end
-    S.launch = orig_launch
   end)
 
   it("1. streams an answer as parts between request-started and request-ended", function()
@@ -320,7 +229,7 @@ describe("openai model against the fake upstream", function()
     local f3 = parts_of(evs3, R3)[#parts_of(evs3, R3)].usage.inputTokens
     assert.is_true(f3 > f1, ("inputTokens %d -> %d"):format(f1, f3))
     local file = srv.data_dir .. "/streams/" .. p .. ".yaml"
-    local pipe = io.popen(("grep -A5 'type: finish' %s | grep inputTokens"):format(q(file)))
+    local pipe = io.popen(("grep -A5 'type: finish' %s | grep inputTokens"):format(S.q(file)))
     local out = pipe:read("a")
     pipe:close()
     local nums = {}
@@ -424,14 +333,12 @@ end)
 describe("openai model configuration", function()
   local fake
   setup(function()
-    S.launch = launch_scrubbed
-    fake = start_fake(5)
+    fake = U.start("openai", { pace_ms = 5 })
   end)
   teardown(function()
     if fake then
       fake:stop()
     end
-    S.launch = orig_launch
   end)
 
   local function with_server(openai_cfg, env, fn)
@@ -588,11 +495,7 @@ describe("openai model configuration", function()
         cfg[k] = v
       end
       if cfg.base_url:find("REFUSED") then
-        -- a port that is free: bind, read it, close
-        local s = assert(socket.bind("127.0.0.1", 0))
-        local _, port = s:getsockname()
-        s:close()
-        cfg.base_url = cfg.base_url:gsub("REFUSED", tostring(port))
+        cfg.base_url = cfg.base_url:gsub("REFUSED", tostring(U.free_port()))
       end
       cfg.base_url = cfg.base_url:gsub("FAKEBASE", fake.base):gsub("FAKE", tostring(fake.port))
       with_server(cfg, nil, function(srv)

@@ -11,8 +11,8 @@
 -- Prints the counts per transport.
 package.path = "./?.lua;" .. package.path
 local R = require("spec.support.rel")
+local U = require("spec.support.upstream")
 local cjson = require("cjson")
-local socket = require("socket")
 
 local USER = "iterate:agent:action:send-user-message:called"
 local CONFIG = "iterate:agent:config:set"
@@ -21,47 +21,6 @@ local ENDED = "iterate:llm-loop:request-ended"
 local CANCELLED = "iterate:llm-loop:request-cancelled"
 local OPENAI_KEY = "sk-faults-5e1d0c9b"
 local XAI_KEY = "xai-faults-77a2c41e"
-
-local function start_fake(cmd, pattern, what)
-  local dir = R.mktemp()
-  local p = io.popen(("%s --log %s >%s 2>%s & echo $!"):format(cmd, R.q(dir .. "/log.jsonl"), R.q(dir .. "/stdout"),
-    R.q(dir .. "/stderr")))
-  local pid = tonumber(p:read("l"))
-  p:close()
-  local port = R.wait_for(function()
-    local s = R.read_file(dir .. "/stdout")
-    local n = s and s:match(pattern)
-    if n then
-      return tonumber(n)
-    end
-    if os.execute("kill -0 " .. pid .. " 2>/dev/null") ~= true then
-      error(what .. " exited: " .. (R.read_file(dir .. "/stderr") or ""))
-    end
-  end, 10, what .. "'s port")
-  return { pid = pid, port = port, dir = dir }
-end
-
-local function stop_fake(f)
-  if not f then
-    return
-  end
-  os.execute("kill " .. f.pid .. " 2>/dev/null")
-  R.wait_for(function()
-    return os.execute("kill -0 " .. f.pid .. " 2>/dev/null") ~= true
-  end, 10, "a fake to exit")
-  os.execute("rm -rf " .. R.q(f.dir))
-end
-
-local function free_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return port
-end
-
-local function grok_fake_available()
-  return os.execute("/usr/bin/python3 -c 'import websockets' 2>/dev/null") == true
-end
 
 -- Server with the given model settings; keys and URLs only from the config and env below.
 local function server(models, env)
@@ -137,9 +96,8 @@ describe("upstream faults", function()
   end)
 
   it("openai: every fault of the fake ends the request cleanly and the next prompt works", function()
-    local fake = start_fake("/usr/bin/python3 " .. R.q(R.source_dir() .. "/spec/fixtures/upstream/openai_fake.py")
-      .. " --pace-ms 1", "^(%d+)\n", "openai_fake")
-    local base = ("http://127.0.0.1:%d/v1"):format(fake.port)
+    local fake = U.start("openai", { pace_ms = 1 })
+    local base = fake.base
     local srv
     local ok, err = pcall(function()
       srv = server({ openai = { base_url = base, stall_timeout_ms = 800, timeout_ms = 4000 } }, { OPENAI_BASE_URL = base })
@@ -168,16 +126,15 @@ describe("upstream faults", function()
       assert(sok, serr)
       assert.falsy(log:find(OPENAI_KEY, 1, true))
     end
-    stop_fake(fake)
+    fake:stop()
     assert(ok, err)
   end)
 
   it("openai: refused, DNS failure and TLS failure end cleanly; the path keeps working", function()
-    local fake = start_fake("/usr/bin/python3 " .. R.q(R.source_dir() .. "/spec/fixtures/upstream/openai_fake.py"),
-      "^(%d+)\n", "openai_fake")
+    local fake = U.start("openai")
     local ok, err = pcall(function()
       local cases = {
-        { "refused", ("http://127.0.0.1:%d/v1"):format(free_port()), "refused" },
+        { "refused", ("http://127.0.0.1:%d/v1"):format(U.free_port()), "refused" },
         { "DNS failure", "http://upstream.invalid/v1", nil },
         { "TLS failure", ("https://127.0.0.1:%d/v1"):format(fake.port), "TLS" },
       }
@@ -202,23 +159,17 @@ describe("upstream faults", function()
         count("openai", true)
       end
     end)
-    stop_fake(fake)
+    fake:stop()
     assert(ok, err)
   end)
 
   it("grok: every fault of the fake ends the request cleanly and the next prompt works", function()
-    if not grok_fake_available() then
+    if not U.grok_available() then
       pending("python3-websockets is not installed for /usr/bin/python3")
       return
     end
-    local fake = start_fake("/usr/bin/python3 " .. R.q(R.source_dir() .. "/spec/fixtures/upstream/grok_fake.py"),
-      "PORT=(%d+)", "grok_fake")
-    local url = ("ws://127.0.0.1:%d/v1/realtime"):format(fake.port)
-    local function control(q)
-      local http = require("socket.http")
-      local _, status = http.request(("http://127.0.0.1:%d/_control?%s"):format(fake.port, q))
-      assert(status == 200, "control " .. q)
-    end
+    local fake = U.start("grok")
+    local url = fake.url
     local srv
     local ok, err = pcall(function()
       srv = server({ grok = { url = url, ready_timeout_ms = 1500, response_timeout_ms = 1500, connect_timeout_ms = 3000 } },
@@ -239,7 +190,7 @@ describe("upstream faults", function()
           -- connection-level faults hit the next connection: a fresh path opens one
           p = "faults/grok-" .. i
           post(srv, p, CONFIG, { model = "grok" })
-          control(f.control)
+          fake:control(f.control)
         end
         local e = ask(srv, p, "fault " .. f[1] .. " " .. (f.marker or ""))
         assert_error_end(e, f.pattern, "grok " .. f[1])
@@ -257,20 +208,19 @@ describe("upstream faults", function()
       assert(sok, serr)
       assert.falsy(log:find(XAI_KEY, 1, true))
     end
-    stop_fake(fake)
+    fake:stop()
     assert(ok, err)
   end)
 
   it("grok: refused, DNS failure and TLS failure end cleanly; the path keeps working", function()
-    if not grok_fake_available() then
+    if not U.grok_available() then
       pending("python3-websockets is not installed for /usr/bin/python3")
       return
     end
-    local fake = start_fake("/usr/bin/python3 " .. R.q(R.source_dir() .. "/spec/fixtures/upstream/grok_fake.py"),
-      "PORT=(%d+)", "grok_fake")
+    local fake = U.start("grok")
     local ok, err = pcall(function()
       local cases = {
-        { "refused", ("ws://127.0.0.1:%d/v1/realtime"):format(free_port()), "ECONNREFUSED" },
+        { "refused", ("ws://127.0.0.1:%d/v1/realtime"):format(U.free_port()), "ECONNREFUSED" },
         { "DNS failure", "ws://upstream.invalid/v1/realtime", nil },
         { "TLS failure", ("wss://127.0.0.1:%d/v1/realtime"):format(fake.port), nil },
       }
@@ -295,7 +245,7 @@ describe("upstream faults", function()
         count("grok", true)
       end
     end)
-    stop_fake(fake)
+    fake:stop()
     assert(ok, err)
   end)
 end)

@@ -288,6 +288,7 @@ int ds_app_run(const ds_config_t *cfg) {
                         .fsync = cfg->fsync,
                         .fsync_interval_ms = cfg->fsync_interval_ms,
                         .tail_cache_bytes = cfg->tail_cache_bytes,
+                        .tail_cache_total_bytes = cfg->tail_cache_total_bytes,
                         .max_open_files = cfg->max_open_files,
                         .loop = &app.loop};
   if (ds_store_open(&so, &app.store, err, sizeof err) != 0) {

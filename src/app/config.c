@@ -29,7 +29,8 @@ void ds_config_defaults(ds_config_t *c) {
   c->body_timeout_ms = 30000;
   c->idle_timeout_ms = 60000;
   c->subscriber_backlog_bytes = 4u << 20;
-  c->tail_cache_bytes = 1u << 20;
+  c->tail_cache_bytes = (size_t)32 << 20;
+  c->tail_cache_total_bytes = (size_t)256 << 20;
   c->max_open_files = 4096;
   c->keepalive_ms = 15000;
   c->long_poll_timeout_ms = 30000;
@@ -222,7 +223,8 @@ int ds_config_load(ds_config_t *c, const char *path, char *err, size_t errlen) {
     static const char *const keys[] = {"max_body_bytes", "max_header_bytes", "max_json_depth",
                                        "max_connections", "header_timeout_ms", "body_timeout_ms",
                                        "idle_timeout_ms", "subscriber_backlog_bytes",
-                                       "tail_cache_bytes", "max_open_files", NULL};
+                                       "tail_cache_bytes", "tail_cache_total_bytes",
+                                       "max_open_files", NULL};
     check_keys(L, &x, "limits", keys);
     get_uint(L, &x, "max_body_bytes", "limits.max_body_bytes", 1, 1LL << 32, &c->max_body_bytes, sizeof(size_t));
     get_uint(L, &x, "max_header_bytes", "limits.max_header_bytes", 256, 1 << 24, &c->max_header_bytes, sizeof(size_t));
@@ -232,7 +234,8 @@ int ds_config_load(ds_config_t *c, const char *path, char *err, size_t errlen) {
     get_uint(L, &x, "body_timeout_ms", "limits.body_timeout_ms", 1, 86400000, &c->body_timeout_ms, sizeof(unsigned));
     get_uint(L, &x, "idle_timeout_ms", "limits.idle_timeout_ms", 1, 86400000, &c->idle_timeout_ms, sizeof(unsigned));
     get_uint(L, &x, "subscriber_backlog_bytes", "limits.subscriber_backlog_bytes", 1024, 1LL << 34, &c->subscriber_backlog_bytes, sizeof(size_t));
-    get_uint(L, &x, "tail_cache_bytes", "limits.tail_cache_bytes", 0, 1LL << 34, &c->tail_cache_bytes, sizeof(size_t));
+    get_uint(L, &x, "tail_cache_bytes", "limits.tail_cache_bytes", 1, 1LL << 40, &c->tail_cache_bytes, sizeof(size_t));
+    get_uint(L, &x, "tail_cache_total_bytes", "limits.tail_cache_total_bytes", 1, 1LL << 40, &c->tail_cache_total_bytes, sizeof(size_t));
     get_uint(L, &x, "max_open_files", "limits.max_open_files", 4, 1000000, &c->max_open_files, sizeof(unsigned));
     lua_pop(L, 1);
   }

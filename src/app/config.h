@@ -33,6 +33,7 @@ typedef struct ds_config_s {
   unsigned idle_timeout_ms;
   size_t subscriber_backlog_bytes;
   size_t tail_cache_bytes;
+  size_t tail_cache_total_bytes;
   unsigned max_open_files;
   /* sse */
   unsigned keepalive_ms;

@@ -20,6 +20,10 @@
 
 /* ---- hot-tail cache ---- */
 
+/* What one cached record costs beyond its bytes (its ring slot and the allocator's header):
+ * counted against the limits, so that a budget of small records is a budget of memory. */
+#define CREC_OVERHEAD (sizeof(ds__crec_t) + 16)
+
 void ds__cache_init(ds__cache_t *c, uint64_t next) {
   memset(c, 0, sizeof *c);
   c->first = next;
@@ -27,7 +31,7 @@ void ds__cache_init(ds__cache_t *c, uint64_t next) {
 
 void ds__cache_pop(ds__cache_t *c) {
   ds__crec_t *r = &c->v[c->head];
-  c->bytes -= r->n;
+  c->bytes -= r->n + CREC_OVERHEAD;
   free(r->p);
   r->p = NULL;
   c->head = (c->head + 1) % c->cap;
@@ -43,13 +47,13 @@ void ds__cache_free(ds__cache_t *c) {
 }
 
 void ds__cache_push(ds__cache_t *c, uint64_t off, const char *p, size_t n, size_t limit) {
-  if (n > limit) { /* cannot be cached: the suffix restarts after it */
+  if (n + CREC_OVERHEAD > limit) { /* cannot be cached: the suffix restarts after it */
     while (c->count) ds__cache_pop(c);
     c->first = off + 1;
     c->head = 0;
     return;
   }
-  while (c->count && c->bytes + n > limit) ds__cache_pop(c);
+  while (c->count && c->bytes + n + CREC_OVERHEAD > limit) ds__cache_pop(c);
   if (c->count == 0) {
     c->first = off;
     c->head = 0;
@@ -68,7 +72,7 @@ void ds__cache_push(ds__cache_t *c, uint64_t off, const char *p, size_t n, size_
   if (n) memcpy(r->p, p, n);
   r->n = n;
   c->count++;
-  c->bytes += n;
+  c->bytes += n + CREC_OVERHEAD;
 }
 
 const ds__crec_t *ds__cache_get(const ds__cache_t *c, uint64_t off) {
@@ -206,7 +210,8 @@ int ds_store_open(const ds_store_opts_t *opts, ds_store_t **out, char *err, size
   st->opts.kind = ops->name;
   if (st->opts.fsync > DS_FSYNC_NEVER) st->opts.fsync = DS_FSYNC_INTERVAL;
   if (!st->opts.fsync_interval_ms) st->opts.fsync_interval_ms = 1000;
-  if (!st->opts.tail_cache_bytes) st->opts.tail_cache_bytes = (size_t)1 << 20;
+  if (!st->opts.tail_cache_bytes) st->opts.tail_cache_bytes = (size_t)32 << 20;
+  if (!st->opts.tail_cache_total_bytes) st->opts.tail_cache_total_bytes = (size_t)256 << 20;
   if (!st->opts.max_open_files) st->opts.max_open_files = 512;
   st->data_dir = ds_xstrdup(opts->data_dir ? opts->data_dir : ".data");
   st->opts.data_dir = st->data_dir;

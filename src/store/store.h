@@ -47,7 +47,8 @@ typedef struct ds_store_opts_s {
   const char *data_dir;          /* yaml: streams live under <data_dir>/streams */
   ds_fsync_t fsync;              /* default DS_FSYNC_INTERVAL */
   unsigned fsync_interval_ms;    /* for DS_FSYNC_INTERVAL; default 1000 */
-  size_t tail_cache_bytes;       /* per-stream hot tail; default 1 MiB */
+  size_t tail_cache_bytes;       /* per-stream hot tail; default 32 MiB */
+  size_t tail_cache_total_bytes; /* all hot tails together; default 256 MiB */
   unsigned max_open_files;       /* yaml: descriptors kept open (LRU); default 512 */
   uv_loop_t *loop;               /* required: timers and threadpool fsyncs run on it */
 } ds_store_opts_t;

@@ -27,7 +27,7 @@ typedef struct ds__crec_s {
 typedef struct ds__cache_s {
   ds__crec_t *v;
   size_t cap, head, count;
-  size_t bytes;
+  size_t bytes; /* record bytes plus a fixed per-record overhead (store.c) */
   uint64_t first;
 } ds__cache_t;
 

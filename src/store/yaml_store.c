@@ -27,8 +27,8 @@
  * Open descriptors are bounded by max_open_files (LRU). fsync rounds reopen each file by
  * name in the worker (fsync flushes the file, not the descriptor), so eviction, deletion
  * and the worker never share a descriptor and a round needs at most one extra one.
- * Memory: each stream's hot tail holds at most tail_cache_bytes, and all of them together
- * at most 64 * tail_cache_bytes (64 MiB by default): past that, the oldest cached records of the
+ * Memory: each stream's hot tail holds at most tail_cache_bytes (32 MiB by default), and all
+ * of them together at most tail_cache_total_bytes (256 MiB): past that, the oldest cached records of the
  * least recently appended streams are dropped (they are read from disk when needed).
  * Full disk: ENOSPC/EDQUOT/EFBIG on append -> DS_ENOSPC after truncating the partial write
  * away, so stored data is never damaged and appends work again once space returns.
@@ -588,8 +588,7 @@ static int y_open(ds_store_t *st, char *err, size_t errlen) {
     if (err && errlen) snprintf(err, errlen, "%s is not writable: %s", st->root, strerror(errno));
     return DS_EIO;
   }
-  st->cache_budget = st->opts.tail_cache_bytes * 64;
-  if (st->cache_budget / 64 != st->opts.tail_cache_bytes) st->cache_budget = SIZE_MAX;
+  st->cache_budget = st->opts.tail_cache_total_bytes;
   st->timer = ds_xmalloc(sizeof *st->timer);
   uv_timer_init(st->loop, st->timer);
   st->timer->data = st;

@@ -31,13 +31,16 @@ static void test_defaults(void **state) {
   assert_int_equal(c.fsync, DS_FSYNC_INTERVAL);
   assert_int_equal(c.max_body_bytes, 1 << 20);
   assert_int_equal(c.keepalive_ms, 15000);
+  assert_int_equal(c.tail_cache_bytes, 32 << 20);
+  assert_int_equal(c.tail_cache_total_bytes, 256 << 20);
   ds_config_free(&c);
 }
 
 static void test_values(void **state) {
   (void)state;
   char *p = write_tmp("return { port = 0, storage = 'memory', fsync = 'always',\n"
-                      " limits = { max_body_bytes = 2048, max_json_depth = 8 },\n"
+                      " limits = { max_body_bytes = 2048, max_json_depth = 8,\n"
+                      "   tail_cache_bytes = 4096, tail_cache_total_bytes = 65536 },\n"
                       " sse = { keepalive_ms = 250 }, protocol = { long_poll_timeout_ms = 500 } }\n");
   ds_config_t c;
   ds_config_defaults(&c);
@@ -48,6 +51,8 @@ static void test_values(void **state) {
   assert_int_equal(c.fsync, DS_FSYNC_ALWAYS);
   assert_int_equal(c.max_body_bytes, 2048);
   assert_int_equal(c.max_json_depth, 8);
+  assert_int_equal(c.tail_cache_bytes, 4096);
+  assert_int_equal(c.tail_cache_total_bytes, 65536);
   assert_int_equal(c.keepalive_ms, 250);
   assert_int_equal(c.long_poll_timeout_ms, 500);
   assert_string_equal(c.config_path, p);
@@ -80,6 +85,9 @@ static void test_refusals(void **state) {
   expect_refusal("return { limits = { max_body = 5 } }\n", "limits.max_body is not a known setting");
   expect_refusal("return { limits = { max_body_bytes = 'big' } }\n", "limits.max_body_bytes must be");
   expect_refusal("return { sse = 5 }\n", "sse must be a table");
+  expect_refusal("return { limits = { tail_cache_bytes = 0 } }\n", "limits.tail_cache_bytes must be");
+  expect_refusal("return { limits = { tail_cache_total_bytes = -1 } }\n",
+                 "limits.tail_cache_total_bytes must be");
 }
 
 int main(void) {

@@ -582,12 +582,40 @@ static void test_yaml_open_file_lru(void **state) {
 }
 
 
+static void test_yaml_cache_counts_overhead(void **state) {
+  /* the per-stream limit is a memory limit: each cached record costs its bytes plus its
+   * bookkeeping, so a 4 KiB tail holds fewer records than 4096 / record length */
+  (void)state;
+  fx_t f;
+  fx_init(&f, "yaml");
+  f.opts.tail_cache_bytes = 4096;
+  fx_open(&f);
+  ds_store_stream_t *s;
+  assert_int_equal(ds_store_get(f.st, "overhead/s", 1, 0, &s), 0);
+  assert_int_equal(t_append(s, 200, "x"), 0);
+  t_coll_t c = {0};
+  ds_store_stats_t a, b;
+  ds_store_get_stats(f.st, &a);
+  assert_int_equal(ds_store_read(s, 0, 0, 0, t_collect, &c), 200);
+  ds_store_get_stats(f.st, &b);
+  size_t len = strlen(c.reprs[199]);
+  uint64_t hits = b.cache_hits - a.cache_hits;
+  assert_true(hits > 0);
+  assert_true(hits < 4096 / len);
+  assert_true(hits * (len + 2 * sizeof(void *)) <= 4096);
+  assert_int_equal(hits + (b.cache_misses - a.cache_misses), 200);
+  t_coll_free(&c);
+  fx_done(&f);
+}
+
 static void test_yaml_cache_budget(void **state) {
-  /* all hot tails together stay within 64 x tail_cache_bytes: with 1 KiB per stream and
-   * 200 streams, the least recently appended streams lose their cached records */
+  /* all hot tails together stay within tail_cache_total_bytes: with 1 KiB per stream,
+   * 64 KiB in all and 200 streams, the least recently appended streams lose their cached
+   * records */
   fx_t f;
   fx_init(&f, "yaml");
   f.opts.tail_cache_bytes = 1024;
+  f.opts.tail_cache_total_bytes = 64 * 1024;
   fx_open(&f);
   enum { NS = 200 };
   ds_store_stream_t *ss[NS];
@@ -648,6 +676,7 @@ int main(void) {
       cmocka_unit_test(test_yaml_fsync_interval),
       cmocka_unit_test(test_yaml_fsync_never),
       cmocka_unit_test(test_yaml_open_file_lru),
+      cmocka_unit_test(test_yaml_cache_counts_overhead),
       cmocka_unit_test(test_yaml_cache_budget),
   };
   return cmocka_run_group_tests_name("store", tests, NULL, NULL);
