@@ -13,7 +13,10 @@ Drives build/durable-stream over HTTP (run by tests/subs_persist.test.sh):
   4. a damaged subscription file and a damaged key file: the server starts, logs an error
      naming the file, moves it aside (content kept), the rest is loaded, and the id can be
      created afresh without touching the damaged copy;
-  5. the memory store keeps subscriptions in memory only (gone after a restart, no files).
+  5. a damaged file that cannot even be moved aside (subscription directory on a tmpfs
+     remounted read-only for the start-up; needs root, skipped with a message otherwise):
+     logged, skipped, and writes to that id are refused later while other ids work;
+  6. the memory store keeps subscriptions in memory only (gone after a restart, no files).
 Environment: DS_BINARY. Must not: leave servers or temp dirs behind.
 """
 import base64
@@ -293,6 +296,44 @@ def compare(before, after, what):
     check(before == after, "%s differs after restart:\n before %r\n after  %r" % (what, before, after))
 
 
+mounted = False
+
+
+def phase_blocked():
+    global srv, mounted
+    shutil.rmtree(DATA)
+    os.makedirs(SUBDIR)
+    if os.geteuid() != 0 or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", SUBDIR],
+            stderr=subprocess.DEVNULL).returncode != 0:
+        print("subs_persist: unmovable damaged file case skipped (mounting a tmpfs needs root)")
+        return
+    mounted = True
+    srv = Server()
+    st, _ = jreq("PUT", sub_url("good"), {"type": "pull-wake", "streams": ["g"], "wake_stream": "w"})
+    check(st == 201, "create good")
+    srv.stop()
+    bad = os.path.join(SUBDIR, "s_bad.json")
+    open(bad, "w").write("{not json")
+    subprocess.run(["mount", "-o", "remount,ro", SUBDIR], check=True)
+    srv = Server()
+    log = srv.log()
+    check("cannot be moved aside" in log and bad in log, "unmovable file logged:\n" + log)
+    check(get_sub("good")["id"] == "good", "other subscriptions load")
+    subprocess.run(["mount", "-o", "remount,rw", SUBDIR], check=True)
+    st, b = jreq("PUT", sub_url("bad"), {"type": "pull-wake", "streams": ["b"], "wake_stream": "w"})
+    check(st == 500 and b["error"]["code"] == "STORAGE_ERROR", "write over unmovable file refused: %d %r" % (st, b))
+    check(open(bad).read() == "{not json", "unmovable damaged file untouched")
+    check("refusing to save subscription bad" in srv.log(), "refusal logged")
+    st, _ = jreq("GET", sub_url("bad"))
+    check(st == 404, "refused create not created")
+    st, _ = jreq("PUT", sub_url("other"), {"type": "pull-wake", "streams": ["o"], "wake_stream": "w"})
+    check(st == 201, "other ids still written")
+    srv.stop()
+    subprocess.run(["umount", SUBDIR], check=True)
+    mounted = False
+
+
 def main():
     global srv
     srv = Server()
@@ -314,6 +355,13 @@ def main():
         compare(snap[i], get_sub(i), "subscription " + i)
     st, jwks2 = jreq("GET", PREFIX + "/__ds/jwks.json")
     compare(jwks, jwks2, "JWKS")
+    # the stored configuration still decides idempotent re-creates
+    same = {"type": "webhook", "streams": ["manual/x"], "webhook": {"url": HOOK + "/manual"},
+            "lease_ttl_ms": 600000}
+    st, _ = jreq("PUT", sub_url("wh-manual"), same)
+    check(st == 200, "same config after restart: %d" % st)
+    st, b = jreq("PUT", sub_url("wh-manual"), dict(same, lease_ttl_ms=5000))
+    check(st == 409 and b["error"]["code"] == "SUBSCRIPTION_ALREADY_EXISTS", "different config: %d" % st)
     # the open webhook wake is delivered again, same wake and generation, still signed
     raw, sig, again = next_hook("manual", lambda b: b["wake_id"] == manual_note["wake_id"])
     check(again["generation"] == manual_note["generation"], "same generation re-delivered")
@@ -404,6 +452,8 @@ def main():
     check(get_sub("wh-done")["id"] == "wh-done", "re-created subscription persisted")
     srv.stop()
 
+    phase_blocked()
+
     # ---- memory store: in memory only ----
     shutil.rmtree(DATA)
     srv = Server("memory")
@@ -431,4 +481,6 @@ finally:
         srv.proc.kill()
         srv.proc.wait()
     hook_srv.shutdown()
+    if mounted:
+        subprocess.run(["umount", SUBDIR])
     shutil.rmtree(T, ignore_errors=True)
