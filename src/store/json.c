@@ -50,6 +50,8 @@ static inline size_t utf8_seq(const unsigned char *p, const unsigned char *end) 
   return 0;
 }
 
+size_t ds__utf8_seq(const unsigned char *p, const unsigned char *end) { return utf8_seq(p, end); }
+
 int ds_utf8_valid(const char *s, size_t n) {
   if (!n) return 1; /* also avoids arithmetic on a NULL pointer */
   const unsigned char *p = (const unsigned char *)s, *end = p + n;

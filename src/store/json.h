@@ -39,5 +39,8 @@ int ds_base64_decode(ds_buf_t *out, const char *s, size_t n);
 
 /** Returns 1 if s[0..n) is valid UTF-8 (no overlongs, no surrogates, <= U+10FFFF). */
 int ds_utf8_valid(const char *s, size_t n);
+/** Length (2..4) of the valid UTF-8 sequence at p (p < end, *p >= 0x80), 0 if invalid.
+ *  For scanners that validate as they go (the YAML fast loader). */
+size_t ds__utf8_seq(const unsigned char *p, const unsigned char *end);
 
 #endif

@@ -26,20 +26,23 @@ static int rfail(char *err, size_t errlen, const char *what) {
 
 /* Decimal digits only (1..20), no overflow. Accepts the quoted string form the emitter
  * writes and, for hand-edited files, a bare number. */
-static int parse_offset(const ds_value_t *v, uint64_t *out) {
-  if (!v || (v->type != DS_V_STRING && v->type != DS_V_NUMBER)) return -1;
-  size_t n = v->u.str.len;
+static int parse_digits(const char *s, size_t n, uint64_t *out) {
   if (n == 0 || n > 20) return -1;
   uint64_t x = 0;
   for (size_t i = 0; i < n; i++) {
-    unsigned char c = (unsigned char)v->u.str.s[i];
-    if (c < '0' || c > '9') return -1;
-    uint64_t d = c - '0';
-    if (x > (UINT64_MAX - d) / 10) return -1;
-    x = x * 10 + d;
+    unsigned d = (unsigned)(unsigned char)s[i] - '0';
+    if (d > 9) return -1;
+    x = x * 10 + d; /* (wraps only for a 20-digit value refused below) */
   }
+  /* 19 digits cannot overflow; 20 digits fit up to UINT64_MAX, compared as text */
+  if (n == 20 && memcmp(s, "18446744073709551615", 20) > 0) return -1;
   *out = x;
   return 0;
+}
+
+static int parse_offset(const ds_value_t *v, uint64_t *out) {
+  if (!v || (v->type != DS_V_STRING && v->type != DS_V_NUMBER)) return -1;
+  return parse_digits(v->u.str.s, v->u.str.len, out);
 }
 
 /* parse_offset for the JSON text of the value (a string of digits or a bare number). */
@@ -48,8 +51,7 @@ static int parse_offset_json(const char *j, size_t n, uint64_t *out) {
     j++;
     n -= 2;
   }
-  ds_value_t v = {.type = DS_V_STRING, .u.str = {j, n}};
-  return parse_offset(&v, out);
+  return parse_digits(j, n, out);
 }
 
 /* The fast path for the two kinds that are JSON anyway (/agents events and protocol JSON

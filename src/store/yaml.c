@@ -18,6 +18,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <yaml.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "core/err.h"
 #include "store/json.h"
@@ -638,44 +641,202 @@ static inline void jputc(ds_buf_t *b, char c) {
   b->data[b->len++] = c;
 }
 
-/* ds_json_write_string for text that passed plain_syntax_ok: no controls, no DEL, no
- * U+2028/U+2029 (special_mb), so only '"' and '\\' need escaping. */
-static void jstr_plain(ds_buf_t *b, const unsigned char *s, size_t n) {
-  if (b->len + 2 * n + 3 > b->cap) ds_buf_reserve(b, 2 * n + 2);
-  char *o = b->data + b->len;
-  *o++ = '"';
-  size_t i = 0;
-  while (i < n) {
-    if (n - i >= 8) { /* 8 bytes at a time while there is nothing to escape */
-      uint64_t x;
-      memcpy(&x, s + i, 8);
-      if (!(y_has_byte(x, '"') | y_has_byte(x, '\\'))) {
-        memcpy(o, &x, 8);
-        o += 8;
-        i += 8;
-        continue;
-      }
-    }
-    unsigned char c = s[i++];
-    if (c == '"' || c == '\\') *o++ = '\\';
-    *o++ = (char)c;
+/* Byte classes of the fused plain-scalar scanner: 0 ordinary, 1 control or DEL (refused),
+ * 2 '"' or '\\' (fine in a plain scalar, escaped in JSON), 3 non-ASCII (validated as
+ * UTF-8, and the characters special_mb names refused), 4 ':', 5 ' ' (which matter only
+ * before ' ' and '#'), 6 '\n' (ends a value's line; refused inside a key). */
+static const unsigned char scan_class[256] = {
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    5, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+    3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3,
+    3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3,
+    3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3,
+    3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3,
+};
+
+/* Length of the character at p (p < end, *p >= 0x80) if it is valid UTF-8 that may stand
+ * raw in a scalar the emitter writes (not one special_mb names), else 0. */
+static size_t fl_mb_ok(const unsigned char *p, const unsigned char *end) {
+  size_t k = ds__utf8_seq(p, end);
+  return k && !special_mb(p, end) ? k : 0;
+}
+
+/* The fast loader's scanners look at a block of bytes at a time and get two masks: `sp`,
+ * the bytes that end a run of plain copying (controls, line breaks, DEL, non-ASCII, '"'
+ * and '\\'), and `cs`, the ':' and ' ' bytes (which matter only before ' ', '\n' or '#').
+ * With SSE2 (every x86-64) a block is 16 bytes and the masks are exact, one bit per byte;
+ * elsewhere it is 8 bytes of SWAR tests with one flag per byte at bit 8i+7, where the
+ * lowest `sp` flag is exact and higher ones may be false (so only the lowest is used and
+ * every `cs` flag is verified). BLK_POS gives a flag's byte index. */
+#if defined(__SSE2__)
+#define BLK 16
+#define BLK_POS(m) ((size_t)__builtin_ctz(m))
+#define BLK_BELOW(k) ((1u << (k)) - 1u)
+typedef unsigned blk_mask_t;
+static inline blk_mask_t blk_masks(const unsigned char *p, char *o, blk_mask_t *cs) {
+  __m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
+  if (o) _mm_storeu_si128((__m128i *)(void *)o, v);
+  /* signed compare: bytes >= 0x80 are negative, so "< 0x20" takes them too */
+  __m128i sp = _mm_or_si128(_mm_cmplt_epi8(v, _mm_set1_epi8(0x20)),
+                            _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7f)));
+  sp = _mm_or_si128(sp, _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')),
+                                     _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'))));
+  if (cs)
+    *cs = (blk_mask_t)_mm_movemask_epi8(
+        _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8(':')), _mm_cmpeq_epi8(v, _mm_set1_epi8(' '))));
+  return (blk_mask_t)_mm_movemask_epi8(sp);
+}
+#else
+#define BLK 8
+#define BLK_POS(m) ((size_t)__builtin_ctzll(m) >> 3)
+#define BLK_BELOW(k) ((UINT64_C(1) << ((k) * 8)) - 1)
+typedef uint64_t blk_mask_t;
+static inline blk_mask_t blk_masks(const unsigned char *p, char *o, blk_mask_t *cs) {
+  uint64_t x;
+  memcpy(&x, p, 8);
+  if (o) memcpy(o, &x, 8);
+  uint64_t sp = (x & Y_HIGH) | y_has_less(x, 0x20) | y_has_byte(x, 0x7f) | y_has_byte(x, '"') |
+                y_has_byte(x, '\\');
+  if (cs) *cs = y_has_byte(x, ':') | y_has_byte(x, ' ');
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+  /* flag positions assume byte 0 is the low byte: make the block look special at byte 0 */
+  if (sp || (cs && *cs)) {
+    sp = 0x80;
+    if (cs) *cs = 0;
   }
-  *o++ = '"';
-  b->len = (size_t)(o - b->data);
+#endif
+  return sp;
+}
+#endif
+
+/* The fused plain-scalar scanner: one pass over a plain scalar at p that finds where it
+ * ends, checks every byte as plain_syntax_ok does (no control, no DEL, no ": ", no " #",
+ * no special_mb character) and that the bytes are valid UTF-8, and with `emit` writes the
+ * scalar as a JSON string to J at the same time (it must have room for 2 * (end - p) + BLK
+ * + 2 more bytes, jroom). A value (key == 0) ends at the line's '\n'; a key ends at the first ':'
+ * followed by ' ' or '\n' (a line break before it refuses). Returns the end or NULL when
+ * the scalar is not one the fast loader takes. Its first and last bytes are the caller's
+ * to check (plain_edges_ok): a value may still turn out a number or a literal.
+ * Needs end[-1] == '\n' (whole documents always end so): then every byte before a '\n'
+ * has a successor inside the document, and the scan stops by the last byte at the latest.
+ * A block at a time (blk_masks) while there is nothing to escape or check: the first
+ * byte of any other class in a block is found exactly, and ':'/' ' before it are each
+ * verified. */
+static inline __attribute__((always_inline)) const unsigned char *
+plain_scan(const unsigned char *p, const unsigned char *end, ds_buf_t *J, int emit, int key) {
+  char *o = emit ? J->data + J->len : NULL;
+  if (emit) *o++ = '"';
+  for (;;) {
+    while (end - p >= BLK) {
+      blk_mask_t m, sp = blk_masks(p, o, &m); /* (o: copies the block, room is reserved) */
+      size_t k = BLK;
+      if (sp) {
+        k = BLK_POS(sp);
+        m &= BLK_BELOW(k); /* only the bytes before it */
+      }
+      while (m) {
+        const unsigned char *q = p + BLK_POS(m);
+        if (*q == ':') {
+          if (key && (q[1] == ' ' || q[1] == '\n')) { /* the key ends here */
+            if (emit) {
+              o += q - p;
+              *o++ = '"';
+              J->len = (size_t)(o - J->data);
+            }
+            return q;
+          }
+          if (!key && q[1] == ' ') return NULL;
+        } else if (*q == ' ' && q[1] == '#') {
+          return NULL;
+        }
+        m &= m - 1;
+      }
+      if (emit) o += k; /* only k of the bytes copied count */
+      p += k;
+      if (k < BLK) break;
+    }
+    /* one byte: the first special byte of a word, or the last few of the document */
+    unsigned char c = *p;
+    switch (scan_class[c]) {
+    case 0:
+      break;
+    case 1:
+      return NULL;
+    case 2:
+      if (emit) *o++ = '\\';
+      break;
+    case 3: {
+      size_t k = fl_mb_ok(p, end);
+      if (!k) return NULL;
+      if (emit) {
+        memcpy(o, p, k);
+        o += k;
+      }
+      p += k;
+      continue;
+    }
+    case 4:
+      if (key && (p[1] == ' ' || p[1] == '\n')) goto done;
+      if (!key && p[1] == ' ') return NULL;
+      break;
+    case 5:
+      if (p[1] == '#') return NULL;
+      break;
+    default: /* '\n' */
+      if (key) return NULL;
+      goto done;
+    }
+    if (emit) *o++ = (char)c;
+    p++;
+  }
+done:
+  if (emit) {
+    *o++ = '"';
+    J->len = (size_t)(o - J->data);
+  }
+  return p;
+}
+
+static const unsigned char *scan_value_json(const unsigned char *p, const unsigned char *end,
+                                            ds_buf_t *J) {
+  return plain_scan(p, end, J, 1, 0);
+}
+static const unsigned char *scan_value(const unsigned char *p, const unsigned char *end) {
+  return plain_scan(p, end, NULL, 0, 0);
+}
+static const unsigned char *scan_key_json(const unsigned char *p, const unsigned char *end,
+                                          ds_buf_t *J) {
+  return plain_scan(p, end, J, 1, 1);
+}
+static const unsigned char *scan_key(const unsigned char *p, const unsigned char *end) {
+  return plain_scan(p, end, NULL, 0, 1);
+}
+
+/* The rest of plain_syntax_ok, for a scalar plain_scan took: its first and last bytes. */
+static int plain_edges_ok(const unsigned char *s, size_t n) {
+  if (n == 0 || s[n - 1] == ' ' || s[n - 1] == ':') return 0;
+  switch (s[0]) {
+  case ' ': case '-': case '?': case ':': case ',': case '[': case ']': case '{': case '}':
+  case '#': case '&': case '*': case '!': case '|': case '>': case '\'': case '"':
+  case '%': case '@': case '`':
+    return 0;
+  default:
+    break;
+  }
+  return !(n >= 3 && s[0] == '.' && s[1] == '.' && s[2] == '.');
+}
+
+/* Room for a plain scalar that starts at p: plain_scan writes at most 2 bytes per input
+ * byte up to the document's end, plus quotes and one block of overhang. */
+static inline void jroom(ds_buf_t *J, const unsigned char *p, const unsigned char *end) {
+  size_t need = 2 * (size_t)(end - p) + BLK + 2;
+  if (J->cap - J->len <= need) ds_buf_reserve(J, need);
 }
 
 static int fl_members(fl_t *F, ds_value_t *obj, int indent, int first_inline);
 static int fl_items(fl_t *F, ds_value_t *arr, int indent, int first_inline);
-
-/* Raw bytes the emitter never leaves unescaped: controls (line breaks included), DEL, and
- * the multi-byte characters YAML treats as breaks or non-printable. */
-static int fl_raw_ok(const unsigned char *p, const unsigned char *end, size_t *adv) {
-  unsigned char k = yesc_class[*p];
-  *adv = 1;
-  if (k == 1) return 0;
-  if (k == 3 && special_mb(p, end)) return 0;
-  return 1;
-}
 
 static void fl_put_cp(ds_buf_t *b, unsigned cp) {
   char u[4];
@@ -707,21 +868,43 @@ static int fl_hex(const unsigned char *p, int n, unsigned *out) {
   return 0;
 }
 
+/* The raw bytes of a double-quoted scalar from p: returns the first '"' or '\\', or NULL
+ * when a byte the emitter never leaves raw comes first: a control (line breaks included),
+ * DEL, invalid UTF-8 or a special_mb character. A block at a time while all are ordinary
+ * ASCII. */
+static const unsigned char *quoted_run(const unsigned char *p, const unsigned char *end) {
+  for (;;) {
+    while (end - p >= BLK) {
+      blk_mask_t sp = blk_masks(p, NULL, NULL);
+      if (sp) {
+        p += BLK_POS(sp);
+        break;
+      }
+      p += BLK;
+    }
+    if (p >= end) return NULL;
+    unsigned char c = *p;
+    if (c == '"' || c == '\\') return p;
+    if (c < 0x20 || c == 0x7f) return NULL;
+    if (c < 0x80) {
+      p++;
+      continue;
+    }
+    size_t k = fl_mb_ok(p, end);
+    if (!k) return NULL;
+    p += k;
+  }
+}
+
 /* A double-quoted scalar at F->p (on the opening quote), decoded into F->tmp; F->p ends
  * after the closing quote. Only the escapes the emitter writes are accepted. */
 static int fl_quoted(fl_t *F) {
   const unsigned char *p = F->p + 1, *end = F->end, *run = p;
   ds_buf_reset(F->tmp);
   for (;;) {
-    if (p >= end) return FL_DECLINE;
-    unsigned char c = *p;
-    if (c == '"') break;
-    if (c != '\\') {
-      size_t adv;
-      if (!fl_raw_ok(p, end, &adv)) return FL_DECLINE;
-      p += adv;
-      continue;
-    }
+    p = quoted_run(p, end);
+    if (!p) return FL_DECLINE;
+    if (*p == '"') break;
     if (p > run) ds_buf_append(F->tmp, run, (size_t)(p - run));
     if (p + 1 >= end) return FL_DECLINE;
     unsigned cp;
@@ -753,6 +936,31 @@ static int fl_quoted(fl_t *F) {
   return FL_OK;
 }
 
+/* JSON mode: the double-quoted scalar at F->p written to F->json as a JSON string; F->p
+ * ends after the closing quote. Without escapes its raw bytes are already the JSON
+ * string's body (quoted_run refused everything ds_json_write_string escapes: controls,
+ * DEL, U+2028/U+2029, and a raw '"' or '\\' cannot occur), so they are copied once; with
+ * escapes it is decoded (fl_quoted) and written by ds_json_write_string. */
+static int fl_quoted_json(fl_t *F) {
+  const unsigned char *s = F->p + 1, *q = quoted_run(s, F->end);
+  if (!q) return FL_DECLINE;
+  if (*q == '\\') {
+    if (fl_quoted(F) != FL_OK) return FL_DECLINE;
+    ds_json_write_string(F->json, F->tmp->data ? F->tmp->data : "", F->tmp->len);
+    return FL_OK;
+  }
+  ds_buf_t *J = F->json;
+  size_t n = (size_t)(q - s);
+  if (J->cap - J->len <= n + 2) ds_buf_reserve(J, n + 2);
+  char *o = J->data + J->len;
+  o[0] = '"';
+  memcpy(o + 1, s, n);
+  o[n + 1] = '"';
+  J->len += n + 2;
+  F->p = q + 1;
+  return FL_OK;
+}
+
 /* End of the current line (the '\n'), or NULL if the document ends without one. */
 static const unsigned char *fl_eol(fl_t *F) {
   /* p only moves forward, so a newline found earlier at or after p is still the first */
@@ -762,30 +970,35 @@ static const unsigned char *fl_eol(fl_t *F) {
 }
 
 /* A key at F->p: plain or quoted, followed by ':'. On success *k and *kl hold the key
- * (in the document or the arena; the caller copies it) and F->p is on the ':'. */
-static int fl_key(fl_t *F, const char **k, size_t *kl, int *plain) {
-  *plain = 0;
-  const unsigned char *eol = fl_eol(F);
-  if (!eol) return FL_DECLINE;
+ * (in the document or in tmp; tree mode copies it) and F->p is on the ':'. JSON mode
+ * has also written the key to F->json as a JSON string. */
+static int fl_key(fl_t *F, const char **k, size_t *kl) {
   const unsigned char *start = F->p;
-  if (*F->p == '"') {
-    if (fl_quoted(F) != FL_OK || F->p >= eol || *F->p != ':') return FL_DECLINE;
+  ds_buf_t *J = F->json;
+  if (*start == '"') {
+    /* fl_quoted refuses a raw line break, so a ':' right after it is on the key's line */
+    if (fl_quoted(F) != FL_OK || F->p >= F->end || *F->p != ':') return FL_DECLINE;
     if ((size_t)(F->p - start) > DS__YAML_SIMPLE_KEY_MAX) return FL_DECLINE;
     *kl = F->tmp->len;
+    const char *t = F->tmp->data ? F->tmp->data : "";
     /* tree mode copies it (tmp is reused by the value); JSON mode writes it at once */
-    *k = F->a ? ds_arena_strndup(F->a, F->tmp->data ? F->tmp->data : "", *kl)
-              : (F->tmp->data ? F->tmp->data : "");
+    if (J) ds_json_write_string(J, t, *kl);
+    *k = J ? t : ds_arena_strndup(F->a, t, *kl);
     return FL_OK;
   }
-  const unsigned char *q = start;
-  while (q < eol && !(*q == ':' && (q + 1 == eol || q[1] == ' '))) q++;
-  if (q == eol) return FL_DECLINE;
+  const unsigned char *q;
+  if (J) {
+    jroom(J, start, F->end);
+    q = scan_key_json(start, F->end, J);
+  } else {
+    q = scan_key(start, F->end);
+  }
+  if (!q) return FL_DECLINE;
   size_t n = (size_t)(q - start);
   /* libyaml takes a key's text as written (no resolution), so syntax is all that matters */
-  if (n > DS__YAML_SIMPLE_KEY_MAX || !plain_syntax_ok((const char *)start, n)) return FL_DECLINE;
-  *k = (const char *)start; /* ds_value_object_add copies it */
+  if (n > DS__YAML_SIMPLE_KEY_MAX || !plain_edges_ok(start, n)) return FL_DECLINE;
+  *k = (const char *)start;
   *kl = n;
-  *plain = 1;
   F->p = q;
   return FL_OK;
 }
@@ -800,60 +1013,96 @@ static int fl_is_b64(const unsigned char *s, size_t n) {
   return 1;
 }
 
-/* An inline value from F->p to the end of the line; F->p ends after the '\n'. */
-static int fl_inline(fl_t *F, ds_value_t **out) {
+/* A `!!binary` value at F->p, to the end of the line (F->p ends there). */
+static int fl_binary(fl_t *F, ds_value_t **out) {
   const unsigned char *eol = fl_eol(F);
   if (!eol) return FL_DECLINE;
   const unsigned char *s = F->p;
   size_t n = (size_t)(eol - s);
   ds_buf_t *J = F->json;
-  *out = NULL;
-  if (n && s[0] == '"') {
-    if (fl_quoted(F) != FL_OK || F->p != eol) return FL_DECLINE;
-    if (J) ds_json_write_string(J, F->tmp->data, F->tmp->len);
-    else *out = ds_value_string(F->a, F->tmp->data ? F->tmp->data : "", F->tmp->len);
-  } else if (n >= 9 && memcmp(s, "!!binary ", 9) == 0) {
-    const unsigned char *b = s + 9;
-    size_t bn = n - 9;
-    ds_buf_reset(F->tmp);
-    if (!(bn == 2 && b[0] == '"' && b[1] == '"')) {
-      if (!bn || !fl_is_b64(b, bn)) return FL_DECLINE;
-      if (ds_base64_decode(F->tmp, (const char *)b, bn) != 0) return FL_DECLINE;
-    }
-    if (J) { /* as ds_json_write writes DS_V_BINARY: re-encoded (canonical) base64 */
-      jputc(J, '"');
-      ds_base64_encode(J, F->tmp->data, F->tmp->len);
-      jputc(J, '"');
-    } else {
-      *out = ds_value_binary(F->a, F->tmp->data ? F->tmp->data : "", F->tmp->len);
-    }
-  } else if (n == 2 && s[0] == '[' && s[1] == ']') {
-    if (J) ds_buf_append(J, "[]", 2);
-    else *out = ds_value_array(F->a, 0);
-  } else if (n == 2 && s[0] == '{' && s[1] == '}') {
-    if (J) ds_buf_append(J, "{}", 2);
-    else *out = ds_value_object(F->a, 0);
-  } else if (n == 4 && memcmp(s, "null", 4) == 0) {
-    if (J) ds_buf_append(J, "null", 4);
-    else *out = ds_value_null(F->a);
-  } else if (n == 4 && memcmp(s, "true", 4) == 0) {
-    if (J) ds_buf_append(J, "true", 4);
-    else *out = ds_value_bool(F->a, true);
-  } else if (n == 5 && memcmp(s, "false", 5) == 0) {
-    if (J) ds_buf_append(J, "false", 5);
-    else *out = ds_value_bool(F->a, false);
-  } else if (is_json_number(s, n)) {
-    if (J) ds_buf_append(J, s, n); /* the lexeme, as ds_json_write writes numbers */
-    else *out = ds_value_number(F->a, (const char *)s, n);
-  } else if (!(n == 1 && s[0] == '~') && plain_syntax_ok((const char *)s, n)) {
-    /* the loader resolves only null/~/true/false/numbers (handled above; "~" declined):
-     * any other plain text is a string, whatever YAML 1.1 would make of it */
-    if (J) jstr_plain(J, s, n);
-    else *out = ds_value_string(F->a, (const char *)s, n);
-  } else {
-    return FL_DECLINE;
+  if (!(n >= 9 && memcmp(s, "!!binary ", 9) == 0)) return FL_DECLINE;
+  const unsigned char *b = s + 9;
+  size_t bn = n - 9;
+  ds_buf_reset(F->tmp);
+  if (!(bn == 2 && b[0] == '"' && b[1] == '"')) {
+    if (!bn || !fl_is_b64(b, bn)) return FL_DECLINE;
+    if (ds_base64_decode(F->tmp, (const char *)b, bn) != 0) return FL_DECLINE;
   }
-  F->p = eol + 1;
+  if (J) { /* as ds_json_write writes DS_V_BINARY: re-encoded (canonical) base64 */
+    jputc(J, '"');
+    ds_base64_encode(J, F->tmp->data, F->tmp->len);
+    jputc(J, '"');
+  } else {
+    *out = ds_value_binary(F->a, F->tmp->data ? F->tmp->data : "", F->tmp->len);
+  }
+  F->p = eol;
+  return FL_OK;
+}
+
+/* An inline value from F->p to the end of the line; F->p ends after the '\n'.
+ * A plain value is scanned (and in JSON mode written as a string) in one pass that also
+ * finds the line's end; the few that resolve to something else (null, true, false, a
+ * number, [] and {}) are then rewritten in place, which costs less than looking for the
+ * line's end first. */
+static int fl_inline(fl_t *F, ds_value_t **out) {
+  const unsigned char *s = F->p, *end = F->end;
+  ds_buf_t *J = F->json;
+  *out = NULL;
+  if (s >= end) return FL_DECLINE;
+  unsigned char c = *s;
+  if (c == '"') {
+    if (J) {
+      if (fl_quoted_json(F) != FL_OK) return FL_DECLINE;
+    } else {
+      if (fl_quoted(F) != FL_OK) return FL_DECLINE;
+      *out = ds_value_string(F->a, F->tmp->data ? F->tmp->data : "", F->tmp->len);
+    }
+  } else if (c == '!') {
+    if (fl_binary(F, out) != FL_OK) return FL_DECLINE;
+  } else {
+    size_t mark = 0;
+    const unsigned char *eol;
+    if (J) {
+      mark = J->len;
+      jroom(J, s, end);
+      eol = scan_value_json(s, end, J);
+    } else {
+      eol = scan_value(s, end);
+    }
+    if (!eol) return FL_DECLINE;
+    size_t n = (size_t)(eol - s);
+    const char *lit = NULL; /* JSON mode: what replaces the string just written */
+    size_t litn = n;
+    if ((c == '[' || c == '{') && n == 2 && s[1] == (c == '[' ? ']' : '}')) {
+      lit = c == '[' ? "[]" : "{}";
+      if (!J) *out = c == '[' ? ds_value_array(F->a, 0) : ds_value_object(F->a, 0);
+    } else if (n == 4 && memcmp(s, "null", 4) == 0) {
+      lit = "null";
+      if (!J) *out = ds_value_null(F->a);
+    } else if (n == 4 && memcmp(s, "true", 4) == 0) {
+      lit = "true";
+      if (!J) *out = ds_value_bool(F->a, true);
+    } else if (n == 5 && memcmp(s, "false", 5) == 0) {
+      lit = "false";
+      if (!J) *out = ds_value_bool(F->a, false);
+    } else if ((c == '-' || isdig(c)) && is_json_number(s, n)) {
+      lit = (const char *)s; /* the lexeme, as ds_json_write writes numbers */
+      if (!J) *out = ds_value_number(F->a, (const char *)s, n);
+    } else if (!plain_edges_ok(s, n) || (n == 1 && c == '~')) {
+      /* the loader resolves only null/~/true/false/numbers (handled above; "~" declined):
+       * any other plain text is a string, whatever YAML 1.1 would make of it */
+      return FL_DECLINE;
+    } else if (!J) {
+      *out = ds_value_string(F->a, (const char *)s, n);
+    }
+    if (J && lit) { /* (the string written was n + 2 bytes: room enough) */
+      memcpy(J->data + mark, lit, litn);
+      J->len = mark + litn;
+    }
+    F->p = eol;
+  }
+  if (F->p >= end || *F->p != '\n') return FL_DECLINE;
+  F->p++;
   return FL_OK;
 }
 
@@ -903,6 +1152,7 @@ static int fl_after_key(fl_t *F, int indent, ds_value_t **out) {
 }
 
 static int fl_members(fl_t *F, ds_value_t *obj, int indent, int first_inline) {
+  ds_buf_t *J = F->json;
   for (int i = 0;; i++) {
     if (i || !first_inline) {
       int r = fl_indent(F, indent);
@@ -911,25 +1161,22 @@ static int fl_members(fl_t *F, ds_value_t *obj, int indent, int first_inline) {
     }
     const char *k;
     size_t kl;
-    int plain;
     ds_value_t *v = NULL;
-    if (fl_key(F, &k, &kl, &plain) != FL_OK) return FL_DECLINE;
-    ds_buf_t *J = F->json;
     if (!J) {
-      if (fl_after_key(F, indent, &v) != FL_OK) return FL_DECLINE;
+      if (fl_key(F, &k, &kl) != FL_OK || fl_after_key(F, indent, &v) != FL_OK)
+        return FL_DECLINE;
       ds_value_object_add(F->a, obj, k, kl, v);
       continue;
     }
     if (i) jputc(J, ',');
+    ds__yaml_span_t sp;
+    sp.key_start = J->len;
+    if (fl_key(F, &k, &kl) != FL_OK) return FL_DECLINE;
+    sp.key_end = J->len;
     /* (k may point into tmp, which the value reuses: use it before the value) */
     int top = F->depth == 0 && F->info;
     int is_want = top && F->want && !F->info->want_found && kl == F->want_len &&
                   memcmp(k, F->want, kl) == 0;
-    ds__yaml_span_t sp;
-    sp.key_start = J->len;
-    if (plain) jstr_plain(J, (const unsigned char *)k, kl);
-    else ds_json_write_string(J, k, kl);
-    sp.key_end = J->len;
     jputc(J, ':');
     sp.val_start = J->len;
     if (fl_after_key(F, indent, &v) != FL_OK) return FL_DECLINE;
@@ -993,7 +1240,8 @@ static int fl_items(fl_t *F, ds_value_t *arr, int indent, int first_inline) {
 
 int ds__yaml_load_doc_fast(ds_arena_t *a, const char *s, size_t n, ds_value_t **out) {
   if (!s || n < 5 || memcmp(s, "---\n", 4) != 0 || s[n - 1] != '\n') return 0;
-  if (!ds_utf8_valid(s, n)) return 0; /* libyaml reports the encoding error */
+  /* (no UTF-8 pass first: the scanners validate every byte they take, and whatever they
+   * refuse, libyaml reads and reports) */
   ds_buf_t tmp = DS_BUF_INIT;
   fl_t F = {(const unsigned char *)s + 4, (const unsigned char *)s + n, a, NULL, &tmp, 0, NULL, NULL, 0, NULL};
   if (F.p < F.end && (*F.p == ' ' || (F.end - F.p >= 2 && F.p[0] == '-' && F.p[1] == ' '))) {
@@ -1013,11 +1261,12 @@ int ds__yaml_doc_to_json(const char *s, size_t n, ds_buf_t *out, const char *wan
   if (!s || n < 5 || memcmp(s, "---\n", 4) != 0 || s[n - 1] != '\n') return 0;
   const unsigned char *p = (const unsigned char *)s + 4;
   if (*p == ' ' || (n >= 6 && p[0] == '-' && p[1] == ' ')) return 0;
-  if (!ds_utf8_valid(s, n)) return 0;
   memset(info, 0, sizeof *info);
   ds_buf_t tmp = DS_BUF_INIT;
   size_t base = out->len;
-  ds_buf_reserve(out, n + 16); /* the JSON is about as long as the YAML */
+  /* The JSON is about as long as the YAML; reserving twice that once means the plain
+   * scalars' room checks (jroom) never grow the buffer for an ordinary document. */
+  ds_buf_reserve(out, 2 * n + 64);
   fl_t F = {p, (const unsigned char *)s + n, NULL, out, &tmp, 0, NULL, want, want_len, info};
   jputc(out, '{');
   int rc = fl_members(&F, NULL, 0, 0);
