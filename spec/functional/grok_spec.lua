@@ -24,17 +24,23 @@ local U = require("spec.support.upstream")
 local T = S.T
 
 -- Servers of this file run with XAI_* / OPENAI_* taken from opts.env only (server.lua
--- removes them from the environment it inherits).
+-- removes them from the environment it inherits). Their logs must also hold no "still held"
+-- (a connection kept past shutdown) and no error line.
 local start_server = S.start
+local LOG_MARKS = { "still held", " error " }
 
 local function stop_server(srv, secret)
   if not srv then
     return
   end
   srv:stop()
-  local ok, err = pcall(srv.assert_clean_log, srv, { "still held", " error ", secret })
+  local ok, err = pcall(srv.assert_clean_log, srv, { LOG_MARKS[1], LOG_MARKS[2], secret })
   srv:cleanup()
   assert(ok, err)
+end
+
+local function with_server(opts, fn)
+  S.with_server(opts, fn, LOG_MARKS)
 end
 
 -- event helpers --------------------------------------------------------------------
@@ -451,25 +457,21 @@ end)
 
 describe("grok model connection management", function()
   it("cancels the request when XAI_API_KEY is missing", function()
-    local srv = start_server({ storage = "memory", env = { XAI_REALTIME_URL = "ws://127.0.0.1:1/" } })
-    local ok, err = pcall(function()
+    with_server({ storage = "memory", env = { XAI_REALTIME_URL = "ws://127.0.0.1:1/" } }, function(srv)
       assert.equal(204, srv:post("k/1", T.config, { model = "grok" }))
       local _, e = srv:prompt("k/1", T.user, { content = "no key" })
       assert_error_end(e, "XAI_API_KEY")
       assert.truthy(srv:alive())
     end)
-    stop_server(srv)
-    assert(ok, err)
   end)
 
   it("reports a refused connection and stays up", function()
     local port = U.free_port()
-    local srv = start_server({
+    with_server({
       storage = "memory",
       env = { XAI_API_KEY = "k", XAI_REALTIME_URL = ("ws://127.0.0.1:%d/v1/realtime"):format(port) },
       agents = { models = { grok = { connect_timeout_ms = 2000 } } },
-    })
-    local ok, err = pcall(function()
+    }, function(srv)
       assert.equal(204, srv:post("r/1", T.config, { model = "grok" }))
       local _, e = srv:prompt("r/1", T.user, { content = "anyone there?" })
       assert_error_end(e, "ECONNREFUSED")
@@ -477,18 +479,15 @@ describe("grok model connection management", function()
       local _, e2 = srv:prompt("r/1", T.user, { content = "still nobody?" })
       assert_error_end(e2, "ECONNREFUSED")
     end)
-    stop_server(srv)
-    assert(ok, err)
   end)
 
   it("closes an idle connection and reopens it on the next prompt", function()
     local grok = U.start("grok")
-    local srv = start_server({
+    local ok, err = pcall(with_server, {
       storage = "memory",
       env = { XAI_API_KEY = "k", XAI_REALTIME_URL = grok.url },
       agents = { models = { grok = { idle_timeout_ms = 300 } } },
-    })
-    local ok, err = pcall(function()
+    }, function(srv)
       assert.equal(204, srv:post("i/1", T.config, { model = "grok" }))
       local _, e = srv:prompt("i/1", T.user, { content = "before idle" })
       assert.equal(T.ended, e.type)
@@ -500,7 +499,6 @@ describe("grok model connection management", function()
       assert.equal(T.ended, e2.type)
       assert.are_not.equal(c1, grok:conn_of("after idle"))
     end)
-    stop_server(srv)
     grok:stop()
     assert(ok, err)
   end)

@@ -296,16 +296,7 @@ describe("openai model configuration", function()
   end)
 
   local function with_server(openai_cfg, env, fn)
-    local srv = S.start({ agents = { models = { openai = openai_cfg } }, env = env })
-    local ok, err = pcall(fn, srv)
-    srv:stop()
-    if ok then
-      srv:assert_clean_log()
-    end
-    srv:cleanup()
-    if not ok then
-      error(err, 0)
-    end
+    S.with_server({ agents = { models = { openai = openai_cfg } }, env = env }, fn)
   end
 
   it("5. the Chat Completions switch gives the same parts", function()

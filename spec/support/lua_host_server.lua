@@ -7,6 +7,7 @@
 -- run; server:post(path, type, payload) -> status, server:events(path) -> list of decoded
 -- events (non-live GET), server:wait_events(path, pred, what), server:prompt(path, type,
 -- payload) (post and wait for the request's end), server:assert_clean_log(extra),
+-- S.with_server(opts, fn, extra) (start, run, stop, check the log, remove),
 -- server:first_live_event,
 -- server:stats(), server:wait_idle(), and every Server method of server.lua (stop, restart,
 -- alive, cleanup...); S.T (spec/support/agent_events.lua), S.end_of(evs, R), S.deltas(evs),
@@ -131,6 +132,23 @@ function S:assert_clean_log(extra)
       end
     end
   end
+end
+
+---Starts a server with opts (as S.start), runs fn(srv), stops the server, checks its log
+---(assert_clean_log(extra), when fn passed) and removes it; raises fn's error first.
+function S.with_server(opts, fn, extra)
+  local srv = S.start(opts)
+  local ok, err = pcall(fn, srv)
+  srv:stop()
+  local clean, why = true, nil
+  if ok then
+    clean, why = pcall(srv.assert_clean_log, srv, extra)
+  end
+  srv:cleanup()
+  if not ok then
+    error(err, 0)
+  end
+  assert(clean, why)
 end
 
 ---Opens a live SSE read and returns the first event's decoded data (or errors).
