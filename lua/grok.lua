@@ -26,10 +26,9 @@
 -- XAI_REALTIME_URL, which overrides url.
 -- Must not: append lifecycle events (llm_loop.lua does), log or return the API key.
 local models = require("models")
+local E = require("events")
 
 local M = {}
-
-local T_GROK = "iterate:grok:response:sse"
 
 -- The defaults of agents.models.grok (boot.lua fills them into the config from here).
 local DEFAULTS = {
@@ -351,7 +350,7 @@ function M.new(ds)
         end
       end
       if not stale then
-        local ok = ctx:append_raw(T_GROK, raw, msg)
+        local ok = ctx:append_raw(E.grok, raw, msg)
         if not ok then
           return nil, "cancelled"
         end

@@ -10,15 +10,10 @@
 -- the one a replay of the stream would build.
 -- Must not: decide which events mean what (agent.lua) or talk to an upstream (models).
 local history_mod = require("history")
+local E = require("events")
 
 local M = {}
 M.__index = M
-
-local T_STARTED = "iterate:llm-loop:request-started"
-local T_SSE = "iterate:llm-loop:response:sse"
-local T_ENDED = "iterate:llm-loop:request-ended"
-local T_CANCELLED = "iterate:llm-loop:request-cancelled"
-local T_INTERRUPTED = "iterate:llm-loop:request-interrupted"
 
 ---@param ds table the host module
 ---@param models table the model registry
@@ -106,9 +101,9 @@ function M:finish(st, req, ok, err)
     st.inflight = nil
   end
   if ok then
-    self:emit(st, T_ENDED, obj(self.ds, "requestOffset", req.offset))
+    self:emit(st, E.ended, obj(self.ds, "requestOffset", req.offset))
   else
-    self:emit(st, T_CANCELLED, obj(self.ds, "requestOffset", req.offset, "reason", "error", "message", one_line(err)))
+    self:emit(st, E.cancelled, obj(self.ds, "requestOffset", req.offset, "reason", "error", "message", one_line(err)))
   end
   self:next(st)
 end
@@ -135,7 +130,7 @@ function M:start(st, prompt)
     return nil
   end
   local old = st.inflight
-  local off = self:emit(st, T_STARTED, obj(ds, "model", st.model))
+  local off = self:emit(st, E.started, obj(ds, "model", st.model))
   if not off then
     return nil
   end
@@ -158,7 +153,7 @@ function M:start(st, prompt)
       if ctx.cancelled then
         return nil, "cancelled"
       end
-      return loop:emit(st, T_SSE, obj(ds, "requestOffset", off, "part", part))
+      return loop:emit(st, E.sse, obj(ds, "requestOffset", off, "part", part))
     end,
     ---Appends any event to the path (e.g. iterate:grok:response:sse).
     append = function(ctx, etype, payload)
@@ -179,9 +174,9 @@ function M:start(st, prompt)
   st.inflight = req
   if old and not old.done then
     abort(old)
-    self:emit(st, T_CANCELLED, obj(ds, "requestOffset", old.offset, "reason", "interrupted", "message",
+    self:emit(st, E.cancelled, obj(ds, "requestOffset", old.offset, "reason", "interrupted", "message",
       "interrupted by a new message"))
-    self:emit(st, T_INTERRUPTED, obj(ds, "requestOffset", old.offset))
+    self:emit(st, E.interrupted, obj(ds, "requestOffset", old.offset))
   end
   req.task = ds.spawn(run, self, st, req)
   return off
@@ -198,7 +193,7 @@ function M:cancel(st)
   end
   st.inflight = nil
   abort(req)
-  self:emit(st, T_CANCELLED, obj(self.ds, "requestOffset", req.offset, "reason", "cancelled", "message",
+  self:emit(st, E.cancelled, obj(self.ds, "requestOffset", req.offset, "reason", "cancelled", "message",
     "cancelled by the user"))
   return true
 end
@@ -211,7 +206,7 @@ function M:close_orphan(st)
     return
   end
   st.inflight = nil
-  self:emit(st, T_CANCELLED, obj(self.ds, "requestOffset", req.offset, "reason", "error", "message",
+  self:emit(st, E.cancelled, obj(self.ds, "requestOffset", req.offset, "reason", "error", "message",
     "server restarted during the request"))
 end
 

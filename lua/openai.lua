@@ -103,27 +103,23 @@ function M.build_request(ds, cfg, conv)
   return body, "/responses"
 end
 
+-- What a transport failure code of ds.http says ahead of the transport's own message.
+local FAILURE = {
+  ECONNREFUSED = "OpenAI connection refused: ",
+  EDNS = "OpenAI DNS lookup failed: ",
+  ETLS = "OpenAI TLS error: ",
+  ETIMEDOUT = "OpenAI request timed out: ",
+  ESTALLED = "OpenAI stream stalled: ",
+  ECLOSED = "OpenAI connection closed mid-answer: ",
+  EPROTO = "OpenAI sent malformed data: ",
+}
+
 ---One-line message for a transport failure code of ds.http.
 function M.message_for(code, msg)
-  msg = one_line(msg)
-  if code == "ECONNREFUSED" then
-    return "OpenAI connection refused: " .. msg
-  elseif code == "EDNS" then
-    return "OpenAI DNS lookup failed: " .. msg
-  elseif code == "ETLS" then
-    return "OpenAI TLS error: " .. msg
-  elseif code == "ETIMEDOUT" then
-    return "OpenAI request timed out: " .. msg
-  elseif code == "ESTALLED" then
-    return "OpenAI stream stalled: " .. msg
-  elseif code == "ECLOSED" then
-    return "OpenAI connection closed mid-answer: " .. msg
-  elseif code == "EPROTO" then
-    return "OpenAI sent malformed data: " .. msg
-  elseif code == "closed" or code == "ECANCELED" then
+  if code == "closed" or code == "ECANCELED" then
     return "OpenAI request cancelled"
   end
-  return "OpenAI request failed: " .. msg
+  return (FAILURE[code] or "OpenAI request failed: ") .. one_line(msg)
 end
 
 local function iso(ds, secs)
