@@ -45,10 +45,9 @@ local function one_line(msg)
 end
 M.one_line = one_line
 
----Appends an event to the path and feeds it to the history. Returns the offset, or nil
----and a message (logged) when the store refused it.
-function M:emit(st, etype, payload)
-  local off, err = self.ds.append(st.path, etype, payload)
+-- What emit and emit_raw do with an append's result (off, err): feed the stored event to
+-- the history and return its offset, or log the refusal and return nil, err.
+local function stored(self, st, etype, payload, off, err)
   if not off then
     self.ds.log.error(("agent: append %s to %s failed: %s"):format(etype, st.path, tostring(err)))
     return nil, err
@@ -57,15 +56,15 @@ function M:emit(st, etype, payload)
   return off
 end
 
+---Appends an event to the path and feeds it to the history. Returns the offset, or nil
+---and a message (logged) when the store refused it.
+function M:emit(st, etype, payload)
+  return stored(self, st, etype, payload, self.ds.append(st.path, etype, payload))
+end
+
 ---Like emit, with the payload as JSON text (ds.append_raw) and its decoded form.
 function M:emit_raw(st, etype, payload_json, decoded)
-  local off, err = self.ds.append_raw(st.path, etype, payload_json)
-  if not off then
-    self.ds.log.error(("agent: append %s to %s failed: %s"):format(etype, st.path, tostring(err)))
-    return nil, err
-  end
-  st.history:apply({ type = etype, payload = decoded, offset = off, path = st.path })
-  return off
+  return stored(self, st, etype, decoded, self.ds.append_raw(st.path, etype, payload_json))
 end
 
 -- Stops a request's model and task without appending anything. Idempotent.

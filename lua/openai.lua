@@ -61,6 +61,18 @@ function M.conversation(ctx)
   return out
 end
 
+-- The configured output limit and temperature on a request body; each API shape names the
+-- token limit its own way (max_key).
+local function with_limits(body, cfg, max_key)
+  if cfg.max_output_tokens then
+    body[max_key] = cfg.max_output_tokens
+  end
+  if cfg.temperature then
+    body.temperature = cfg.temperature
+  end
+  return body
+end
+
 ---The JSON body of a request (a Lua value for ds.json.encode) and its URL path.
 ---@return table body, string path
 function M.build_request(ds, cfg, conv)
@@ -77,13 +89,7 @@ function M.build_request(ds, cfg, conv)
     end
     body = obj("model", cfg_get(cfg, "model"), "messages", msgs, "stream", true, "stream_options",
       obj("include_usage", true))
-    if cfg.max_output_tokens then
-      body.max_tokens = cfg.max_output_tokens
-    end
-    if cfg.temperature then
-      body.temperature = cfg.temperature
-    end
-    return body, "/chat/completions"
+    return with_limits(body, cfg, "max_tokens"), "/chat/completions"
   end
   local input = arr()
   if type(system) == "string" and system ~= "" then
@@ -94,13 +100,7 @@ function M.build_request(ds, cfg, conv)
     input[#input + 1] = obj("role", m.role, "content", arr(obj("type", kind, "text", m.text)))
   end
   body = obj("model", cfg_get(cfg, "model"), "input", input, "stream", true)
-  if cfg.max_output_tokens then
-    body.max_output_tokens = cfg.max_output_tokens
-  end
-  if cfg.temperature then
-    body.temperature = cfg.temperature
-  end
-  return body, "/responses"
+  return with_limits(body, cfg, "max_output_tokens"), "/responses"
 end
 
 -- What a transport failure code of ds.http says ahead of the transport's own message.
