@@ -209,9 +209,7 @@ describe("grok model against the fake realtime server", function()
     local po = "grok/audio-openai"
     assert.equal(204, srv:post(po, T.config, { model = "openai" }))
     assert.equal(204, srv:post(po, T.audio, { audio = audio }))
-    local oe = srv:wait_events(po, function(x)
-      return S.count(x, T.ai_error) == 1
-    end, "iterate:ai:error")
+    local oe = srv:wait_count(po, T.ai_error, 1, "iterate:ai:error")
     local err = S.of_type(oe, T.ai_error)[1].payload
     assert.equal("unsupported_input", err.error)
     assert.equal("openai", err.model)
@@ -227,9 +225,7 @@ describe("grok model against the fake realtime server", function()
     -- the POST came back while the paced answer (>= 10 messages x 40 ms) is still running
     local now = srv:events(p)
     assert.equal(0, S.count(now, T.ended))
-    local evs = srv:wait_events(p, function(x)
-      return S.count(x, T.ended) == 1
-    end, "the first answer")
+    local evs = srv:wait_count(p, T.ended, 1, "the first answer")
     grok:control("pace=5")
     assert.truthy(S.count(evs, T.grok) > 0)
     local conns = grok:connects()
@@ -396,9 +392,7 @@ describe("grok model against the fake realtime server", function()
     }, items)
 
     assert.equal(204, srv:post(p, T.audio, { audio = b64(PCM:sub(1, 960)) }))
-    srv:wait_events(p, function(x)
-      return S.count(x, T.ended) == 3
-    end, "the audio answer")
+    srv:wait_count(p, T.ended, 3, "the audio answer")
 
     assert.equal(204, srv:post(p, T.config, { model = "openai" }))
     local _, e3 = srv:prompt(p, T.user, { content = "gamma question for openai" })

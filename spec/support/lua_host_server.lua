@@ -5,7 +5,8 @@
 -- -> server (the real binary, port 0, temp root, config.lua holding the given agents table
 -- and a plugins/ dir with echo.lua), stopped with SIGINT, whose log() is the stderr of every
 -- run; server:post(path, type, payload) -> status, server:events(path) -> list of decoded
--- events (non-live GET), server:wait_events(path, pred, what), server:prompt(path, type,
+-- events (non-live GET), server:wait_events(path, pred, what), server:wait_count(path, type,
+-- n, what), server:prompt(path, type,
 -- payload) (post and wait for the request's end), server:assert_clean_log(extra),
 -- S.with_server(opts, fn, extra) (start, run, stop, check the log, remove),
 -- server:first_live_event,
@@ -76,6 +77,13 @@ function S:wait_events(path, pred, what, timeout)
       return evs
     end
   end, timeout or 10, what)
+end
+
+---Waits until the path holds exactly n events of type etype; returns its events.
+function S:wait_count(path, etype, n, what, timeout)
+  return self:wait_events(path, function(evs)
+    return S.count(evs, etype) == n
+  end, what, timeout)
 end
 
 ---The event that ended request R (request-ended or request-cancelled), or nil.
