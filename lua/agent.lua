@@ -16,20 +16,12 @@
 -- Must not: block (hooks run as tasks; everything here is synchronous appends), or react
 -- to paths outside the configured prefixes.
 local llm_loop = require("llm_loop")
+local E = require("events")
 
 local M = {}
 M.__index = M
 
-local T_CONFIG = "iterate:agent:config:set"
-local T_USER = "iterate:agent:action:send-user-message:called"
-local T_AUDIO = "iterate:agent:action:send-user-audio:called"
-local T_CANCEL = "iterate:agent:action:cancel-request:called"
-local T_STARTED = "iterate:llm-loop:request-started"
-local T_ENDED = "iterate:llm-loop:request-ended"
-local T_CANCELLED = "iterate:llm-loop:request-cancelled"
-local T_AI_ERROR = "iterate:ai:error"
-
-M.types = { T_CONFIG, T_USER, T_AUDIO, T_CANCEL }
+M.types = { E.config, E.user, E.audio, E.cancel }
 
 local REPLAY_BATCH = 1000
 -- Paths whose state stays cached; beyond this, idle states (nothing in flight, nothing
@@ -89,11 +81,11 @@ end
 local function replay(self, st, ev)
   local t, p = ev.type, type(ev.payload) == "table" and ev.payload or {}
   st.history:apply(ev)
-  if t == T_CONFIG then
+  if t == E.config then
     if self.models:get(p.model) then
       st.model = p.model
     end
-  elseif t == T_USER then
+  elseif t == E.user then
     if type(p.content) ~= "string" then
       return
     end
@@ -108,22 +100,22 @@ local function replay(self, st, ev)
         st.pending = prompt
       end
     end
-  elseif t == T_AUDIO then
+  elseif t == E.audio then
     local model = self.models:get(st.model)
     if type(p.audio) == "string" and model and self.models.accepts(model, "audio") then
       st.pending = { kind = "audio", audio = p.audio }
     end
-  elseif t == T_CANCEL then
+  elseif t == E.cancel then
     st.pending = nil
     st.queue = {}
-  elseif t == T_STARTED then
+  elseif t == E.started then
     st.inflight = { offset = ev.offset, done = false }
     if st.pending then
       st.pending = nil
     elseif #st.queue > 0 then
       table.remove(st.queue, 1)
     end
-  elseif t == T_ENDED or t == T_CANCELLED then
+  elseif t == E.ended or t == E.cancelled then
     if st.inflight and st.inflight.offset == p.requestOffset then
       st.inflight = nil
     end
@@ -203,7 +195,7 @@ function M:ai_error(st, code, message, extra)
   else
     payload = ds.json.obj("error", code, "message", message, "model", st.model)
   end
-  return self.loop:emit(st, T_AI_ERROR, payload)
+  return self.loop:emit(st, E.ai_error, payload)
 end
 
 ---Handles one stored event (called from a hook task).
@@ -216,7 +208,7 @@ function M:handle(ev)
   local t, p = ev.type, type(ev.payload) == "table" and ev.payload or {}
   st.history:apply(ev)
   local loop = self.loop
-  if t == T_CONFIG then
+  if t == E.config then
     local name = p.model
     if self.models:get(name) then
       st.model = name
@@ -225,10 +217,10 @@ function M:handle(ev)
       local payload = self.ds.json.obj("error", "unknown_model", "message",
         ("unknown model '%s' (available: %s)"):format(shown, table.concat(self.models:names(), ", ")),
         "model", name == nil and self.ds.json.null or name)
-      loop:emit(st, T_AI_ERROR, payload)
+      loop:emit(st, E.ai_error, payload)
     end
     loop:next(st)
-  elseif t == T_USER then
+  elseif t == E.user then
     if type(p.content) ~= "string" then
       self:ai_error(st, "invalid_input", "payload.content must be a string")
       return
@@ -256,7 +248,7 @@ function M:handle(ev)
     -- never started before a restart; its text is in the history either way.
     st.pending = nil
     loop:start(st, prompt)
-  elseif t == T_AUDIO then
+  elseif t == E.audio then
     local model = self.models:get(st.model)
     if not model then
       self:ai_error(st, "unknown_model", ("model '%s' is not available"):format(tostring(st.model)))
@@ -272,7 +264,7 @@ function M:handle(ev)
     end
     st.pending = nil
     loop:start(st, { kind = "audio", audio = p.audio })
-  elseif t == T_CANCEL then
+  elseif t == E.cancel then
     loop:cancel(st)
   end
 end

@@ -26,10 +26,9 @@
 -- XAI_REALTIME_URL, which overrides url.
 -- Must not: append lifecycle events (llm_loop.lua does), log or return the API key.
 local models = require("models")
+local E = require("events")
 
 local M = {}
-
-local T_GROK = "iterate:grok:response:sse"
 
 -- The defaults of agents.models.grok (boot.lua fills them into the config from here).
 local DEFAULTS = {
@@ -144,31 +143,35 @@ local function open(ds, cfg, key)
   })
   local ready_ms = math.tointeger(cfg_get(cfg, "ready_timeout_ms")) or 10000
   local deadline = ds.now_ms() + ready_ms
-  local function next_msg()
+  -- The next set-up message before the deadline, or nil and the failure; `waiting` names
+  -- what did not come in time.
+  local function next_msg(waiting)
     local left = deadline - ds.now_ms()
-    if left <= 0 then
-      return nil, "timeout", "timeout"
+    local raw, rerr, rcode
+    if left > 0 then
+      raw, rerr, rcode = ws:receive(math.floor(left))
+    else
+      rcode = "timeout"
     end
-    return ws:receive(math.floor(left))
-  end
-  local raw, rerr, rcode = next_msg()
-  if not raw then
-    if rcode == "timeout" then
-      return nil, ("Grok session not ready: no message from the server within %d ms"):format(ready_ms)
+    if raw then
+      return raw
+    elseif rcode == "timeout" then
+      return nil, ("Grok session not ready: no %s within %d ms"):format(waiting, ready_ms)
     end
     return nil, ("Grok connection closed during set-up: %s (%s)"):format(one_line(rerr), tostring(rcode))
+  end
+  local raw, rerr = next_msg("message from the server")
+  if not raw then
+    return nil, rerr
   end
   local ok, serr = send(ds, ws, M.session_update(ds, cfg))
   if not ok then
     return nil, serr
   end
   while true do
-    raw, rerr, rcode = next_msg()
+    raw, rerr = next_msg("session.updated")
     if not raw then
-      if rcode == "timeout" then
-        return nil, ("Grok session not ready: no session.updated within %d ms"):format(ready_ms)
-      end
-      return nil, ("Grok connection closed during set-up: %s (%s)"):format(one_line(rerr), tostring(rcode))
+      return nil, rerr
     end
     local msg, derr = decode(ds, raw)
     if not msg then
@@ -351,7 +354,7 @@ function M.new(ds)
         end
       end
       if not stale then
-        local ok = ctx:append_raw(T_GROK, raw, msg)
+        local ok = ctx:append_raw(E.grok, raw, msg)
         if not ok then
           return nil, "cancelled"
         end

@@ -13,16 +13,10 @@
 --     (conversation.item.input_audio_transcription.completed) becomes that turn's text.
 -- Empty assistant turns (a request cancelled before any text) are left out of messages().
 -- Must not: append events or keep anything but plain data (it is rebuilt at will).
+local E = require("events")
+
 local M = {}
 M.__index = M
-
-local T_USER = "iterate:agent:action:send-user-message:called"
-local T_AUDIO = "iterate:agent:action:send-user-audio:called"
-local T_STARTED = "iterate:llm-loop:request-started"
-local T_SSE = "iterate:llm-loop:response:sse"
-local T_GROK = "iterate:grok:response:sse"
-local T_ENDED = "iterate:llm-loop:request-ended"
-local T_CANCELLED = "iterate:llm-loop:request-cancelled"
 
 function M.new()
   return setmetatable({ turns = {}, by_request = {}, current = nil }, M)
@@ -40,26 +34,26 @@ end
 ---@param ev table
 function M:apply(ev)
   local t, p = ev.type, payload_of(ev)
-  if t == T_USER then
+  if t == E.user then
     if type(p.content) == "string" then
       self.turns[#self.turns + 1] = { role = "user", kind = "text", text = p.content, offset = ev.offset }
     end
-  elseif t == T_AUDIO then
+  elseif t == E.audio then
     if type(p.audio) == "string" then
       self.turns[#self.turns + 1] = { role = "user", kind = "audio", audio = p.audio, offset = ev.offset }
     end
-  elseif t == T_STARTED then
+  elseif t == E.started then
     local turn = { role = "assistant", kind = "text", text = "", parts = {}, request = ev.offset }
     self.turns[#self.turns + 1] = turn
     self.by_request[ev.offset] = turn
     self.current = turn
-  elseif t == T_SSE then
+  elseif t == E.sse then
     local turn = self.by_request[p.requestOffset]
     local part = p.part
     if turn and type(part) == "table" and part.type == "text-delta" and type(part.delta) == "string" then
       turn.parts[#turn.parts + 1] = part.delta
     end
-  elseif t == T_GROK then
+  elseif t == E.grok then
     -- Grok messages carry no requestOffset: they belong to the request in flight.
     local turn = self.current
     if turn and p.type == "response.output_audio_transcript.delta" and type(p.delta) == "string" then
@@ -74,7 +68,7 @@ function M:apply(ev)
         end
       end
     end
-  elseif t == T_ENDED or t == T_CANCELLED then
+  elseif t == E.ended or t == E.cancelled then
     if self.current and self.current.request == p.requestOffset then
       self.current = nil
     end

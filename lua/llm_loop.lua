@@ -10,15 +10,10 @@
 -- the one a replay of the stream would build.
 -- Must not: decide which events mean what (agent.lua) or talk to an upstream (models).
 local history_mod = require("history")
+local E = require("events")
 
 local M = {}
 M.__index = M
-
-local T_STARTED = "iterate:llm-loop:request-started"
-local T_SSE = "iterate:llm-loop:response:sse"
-local T_ENDED = "iterate:llm-loop:request-ended"
-local T_CANCELLED = "iterate:llm-loop:request-cancelled"
-local T_INTERRUPTED = "iterate:llm-loop:request-interrupted"
 
 ---@param ds table the host module
 ---@param models table the model registry
@@ -50,10 +45,9 @@ local function one_line(msg)
 end
 M.one_line = one_line
 
----Appends an event to the path and feeds it to the history. Returns the offset, or nil
----and a message (logged) when the store refused it.
-function M:emit(st, etype, payload)
-  local off, err = self.ds.append(st.path, etype, payload)
+-- What emit and emit_raw do with an append's result (off, err): feed the stored event to
+-- the history and return its offset, or log the refusal and return nil, err.
+local function stored(self, st, etype, payload, off, err)
   if not off then
     self.ds.log.error(("agent: append %s to %s failed: %s"):format(etype, st.path, tostring(err)))
     return nil, err
@@ -62,15 +56,15 @@ function M:emit(st, etype, payload)
   return off
 end
 
+---Appends an event to the path and feeds it to the history. Returns the offset, or nil
+---and a message (logged) when the store refused it.
+function M:emit(st, etype, payload)
+  return stored(self, st, etype, payload, self.ds.append(st.path, etype, payload))
+end
+
 ---Like emit, with the payload as JSON text (ds.append_raw) and its decoded form.
 function M:emit_raw(st, etype, payload_json, decoded)
-  local off, err = self.ds.append_raw(st.path, etype, payload_json)
-  if not off then
-    self.ds.log.error(("agent: append %s to %s failed: %s"):format(etype, st.path, tostring(err)))
-    return nil, err
-  end
-  st.history:apply({ type = etype, payload = decoded, offset = off, path = st.path })
-  return off
+  return stored(self, st, etype, decoded, self.ds.append_raw(st.path, etype, payload_json))
 end
 
 -- Stops a request's model and task without appending anything. Idempotent.
@@ -106,9 +100,9 @@ function M:finish(st, req, ok, err)
     st.inflight = nil
   end
   if ok then
-    self:emit(st, T_ENDED, obj(self.ds, "requestOffset", req.offset))
+    self:emit(st, E.ended, obj(self.ds, "requestOffset", req.offset))
   else
-    self:emit(st, T_CANCELLED, obj(self.ds, "requestOffset", req.offset, "reason", "error", "message", one_line(err)))
+    self:emit(st, E.cancelled, obj(self.ds, "requestOffset", req.offset, "reason", "error", "message", one_line(err)))
   end
   self:next(st)
 end
@@ -135,7 +129,7 @@ function M:start(st, prompt)
     return nil
   end
   local old = st.inflight
-  local off = self:emit(st, T_STARTED, obj(ds, "model", st.model))
+  local off = self:emit(st, E.started, obj(ds, "model", st.model))
   if not off then
     return nil
   end
@@ -158,7 +152,7 @@ function M:start(st, prompt)
       if ctx.cancelled then
         return nil, "cancelled"
       end
-      return loop:emit(st, T_SSE, obj(ds, "requestOffset", off, "part", part))
+      return loop:emit(st, E.sse, obj(ds, "requestOffset", off, "part", part))
     end,
     ---Appends any event to the path (e.g. iterate:grok:response:sse).
     append = function(ctx, etype, payload)
@@ -179,9 +173,9 @@ function M:start(st, prompt)
   st.inflight = req
   if old and not old.done then
     abort(old)
-    self:emit(st, T_CANCELLED, obj(ds, "requestOffset", old.offset, "reason", "interrupted", "message",
+    self:emit(st, E.cancelled, obj(ds, "requestOffset", old.offset, "reason", "interrupted", "message",
       "interrupted by a new message"))
-    self:emit(st, T_INTERRUPTED, obj(ds, "requestOffset", old.offset))
+    self:emit(st, E.interrupted, obj(ds, "requestOffset", old.offset))
   end
   req.task = ds.spawn(run, self, st, req)
   return off
@@ -198,7 +192,7 @@ function M:cancel(st)
   end
   st.inflight = nil
   abort(req)
-  self:emit(st, T_CANCELLED, obj(self.ds, "requestOffset", req.offset, "reason", "cancelled", "message",
+  self:emit(st, E.cancelled, obj(self.ds, "requestOffset", req.offset, "reason", "cancelled", "message",
     "cancelled by the user"))
   return true
 end
@@ -211,7 +205,7 @@ function M:close_orphan(st)
     return
   end
   st.inflight = nil
-  self:emit(st, T_CANCELLED, obj(self.ds, "requestOffset", req.offset, "reason", "error", "message",
+  self:emit(st, E.cancelled, obj(self.ds, "requestOffset", req.offset, "reason", "error", "message",
     "server restarted during the request"))
 end
 

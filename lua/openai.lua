@@ -61,6 +61,18 @@ function M.conversation(ctx)
   return out
 end
 
+-- The configured output limit and temperature on a request body; each API shape names the
+-- token limit its own way (max_key).
+local function with_limits(body, cfg, max_key)
+  if cfg.max_output_tokens then
+    body[max_key] = cfg.max_output_tokens
+  end
+  if cfg.temperature then
+    body.temperature = cfg.temperature
+  end
+  return body
+end
+
 ---The JSON body of a request (a Lua value for ds.json.encode) and its URL path.
 ---@return table body, string path
 function M.build_request(ds, cfg, conv)
@@ -77,13 +89,7 @@ function M.build_request(ds, cfg, conv)
     end
     body = obj("model", cfg_get(cfg, "model"), "messages", msgs, "stream", true, "stream_options",
       obj("include_usage", true))
-    if cfg.max_output_tokens then
-      body.max_tokens = cfg.max_output_tokens
-    end
-    if cfg.temperature then
-      body.temperature = cfg.temperature
-    end
-    return body, "/chat/completions"
+    return with_limits(body, cfg, "max_tokens"), "/chat/completions"
   end
   local input = arr()
   if type(system) == "string" and system ~= "" then
@@ -94,36 +100,26 @@ function M.build_request(ds, cfg, conv)
     input[#input + 1] = obj("role", m.role, "content", arr(obj("type", kind, "text", m.text)))
   end
   body = obj("model", cfg_get(cfg, "model"), "input", input, "stream", true)
-  if cfg.max_output_tokens then
-    body.max_output_tokens = cfg.max_output_tokens
-  end
-  if cfg.temperature then
-    body.temperature = cfg.temperature
-  end
-  return body, "/responses"
+  return with_limits(body, cfg, "max_output_tokens"), "/responses"
 end
+
+-- What a transport failure code of ds.http says ahead of the transport's own message.
+local FAILURE = {
+  ECONNREFUSED = "OpenAI connection refused: ",
+  EDNS = "OpenAI DNS lookup failed: ",
+  ETLS = "OpenAI TLS error: ",
+  ETIMEDOUT = "OpenAI request timed out: ",
+  ESTALLED = "OpenAI stream stalled: ",
+  ECLOSED = "OpenAI connection closed mid-answer: ",
+  EPROTO = "OpenAI sent malformed data: ",
+}
 
 ---One-line message for a transport failure code of ds.http.
 function M.message_for(code, msg)
-  msg = one_line(msg)
-  if code == "ECONNREFUSED" then
-    return "OpenAI connection refused: " .. msg
-  elseif code == "EDNS" then
-    return "OpenAI DNS lookup failed: " .. msg
-  elseif code == "ETLS" then
-    return "OpenAI TLS error: " .. msg
-  elseif code == "ETIMEDOUT" then
-    return "OpenAI request timed out: " .. msg
-  elseif code == "ESTALLED" then
-    return "OpenAI stream stalled: " .. msg
-  elseif code == "ECLOSED" then
-    return "OpenAI connection closed mid-answer: " .. msg
-  elseif code == "EPROTO" then
-    return "OpenAI sent malformed data: " .. msg
-  elseif code == "closed" or code == "ECANCELED" then
+  if code == "closed" or code == "ECANCELED" then
     return "OpenAI request cancelled"
   end
-  return "OpenAI request failed: " .. msg
+  return (FAILURE[code] or "OpenAI request failed: ") .. one_line(msg)
 end
 
 local function iso(ds, secs)

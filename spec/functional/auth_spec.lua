@@ -47,37 +47,33 @@ local ROUTES = {
   { "GET", "/no/such/route" },
 }
 
+-- Sends a request head (its lines plus headers) on a fresh connection and returns the
+-- status code of the answer's first line (nil when none came), without reading further.
+local function head_status(srv, lines, headers)
+  local c = srv:connect()
+  for k, v in pairs(headers or {}) do
+    lines[#lines + 1] = k .. ": " .. v
+  end
+  c:send(table.concat(lines, "\r\n") .. "\r\n\r\n")
+  c:settimeout(5)
+  local line = c:receive("*l")
+  c:close()
+  return line and tonumber(line:match("^HTTP/1%.%d (%d%d%d)"))
+end
+
 local function call(srv, r, headers)
   local method, target, body = r[1], r[2], r[3]
   if target:find("live=sse") then
     -- a live read never ends: read the head only, then hang up
-    local c = srv:connect()
-    local h = { method .. " " .. target .. " HTTP/1.1", "Host: a" }
-    for k, v in pairs(headers or {}) do
-      h[#h + 1] = k .. ": " .. v
-    end
-    c:send(table.concat(h, "\r\n") .. "\r\n\r\n")
-    c:settimeout(5)
-    local line = c:receive("*l")
-    local resp = { status = line and tonumber(line:match("^HTTP/1%.%d (%d%d%d)")), headers = {}, body = "" }
-    if resp.status and resp.status >= 400 then
-      c:close()
+    local status = head_status(srv, { method .. " " .. target .. " HTTP/1.1", "Host: a" }, headers)
+    if status and status >= 400 then
       return srv:req(method, target, body, headers) -- read the whole error answer
     end
-    c:close()
-    return resp
+    return { status = status, headers = {}, body = "" }
   end
   if method == "HEAD" then
-    local c = srv:connect()
-    local h = { "HEAD " .. target .. " HTTP/1.1", "Host: a", "Connection: close" }
-    for k, v in pairs(headers or {}) do
-      h[#h + 1] = k .. ": " .. v
-    end
-    c:send(table.concat(h, "\r\n") .. "\r\n\r\n")
-    c:settimeout(5)
-    local line = c:receive("*l")
-    c:close()
-    return { status = line and tonumber(line:match("^HTTP/1%.%d (%d%d%d)")), body = "" }
+    local status = head_status(srv, { "HEAD " .. target .. " HTTP/1.1", "Host: a", "Connection: close" }, headers)
+    return { status = status, body = "" }
   end
   return srv:req(method, target, body, headers)
 end

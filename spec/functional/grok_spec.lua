@@ -19,245 +19,31 @@
 -- sleep fixed times, or leave processes behind.
 package.path = "./?.lua;" .. package.path
 local S = require("spec.support.lua_host_server")
-local cjson = require("cjson")
-local socket = require("socket")
+local U = require("spec.support.upstream")
 
-local T = {
-  config = "iterate:agent:config:set",
-  user = "iterate:agent:action:send-user-message:called",
-  audio = "iterate:agent:action:send-user-audio:called",
-  cancel = "iterate:agent:action:cancel-request:called",
-  started = "iterate:llm-loop:request-started",
-  sse = "iterate:llm-loop:response:sse",
-  grok = "iterate:grok:response:sse",
-  ended = "iterate:llm-loop:request-ended",
-  cancelled = "iterate:llm-loop:request-cancelled",
-  interrupted = "iterate:llm-loop:request-interrupted",
-  ai_error = "iterate:ai:error",
-}
+local T = S.T
 
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
-local function tmpdir(prefix)
-  local p = io.popen("mktemp -d /tmp/" .. prefix .. "-XXXXXX")
-  local dir = p:read("l")
-  p:close()
-  return dir
-end
-
--- Servers of this file run with XAI_* / OPENAI_* taken from opts.env only.
-local function launch_with_env(self)
-  self.run = (self.run or 0) + 1
-  self.out = self.dir .. "/out." .. self.run
-  self.err = self.dir .. "/err." .. self.run
-  local env = { "env -u OPENAI_API_KEY -u OPENAI_BASE_URL -u XAI_API_KEY -u XAI_REALTIME_URL" }
-  for k, v in pairs(self.opts.env or {}) do
-    env[#env + 1] = k .. "=" .. q(v)
-  end
-  local cmd = ("%s %s --config %s >%s 2>%s & echo $!"):format(table.concat(env, " "),
-    q(os.getenv("DS_BINARY") or "build/durable-stream"), q(self.dir .. "/config.lua"), q(self.out), q(self.err))
-  local p = io.popen(cmd)
-  self.pid = tonumber(p:read("l"))
-  p:close()
-  self.port = S.wait_for(function()
-    local s = S.read_file(self.out) or ""
-    local port = s:match("listening on http://[^:]+:(%d+)")
-    if port then
-      return tonumber(port)
-    end
-    if not self:alive() then
-      error("server exited at start: " .. (S.read_file(self.err) or ""))
-    end
-  end, 10, "the listening line")
-end
-
-local function start_server(opts)
-  local orig = S.launch
-  S.launch = launch_with_env
-  local ok, srv = pcall(S.start, opts)
-  S.launch = orig
-  assert(ok, srv)
-  srv.launch = launch_with_env
-  return srv
-end
+-- Servers of this file run with XAI_* / OPENAI_* taken from opts.env only (server.lua
+-- removes them from the environment it inherits). Their logs must also hold no "still held"
+-- (a connection kept past shutdown) and no error line.
+local start_server = S.start
+local LOG_MARKS = { "still held", " error " }
 
 local function stop_server(srv, secret)
   if not srv then
     return
   end
   srv:stop()
-  local log = srv:log()
+  local ok, err = pcall(srv.assert_clean_log, srv, { LOG_MARKS[1], LOG_MARKS[2], secret })
   srv:cleanup()
-  if secret then
-    assert.falsy(log:find(secret, 1, true), "the API key appears in the log")
-  end
-  assert.falsy(log:find("leaked"), log)
-  assert.falsy(log:find("still alive"), log)
-  assert.falsy(log:find("still held"), log)
-  assert.falsy(log:find(" error "), log)
-  assert.falsy(log:find("Sanitizer"), log) -- ASan/LSan builds report here
-  assert.falsy(log:find("runtime error"), log) -- UBSan
+  assert(ok, err)
 end
 
--- fakes ----------------------------------------------------------------------------
-
-local function start_process(cmd, dir, pattern, what)
-  local p = io.popen(("%s >%s 2>%s & echo $!"):format(cmd, q(dir .. "/stdout"), q(dir .. "/stderr")))
-  local pid = tonumber(p:read("l"))
-  p:close()
-  local port = S.wait_for(function()
-    local s = S.read_file(dir .. "/stdout")
-    local n = s and s:match(pattern)
-    if n then
-      return tonumber(n)
-    end
-    if os.execute("kill -0 " .. pid .. " 2>/dev/null") ~= true then
-      error(what .. " exited: " .. (S.read_file(dir .. "/stderr") or ""))
-    end
-  end, 10, what .. "'s port")
-  return pid, port
-end
-
-local function stop_process(pid, dir)
-  os.execute("kill " .. pid .. " 2>/dev/null")
-  S.wait_for(function()
-    return os.execute("kill -0 " .. pid .. " 2>/dev/null") ~= true
-  end, 10, "a fake to exit")
-  os.execute("rm -rf " .. q(dir))
-end
-
-local Grok = {}
-Grok.__index = Grok
-
-local function start_grok()
-  local dir = tmpdir("ds-grok-fake")
-  local self = setmetatable({ dir = dir, log_path = dir .. "/grok.jsonl" }, Grok)
-  local script = S.source_dir() .. "/spec/fixtures/upstream/grok_fake.py"
-  self.pid, self.port = start_process(("/usr/bin/python3 %s --log %s"):format(q(script), q(self.log_path)), dir,
-    "PORT=(%d+)", "grok_fake")
-  self.url = ("ws://127.0.0.1:%d/v1/realtime"):format(self.port)
-  return self
-end
-
-function Grok:stop()
-  stop_process(self.pid, self.dir)
-end
-
-function Grok:control(query)
-  local http = require("socket.http")
-  local body, status = http.request(("http://127.0.0.1:%d/_control?%s"):format(self.port, query))
-  assert(status == 200, "control " .. query .. ": " .. tostring(status) .. " " .. tostring(body))
-end
-
-function Grok:records()
-  local out = {}
-  for line in (S.read_file(self.log_path) or ""):gmatch("[^\n]+") do
-    out[#out + 1] = cjson.decode(line)
-  end
-  return out
-end
-
--- The connection number whose client messages contain `marker`.
-function Grok:conn_of(marker)
-  for _, r in ipairs(self:records()) do
-    if r.event == "message" and r.raw:find(marker, 1, true) then
-      return r.conn
-    end
-  end
-end
-
-function Grok:messages(conn)
-  local out = {}
-  for _, r in ipairs(self:records()) do
-    if r.conn == conn and r.event == "message" then
-      out[#out + 1] = r
-    end
-  end
-  return out
-end
-
-function Grok:record(conn, event)
-  for _, r in ipairs(self:records()) do
-    if r.conn == conn and r.event == event then
-      return r
-    end
-  end
-end
-
-function Grok:connects()
-  local n = 0
-  for _, r in ipairs(self:records()) do
-    if r.event == "connect" or r.event == "rejected" then
-      n = n + 1
-    end
-  end
-  return n
-end
-
-local OpenAI = {}
-OpenAI.__index = OpenAI
-
-local function start_openai()
-  local dir = tmpdir("ds-openai-fake")
-  local self = setmetatable({ dir = dir, log_path = dir .. "/openai.jsonl" }, OpenAI)
-  local script = S.source_dir() .. "/spec/fixtures/upstream/openai_fake.py"
-  self.pid, self.port = start_process(("/usr/bin/python3 %s --log %s --pace-ms 1"):format(q(script),
-    q(self.log_path)), dir, "^(%d+)\n", "openai_fake")
-  self.base = ("http://127.0.0.1:%d/v1"):format(self.port)
-  return self
-end
-
-function OpenAI:stop()
-  stop_process(self.pid, self.dir)
-end
-
-function OpenAI:requests()
-  local out = {}
-  for line in (S.read_file(self.log_path) or ""):gmatch("[^\n]+") do
-    local r = cjson.decode(line)
-    if r.kind == "request" then
-      out[#out + 1] = r
-    end
-  end
-  return out
+local function with_server(opts, fn)
+  S.with_server(opts, fn, LOG_MARKS)
 end
 
 -- event helpers --------------------------------------------------------------------
-
-local function done_for(R)
-  return function(evs)
-    for _, e in ipairs(evs) do
-      if (e.type == T.ended or e.type == T.cancelled) and e.payload.requestOffset == R then
-        return e
-      end
-    end
-  end
-end
-
-local function started_offsets(evs)
-  local out = {}
-  for _, e in ipairs(S.of_type(evs, T.started)) do
-    out[#out + 1] = e.offset
-  end
-  return out
-end
-
--- Posts a prompt and waits for its request to end; returns (all events, end event, R).
-local function prompt_and_wait(srv, path, etype, payload, timeout)
-  local before = #started_offsets(srv:events(path))
-  assert.equal(204, srv:post(path, etype, payload))
-  local R
-  local evs = srv:wait_events(path, function(evs)
-    local offs = started_offsets(evs)
-    if #offs > before then
-      R = offs[#offs]
-      return done_for(R)(evs) ~= nil
-    end
-  end, "the request to end", timeout or 15)
-  return evs, done_for(R)(evs), R
-end
 
 local function grok_payloads(evs, R)
   local out = {}
@@ -312,8 +98,8 @@ end
 describe("grok model against the fake realtime server", function()
   local grok, openai, srv
   setup(function()
-    grok = start_grok()
-    openai = start_openai()
+    grok = U.start("grok")
+    openai = U.start("openai", { pace_ms = 1 })
     srv = start_server({
       storage = "memory",
       env = { XAI_API_KEY = "xai-test-key", XAI_REALTIME_URL = grok.url, OPENAI_API_KEY = "sk-test",
@@ -336,7 +122,7 @@ describe("grok model against the fake realtime server", function()
       local p = "grok/text" .. round
       local marker = "hello grok round " .. round
       assert.equal(204, srv:post(p, T.config, { model = "grok" }))
-      local evs, e, R = prompt_and_wait(srv, p, T.user, { content = marker })
+      local evs, e, R = srv:prompt(p, T.user, { content = marker })
       assert.equal(T.ended, e.type)
       local types = {}
       for _, ev in ipairs(evs) do
@@ -395,7 +181,7 @@ describe("grok model against the fake realtime server", function()
     local p = "grok/audio"
     local audio = b64(PCM)
     assert.equal(204, srv:post(p, T.config, { model = "grok" }))
-    local evs, e, R = prompt_and_wait(srv, p, T.audio, { audio = audio })
+    local evs, e, R = srv:prompt(p, T.audio, { audio = audio })
     assert.equal(T.ended, e.type)
     local conn = grok:conn_of(audio:sub(1, 40))
     assert.is_number(conn)
@@ -423,9 +209,7 @@ describe("grok model against the fake realtime server", function()
     local po = "grok/audio-openai"
     assert.equal(204, srv:post(po, T.config, { model = "openai" }))
     assert.equal(204, srv:post(po, T.audio, { audio = audio }))
-    local oe = srv:wait_events(po, function(x)
-      return S.count(x, T.ai_error) == 1
-    end, "iterate:ai:error")
+    local oe = srv:wait_count(po, T.ai_error, 1, "iterate:ai:error")
     local err = S.of_type(oe, T.ai_error)[1].payload
     assert.equal("unsupported_input", err.error)
     assert.equal("openai", err.model)
@@ -441,23 +225,21 @@ describe("grok model against the fake realtime server", function()
     -- the POST came back while the paced answer (>= 10 messages x 40 ms) is still running
     local now = srv:events(p)
     assert.equal(0, S.count(now, T.ended))
-    local evs = srv:wait_events(p, function(x)
-      return S.count(x, T.ended) == 1
-    end, "the first answer")
+    local evs = srv:wait_count(p, T.ended, 1, "the first answer")
     grok:control("pace=5")
     assert.truthy(S.count(evs, T.grok) > 0)
     local conns = grok:connects()
-    local _, e2 = prompt_and_wait(srv, p, T.user, { content = "second reuse prompt" })
+    local _, e2 = srv:prompt(p, T.user, { content = "second reuse prompt" })
     assert.equal(T.ended, e2.type)
     assert.equal(conns, grok:connects())
     local c1 = grok:conn_of("first reuse prompt")
     assert.equal(c1, grok:conn_of("second reuse prompt"))
 
     -- the fake drops the socket mid-answer
-    local _, e3 = prompt_and_wait(srv, p, T.user, { content = "third [fault:drop]" })
+    local _, e3 = srv:prompt(p, T.user, { content = "third [fault:drop]" })
     assert_error_end(e3, "closed")
     assert.truthy(srv:alive())
-    local _, e4 = prompt_and_wait(srv, p, T.user, { content = "fourth after the drop" })
+    local _, e4 = srv:prompt(p, T.user, { content = "fourth after the drop" })
     assert.equal(T.ended, e4.type)
     local c4 = grok:conn_of("fourth after the drop")
     assert.are_not.equal(c1, c4)
@@ -466,7 +248,7 @@ describe("grok model against the fake realtime server", function()
   it("sends response.cancel upstream on interrupt and on cancel", function()
     local p = "grok/interrupt"
     assert.equal(204, srv:post(p, T.config, { model = "grok" }))
-    local _, e0 = prompt_and_wait(srv, p, T.user, { content = "warm up the connection" })
+    local _, e0 = srv:prompt(p, T.user, { content = "warm up the connection" })
     assert.equal(T.ended, e0.type)
     grok:control("pace=200")
     assert.equal(204, srv:post(p, T.user, { content = "slow answer to interrupt" }))
@@ -476,7 +258,7 @@ describe("grok model against the fake realtime server", function()
         and S.count(x, T.started) == 2
     end, "the slow answer to start")
     grok:control("pace=5")
-    local _, e2 = prompt_and_wait(srv, p, T.user, { content = "the interrupting prompt" })
+    local _, e2 = srv:prompt(p, T.user, { content = "the interrupting prompt" })
     assert.equal(T.ended, e2.type)
     local evs = srv:events(p)
     assert.equal(1, S.count(evs, T.interrupted))
@@ -512,7 +294,7 @@ describe("grok model against the fake realtime server", function()
       return n == 2
     end, 10, "the second response.cancel")
     -- the connection still serves the next prompt
-    local _, e5 = prompt_and_wait(srv, p, T.user, { content = "after the cancel" })
+    local _, e5 = srv:prompt(p, T.user, { content = "after the cancel" })
     assert.equal(T.ended, e5.type)
     assert.equal(conn, grok:conn_of("after the cancel"))
   end)
@@ -520,7 +302,7 @@ describe("grok model against the fake realtime server", function()
   it("keeps a cancelled response's late messages out of the next answer", function()
     local p = "grok/late"
     assert.equal(204, srv:post(p, T.config, { model = "grok" }))
-    local _, e0 = prompt_and_wait(srv, p, T.user, { content = "warm up late" })
+    local _, e0 = srv:prompt(p, T.user, { content = "warm up late" })
     assert.equal(T.ended, e0.type)
     local conn = grok:conn_of("warm up late")
     assert.equal(204, srv:post(p, T.user, { content = "slow start [fault:latecreated]" }))
@@ -530,7 +312,7 @@ describe("grok model against the fake realtime server", function()
       local last = seen[#seen]
       return last and last.msg.type == "response.create" and seen[#seen - 1].raw:find("slow start", 1, true)
     end, 10, "the fake to receive the slow response.create")
-    local evs, e2, R2 = prompt_and_wait(srv, p, T.user, { content = "the prompt after the late one" })
+    local evs, e2, R2 = srv:prompt(p, T.user, { content = "the prompt after the late one" })
     assert.equal(T.ended, e2.type)
     assert.equal(1, S.count(evs, T.interrupted))
     local msgs = grok_payloads(evs, R2)
@@ -576,10 +358,10 @@ describe("grok model against the fake realtime server", function()
       if f.control then
         grok:control(f.control)
       end
-      local _, e = prompt_and_wait(srv, p, T.user, { content = "prompt " .. (f.marker or "") })
+      local _, e = srv:prompt(p, T.user, { content = "prompt " .. (f.marker or "") })
       assert_error_end(e, f.pattern)
       assert.truthy(srv:alive())
-      local _, e2 = prompt_and_wait(srv, p, T.user, { content = "recovered after " .. f.name })
+      local _, e2 = srv:prompt(p, T.user, { content = "recovered after " .. f.name })
       assert.equal(T.ended, e2.type)
     end)
   end
@@ -587,22 +369,14 @@ describe("grok model against the fake realtime server", function()
   it("keeps the history across openai -> grok -> openai", function()
     local p = "grok/switch"
     assert.equal(204, srv:post(p, T.config, { model = "openai" }))
-    local _, e1 = prompt_and_wait(srv, p, T.user, { content = "alpha question for openai" })
+    local _, e1 = srv:prompt(p, T.user, { content = "alpha question for openai" })
     assert.equal(T.ended, e1.type)
-    local oreqs = openai:requests()
-    local answer1 -- what openai answered, as the history holds it
-    local evs = srv:events(p)
-    local parts = {}
-    for _, e in ipairs(S.of_type(evs, T.sse)) do
-      if e.payload.part.type == "text-delta" then
-        parts[#parts + 1] = e.payload.part.delta
-      end
-    end
-    answer1 = table.concat(parts)
+    local oreqs = openai:records("request")
+    local answer1 = table.concat(S.deltas(srv:events(p))) -- what openai answered, as the history holds it
     assert.truthy(#answer1 > 0)
 
     assert.equal(204, srv:post(p, T.config, { model = "grok" }))
-    local _, e2 = prompt_and_wait(srv, p, T.user, { content = "beta question for grok" })
+    local _, e2 = srv:prompt(p, T.user, { content = "beta question for grok" })
     assert.equal(T.ended, e2.type)
     local conn = grok:conn_of("beta question for grok")
     local items = {}
@@ -618,14 +392,12 @@ describe("grok model against the fake realtime server", function()
     }, items)
 
     assert.equal(204, srv:post(p, T.audio, { audio = b64(PCM:sub(1, 960)) }))
-    srv:wait_events(p, function(x)
-      return S.count(x, T.ended) == 3
-    end, "the audio answer")
+    srv:wait_count(p, T.ended, 3, "the audio answer")
 
     assert.equal(204, srv:post(p, T.config, { model = "openai" }))
-    local _, e3 = prompt_and_wait(srv, p, T.user, { content = "gamma question for openai" })
+    local _, e3 = srv:prompt(p, T.user, { content = "gamma question for openai" })
     assert.equal(T.ended, e3.type)
-    local reqs = openai:requests()
+    local reqs = openai:records("request")
     assert.equal(#oreqs + 1, #reqs)
     local input = reqs[#reqs].body.input
     local seen = {}
@@ -653,7 +425,7 @@ describe("grok model against the fake realtime server", function()
 
     -- back to grok on the connection still open: only the turns it missed are sent
     assert.equal(204, srv:post(p, T.config, { model = "grok" }))
-    local _, e4 = prompt_and_wait(srv, p, T.user, { content = "delta question for grok" })
+    local _, e4 = srv:prompt(p, T.user, { content = "delta question for grok" })
     assert.equal(T.ended, e4.type)
     assert.equal(conn, grok:conn_of("delta question for grok"))
     local tail = {}
@@ -679,64 +451,54 @@ end)
 
 describe("grok model connection management", function()
   it("cancels the request when XAI_API_KEY is missing", function()
-    local srv = start_server({ storage = "memory", env = { XAI_REALTIME_URL = "ws://127.0.0.1:1/" } })
-    local ok, err = pcall(function()
+    with_server({ storage = "memory", env = { XAI_REALTIME_URL = "ws://127.0.0.1:1/" } }, function(srv)
       assert.equal(204, srv:post("k/1", T.config, { model = "grok" }))
-      local _, e = prompt_and_wait(srv, "k/1", T.user, { content = "no key" })
+      local _, e = srv:prompt("k/1", T.user, { content = "no key" })
       assert_error_end(e, "XAI_API_KEY")
       assert.truthy(srv:alive())
     end)
-    stop_server(srv)
-    assert(ok, err)
   end)
 
   it("reports a refused connection and stays up", function()
-    local s = socket.bind("127.0.0.1", 0)
-    local _, port = s:getsockname()
-    s:close()
-    local srv = start_server({
+    local port = U.free_port()
+    with_server({
       storage = "memory",
       env = { XAI_API_KEY = "k", XAI_REALTIME_URL = ("ws://127.0.0.1:%d/v1/realtime"):format(port) },
       agents = { models = { grok = { connect_timeout_ms = 2000 } } },
-    })
-    local ok, err = pcall(function()
+    }, function(srv)
       assert.equal(204, srv:post("r/1", T.config, { model = "grok" }))
-      local _, e = prompt_and_wait(srv, "r/1", T.user, { content = "anyone there?" })
+      local _, e = srv:prompt("r/1", T.user, { content = "anyone there?" })
       assert_error_end(e, "ECONNREFUSED")
       assert.truthy(srv:alive())
-      local _, e2 = prompt_and_wait(srv, "r/1", T.user, { content = "still nobody?" })
+      local _, e2 = srv:prompt("r/1", T.user, { content = "still nobody?" })
       assert_error_end(e2, "ECONNREFUSED")
     end)
-    stop_server(srv)
-    assert(ok, err)
   end)
 
   it("closes an idle connection and reopens it on the next prompt", function()
-    local grok = start_grok()
-    local srv = start_server({
+    local grok = U.start("grok")
+    local ok, err = pcall(with_server, {
       storage = "memory",
       env = { XAI_API_KEY = "k", XAI_REALTIME_URL = grok.url },
       agents = { models = { grok = { idle_timeout_ms = 300 } } },
-    })
-    local ok, err = pcall(function()
+    }, function(srv)
       assert.equal(204, srv:post("i/1", T.config, { model = "grok" }))
-      local _, e = prompt_and_wait(srv, "i/1", T.user, { content = "before idle" })
+      local _, e = srv:prompt("i/1", T.user, { content = "before idle" })
       assert.equal(T.ended, e.type)
       local c1 = grok:conn_of("before idle")
       S.wait_for(function()
         return grok:record(c1, "close")
       end, 10, "the idle close")
-      local _, e2 = prompt_and_wait(srv, "i/1", T.user, { content = "after idle" })
+      local _, e2 = srv:prompt("i/1", T.user, { content = "after idle" })
       assert.equal(T.ended, e2.type)
       assert.are_not.equal(c1, grok:conn_of("after idle"))
     end)
-    stop_server(srv)
     grok:stop()
     assert(ok, err)
   end)
 
   it("closes every connection at shutdown without leaks", function()
-    local grok = start_grok()
+    local grok = U.start("grok")
     local srv = start_server({
       storage = "memory",
       env = { XAI_API_KEY = "k", XAI_REALTIME_URL = grok.url },
@@ -745,7 +507,7 @@ describe("grok model connection management", function()
       for i = 1, 3 do
         local p = "s/" .. i
         assert.equal(204, srv:post(p, T.config, { model = "grok" }))
-        local _, e = prompt_and_wait(srv, p, T.user, { content = "open " .. i })
+        local _, e = srv:prompt(p, T.user, { content = "open " .. i })
         assert.equal(T.ended, e.type)
       end
       assert.equal(3, grok:connects())

@@ -300,7 +300,7 @@ describe("hostile clients", function()
   it("get a 4xx or a close for every case; the server keeps serving with flat memory", function()
     assert(#CASES >= 60, "the catalogue has " .. #CASES .. " cases")
     local srv = R.start({ config = { limits = LIMITS, fsync = "never" } })
-    local marker = srv.dir .. "/marker"
+    local marker = srv.root .. "/marker"
     R.write_file(marker, "")
     local ok, err = pcall(function()
       srv:check("warm")
@@ -321,9 +321,9 @@ describe("hostile clients", function()
         assert(after <= before * 1.10, ("RSS grew from %d to %d kB"):format(before, after))
       end
       -- nothing written outside the data dir: not in the server's temp dir, not in the cwd
-      local p = io.popen("find " .. R.q(srv.dir) .. " . -newer " .. R.q(marker)
-        .. " -type f -not -path " .. R.q(srv.data_dir .. "/*") .. " -not -path " .. R.q(srv.dir .. "/err.*")
-        .. " -not -path " .. R.q(srv.dir .. "/out.*") .. " -not -path './build*' -not -path './.git/*'"
+      local p = io.popen("find " .. R.q(srv.root) .. " . -newer " .. R.q(marker)
+        .. " -type f -not -path " .. R.q(srv.data_dir .. "/*") .. " -not -path " .. R.q(srv.root .. "/err.*")
+        .. " -not -path " .. R.q(srv.root .. "/out.*") .. " -not -path './build*' -not -path './.git/*'"
         .. " -not -path './.cache/*' 2>/dev/null")
       local stray = p:read("a")
       p:close()

@@ -4,17 +4,7 @@
 package.path = "./?.lua;" .. package.path
 local S = require("spec.support.lua_host_server")
 
-local T = {
-  config = "iterate:agent:config:set",
-  user = "iterate:agent:action:send-user-message:called",
-  cancel = "iterate:agent:action:cancel-request:called",
-  started = "iterate:llm-loop:request-started",
-  sse = "iterate:llm-loop:response:sse",
-  ended = "iterate:llm-loop:request-ended",
-  cancelled = "iterate:llm-loop:request-cancelled",
-  interrupted = "iterate:llm-loop:request-interrupted",
-  ai_error = "iterate:ai:error",
-}
+local T = S.T
 
 local function words(n, prefix)
   local t = {}
@@ -34,16 +24,6 @@ local function after(evs, offset)
   return out
 end
 
-local function ended_for(R)
-  return function(evs)
-    for _, e in ipairs(evs) do
-      if (e.type == T.ended or e.type == T.cancelled) and e.payload.requestOffset == R then
-        return true
-      end
-    end
-  end
-end
-
 describe("agent layer with the echo model", function()
   local srv
   setup(function()
@@ -52,11 +32,9 @@ describe("agent layer with the echo model", function()
   teardown(function()
     if srv then
       srv:stop()
-      assert.falsy(srv:log():find("leaked"), srv:log())
-      assert.falsy(srv:log():find("still alive"), srv:log())
-      assert.falsy(srv:log():find("Sanitizer"), srv:log())
-      assert.falsy(srv:log():find("runtime error"), srv:log())
+      local ok, err = pcall(srv.assert_clean_log, srv)
       srv:cleanup()
+      assert(ok, err)
     end
   end)
 
@@ -65,9 +43,7 @@ describe("agent layer with the echo model", function()
       local p = "func/order" .. round
       assert.equal(204, srv:post(p, T.config, { model = "echo" }))
       assert.equal(204, srv:post(p, T.user, { content = "hello brave new world" }))
-      local evs = srv:wait_events(p, function(e)
-        return S.count(e, T.ended) == 1
-      end, "request-ended")
+      local evs = srv:wait_count(p, T.ended, 1, "request-ended")
       local types = {}
       for _, e in ipairs(evs) do
         types[#types + 1] = e.type
@@ -98,9 +74,7 @@ describe("agent layer with the echo model", function()
   it("reports an unknown model", function()
     local p = "func/unknown"
     srv:post(p, T.config, { model = "no-such-model" })
-    local evs = srv:wait_events(p, function(e)
-      return S.count(e, T.ai_error) == 1
-    end, "ai:error")
+    local evs = srv:wait_count(p, T.ai_error, 1, "ai:error")
     local e = S.of_type(evs, T.ai_error)[1].payload
     assert.equal("unknown_model", e.error)
     assert.equal("no-such-model", e.model)
@@ -114,9 +88,7 @@ describe("agent layer with the echo model", function()
     -- 40 words at 40 ms each take over a second and a half; the POST did not wait
     local evs = srv:events(p)
     assert.equal(0, S.count(evs, T.ended))
-    srv:wait_events(p, function(e)
-      return S.count(e, T.ended) == 1
-    end, "request-ended", 15)
+    srv:wait_count(p, T.ended, 1, "request-ended", 15)
   end)
 
   it("interrupt: new request-started, old cancelled + interrupted, then the new answer", function()
@@ -124,19 +96,11 @@ describe("agent layer with the echo model", function()
     srv:post(p, T.config, { model = "echo" })
     srv:post(p, T.user, { content = words(50, "old") })
     local evs = srv:wait_events(p, function(e)
-      local n = 0
-      for _, x in ipairs(e) do
-        if x.type == T.sse and x.payload.part.type == "text-delta" then
-          n = n + 1
-        end
-      end
-      return n >= 2
+      return #S.deltas(e) >= 2
     end, "two deltas")
     local R1 = S.of_type(evs, T.started)[1].offset
     srv:post(p, T.user, { content = "new question", mode = "interrupt" })
-    evs = srv:wait_events(p, function(e)
-      return S.count(e, T.ended) == 1
-    end, "the new request to end")
+    evs = srv:wait_count(p, T.ended, 1, "the new request to end")
     local user2 = S.of_type(evs, T.user)[2]
     local tail = after(evs, user2.offset)
     assert.equal(T.started, tail[1].type)
@@ -169,9 +133,7 @@ describe("agent layer with the echo model", function()
     end, "the answer to start")
     local R = S.of_type(evs, T.started)[1].offset
     assert.equal(204, srv:post(p, T.cancel, {}))
-    evs = srv:wait_events(p, function(e)
-      return S.count(e, T.cancelled) == 1
-    end, "request-cancelled")
+    evs = srv:wait_count(p, T.cancelled, 1, "request-cancelled")
     local c = S.of_type(evs, T.cancelled)[1]
     assert.equal(R, c.payload.requestOffset)
     assert.equal("cancelled", c.payload.reason)
@@ -188,18 +150,12 @@ describe("agent layer across a restart", function()
     local ok, err = pcall(function()
       local p = "func/restart"
       srv:post(p, T.user, { content = "alpha beta" })
-      srv:wait_events(p, function(e)
-        return S.count(e, T.ended) == 1
-      end, "first answer")
+      srv:wait_count(p, T.ended, 1, "first answer")
       srv:post(p, T.user, { content = "gamma" })
-      srv:wait_events(p, function(e)
-        return S.count(e, T.ended) == 2
-      end, "second answer")
+      srv:wait_count(p, T.ended, 2, "second answer")
       srv:restart()
       srv:post(p, T.user, { content = "delta epsilon" })
-      local evs = srv:wait_events(p, function(e)
-        return S.count(e, T.ended) == 3
-      end, "third answer")
+      local evs = srv:wait_count(p, T.ended, 3, "third answer")
       srv:wait_idle()
       evs = srv:events(p)
       assert.equal(3, S.count(evs, T.started))
@@ -215,11 +171,9 @@ describe("agent layer across a restart", function()
       assert.same({ 2, 5, 8 }, finishes)
     end)
     srv:stop()
-    local log = srv:log()
+    local clean, why = pcall(srv.assert_clean_log, srv)
     srv:cleanup()
     assert(ok, err)
-    assert.falsy(log:find("leaked"))
-    assert.falsy(log:find("Sanitizer"), log)
-    assert.falsy(log:find("runtime error"), log)
+    assert(clean, why)
   end)
 end)

@@ -34,9 +34,7 @@ describe("plugins", function()
       for i = 1, 3 do
         local p = "plug/iso" .. i
         assert.equal(204, srv:post(p, USER, { content = "still here " .. i }))
-        srv:wait_events(p, function(e)
-          return S.count(e, ENDED) == 1
-        end, "the echo answer " .. i)
+        srv:wait_count(p, ENDED, 1, "the echo answer " .. i)
         srv:wait_idle()
       end
       local log = srv:log()
@@ -69,9 +67,7 @@ describe("plugins", function()
     local srv = S.start({ agents = { default_model = "echo" } })
     local ok, err = pcall(function()
       srv:post("plug/drop", USER, { content = "before" })
-      srv:wait_events("plug/drop", function(e)
-        return S.count(e, ENDED) == 1
-      end, "first answer")
+      srv:wait_count("plug/drop", ENDED, 1, "first answer")
       srv:wait_idle()
       assert.same({}, srv:events("audit/plug/drop"))
       S.write_file(srv.plugin_dir .. "/audit.lua", AUDIT)
@@ -82,9 +78,7 @@ describe("plugins", function()
       end, "the audit event")
       assert.equal("audit:event-seen", audit[1].type)
       assert.same({ path = "plug/drop", offset = "0000000000000008", type = USER }, audit[1].payload)
-      srv:wait_events("plug/drop", function(e)
-        return S.count(e, ENDED) == 2
-      end, "second answer")
+      srv:wait_count("plug/drop", ENDED, 2, "second answer")
       srv:wait_idle()
     end)
     srv:stop()

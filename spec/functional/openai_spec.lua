@@ -12,125 +12,18 @@
 --   5. the Chat Completions switch gives the same parts;
 --   6. 50 conversations on 50 paths stream at once within 1.5x the paced time;
 --   plus OPENAI_API_KEY / OPENAI_BASE_URL from the environment.
--- Must not: reach a real upstream (the server runs with OPENAI_* removed from its
--- environment unless a spec sets them), sleep fixed times, or leave processes behind.
+-- Must not: reach a real upstream (spec/support/server.lua starts the server with OPENAI_*
+-- removed from its environment unless a spec sets them), sleep fixed times, or leave
+-- processes behind.
 package.path = "./?.lua;" .. package.path
 local S = require("spec.support.lua_host_server")
+local U = require("spec.support.upstream")
 local cjson = require("cjson")
 local socket = require("socket")
 
-local T = {
-  config = "iterate:agent:config:set",
-  user = "iterate:agent:action:send-user-message:called",
-  started = "iterate:llm-loop:request-started",
-  sse = "iterate:llm-loop:response:sse",
-  ended = "iterate:llm-loop:request-ended",
-  cancelled = "iterate:llm-loop:request-cancelled",
-  interrupted = "iterate:llm-loop:request-interrupted",
-}
-
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
--- The servers of this file run with the OPENAI_* variables scrubbed (and set only when a
--- spec asks): no real key or base URL from the developer's shell can leak into a spec.
-local orig_launch = S.launch
-local function launch_scrubbed(self)
-  self.run = (self.run or 0) + 1
-  self.out = self.dir .. "/out." .. self.run
-  self.err = self.dir .. "/err." .. self.run
-  local env = { "env -u OPENAI_API_KEY -u OPENAI_BASE_URL" }
-  for k, v in pairs(self.opts.env or {}) do
-    env[#env + 1] = k .. "=" .. q(v)
-  end
-  local cmd = ("%s %s --config %s >%s 2>%s & echo $!"):format(table.concat(env, " "),
-    q(os.getenv("DS_BINARY") or "build/durable-stream"), q(self.dir .. "/config.lua"), q(self.out), q(self.err))
-  local p = io.popen(cmd)
-  self.pid = tonumber(p:read("l"))
-  p:close()
-  self.port = S.wait_for(function()
-    local s = S.read_file(self.out) or ""
-    local port = s:match("listening on http://[^:]+:(%d+)")
-    if port then
-      return tonumber(port)
-    end
-    if not self:alive() then
-      error("server exited at start: " .. (S.read_file(self.err) or ""))
-    end
-  end, 10, "the listening line")
-end
-
--- fake upstream ------------------------------------------------------------------
-
-local Fake = {}
-Fake.__index = Fake
-
-local function start_fake(pace_ms)
-  local p = io.popen("mktemp -d /tmp/ds-openai-fake-XXXXXX")
-  local dir = p:read("l")
-  p:close()
-  local self = setmetatable({ dir = dir, log_path = dir .. "/requests.jsonl" }, Fake)
-  local script = S.source_dir() .. "/spec/fixtures/upstream/openai_fake.py"
-  p = io.popen(("/usr/bin/python3 %s --log %s --pace-ms %d >%s 2>%s & echo $!"):format(q(script), q(self.log_path),
-    pace_ms or 5, q(dir .. "/port"), q(dir .. "/stderr")))
-  self.pid = tonumber(p:read("l"))
-  p:close()
-  self.port = S.wait_for(function()
-    local s = S.read_file(dir .. "/port")
-    return s and tonumber(s:match("^(%d+)\n"))
-  end, 10, "the fake's port")
-  self.base = ("http://127.0.0.1:%d/v1"):format(self.port)
-  return self
-end
-
-function Fake:stop()
-  os.execute("kill " .. self.pid .. " 2>/dev/null")
-  S.wait_for(function()
-    return os.execute("kill -0 " .. self.pid .. " 2>/dev/null") ~= true
-  end, 10, "the fake to exit")
-  if not os.getenv("DS_SPEC_KEEP") then
-    os.execute("rm -rf " .. q(self.dir))
-  end
-end
-
-function Fake:records(kind)
-  local out = {}
-  for line in (S.read_file(self.log_path) or ""):gmatch("[^\n]+") do
-    local r = cjson.decode(line)
-    if not kind or r.kind == kind then
-      out[#out + 1] = r
-    end
-  end
-  return out
-end
-
--- The request records whose last user text contains `marker`.
-function Fake:requests_with(marker)
-  local out = {}
-  for _, r in ipairs(self:records("request")) do
-    local body = r.body or {}
-    local msgs = body.input or body.messages or {}
-    local last = msgs[#msgs]
-    local text = last and (type(last.content) == "string" and last.content or last.content[1].text) or ""
-    if text:find(marker, 1, true) then
-      out[#out + 1] = r
-    end
-  end
-  return out
-end
+local T = S.T
 
 -- event helpers --------------------------------------------------------------------
-
-local function done_for(R)
-  return function(evs)
-    for _, e in ipairs(evs) do
-      if (e.type == T.ended or e.type == T.cancelled) and e.payload.requestOffset == R then
-        return e
-      end
-    end
-  end
-end
 
 local function parts_of(evs, R)
   local out = {}
@@ -152,18 +45,8 @@ end
 
 -- Posts a prompt and waits for its request to end; returns events, R, the end event.
 local function ask(srv, path, content, mode, timeout)
-  local before = #srv:events(path)
-  assert.equal(204, srv:post(path, T.user, { content = content, mode = mode }))
-  local R
-  local evs = srv:wait_events(path, function(evs)
-    for i = before + 1, #evs do
-      if evs[i].type == T.started then
-        R = evs[i].offset
-      end
-    end
-    return R and done_for(R)(evs)
-  end, "the request for " .. content, timeout or 15)
-  return evs, R, done_for(R)(evs)
+  local evs, fin, R = srv:prompt(path, T.user, { content = content, mode = mode }, timeout)
+  return evs, R, fin
 end
 
 local function check_stream(parts, R, evs)
@@ -190,14 +73,6 @@ local function check_stream(parts, R, evs)
   return table.concat(text)
 end
 
-local function no_leaks(srv)
-  local log = srv:log()
-  assert.falsy(log:find("leaked"), log)
-  assert.falsy(log:find("still alive"), log)
-  assert.falsy(log:find("AddressSanitizer", 1, true), log)
-  assert.falsy(log:find("runtime error:", 1, true), log)
-  assert.falsy(log:find("LeakSanitizer", 1, true), log)
-end
 
 local function http_stats(srv)
   return srv:stats()
@@ -208,8 +83,7 @@ end
 describe("openai model against the fake upstream", function()
   local fake, srv
   setup(function()
-    S.launch = launch_scrubbed
-    fake = start_fake(5)
+    fake = U.start("openai", { pace_ms = 5 })
     srv = S.start({ agents = { models = { openai = {
       api_key = "sk-spec-key", base_url = fake.base, stall_timeout_ms = 1500, timeout_ms = 30000,
     } } } })
@@ -217,13 +91,12 @@ describe("openai model against the fake upstream", function()
   teardown(function()
     if srv then
       srv:stop()
-      no_leaks(srv)
+      srv:assert_clean_log()
       srv:cleanup()
     end
     if fake then
       fake:stop()
     end
-    S.launch = orig_launch
   end)
 
   it("1. streams an answer as parts between request-started and request-ended", function()
@@ -277,13 +150,7 @@ describe("openai model against the fake upstream", function()
     -- second turn: slow, interrupted after a few deltas
     assert.equal(204, srv:post(p, T.user, { content = "second question [[tokens:60]] [[pace:100]]" }))
     local evs = srv:wait_events(p, function(e)
-      local n = 0
-      for _, x in ipairs(e) do
-        if x.type == T.sse and x.payload.part.type == "text-delta" then
-          n = n + 1
-        end
-      end
-      return n >= 5 + 3
+      return #S.deltas(e) >= 5 + 3
     end, "three deltas of the second answer")
     local evs3, R3 = ask(srv, p, "third question [[tokens:4]]", "interrupt")
     -- the partial second answer as stored
@@ -320,7 +187,7 @@ describe("openai model against the fake upstream", function()
     local f3 = parts_of(evs3, R3)[#parts_of(evs3, R3)].usage.inputTokens
     assert.is_true(f3 > f1, ("inputTokens %d -> %d"):format(f1, f3))
     local file = srv.data_dir .. "/streams/" .. p .. ".yaml"
-    local pipe = io.popen(("grep -A5 'type: finish' %s | grep inputTokens"):format(q(file)))
+    local pipe = io.popen(("grep -A5 'type: finish' %s | grep inputTokens"):format(S.q(file)))
     local out = pipe:read("a")
     pipe:close()
     local nums = {}
@@ -336,11 +203,7 @@ describe("openai model against the fake upstream", function()
     srv:post(p, T.config, { model = "openai" })
     assert.equal(204, srv:post(p, T.user, { content = "slow one [[fault:slow]]" }))
     local evs = srv:wait_events(p, function(e)
-      for _, x in ipairs(e) do
-        if x.type == T.sse and x.payload.part.type == "text-delta" then
-          return true
-        end
-      end
+      return #S.deltas(e) > 0
     end, "the first delta")
     local R1 = evs[#evs].payload.requestOffset
     local evs2, R2, fin = ask(srv, p, "quick one [[tokens:3]]", "interrupt")
@@ -424,27 +287,16 @@ end)
 describe("openai model configuration", function()
   local fake
   setup(function()
-    S.launch = launch_scrubbed
-    fake = start_fake(5)
+    fake = U.start("openai", { pace_ms = 5 })
   end)
   teardown(function()
     if fake then
       fake:stop()
     end
-    S.launch = orig_launch
   end)
 
   local function with_server(openai_cfg, env, fn)
-    local srv = S.start({ agents = { models = { openai = openai_cfg } }, env = env })
-    local ok, err = pcall(fn, srv)
-    srv:stop()
-    if ok then
-      no_leaks(srv)
-    end
-    srv:cleanup()
-    if not ok then
-      error(err, 0)
-    end
+    S.with_server({ agents = { models = { openai = openai_cfg } }, env = env }, fn)
   end
 
   it("5. the Chat Completions switch gives the same parts", function()
@@ -588,11 +440,7 @@ describe("openai model configuration", function()
         cfg[k] = v
       end
       if cfg.base_url:find("REFUSED") then
-        -- a port that is free: bind, read it, close
-        local s = assert(socket.bind("127.0.0.1", 0))
-        local _, port = s:getsockname()
-        s:close()
-        cfg.base_url = cfg.base_url:gsub("REFUSED", tostring(port))
+        cfg.base_url = cfg.base_url:gsub("REFUSED", tostring(U.free_port()))
       end
       cfg.base_url = cfg.base_url:gsub("FAKEBASE", fake.base):gsub("FAKE", tostring(fake.port))
       with_server(cfg, nil, function(srv)

@@ -11,57 +11,13 @@
 -- Prints the counts per transport.
 package.path = "./?.lua;" .. package.path
 local R = require("spec.support.rel")
+local U = require("spec.support.upstream")
 local cjson = require("cjson")
-local socket = require("socket")
 
-local USER = "iterate:agent:action:send-user-message:called"
-local CONFIG = "iterate:agent:config:set"
-local STARTED = "iterate:llm-loop:request-started"
-local ENDED = "iterate:llm-loop:request-ended"
-local CANCELLED = "iterate:llm-loop:request-cancelled"
+local T = require("spec.support.agent_events")
+local USER, CONFIG, STARTED, ENDED, CANCELLED = T.user, T.config, T.started, T.ended, T.cancelled
 local OPENAI_KEY = "sk-faults-5e1d0c9b"
 local XAI_KEY = "xai-faults-77a2c41e"
-
-local function start_fake(cmd, pattern, what)
-  local dir = R.mktemp()
-  local p = io.popen(("%s --log %s >%s 2>%s & echo $!"):format(cmd, R.q(dir .. "/log.jsonl"), R.q(dir .. "/stdout"),
-    R.q(dir .. "/stderr")))
-  local pid = tonumber(p:read("l"))
-  p:close()
-  local port = R.wait_for(function()
-    local s = R.read_file(dir .. "/stdout")
-    local n = s and s:match(pattern)
-    if n then
-      return tonumber(n)
-    end
-    if os.execute("kill -0 " .. pid .. " 2>/dev/null") ~= true then
-      error(what .. " exited: " .. (R.read_file(dir .. "/stderr") or ""))
-    end
-  end, 10, what .. "'s port")
-  return { pid = pid, port = port, dir = dir }
-end
-
-local function stop_fake(f)
-  if not f then
-    return
-  end
-  os.execute("kill " .. f.pid .. " 2>/dev/null")
-  R.wait_for(function()
-    return os.execute("kill -0 " .. f.pid .. " 2>/dev/null") ~= true
-  end, 10, "a fake to exit")
-  os.execute("rm -rf " .. R.q(f.dir))
-end
-
-local function free_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return port
-end
-
-local function grok_fake_available()
-  return os.execute("/usr/bin/python3 -c 'import websockets' 2>/dev/null") == true
-end
 
 -- Server with the given model settings; keys and URLs only from the config and env below.
 local function server(models, env)
@@ -116,6 +72,29 @@ local function assert_error_end(e, pattern, what)
   end
 end
 
+-- Runs fn(fake) with a fake upstream of `kind` (spec/support/upstream.lua), then stops it.
+local function with_fake(kind, opts, fn)
+  local fake = U.start(kind, opts)
+  local ok, err = pcall(fn, fake)
+  fake:stop()
+  assert(ok, err)
+end
+
+-- Runs fn() against srv, then stops and removes the server: fn's error first, then any
+-- sanitizer report, then `secret` (when given) found in the server's log.
+local function with_server(srv, secret, fn)
+  local ok, err = pcall(fn)
+  srv:stop()
+  local log = srv:log()
+  local sok, serr = pcall(srv.assert_no_sanitizer_reports, srv)
+  srv:cleanup()
+  assert(ok, err)
+  assert(sok, serr)
+  if secret then
+    assert.falsy(log:find(secret, 1, true))
+  end
+end
+
 local COUNTS = {}
 local function count(transport, ok)
   local c = COUNTS[transport] or { cases = 0, clean = 0 }
@@ -123,6 +102,28 @@ local function count(transport, ok)
   c.cases = c.cases + 1
   if ok then
     c.clean = c.clean + 1
+  end
+end
+
+-- Faults that come from the configuration itself (cases: {name, upstream URL, message
+-- pattern}): on a server of its own each, two prompts to `model` end with the error and the
+-- server stays up; the path then answers with the echo model. settings(url) gives the
+-- model's config table and the server's environment.
+local function config_faults(model, cases, settings)
+  for _, c in ipairs(cases) do
+    local cfg, env = settings(c[2])
+    local srv = server({ [model] = cfg }, env)
+    with_server(srv, nil, function()
+      local p = "faults/cfg-" .. model
+      post(srv, p, CONFIG, { model = model })
+      for round = 1, 2 do
+        assert_error_end(ask(srv, p, c[1] .. " round " .. round), c[3], model .. " " .. c[1])
+        assert(srv:alive())
+      end
+      post(srv, p, CONFIG, { model = "echo" })
+      assert.equal(ENDED, ask(srv, p, "echo after " .. c[1]).type)
+    end)
+    count(model, true)
   end
 end
 
@@ -137,165 +138,95 @@ describe("upstream faults", function()
   end)
 
   it("openai: every fault of the fake ends the request cleanly and the next prompt works", function()
-    local fake = start_fake("/usr/bin/python3 " .. R.q(R.source_dir() .. "/spec/fixtures/upstream/openai_fake.py")
-      .. " --pace-ms 1", "^(%d+)\n", "openai_fake")
-    local base = ("http://127.0.0.1:%d/v1"):format(fake.port)
-    local srv
-    local ok, err = pcall(function()
-      srv = server({ openai = { base_url = base, stall_timeout_ms = 800, timeout_ms = 4000 } }, { OPENAI_BASE_URL = base })
-      local p = "faults/openai"
-      post(srv, p, CONFIG, { model = "openai" })
-      assert.equal(ENDED, ask(srv, p, "warm up [[tokens:3]]").type)
-      local faults = {
-        { "401", "401" }, { "429", "429" }, { "500", "500" }, { "stall", "stall" }, { "hang", "stall" },
-        { "garbage", nil }, { "malformed", nil }, { "reset", nil }, { "close", nil }, { "eof", nil },
-        { "failed", nil },
-      }
-      for _, f in ipairs(faults) do
-        local e = ask(srv, p, ("fault %s [[fault:%s]] [[tokens:6]]"):format(f[1], f[1]))
-        assert_error_end(e, f[2], "openai " .. f[1])
-        assert(srv:alive())
-        local nxt = ask(srv, p, "after " .. f[1] .. " [[tokens:3]]")
-        assert(nxt.type == ENDED, "openai: the prompt after " .. f[1] .. " ended with " .. nxt.type)
-        count("openai", true)
-      end
+    with_fake("openai", { pace_ms = 1 }, function(fake)
+      local base = fake.base
+      local srv = server({ openai = { base_url = base, stall_timeout_ms = 800, timeout_ms = 4000 } },
+        { OPENAI_BASE_URL = base })
+      with_server(srv, OPENAI_KEY, function()
+        local p = "faults/openai"
+        post(srv, p, CONFIG, { model = "openai" })
+        assert.equal(ENDED, ask(srv, p, "warm up [[tokens:3]]").type)
+        local faults = {
+          { "401", "401" }, { "429", "429" }, { "500", "500" }, { "stall", "stall" }, { "hang", "stall" },
+          { "garbage", nil }, { "malformed", nil }, { "reset", nil }, { "close", nil }, { "eof", nil },
+          { "failed", nil },
+        }
+        for _, f in ipairs(faults) do
+          local e = ask(srv, p, ("fault %s [[fault:%s]] [[tokens:6]]"):format(f[1], f[1]))
+          assert_error_end(e, f[2], "openai " .. f[1])
+          assert(srv:alive())
+          local nxt = ask(srv, p, "after " .. f[1] .. " [[tokens:3]]")
+          assert(nxt.type == ENDED, "openai: the prompt after " .. f[1] .. " ended with " .. nxt.type)
+          count("openai", true)
+        end
+      end)
     end)
-    if srv then
-      srv:stop()
-      local log = srv:log()
-      local sok, serr = pcall(srv.assert_no_sanitizer_reports, srv)
-      srv:cleanup()
-      assert(sok, serr)
-      assert.falsy(log:find(OPENAI_KEY, 1, true))
-    end
-    stop_fake(fake)
-    assert(ok, err)
   end)
 
   it("openai: refused, DNS failure and TLS failure end cleanly; the path keeps working", function()
-    local fake = start_fake("/usr/bin/python3 " .. R.q(R.source_dir() .. "/spec/fixtures/upstream/openai_fake.py"),
-      "^(%d+)\n", "openai_fake")
-    local ok, err = pcall(function()
-      local cases = {
-        { "refused", ("http://127.0.0.1:%d/v1"):format(free_port()), "refused" },
+    with_fake("openai", nil, function(fake)
+      config_faults("openai", {
+        { "refused", ("http://127.0.0.1:%d/v1"):format(U.free_port()), "refused" },
         { "DNS failure", "http://upstream.invalid/v1", nil },
         { "TLS failure", ("https://127.0.0.1:%d/v1"):format(fake.port), "TLS" },
-      }
-      for _, c in ipairs(cases) do
-        local srv = server({ openai = { base_url = c[2], connect_timeout_ms = 3000, timeout_ms = 5000 } },
-          { OPENAI_BASE_URL = c[2] })
-        local cok, cerr = pcall(function()
-          local p = "faults/cfg"
-          post(srv, p, CONFIG, { model = "openai" })
-          for round = 1, 2 do
-            assert_error_end(ask(srv, p, c[1] .. " round " .. round), c[3], "openai " .. c[1])
-            assert(srv:alive())
-          end
-          post(srv, p, CONFIG, { model = "echo" })
-          assert.equal(ENDED, ask(srv, p, "echo after " .. c[1]).type)
-        end)
-        srv:stop()
-        local sok, serr = pcall(srv.assert_no_sanitizer_reports, srv)
-        srv:cleanup()
-        assert(cok, cerr)
-        assert(sok, serr)
-        count("openai", true)
-      end
+      }, function(url)
+        return { base_url = url, connect_timeout_ms = 3000, timeout_ms = 5000 }, { OPENAI_BASE_URL = url }
+      end)
     end)
-    stop_fake(fake)
-    assert(ok, err)
   end)
 
   it("grok: every fault of the fake ends the request cleanly and the next prompt works", function()
-    if not grok_fake_available() then
+    if not U.grok_available() then
       pending("python3-websockets is not installed for /usr/bin/python3")
       return
     end
-    local fake = start_fake("/usr/bin/python3 " .. R.q(R.source_dir() .. "/spec/fixtures/upstream/grok_fake.py"),
-      "PORT=(%d+)", "grok_fake")
-    local url = ("ws://127.0.0.1:%d/v1/realtime"):format(fake.port)
-    local function control(q)
-      local http = require("socket.http")
-      local _, status = http.request(("http://127.0.0.1:%d/_control?%s"):format(fake.port, q))
-      assert(status == 200, "control " .. q)
-    end
-    local srv
-    local ok, err = pcall(function()
-      srv = server({ grok = { url = url, ready_timeout_ms = 1500, response_timeout_ms = 1500, connect_timeout_ms = 3000 } },
-        { XAI_REALTIME_URL = url })
-      local p = "faults/grok"
-      post(srv, p, CONFIG, { model = "grok" })
-      assert.equal(ENDED, ask(srv, p, "warm up").type)
-      local faults = {
-        { "handshake 401", control = "next=401", pattern = "401" },
-        { "no session", control = "next=nosession", pattern = "session" },
-        { "invalid JSON", marker = "[fault:badjson]", pattern = "JSON" },
-        { "stall", marker = "[fault:stall]", pattern = "timed out" },
-        { "error message", marker = "[fault:error]" },
-        { "WebSocket drop", marker = "[fault:drop]" },
-      }
-      for i, f in ipairs(faults) do
-        if f.control then
-          -- connection-level faults hit the next connection: a fresh path opens one
-          p = "faults/grok-" .. i
-          post(srv, p, CONFIG, { model = "grok" })
-          control(f.control)
+    with_fake("grok", nil, function(fake)
+      local url = fake.url
+      local srv = server({ grok = { url = url, ready_timeout_ms = 1500, response_timeout_ms = 1500,
+        connect_timeout_ms = 3000 } }, { XAI_REALTIME_URL = url })
+      with_server(srv, XAI_KEY, function()
+        local p = "faults/grok"
+        post(srv, p, CONFIG, { model = "grok" })
+        assert.equal(ENDED, ask(srv, p, "warm up").type)
+        local faults = {
+          { "handshake 401", control = "next=401", pattern = "401" },
+          { "no session", control = "next=nosession", pattern = "session" },
+          { "invalid JSON", marker = "[fault:badjson]", pattern = "JSON" },
+          { "stall", marker = "[fault:stall]", pattern = "timed out" },
+          { "error message", marker = "[fault:error]" },
+          { "WebSocket drop", marker = "[fault:drop]" },
+        }
+        for i, f in ipairs(faults) do
+          if f.control then
+            -- connection-level faults hit the next connection: a fresh path opens one
+            p = "faults/grok-" .. i
+            post(srv, p, CONFIG, { model = "grok" })
+            fake:control(f.control)
+          end
+          local e = ask(srv, p, "fault " .. f[1] .. " " .. (f.marker or ""))
+          assert_error_end(e, f.pattern, "grok " .. f[1])
+          assert(srv:alive())
+          local nxt = ask(srv, p, "after " .. f[1])
+          assert(nxt.type == ENDED, "grok: the prompt after " .. f[1] .. " ended with " .. nxt.type)
+          count("grok", true)
         end
-        local e = ask(srv, p, "fault " .. f[1] .. " " .. (f.marker or ""))
-        assert_error_end(e, f.pattern, "grok " .. f[1])
-        assert(srv:alive())
-        local nxt = ask(srv, p, "after " .. f[1])
-        assert(nxt.type == ENDED, "grok: the prompt after " .. f[1] .. " ended with " .. nxt.type)
-        count("grok", true)
-      end
+      end)
     end)
-    if srv then
-      srv:stop()
-      local log = srv:log()
-      local sok, serr = pcall(srv.assert_no_sanitizer_reports, srv)
-      srv:cleanup()
-      assert(sok, serr)
-      assert.falsy(log:find(XAI_KEY, 1, true))
-    end
-    stop_fake(fake)
-    assert(ok, err)
   end)
 
   it("grok: refused, DNS failure and TLS failure end cleanly; the path keeps working", function()
-    if not grok_fake_available() then
+    if not U.grok_available() then
       pending("python3-websockets is not installed for /usr/bin/python3")
       return
     end
-    local fake = start_fake("/usr/bin/python3 " .. R.q(R.source_dir() .. "/spec/fixtures/upstream/grok_fake.py"),
-      "PORT=(%d+)", "grok_fake")
-    local ok, err = pcall(function()
-      local cases = {
-        { "refused", ("ws://127.0.0.1:%d/v1/realtime"):format(free_port()), "ECONNREFUSED" },
+    with_fake("grok", nil, function(fake)
+      config_faults("grok", {
+        { "refused", ("ws://127.0.0.1:%d/v1/realtime"):format(U.free_port()), "ECONNREFUSED" },
         { "DNS failure", "ws://upstream.invalid/v1/realtime", nil },
         { "TLS failure", ("wss://127.0.0.1:%d/v1/realtime"):format(fake.port), nil },
-      }
-      for _, c in ipairs(cases) do
-        local srv = server({ grok = { url = c[2], connect_timeout_ms = 3000, ready_timeout_ms = 2000 } },
-          { XAI_REALTIME_URL = c[2] })
-        local cok, cerr = pcall(function()
-          local p = "faults/gcfg"
-          post(srv, p, CONFIG, { model = "grok" })
-          for round = 1, 2 do
-            assert_error_end(ask(srv, p, c[1] .. " round " .. round), c[3], "grok " .. c[1])
-            assert(srv:alive())
-          end
-          post(srv, p, CONFIG, { model = "echo" })
-          assert.equal(ENDED, ask(srv, p, "echo after " .. c[1]).type)
-        end)
-        srv:stop()
-        local sok, serr = pcall(srv.assert_no_sanitizer_reports, srv)
-        srv:cleanup()
-        assert(cok, cerr)
-        assert(sok, serr)
-        count("grok", true)
-      end
+      }, function(url)
+        return { url = url, connect_timeout_ms = 3000, ready_timeout_ms = 2000 }, { XAI_REALTIME_URL = url }
+      end)
     end)
-    stop_fake(fake)
-    assert(ok, err)
   end)
 end)

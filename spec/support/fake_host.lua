@@ -1,10 +1,10 @@
 --- fake_host.lua - a deterministic, in-memory stand-in for the `ds` host module.
 --
 -- Provides: what the C host gives lua/ and plugins (ds.on, ds.append, ds.read, ds.spawn,
--- ds.sleep, ds.now_ms, ds.iso_now, ds.log, ds.json.obj/null), with tasks as plain
--- coroutines, a ready queue run in FIFO order, and a virtual clock that only moves when
--- the spec says so (h:run() drains ready tasks and fires due timers; h:advance(ms) moves
--- the clock). Hooks run like in the real host: each stored event whose type some hook
+-- ds.sleep, ds.now_ms, ds.iso_now, ds.log, ds.json.obj/null; F.json_obj on its own),
+-- with tasks as plain coroutines, a ready queue run in FIFO order, and a virtual clock that
+-- only moves when the spec says so (h:run() drains ready tasks and fires due timers;
+-- h:advance(ms) moves the clock). Hooks run like in the real host: each stored event whose type some hook
 -- registered starts one task per hook, after the append returns.
 -- Must not: be used by the server; specs only.
 local F = {}
@@ -23,6 +23,17 @@ local function copy(v)
   return out
 end
 
+--- ds.json.obj: an object from alternating keys and values (the host keeps their order;
+--- specs compare plain tables). Also used by specs that build a smaller ds of their own.
+function F.json_obj(...)
+  local t, n = {}, select("#", ...)
+  for i = 1, n, 2 do
+    local k, v = select(i, ...)
+    t[k] = v
+  end
+  return t
+end
+
 function F.new()
   local h = setmetatable({
     streams = {}, -- path -> list of events
@@ -35,17 +46,8 @@ function F.new()
     live_tasks = 0,
     errors = {},
   }, F)
-  local ds = { json = { null = NULL }, log = {} }
+  local ds = { json = { null = NULL, obj = F.json_obj }, log = {} }
   h.ds = ds
-
-  function ds.json.obj(...)
-    local t, n = {}, select("#", ...)
-    for i = 1, n, 2 do
-      local k, v = select(i, ...)
-      t[k] = v
-    end
-    return t
-  end
 
   function ds.on(etype, fn)
     h.hooks[etype] = h.hooks[etype] or {}

@@ -3,7 +3,8 @@
 -- Provides: http.connect(port) -> Conn with request (keep-alive reuse, reconnect after the
 -- server closed), send_raw / read_response (pipelining, malformed requests), pump /
 -- try_response (non-blocking use from a select loop), chunked and close-delimited response
--- decoding; http.build (one request's bytes); http.request (one-shot on a fresh connection).
+-- decoding; http.build (one request's bytes); http.request (one-shot on a fresh connection);
+-- http.recv_some (what a socket has within a timeout, shared with sse.lua).
 -- Headers of responses are lowercased; repeated headers are joined with ", ".
 -- Must not: hide protocol details from the specs (no redirects, no retries of requests that
 -- may have reached the server, no automatic decoding beyond transfer codings).
@@ -70,20 +71,30 @@ function Conn:send_raw(data)
   return true
 end
 
+--- Reads what arrives on sock within `timeout` seconds (0: only what is already there).
+--- Returns the bytes (nil when none) and what ended the connection ("closed", a reset...;
+--- nil while it is open).
+function M.recv_some(sock, timeout)
+  -- receive(n) waits for all n bytes: wait for readability first, then take what is there
+  if timeout > 0 then
+    local ready = socket.select({ sock }, nil, timeout)
+    if #ready == 0 then return nil end
+  end
+  sock:settimeout(0)
+  local data, err, partial = sock:receive(65536)
+  data = data or partial
+  if data == "" then data = nil end
+  if err == "timeout" then err = nil end
+  return data, err
+end
+
 --- Read whatever is available within `timeout` seconds (0 = non-blocking). Returns the
 --- number of bytes read; marks the connection closed on EOF.
 function Conn:pump(timeout)
   if self.closed then return 0 end
-  -- receive(n) waits for all n bytes: wait for readability first, then take what is there
-  if timeout > 0 then
-    local ready = socket.select({ self.sock }, nil, timeout)
-    if #ready == 0 then return 0 end
-  end
-  self.sock:settimeout(0)
-  local data, err, partial = self.sock:receive(65536)
-  data = data or partial
-  if data and #data > 0 then self.buf = self.buf .. data end
-  if err and err ~= "timeout" then
+  local data, err = M.recv_some(self.sock, timeout)
+  if data then self.buf = self.buf .. data end
+  if err then
     -- "closed", or a reset after the server answered and closed early
     self.closed = true
     self.error = err

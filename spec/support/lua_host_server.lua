@@ -1,170 +1,45 @@
--- spec/support/lua_host_server.lua - minimal server/HTTP helpers for the Lua host's
--- functional specs (the shared spec/support/server.lua may replace them later).
+-- spec/support/lua_host_server.lua - the agent-event helpers of the Lua host's functional
+-- specs, over a server started by spec/support/server.lua.
 --
--- Provides: S.start{agents=..., plugins={name=source}, plugin_files={...}, data_dir=}
--- -> server (real binary, port 0, temp dir, config.lua written from the given agents
--- table), server:post(path, type, payload) -> status, server:events(path) -> list of
--- decoded events (non-live GET), server:wait_events(path, pred, what), server:stop(),
--- server:restart(), server:log(), server:stats(), server:cleanup(); S.wait_for.
+-- Provides: S.start{agents=..., plugins={name=source}, copy_plugins={...}, storage=, env=}
+-- -> server (the real binary, port 0, temp root, config.lua holding the given agents table
+-- and a plugins/ dir with echo.lua), stopped with SIGINT, whose log() is the stderr of every
+-- run; server:post(path, type, payload) -> status, server:events(path) -> list of decoded
+-- events (non-live GET), server:wait_events(path, pred, what), server:wait_count(path, type,
+-- n, what), server:prompt(path, type,
+-- payload) (post and wait for the request's end), server:assert_clean_log(extra),
+-- S.with_server(opts, fn, extra) (start, run, stop, check the log, remove),
+-- server:first_live_event,
+-- server:stats(), server:wait_idle(), and every Server method of server.lua (stop, restart,
+-- alive, cleanup...); S.T (spec/support/agent_events.lua), S.end_of(evs, R), S.deltas(evs),
+-- S.of_type, S.count,
+-- and server.class()'s S.wait_for, S.read_file, S.q...
 -- Must not: sleep fixed times (everything polls with deadlines) or leave processes or
 -- temp directories behind.
 local socket = require("socket")
 local http = require("socket.http")
 local ltn12 = require("ltn12")
 local cjson = require("cjson")
+local server = require("spec.support.server")
 
-local S = {}
-S.__index = S
+local S = server.class()
+S.T = require("spec.support.agent_events")
+local T = S.T
 
-local function read_file(p)
-  local f = io.open(p, "rb")
-  if not f then
-    return nil
-  end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-S.read_file = read_file
-
-local function write_file(p, s)
-  local f = assert(io.open(p, "wb"))
-  f:write(s)
-  f:close()
-end
-S.write_file = write_file
-
-function S.wait_for(cond, timeout, what)
-  local deadline = socket.gettime() + (timeout or 10)
-  local delay = 0.005
-  while true do
-    local v = cond()
-    if v then
-      return v
-    end
-    if socket.gettime() > deadline then
-      error("timed out waiting for " .. (what or "condition"), 2)
-    end
-    socket.sleep(delay)
-    delay = math.min(delay * 2, 0.05)
-  end
-end
-
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
-local function ser(v, ind)
-  ind = ind or ""
-  if type(v) == "table" then
-    local out = { "{\n" }
-    for k, x in pairs(v) do
-      local key = type(k) == "number" and ("[" .. k .. "]") or ("[" .. string.format("%q", k) .. "]")
-      out[#out + 1] = ind .. "  " .. key .. " = " .. ser(x, ind .. "  ") .. ",\n"
-    end
-    out[#out + 1] = ind .. "}"
-    return table.concat(out)
-  elseif type(v) == "string" then
-    return string.format("%q", v)
-  else
-    return tostring(v)
-  end
-end
-
-local function binary()
-  return os.getenv("DS_BINARY") or "build/durable-stream"
-end
-
-local function source_dir()
-  return os.getenv("DS_SOURCE_DIR") or "."
-end
-S.source_dir = source_dir
-
----@param opts table {agents = table, plugins = {name = source}, copy_plugins = {"echo.lua"}}
+---@param opts table {agents = table, plugins = {name = source}, copy_plugins = {"echo.lua"},
+---storage = "yaml" | "memory", env = {NAME = value}}
 function S.start(opts)
   opts = opts or {}
-  local p = io.popen("mktemp -d /tmp/ds-luahost-XXXXXX")
-  local dir = p:read("l")
-  p:close()
-  local self = setmetatable({ dir = dir, opts = opts, data_dir = dir .. "/data", plugin_dir = dir .. "/plugins" }, S)
-  os.execute("mkdir -p " .. q(self.plugin_dir))
-  for _, name in ipairs(opts.copy_plugins or { "echo.lua" }) do
-    write_file(self.plugin_dir .. "/" .. name, assert(read_file(source_dir() .. "/plugins/" .. name)))
-  end
-  for name, src in pairs(opts.plugins or {}) do
-    if name:find("/") then
-      os.execute("mkdir -p " .. q(self.plugin_dir .. "/" .. name:match("^(.*)/")))
-    end
-    write_file(self.plugin_dir .. "/" .. name, src)
-  end
-  local agents = opts.agents or {}
-  agents.plugin_dir = self.plugin_dir
-  local cfg = { port = 0, data_dir = self.data_dir, storage = opts.storage or "yaml", agents = agents }
-  write_file(dir .. "/config.lua", "return " .. ser(cfg) .. "\n")
-  local ok, err = pcall(self.launch, self)
-  if not ok then
-    self:cleanup()
-    error(err, 0)
-  end
-  return self
-end
-
-function S:launch()
-  self.run = (self.run or 0) + 1
-  self.out = self.dir .. "/out." .. self.run
-  self.err = self.dir .. "/err." .. self.run
-  local cmd = ("%s --config %s >%s 2>%s & echo $!"):format(q(binary()), q(self.dir .. "/config.lua"), q(self.out),
-    q(self.err))
-  local p = io.popen(cmd)
-  self.pid = tonumber(p:read("l"))
-  p:close()
-  self.port = S.wait_for(function()
-    local s = read_file(self.out) or ""
-    local port = s:match("listening on http://[^:]+:(%d+)")
-    if port then
-      return tonumber(port)
-    end
-    if not self:alive() then
-      error("server exited at start: " .. (read_file(self.err) or ""))
-    end
-  end, 10, "the listening line")
-end
-
-function S:alive()
-  return os.execute("kill -0 " .. self.pid .. " 2>/dev/null") == true
-end
-
-function S:stop()
-  if not self.pid then
-    return
-  end
-  os.execute("kill -INT " .. self.pid .. " 2>/dev/null")
-  S.wait_for(function()
-    return not self:alive()
-  end, 10, "server exit")
-  self.pid = nil
-end
-
-function S:restart()
-  self:stop()
-  self:launch()
-end
-
-function S:cleanup()
-  if self.pid then
-    os.execute("kill -9 " .. self.pid .. " 2>/dev/null")
-    self.pid = nil
-  end
-  os.execute("rm -rf " .. q(self.dir))
-end
-
----All stderr lines of every run so far.
-function S:log()
-  local out = {}
-  for i = 1, self.run do
-    out[#out + 1] = read_file(self.dir .. "/err." .. i) or ""
-  end
-  return table.concat(out)
+  return server.start({
+    class = S,
+    defaults = false,
+    config = { storage = opts.storage or "yaml", agents = opts.agents or {} },
+    plugins = opts.plugins or {},
+    copy_plugins = opts.copy_plugins,
+    env = opts.env,
+    stop_signal = "INT",
+    expect_exit = false,
+  })
 end
 
 function S:request(method, path, body)
@@ -202,6 +77,86 @@ function S:wait_events(path, pred, what, timeout)
       return evs
     end
   end, timeout or 10, what)
+end
+
+---Waits until the path holds exactly n events of type etype; returns its events.
+function S:wait_count(path, etype, n, what, timeout)
+  return self:wait_events(path, function(evs)
+    return S.count(evs, etype) == n
+  end, what, timeout)
+end
+
+---The event that ended request R (request-ended or request-cancelled), or nil.
+function S.end_of(evs, R)
+  for _, e in ipairs(evs) do
+    if (e.type == T.ended or e.type == T.cancelled) and e.payload.requestOffset == R then
+      return e
+    end
+  end
+end
+
+---The deltas of every text-delta part among the events, in order.
+function S.deltas(evs)
+  local out = {}
+  for _, e in ipairs(evs) do
+    if e.type == T.sse and e.payload.part.type == "text-delta" then
+      out[#out + 1] = e.payload.part.delta
+    end
+  end
+  return out
+end
+
+---Posts a prompt event (asserting 204) and waits for the request it starts to end.
+---@return table evs all events of the path, table fin the end event, string R the request's offset
+function S:prompt(path, etype, payload, timeout)
+  local before = S.count(self:events(path), T.started)
+  local status = self:post(path, etype, payload)
+  if status ~= 204 then
+    error(("POST %s to %s answered %s, not 204"):format(etype, path, tostring(status)), 2)
+  end
+  local R
+  local evs = self:wait_events(path, function(evs)
+    local started = S.of_type(evs, T.started)
+    if #started > before then
+      R = started[#started].offset
+      return S.end_of(evs, R) ~= nil
+    end
+  end, "the request for " .. tostring(payload and payload.content or etype) .. " to end", timeout or 15)
+  return evs, S.end_of(evs, R), R
+end
+
+-- What the server logs about leaks (at shutdown) or a sanitizer (ASan/LSan/UBSan builds).
+local LEAK_MARKS = { "leaked", "still alive", "Sanitizer", "runtime error" }
+
+---Raises when the log of every run holds a leak or sanitizer report, or any of the plain
+---strings in `extra` (e.g. an API key that must never be logged).
+function S:assert_clean_log(extra)
+  local log = self:log()
+  for _, list in ipairs({ LEAK_MARKS, extra or {} }) do
+    for _, mark in ipairs(list) do
+      local at = log:find(mark, 1, true)
+      if at then
+        error(("the server log holds %q:\n%s"):format(mark, log:sub(math.max(1, at - 2000), at + 2000)), 2)
+      end
+    end
+  end
+end
+
+---Starts a server with opts (as S.start), runs fn(srv), stops the server, checks its log
+---(assert_clean_log(extra), when fn passed) and removes it; raises fn's error first.
+function S.with_server(opts, fn, extra)
+  local srv = S.start(opts)
+  local ok, err = pcall(fn, srv)
+  srv:stop()
+  local clean, why = true, nil
+  if ok then
+    clean, why = pcall(srv.assert_clean_log, srv, extra)
+  end
+  srv:cleanup()
+  if not ok then
+    error(err, 0)
+  end
+  assert(clean, why)
 end
 
 ---Opens a live SSE read and returns the first event's decoded data (or errors).

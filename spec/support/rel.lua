@@ -1,184 +1,43 @@
--- spec/support/rel.lua - server and raw-socket helpers for the reliability and security specs
--- (hostile clients, auth/CORS, upstream faults).
+-- spec/support/rel.lua - raw-socket helpers for the reliability and security specs
+-- (hostile clients, auth/CORS, upstream faults), over a server started by
+-- spec/support/server.lua.
 --
 -- Provides: R.start{config = <table written as config.lua>, plugins = {name = source},
--- env = {NAME = value}} -> server (real binary on 127.0.0.1, port 0, temp dir with data/ and
--- plugins/); server:raw(bytes, opts) -> response table {status, headers, body, closed} read
--- from a fresh TCP connection; server:req(method, target, body, headers) (one request with
--- Connection: close); server:check(tag) (a normal append and read back, asserted);
--- server:rss_kb(), server:fds(), server:log(), server:stats(), server:stop(), server:cleanup();
--- R.wait_for(cond, timeout, what); R.json_error(resp) (the body is {"error": "<one line>"}).
+-- env = {NAME = value}} -> server (the real binary on 127.0.0.1, port 0, temp root with data/
+-- and plugins/, agents default_model "echo" unless the config says otherwise; stopped with
+-- SIGTERM; log() is the stderr of every run); server:raw(bytes, opts) -> response table
+-- {status, headers, body, closed} read from a fresh TCP connection; server:req(method,
+-- target, body, headers) (one request with Connection: close); server:check(tag) (a normal
+-- append and read back, asserted); server:fds(), server:stats(), and every Server method of
+-- server.lua (stop, alive, rss_kb, cleanup...); R.json_error(resp) (the body is {"error": "<one line>"}).
 -- Must not: sleep fixed times where a condition can be polled, or leave processes or temp
 -- directories behind (cleanup() kills and removes).
 local socket = require("socket")
 local cjson = require("cjson.safe")
+local server = require("spec.support.server")
 
-local R = {}
-R.__index = R
-
-local function read_file(p)
-  local f = io.open(p, "rb")
-  if not f then
-    return nil
-  end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-R.read_file = read_file
-
-local function write_file(p, s)
-  local f = assert(io.open(p, "wb"))
-  f:write(s)
-  f:close()
-end
-R.write_file = write_file
-
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-R.q = q
-
-function R.wait_for(cond, timeout, what)
-  local deadline = socket.gettime() + (timeout or 10)
-  local delay = 0.005
-  while true do
-    local v = cond()
-    if v then
-      return v
-    end
-    if socket.gettime() > deadline then
-      error("timed out waiting for " .. (what or "condition"), 2)
-    end
-    socket.sleep(delay)
-    delay = math.min(delay * 2, 0.05)
-  end
-end
-
--- Lua source for a config value (keys sorted so the file is stable).
-local function ser(v, ind)
-  ind = ind or ""
-  if type(v) == "table" then
-    local keys = {}
-    for k in pairs(v) do
-      keys[#keys + 1] = k
-    end
-    table.sort(keys, function(a, b)
-      return tostring(a) < tostring(b)
-    end)
-    local out = { "{\n" }
-    for _, k in ipairs(keys) do
-      local key = type(k) == "number" and ("[" .. k .. "]") or ("[" .. string.format("%q", k) .. "]")
-      out[#out + 1] = ind .. "  " .. key .. " = " .. ser(v[k], ind .. "  ") .. ",\n"
-    end
-    out[#out + 1] = ind .. "}"
-    return table.concat(out)
-  elseif type(v) == "string" then
-    return string.format("%q", v)
-  end
-  return tostring(v)
-end
-R.ser = ser
-
-local function binary()
-  return os.getenv("DS_BINARY") or "build/durable-stream"
-end
-
-function R.source_dir()
-  return os.getenv("DS_SOURCE_DIR") or "."
-end
-
-function R.mktemp()
-  local p = io.popen("mktemp -d /tmp/ds-rel-XXXXXX")
-  local dir = p:read("l")
-  p:close()
-  return dir
-end
+local R = server.class()
 
 function R.start(opts)
   opts = opts or {}
-  local dir = R.mktemp()
-  local self = setmetatable({ dir = dir, data_dir = dir .. "/data", plugin_dir = dir .. "/plugins", opts = opts }, R)
-  os.execute("mkdir -p " .. q(self.plugin_dir))
-  for name, src in pairs(opts.plugins or {}) do
-    write_file(self.plugin_dir .. "/" .. name, src)
+  local cfg = {}
+  for k, v in pairs(opts.config or {}) do
+    cfg[k] = v
   end
-  local cfg = opts.config or {}
-  cfg.port = cfg.port or 0
-  cfg.data_dir = cfg.data_dir or self.data_dir
   if cfg.agents == nil then
     cfg.agents = { default_model = "echo" }
   end
-  if type(cfg.agents) == "table" and cfg.agents.plugin_dir == nil then
-    -- the stock echo plugin plus the spec's own
-    write_file(self.plugin_dir .. "/echo.lua", assert(read_file(R.source_dir() .. "/plugins/echo.lua")))
-    cfg.agents.plugin_dir = self.plugin_dir
-  end
-  self.config_path = dir .. "/config.lua"
-  write_file(self.config_path, "return " .. ser(cfg) .. "\n")
-  local ok, err = pcall(self.launch, self)
-  if not ok then
-    self:cleanup()
-    error(err, 0)
-  end
-  return self
-end
-
-function R:launch()
-  self.run = (self.run or 0) + 1
-  self.out = self.dir .. "/out." .. self.run
-  self.err = self.dir .. "/err." .. self.run
-  local env = ""
-  for k, v in pairs(self.opts.env or {}) do
-    env = env .. k .. "=" .. q(v) .. " "
-  end
-  local cmd = ("%s exec %s --config %s >%s 2>%s & echo $!"):format(env, q(binary()), q(self.config_path),
-    q(self.out), q(self.err))
-  local p = io.popen(cmd)
-  self.pid = tonumber(p:read("l"))
-  p:close()
-  self.port = R.wait_for(function()
-    local s = read_file(self.out) or ""
-    local port = s:match("listening on http://[^:]+:(%d+)")
-    if port then
-      return tonumber(port)
-    end
-    if not self:alive() then
-      error("server exited at start: " .. (read_file(self.err) or ""))
-    end
-  end, 15, "the listening line")
-end
-
-function R:alive()
-  return os.execute("kill -0 " .. self.pid .. " 2>/dev/null") == true
-end
-
-function R:stop()
-  if not self.pid then
-    return
-  end
-  os.execute("kill -TERM " .. self.pid .. " 2>/dev/null")
-  R.wait_for(function()
-    return not self:alive()
-  end, 15, "server exit")
-  self.pid = nil
-end
-
-function R:cleanup()
-  if self.pid then
-    os.execute("kill -9 " .. self.pid .. " 2>/dev/null")
-    self.pid = nil
-  end
-  os.execute("rm -rf " .. q(self.dir))
-end
-
----Whether the binary is an ASan/UBSan build (RSS bounds do not apply: ASan's quarantine
----holds freed memory on purpose).
-function R.sanitized()
-  if R._sanitized == nil then
-    R._sanitized = os.execute("grep -q __asan_init " .. q(binary()) .. " 2>/dev/null") == true
-  end
-  return R._sanitized
+  return server.start({
+    class = R,
+    defaults = false,
+    config = cfg,
+    plugins = opts.plugins or {},
+    env = opts.env,
+    stop_signal = "TERM",
+    expect_exit = false,
+    start_timeout = 15,
+    stop_timeout = 15,
+  })
 end
 
 ---Fails when a sanitizer reported anything in the server's stderr (call after stop()).
@@ -189,18 +48,6 @@ function R:assert_no_sanitizer_reports()
   end
 end
 
-function R:log()
-  local out = {}
-  for i = 1, self.run do
-    out[#out + 1] = read_file(self.dir .. "/err." .. i) or ""
-  end
-  return table.concat(out)
-end
-
-function R:rss_kb()
-  local s = read_file("/proc/" .. self.pid .. "/status") or ""
-  return tonumber(s:match("VmRSS:%s*(%d+)"))
-end
 
 function R:fds()
   local p = io.popen("ls /proc/" .. self.pid .. "/fd 2>/dev/null | wc -l")
@@ -343,7 +190,7 @@ end
 
 ---Every file under root, as a sorted list of paths relative to root.
 function R.files_under(root)
-  local p = io.popen("cd " .. q(root) .. " 2>/dev/null && find . -type f | sort")
+  local p = io.popen("cd " .. R.q(root) .. " 2>/dev/null && find . -type f | sort")
   local out = {}
   for l in p:lines() do
     out[#out + 1] = l

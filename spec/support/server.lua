@@ -1,13 +1,16 @@
--- spec/support/server.lua - starts and stops the real durable-stream binary for specs.
+-- spec/support/server.lua - the one launcher of the real durable-stream binary for specs
+-- (spec/support/lua_host_server.lua and rel.lua build on it).
 --
--- Provides: server.start{config=, storage=, data_dir=, args=} -> Server (port 0, temp
--- root, config.lua written from a Lua table, waits for the "listening on" line), and on
--- the Server: stop{expect_exit=0}, kill9, restart (same data dir), log / logs (stderr),
--- error_lines, rss_kb, stats (GET /debug/stats), wait_stats (poll until counts match),
--- stream_file (where the YAML store keeps a path), cleanup (removes the temp root).
--- Also server.wait_for(cond, timeout, what) for polling with a deadline.
+-- Provides: server.start{config=, defaults=, storage=, data_dir=, args=, env=, plugins=,
+-- copy_plugins=, class=, ...} -> Server (port 0, temp root, config.lua written from a Lua
+-- table, waits for the "listening on" line), and on the Server: stop{expect_exit=0}, kill9,
+-- restart (same data dir), log / logs (stderr), error_lines, rss_kb, stats (GET
+-- /debug/stats), wait_stats (poll until counts match), stream_file (where the YAML store
+-- keeps a path), cleanup (removes the temp root). Also server.wait_for(cond, timeout, what)
+-- for polling with a deadline, and the file and quoting helpers the other supports share.
 -- Must not: sleep for fixed times (everything polls with deadlines), leave processes or
--- temp directories behind, or touch anything outside its temp root.
+-- temp directories behind, touch anything outside its temp root, or let an API key or
+-- upstream URL from the developer's shell reach the server.
 local socket = require "socket"
 local cjson = require "cjson"
 local http = require "spec.support.http"
@@ -56,7 +59,7 @@ function M.wait_for(cond, timeout, what)
       error("timed out waiting for " .. (what or "condition"), 2)
     end
     socket.sleep(delay)
-    delay = math.min(delay * 2, 0.1)
+    delay = math.min(delay * 2, 0.05)
   end
 end
 
@@ -68,6 +71,10 @@ end
 
 function M.binary()
   return abs_path(os.getenv("DS_BINARY") or "build/durable-stream")
+end
+
+function M.source_dir()
+  return os.getenv("DS_SOURCE_DIR") or "."
 end
 
 --- True when the binary is built with AddressSanitizer (its quarantine holds freed memory,
@@ -143,39 +150,97 @@ M.default_config = {
 
 local S = {}
 S.__index = S
+M.Server = S
 
---- opts: config (table merged over default_config), storage ("yaml"|"memory"),
---- data_dir (default <root>/data), root (reuse a temp root), args (extra CLI flags).
+-- Variables the server never inherits: agent events in specs must never call real
+-- upstreams; a spec that wants them sets them in opts.env.
+local SCRUBBED_ENV = { "OPENAI_API_KEY", "OPENAI_BASE_URL", "XAI_API_KEY", "XAI_REALTIME_URL" }
+
+-- The config table of a start: merged over default_config (the server also gets --host,
+-- --port and --data-dir), or with defaults = false the spec's own table as given, with
+-- port 0 and the data dir filled in where it names none.
+local function config_of(self, opts)
+  if opts.defaults == false then
+    local cfg = merge({}, opts.config)
+    if cfg.port == nil then cfg.port = 0 end
+    if cfg.data_dir == nil then cfg.data_dir = self.data_dir end
+    return cfg
+  end
+  local cfg = merge(M.default_config, opts.config)
+  if opts.storage then cfg.storage = opts.storage end
+  return cfg
+end
+
+-- plugins/ of the temp root: the spec's own plugin sources (name -> source; names may have
+-- a directory), and when the config's agents table names no plugin_dir, the stock plugins
+-- of copy_plugins (default echo.lua) with agents.plugin_dir pointing here.
+local function write_plugins(self, opts)
+  self.plugin_dir = self.root .. "/plugins"
+  os.execute("mkdir -p " .. sh_quote(self.plugin_dir))
+  for name, src in pairs(opts.plugins) do
+    local sub = name:match("^(.*)/")
+    if sub then os.execute("mkdir -p " .. sh_quote(self.plugin_dir .. "/" .. sub)) end
+    write_file(self.plugin_dir .. "/" .. name, src)
+  end
+  local agents = self.config.agents
+  if type(agents) == "table" and agents.plugin_dir == nil then
+    for _, name in ipairs(opts.copy_plugins or { "echo.lua" }) do
+      write_file(self.plugin_dir .. "/" .. name, assert(read_file(M.source_dir() .. "/plugins/" .. name)))
+    end
+    self.config.agents = merge(agents, { plugin_dir = self.plugin_dir })
+  end
+end
+
+--- opts: config (table merged over default_config; with defaults = false written as
+--- given), storage ("yaml"|"memory"), data_dir (default <root>/data), root (reuse a temp
+--- root), args (extra CLI flags), env ({NAME = value} for the server's environment),
+--- plugins ({name = source}: a plugins/ dir, see write_plugins) and copy_plugins,
+--- stop_signal (default "TERM") and expect_exit (default 0) for stop(), start_timeout and
+--- stop_timeout (seconds, default 10), class (a metatable whose __index falls back to the
+--- Server methods, for the helpers built on this launcher).
 function M.start(opts)
   opts = opts or {}
-  local self = setmetatable({ opts = opts, starts = 0 }, S)
+  local self = setmetatable({ opts = opts, starts = 0 }, opts.class or S)
   self.root = opts.root or M.mktemp()
   self.own_root = not opts.root
   self.data_dir = opts.data_dir or (self.root .. "/data")
   os.execute("mkdir -p " .. sh_quote(self.data_dir))
-  self.config = merge(M.default_config, opts.config)
-  if opts.storage then self.config.storage = opts.storage end
+  self.config = config_of(self, opts)
+  if opts.plugins then write_plugins(self, opts) end
   self.config_path = self.root .. "/config.lua"
   write_file(self.config_path, "return " .. ser(self.config, "") .. "\n")
-  self:_launch()
+  local ok, err = pcall(self._launch, self)
+  if not ok then
+    self:cleanup()
+    error(err, 0)
+  end
   return self
 end
 
 function S:_launch()
   self.starts = self.starts + 1
   local n = self.starts
-  self.out_path = string.format("%s/stdout.%d", self.root, n)
-  self.err_path = string.format("%s/stderr.%d", self.root, n)
+  self.out_path = string.format("%s/out.%d", self.root, n)
+  self.err_path = string.format("%s/err.%d", self.root, n)
   self.pid_path = string.format("%s/pid.%d", self.root, n)
   self.status_path = string.format("%s/status.%d", self.root, n)
-  -- No API keys reach the server: agent events in specs must never call real upstreams.
-  local args = {
-    "env -u OPENAI_API_KEY -u XAI_API_KEY -u OPENAI_BASE_URL", sh_quote(M.binary()), "--config", sh_quote(self.config_path), "--host", "127.0.0.1",
-    "--port", "0", "--data-dir", sh_quote(self.data_dir),
-  }
-  if self.opts.storage then
-    args[#args + 1] = "--storage"
-    args[#args + 1] = sh_quote(self.opts.storage)
+  local args = { "env" }
+  for _, k in ipairs(SCRUBBED_ENV) do args[#args + 1] = "-u " .. k end
+  local env_names = {}
+  for k in pairs(self.opts.env or {}) do env_names[#env_names + 1] = k end
+  table.sort(env_names)
+  for _, k in ipairs(env_names) do args[#args + 1] = k .. "=" .. sh_quote(self.opts.env[k]) end
+  args[#args + 1] = sh_quote(M.binary())
+  args[#args + 1] = "--config"
+  args[#args + 1] = sh_quote(self.config_path)
+  if self.opts.defaults ~= false then
+    for _, a in ipairs({ "--host", "127.0.0.1", "--port", "0", "--data-dir", sh_quote(self.data_dir) }) do
+      args[#args + 1] = a
+    end
+    if self.opts.storage then
+      args[#args + 1] = "--storage"
+      args[#args + 1] = sh_quote(self.opts.storage)
+    end
   end
   for _, a in ipairs(self.opts.args or {}) do args[#args + 1] = sh_quote(a) end
   -- The subshell keeps the binary as its child so it can record the exit status.
@@ -187,7 +252,8 @@ function S:_launch()
   os.execute(cmd)
   self.pid = tonumber(M.wait_for(function() return read_file(self.pid_path) end, 10, "server pid"))
   self.exited = false
-  local deadline = socket.gettime() + 10
+  local timeout = self.opts.start_timeout or 10
+  local deadline = socket.gettime() + timeout
   while true do
     local out = read_file(self.out_path) or ""
     local host, port = out:match("listening on http://([^:\n]+):(%d+)")
@@ -203,7 +269,8 @@ function S:_launch()
     end
     if socket.gettime() > deadline then
       self:kill9()
-      error("server did not print 'listening on' within 10 s; stderr:\n" .. (read_file(self.err_path) or ""))
+      error(string.format("server did not print 'listening on' within %d s; stderr:\n%s", timeout,
+        read_file(self.err_path) or ""))
     end
     socket.sleep(0.01)
   end
@@ -225,21 +292,24 @@ function S:signal(sig)
   os.execute(string.format("kill -%s %d 2>/dev/null", sig, self.pid))
 end
 
---- SIGTERM and wait. opts.expect_exit (default 0): asserts the exit status.
+--- Signals the server (opts.signal, else the start's stop_signal, else TERM) and waits.
+--- opts.expect_exit (else the start's expect_exit, else 0; false: any) asserts the status.
 function S:stop(opts)
   opts = opts or {}
   if not self:alive() then
     self.exited = true
     return tonumber((read_file(self.status_path) or ""):match("%d+"))
   end
-  self:signal(opts.signal or "TERM")
-  local ok, st = pcall(self.wait_exit, self, 10)
+  local sig = opts.signal or self.opts.stop_signal or "TERM"
+  self:signal(sig)
+  local ok, st = pcall(self.wait_exit, self, self.opts.stop_timeout or 10)
   if not ok then
     self:signal("KILL")
     self:wait_exit(10)
-    error("server did not exit within 10 s of SIG" .. (opts.signal or "TERM"))
+    error(string.format("server did not exit within %d s of SIG%s", self.opts.stop_timeout or 10, sig))
   end
   local want = opts.expect_exit
+  if want == nil then want = self.opts.expect_exit end
   if want == nil then want = 0 end
   if want ~= false and st ~= want then
     error(string.format("server exit status %s, expected %s; stderr tail:\n%s", tostring(st), tostring(want),
@@ -266,7 +336,7 @@ function S:log() return read_file(self.err_path) or "" end
 function S:logs()
   local all = {}
   for i = 1, self.starts do
-    all[#all + 1] = read_file(string.format("%s/stderr.%d", self.root, i)) or ""
+    all[#all + 1] = read_file(string.format("%s/err.%d", self.root, i)) or ""
   end
   return table.concat(all)
 end
@@ -340,6 +410,20 @@ function S:wait_stats(want, timeout)
     error("server stats did not return to " .. table.concat(exp, " ") .. "; got " .. table.concat(got, " "), 2)
   end
   return last
+end
+
+--- A class for the helpers built on this launcher (lua_host_server.lua, rel.lua): its
+--- objects fall back to the Server methods, log() is the stderr of every run (a restart keeps
+--- the earlier lines), and it carries this module's file, quoting and polling functions.
+function M.class()
+  local C = setmetatable({}, { __index = S })
+  C.__index = C
+  C.log = S.logs
+  C.q = sh_quote
+  for _, k in ipairs({ "read_file", "write_file", "wait_for", "source_dir", "mktemp", "sanitized" }) do
+    C[k] = M[k]
+  end
+  return C
 end
 
 -- Counters that must return to their idle value after every test. The first three are

@@ -188,15 +188,8 @@ end
 --- Returns bytes read (0 on timeout); sets self.closed on EOF.
 function R:pump(timeout)
   if self.closed then return 0 end
-  -- receive(n) waits for all n bytes: wait for readability first, then take what is there
-  if timeout > 0 then
-    local ready = socket.select({ self.sock }, nil, timeout)
-    if #ready == 0 then return 0 end
-  end
-  self.sock:settimeout(0)
-  local data, err, partial = self.sock:receive(65536)
-  data = data or partial
-  if data and #data > 0 then
+  local data, err = http.recv_some(self.sock, timeout)
+  if data then
     self.bytes = self.bytes + #data
     self.raw = self.raw .. data
     self:_process()
@@ -204,7 +197,7 @@ function R:pump(timeout)
   if err == "closed" then
     self.closed = true
     if self.state == "close" then self.ended = true end
-  elseif err and err ~= "timeout" then
+  elseif err then
     self.closed = true
     self.error = err
   end

@@ -6,18 +6,7 @@ local models_mod = require("models")
 local agent_mod = require("agent")
 
 local P = "agent/s1"
-local T = {
-  config = "iterate:agent:config:set",
-  user = "iterate:agent:action:send-user-message:called",
-  audio = "iterate:agent:action:send-user-audio:called",
-  cancel = "iterate:agent:action:cancel-request:called",
-  started = "iterate:llm-loop:request-started",
-  sse = "iterate:llm-loop:response:sse",
-  ended = "iterate:llm-loop:request-ended",
-  cancelled = "iterate:llm-loop:request-cancelled",
-  interrupted = "iterate:llm-loop:request-interrupted",
-  ai_error = "iterate:ai:error",
-}
+local T = require("agent_events")
 local SHORT = {}
 for k, v in pairs(T) do
   SHORT[v] = k

@@ -67,15 +67,7 @@ end)
 
 describe("grok helpers", function()
   local grok = require("grok")
-  local ds = { json = {} }
-  function ds.json.obj(...)
-    local t, n = {}, select("#", ...)
-    for i = 1, n, 2 do
-      local k, v = select(i, ...)
-      t[k] = v
-    end
-    return t
-  end
+  local ds = { json = { obj = require("fake_host").json_obj } }
   function ds.json.array(...)
     return { ... }
   end

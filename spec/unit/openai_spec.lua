@@ -10,15 +10,7 @@ local openai = require("openai")
 local ARR = setmetatable({}, { __mode = "k" })
 
 local function fake_ds(script)
-  local ds = { json = {}, http = {}, sent = {} }
-  function ds.json.obj(...)
-    local t = {}
-    for i = 1, select("#", ...), 2 do
-      local k, v = select(i, ...)
-      t[k] = v
-    end
-    return t
-  end
+  local ds = { json = { obj = require("fake_host").json_obj }, http = {}, sent = {} }
   function ds.json.array(...)
     local t = { ... }
     ARR[t] = true

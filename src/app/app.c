@@ -303,7 +303,14 @@ int ds_app_run(const ds_config_t *cfg) {
   ds_protocol_opts_t po = {.long_poll_timeout_ms = cfg->long_poll_timeout_ms,
                            .sse_reconnect_ms = cfg->sse_reconnect_ms,
                            .subscriptions = cfg->subscriptions};
+  /* subscriptions are as durable as the store: files beside the streams, or memory */
+  ds_buf_t subs_dir = DS_BUF_INIT;
+  if (strcmp(ds_store_kind(app.store), "yaml") == 0) {
+    ds_buf_printf(&subs_dir, "%s/subscriptions", data_dir);
+    po.state_dir = ds_buf_cstr(&subs_dir);
+  }
   app.protocol = ds_protocol_new(&app.loop, app.streams, &po);
+  ds_buf_free(&subs_dir);
   if (cfg->agents_enabled) {
     ds_lua_host_opts_t lo = {.config_path = cfg->config_path};
     app.lua = ds_lua_host_new(&app.loop, app.streams, &lo, err, sizeof err);

@@ -176,6 +176,7 @@ ds_protocol_t *ds_protocol_new(uv_loop_t *loop, ds_streams_t *streams,
   p->tab_cap = 256;
   p->tab = ds_xcalloc(p->tab_cap, sizeof *p->tab);
   if (p->opts.subscriptions) p->subs = ds__subs_new(p);
+  p->opts.state_dir = NULL; /* read once above (subs.c keeps a copy); the caller's string may go */
   p->wake_timer = ds_xmalloc(sizeof *p->wake_timer);
   uv_timer_init(loop, p->wake_timer);
   p->wake_timer->data = p;

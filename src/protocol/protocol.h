@@ -22,6 +22,8 @@ typedef struct ds_protocol_opts_s {
   unsigned sse_reconnect_ms;     /* SSE responses end after this; default 60000 */
   int subscriptions;             /* enable the reserved subscription APIs; default 1 */
   const char *prefix;            /* URL prefix, default "/v1/stream" */
+  const char *state_dir;         /* where subscriptions are kept durably (the YAML store's
+                                    <data_dir>/subscriptions); NULL = in memory only */
 } ds_protocol_opts_t;
 
 ds_protocol_t *ds_protocol_new(uv_loop_t *loop, ds_streams_t *streams, const ds_protocol_opts_t *opts);

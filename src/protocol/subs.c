@@ -10,13 +10,29 @@
  * / acks / releases whose wake events are appended to a JSON wake stream. Callback
  * tokens are stateless HMACs over (subscription, generation), so a token of an old
  * generation is recognised and fenced rather than rejected as unknown.
- * Subscriptions live in memory (they are leases and wakes, not data).
- * Must not: block the loop (webhooks go through whook.c).
+ * Persistence: with a state directory (the YAML store's <data_dir>/subscriptions, see
+ * ds_protocol_opts_t.state_dir) every subscription is one JSON file there, rewritten
+ * atomically (tmp + fsync + rename + dir fsync) whenever its durable state changes -
+ * configuration, stream links and acked offsets, generation, the open wake (wake_id,
+ * snapshot, pull-wake holder) and the failed flag - and before a request that changed it
+ * is answered, so anything acknowledged survives kill -9. The Ed25519 signing key and the
+ * callback-token key live in signing-keys.json (mode 0600), so JWKS, webhook signatures
+ * and tokens handed out before a restart stay valid. At start-up the files are loaded;
+ * leases restart in full, open webhook wakes are re-delivered and pending work wakes. A
+ * file that cannot be read or decoded is logged by name and moved aside to
+ * "<file>.damaged-<ms>" (never read again, never overwritten); if it cannot even be
+ * moved, writes of that subscription id are refused (logged, 500) so it is never
+ * silently replaced. Without a state directory (memory store) everything stays in memory.
+ * Must not: block the loop beyond those small synchronous control-plane writes (webhooks
+ * go through whook.c), or write subscription files on the stream append path unless a
+ * subscription's state changed.
  */
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
+#include <dirent.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +40,7 @@
 
 #include "core/clock.h"
 #include "core/err.h"
+#include "core/file.h"
 #include "core/log.h"
 #include "protocol/pappend.h"
 #include "protocol/pinternal.h"
@@ -63,6 +80,7 @@ struct sub_s {
   int retry_count;
   int handles_open;
   bool dead;
+  bool dirty; /* durable state changed and is not yet on disk */
 };
 
 struct ds__subs_s {
@@ -73,13 +91,20 @@ struct ds__subs_s {
   char x[64];   /* base64url public key */
   char kid[64];
   unsigned char token_key[32];
+  char *dir;            /* state directory; NULL keeps subscriptions in memory only */
+  char **blocked;       /* files that were damaged and could not be moved aside */
+  size_t nblocked;
+  uv_timer_t *resume;   /* one-shot after start-up: re-deliver / wake loaded subscriptions */
+  struct delivery_s *inflight; /* webhook POSTs awaiting their completion callback */
 };
 
-typedef struct delivery_s {
+typedef struct delivery_s delivery_t;
+struct delivery_s {
+  delivery_t *next, *prev; /* in ss->inflight: whook_close drops callbacks, shutdown frees */
   struct ds__subs_s *ss;
   char *sub_id;
   char wake_id[40];
-} delivery_t;
+};
 
 /* ---- small helpers ---- */
 
@@ -250,6 +275,125 @@ static void respond_code(ds_http_req_t *req, int status, const char *code, const
   ds_buf_free(&b);
 }
 
+/* ---- persistence (state directory) ---- */
+
+/* File of a subscription: "s_<id>.json" when the id is plain ([A-Za-z0-9._-], not
+ * starting with '.', short), else "h_<sha256 hex of id>.json"; the two prefixes never
+ * collide. Loading takes the id from the content and checks it maps back to the name. */
+static void sub_file(struct ds__subs_s *ss, const char *id, ds_buf_t *out) {
+  size_t n = strlen(id);
+  bool plain = n > 0 && n <= 160 && id[0] != '.';
+  for (size_t i = 0; plain && i < n; i++) {
+    unsigned char c = (unsigned char)id[i];
+    plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+            c == '.' || c == '_' || c == '-';
+  }
+  ds_buf_printf(out, "%s/", ss->dir);
+  if (plain) {
+    ds_buf_printf(out, "s_%s.json", id);
+    return;
+  }
+  unsigned char dg[SHA256_DIGEST_LENGTH];
+  SHA256((const unsigned char *)id, n, dg);
+  ds_buf_puts(out, "h_");
+  for (size_t i = 0; i < sizeof dg; i++) ds_buf_printf(out, "%02x", dg[i]);
+  ds_buf_puts(out, ".json");
+}
+
+static void put_opt(ds_buf_t *b, const char *key, const char *val) {
+  if (!val) return;
+  ds_buf_printf(b, ",\"%s\":", key);
+  ds_json_write_string(b, val, strlen(val));
+}
+
+static void sub_encode(const sub_t *sb, ds_buf_t *b) {
+  ds_buf_puts(b, "{\"version\":1,\"id\":");
+  ds_json_write_string(b, sb->id, strlen(sb->id));
+  ds_buf_printf(b, ",\"type\":\"%s\"", sb->webhook ? "webhook" : "pull-wake");
+  put_opt(b, "pattern", sb->pattern);
+  put_opt(b, "webhook_url", sb->url);
+  put_opt(b, "wake_stream", sb->wake_stream);
+  put_opt(b, "description", sb->description);
+  put_opt(b, "config", sb->config);
+  put_opt(b, "base_url", sb->base_url);
+  put_opt(b, "created_at", sb->created_at);
+  ds_buf_printf(b, ",\"lease_ttl_ms\":%ld,\"failed\":%s,\"generation\":%ld", sb->lease_ms,
+                sb->failed ? "true" : "false", sb->generation);
+  if (sb->wake_id[0]) put_opt(b, "wake_id", sb->wake_id);
+  put_opt(b, "holder", sb->holder);
+  ds_buf_puts(b, ",\"streams\":[");
+  for (size_t i = 0; i < sb->nlinks; i++) {
+    const link_t *l = &sb->links[i];
+    ds_buf_puts(b, i ? ",{\"path\":" : "{\"path\":");
+    ds_json_write_string(b, l->path, strlen(l->path));
+    ds_buf_printf(b, ",\"explicit\":%s,\"glob\":%s,\"acked_offset\":\"%s\"}",
+                  l->explicit_ ? "true" : "false", l->glob ? "true" : "false", l->acked);
+  }
+  ds_buf_puts(b, "],\"wake_snapshot\":[");
+  for (size_t i = 0; i < sb->nsnapshot; i++) {
+    ds_buf_puts(b, i ? ",{\"path\":" : "{\"path\":");
+    ds_json_write_string(b, sb->snapshot[i].path, strlen(sb->snapshot[i].path));
+    ds_buf_printf(b, ",\"tail_offset\":\"%s\"}", sb->snapshot[i].acked);
+  }
+  ds_buf_puts(b, "]}\n");
+}
+
+static bool is_blocked(struct ds__subs_s *ss, const char *file) {
+  for (size_t i = 0; i < ss->nblocked; i++)
+    if (strcmp(ss->blocked[i], file) == 0) return true;
+  return false;
+}
+
+/* Writes the subscription's file if its state changed. 0, or a DS_E* code (logged with
+ * the file name); the state stays dirty so the next flush tries again. */
+static int sub_flush(struct ds__subs_s *ss, sub_t *sb) {
+  if (!ss->dir || !sb->dirty || sb->dead) return 0;
+  ds_buf_t f = DS_BUF_INIT, b = DS_BUF_INIT;
+  sub_file(ss, sb->id, &f);
+  int rc;
+  if (is_blocked(ss, ds_buf_cstr(&f))) {
+    rc = DS_EEXISTS;
+    ds_error("subscriptions",
+             "%s: refusing to save subscription %s over a damaged file that could not be "
+             "moved aside; move or remove it by hand",
+             f.data, sb->id);
+  } else {
+    sub_encode(sb, &b);
+    rc = ds_file_write_atomic(ds_buf_cstr(&f), b.data, b.len, 0644);
+    if (rc == 0) sb->dirty = false;
+    else
+      ds_error("subscriptions", "%s: cannot save subscription %s: %s", f.data, sb->id,
+               ds_strerror(rc));
+  }
+  ds_buf_free(&f);
+  ds_buf_free(&b);
+  return rc;
+}
+
+static void sub_touch(struct ds__subs_s *ss, sub_t *sb) {
+  sb->dirty = true;
+  sub_flush(ss, sb);
+}
+
+/* Removes the subscription's file (DELETE). 0 or DS_E* (logged). */
+static int sub_unlink(struct ds__subs_s *ss, sub_t *sb) {
+  if (!ss->dir) return 0;
+  ds_buf_t f = DS_BUF_INIT;
+  sub_file(ss, sb->id, &f);
+  int rc = is_blocked(ss, ds_buf_cstr(&f)) ? 0 : ds_file_remove(ds_buf_cstr(&f));
+  if (rc < 0)
+    ds_error("subscriptions", "%s: cannot remove subscription %s: %s", f.data, sb->id,
+             ds_strerror(rc));
+  ds_buf_free(&f);
+  return rc;
+}
+
+static void respond_storage(ds_http_req_t *req, int rc) {
+  respond_code(req, rc == DS_ENOSPC ? 507 : 500, "STORAGE_ERROR",
+               rc == DS_ENOSPC ? "Subscription state could not be saved: no space left on device"
+                               : "Subscription state could not be saved");
+}
+
 static void serialize(struct ds__subs_s *ss, sub_t *sb, ds_buf_t *b) {
   ds_buf_puts(b, "{\"id\":");
   ds_json_write_string(b, sb->id, strlen(sb->id));
@@ -312,7 +456,9 @@ static bool next_wake_if_pending(struct ds__subs_s *ss, sub_t *sb) {
 static void lease_cb(uv_timer_t *t) {
   sub_t *sb = t->data;
   clear_wake(sb);
+  sb->dirty = true;
   next_wake_if_pending(sb->owner, sb);
+  sub_flush(sb->owner, sb);
 }
 
 static void extend_lease(sub_t *sb) {
@@ -335,7 +481,10 @@ static void retry_cb(uv_timer_t *t) {
 
 static void schedule_retry(sub_t *sb) {
   sb->retry_count++;
-  sb->failed = true;
+  if (!sb->failed) {
+    sb->failed = true;
+    sub_touch(sb->owner, sb);
+  }
   uint64_t base = 1000;
   for (int i = 1; i < sb->retry_count && base < RETRY_MAX_MS; i++) base *= 2;
   if (base > RETRY_MAX_MS) base = RETRY_MAX_MS;
@@ -345,13 +494,21 @@ static void schedule_retry(sub_t *sb) {
   uv_timer_start(&sb->retry, retry_cb, delay, 0);
 }
 
+static void inflight_unlink(delivery_t *d) {
+  if (d->prev) d->prev->next = d->next;
+  else d->ss->inflight = d->next;
+  if (d->next) d->next->prev = d->prev;
+}
+
 static void delivered(void *ud, int status, const char *body, size_t len) {
   delivery_t *d = ud;
+  inflight_unlink(d);
   sub_t *sb = sub_find(d->ss, d->sub_id);
   if (sb && !sb->dead && strcmp(sb->wake_id, d->wake_id) == 0) {
     if (status < 200 || status >= 300) {
       schedule_retry(sb);
     } else {
+      if (sb->failed) sb->dirty = true;
       sb->failed = false;
       sb->retry_count = 0;
       ds_arena_t a;
@@ -366,10 +523,12 @@ static void delivered(void *ud, int status, const char *body, size_t len) {
             if (l) snprintf(l->acked, sizeof l->acked, "%s", sb->snapshot[i].acked);
           }
           clear_wake(sb);
+          sb->dirty = true;
           next_wake_if_pending(d->ss, sb);
         }
       }
       ds_arena_free(&a);
+      sub_flush(d->ss, sb);
     }
   }
   free(d->sub_id);
@@ -423,6 +582,10 @@ static void deliver(struct ds__subs_s *ss, sub_t *sb) {
     free(d->sub_id);
     free(d);
     schedule_retry(sb);
+  } else {
+    d->next = ss->inflight;
+    if (d->next) d->next->prev = d;
+    ss->inflight = d;
   }
   ds_buf_free(&sh);
   ds_buf_free(&msg);
@@ -471,6 +634,8 @@ static void create_wake(struct ds__subs_s *ss, sub_t *sb, const char *trigger) {
     sb->snapshot[i].path = ds_xstrdup(sb->links[i].path);
     tail_of(ss, sb->links[i].path, sb->snapshot[i].acked);
   }
+  /* on disk before anyone can see the wake (webhook POST, wake event) */
+  sub_touch(ss, sb);
   if (sb->webhook) {
     extend_lease(sb);
     deliver(ss, sb);
@@ -487,10 +652,12 @@ void ds__subs_on_append(ds_protocol_t *p, const char *path) {
   for (sub_t *sb = ss->subs; sb; sb = sb->next) {
     if (sb->pattern && ds__glob_match(sb->pattern, path)) {
       link_t *l = link_find(sb, path);
+      if (!l || !l->glob) sb->dirty = true;
       link_add(sb, path, false, l ? l->acked : "-1");
     }
     if (link_find(sb, path) && !sb->wake_id[0] && !sb->holder && has_pending(ss, sb, NULL))
       create_wake(ss, sb, path);
+    sub_flush(ss, sb);
   }
 }
 
@@ -501,15 +668,50 @@ void ds__subs_on_delete(ds_protocol_t *p, const char *path) {
     for (size_t i = 0; i < sb->nlinks; i++)
       if (strcmp(sb->links[i].path, path) == 0) {
         link_remove(sb, i);
+        sub_touch(ss, sb);
         break;
       }
 }
 
 /* ---- lifecycle ---- */
 
-static void sub_handle_closed(uv_handle_t *h) {
-  sub_t *sb = h->data;
-  if (--sb->handles_open > 0) return;
+/* ---- loading the state directory ---- */
+
+static const char *vstr(const ds_value_t *o, const char *k) {
+  const ds_value_t *v = ds_value_get(o, k);
+  if (!v || v->type != DS_V_STRING || strlen(v->u.str.s) != v->u.str.len) return NULL;
+  return v->u.str.s;
+}
+
+static bool vlong(const ds_value_t *o, const char *k, long *out) {
+  const ds_value_t *v = ds_value_get(o, k);
+  if (!v || v->type != DS_V_NUMBER) return false;
+  char *end = NULL;
+  errno = 0;
+  *out = strtol(v->u.str.s, &end, 10);
+  return errno == 0 && end && *end == 0 && end != v->u.str.s;
+}
+
+static bool vbool(const ds_value_t *o, const char *k, bool *out) {
+  const ds_value_t *v = ds_value_get(o, k);
+  if (!v || v->type != DS_V_BOOL) return false;
+  *out = v->u.b;
+  return true;
+}
+
+static bool offset_ok(const char *s) {
+  if (!s) return false;
+  if (strcmp(s, "-1") == 0) return true;
+  size_t n = strlen(s);
+  if (n != 16) return false;
+  for (size_t i = 0; i < n; i++)
+    if (s[i] < '0' || s[i] > '9') return false;
+  return true;
+}
+
+static char *dup_opt(const char *s) { return s ? ds_xstrdup(s) : NULL; }
+
+static void sub_free_mem(sub_t *sb) {
   free(sb->id);
   free(sb->pattern);
   free(sb->url);
@@ -523,6 +725,296 @@ static void sub_handle_closed(uv_handle_t *h) {
   for (size_t i = 0; i < sb->nsnapshot; i++) free(sb->snapshot[i].path);
   free(sb->snapshot);
   free(sb);
+}
+
+/* Builds a subscription (timers not yet initialised) from a decoded file; NULL with the
+ * reason in why when anything required is missing or out of range. */
+static sub_t *sub_decode(struct ds__subs_s *ss, const ds_value_t *v, const char *file,
+                         char *why, size_t whylen) {
+  long version = 0, lease = 0, gen = 0;
+  const char *id = vstr(v, "id"), *type = vstr(v, "type"), *config = vstr(v, "config");
+  const char *base = vstr(v, "base_url"), *created = vstr(v, "created_at");
+  const char *wake_id = vstr(v, "wake_id");
+  const ds_value_t *links = ds_value_get(v, "streams"), *snap = ds_value_get(v, "wake_snapshot");
+  bool failed = false;
+  if (v->type != DS_V_OBJECT || !vlong(v, "version", &version) || version != 1) {
+    snprintf(why, whylen, "not a version 1 subscription object");
+    return NULL;
+  }
+  if (!id || !*id || !type || !config || !base || !created || strlen(created) >= 32 ||
+      !vlong(v, "lease_ttl_ms", &lease) || !vlong(v, "generation", &gen) ||
+      !vbool(v, "failed", &failed) || !links || links->type != DS_V_ARRAY || !snap ||
+      snap->type != DS_V_ARRAY) {
+    snprintf(why, whylen, "a required field is missing or has the wrong type");
+    return NULL;
+  }
+  bool webhook = strcmp(type, "webhook") == 0;
+  if (!webhook && strcmp(type, "pull-wake") != 0) {
+    snprintf(why, whylen, "unknown type");
+    return NULL;
+  }
+  if (lease < LEASE_MIN_MS || lease > LEASE_MAX_MS || gen < 0 ||
+      (wake_id && (!*wake_id || strlen(wake_id) >= sizeof ((sub_t *)0)->wake_id)) ||
+      (webhook && !vstr(v, "webhook_url")) || (!webhook && !vstr(v, "wake_stream")) ||
+      (vstr(v, "holder") && !wake_id)) {
+    snprintf(why, whylen, "inconsistent field values");
+    return NULL;
+  }
+  ds_buf_t want = DS_BUF_INIT;
+  sub_file(ss, id, &want);
+  bool name_ok = strcmp(ds_buf_cstr(&want), file) == 0;
+  ds_buf_free(&want);
+  if (!name_ok) {
+    snprintf(why, whylen, "the id inside does not belong to this file name");
+    return NULL;
+  }
+  sub_t *sb = ds_xcalloc(1, sizeof *sb);
+  sb->owner = ss;
+  sb->id = ds_xstrdup(id);
+  sb->webhook = webhook;
+  sb->pattern = dup_opt(vstr(v, "pattern"));
+  sb->url = dup_opt(vstr(v, "webhook_url"));
+  sb->wake_stream = dup_opt(vstr(v, "wake_stream"));
+  sb->description = dup_opt(vstr(v, "description"));
+  sb->config = ds_xstrdup(config);
+  sb->base_url = ds_xstrdup(base);
+  sb->holder = dup_opt(vstr(v, "holder"));
+  sb->lease_ms = lease;
+  sb->generation = gen;
+  sb->failed = failed;
+  snprintf(sb->created_at, sizeof sb->created_at, "%s", created);
+  if (wake_id) snprintf(sb->wake_id, sizeof sb->wake_id, "%s", wake_id);
+  for (size_t i = 0; i < links->u.arr.len; i++) {
+    const ds_value_t *l = links->u.arr.items[i];
+    const char *path = vstr(l, "path"), *acked = vstr(l, "acked_offset");
+    bool ex = false, gl = false;
+    if (!path || !*path || !offset_ok(acked) || !vbool(l, "explicit", &ex) ||
+        !vbool(l, "glob", &gl) || (!ex && !gl) || link_find(sb, path)) {
+      snprintf(why, whylen, "stream link %zu is invalid", i);
+      sub_free_mem(sb);
+      return NULL;
+    }
+    link_t *nl = link_add(sb, path, ex, acked);
+    if (ex && gl) nl->glob = true;
+  }
+  if (snap->u.arr.len) {
+    sb->snapshot = ds_xcalloc(snap->u.arr.len, sizeof *sb->snapshot);
+    for (size_t i = 0; i < snap->u.arr.len; i++) {
+      const ds_value_t *l = snap->u.arr.items[i];
+      const char *path = vstr(l, "path"), *tail = vstr(l, "tail_offset");
+      if (!path || !*path || !offset_ok(tail)) {
+        snprintf(why, whylen, "wake snapshot entry %zu is invalid", i);
+        sub_free_mem(sb);
+        return NULL;
+      }
+      sb->snapshot[i].path = ds_xstrdup(path);
+      snprintf(sb->snapshot[i].acked, sizeof sb->snapshot[i].acked, "%s", tail);
+      sb->nsnapshot++;
+    }
+  }
+  return sb;
+}
+
+/* A state file that cannot be used: logged by name and moved aside so that nothing
+ * overwrites it; if even that fails, its name is blocked against writes. */
+static void set_aside(struct ds__subs_s *ss, const char *file, const char *what, const char *why) {
+  char aside[4096];
+  int rc = ds_file_move_aside(file, aside, sizeof aside);
+  if (rc == 0) {
+    ds_error("subscriptions", "%s: damaged %s file (%s); moved aside to %s and skipped", file,
+             what, why, aside);
+    return;
+  }
+  ds_error("subscriptions",
+           "%s: damaged %s file (%s) that cannot be moved aside (%s); skipped, and writes to "
+           "it are refused until it is moved or removed by hand",
+           file, what, why, ds_strerror(rc));
+  ss->blocked = ds_xrealloc(ss->blocked, (ss->nblocked + 1) * sizeof *ss->blocked);
+  ss->blocked[ss->nblocked++] = ds_xstrdup(file);
+}
+
+static int cmp_name(const void *x, const void *y) {
+  return strcmp(*(char *const *)x, *(char *const *)y);
+}
+
+static bool ends_with(const char *s, const char *suf) {
+  size_t a = strlen(s), b = strlen(suf);
+  return a >= b && memcmp(s + a - b, suf, b) == 0;
+}
+
+static void sub_arm(struct ds__subs_s *ss, sub_t *sb) {
+  uv_timer_init(ss->p->loop, &sb->lease);
+  uv_timer_init(ss->p->loop, &sb->retry);
+  sb->lease.data = sb->retry.data = sb;
+  sb->handles_open = 2;
+}
+
+/* Loads every subscription file; returns how many were loaded. */
+static size_t load_all(struct ds__subs_s *ss) {
+  DIR *d = opendir(ss->dir);
+  if (!d) {
+    ds_error("subscriptions", "%s: cannot list the subscription directory: %s", ss->dir,
+             strerror(errno));
+    return 0;
+  }
+  char **names = NULL;
+  size_t nn = 0;
+  for (struct dirent *e; (e = readdir(d));) {
+    if (e->d_name[0] == '.') continue;
+    names = ds_xrealloc(names, (nn + 1) * sizeof *names);
+    names[nn++] = ds_xstrdup(e->d_name);
+  }
+  closedir(d);
+  if (nn > 1) qsort(names, nn, sizeof *names, cmp_name);
+  size_t loaded = 0;
+  for (size_t i = 0; i < nn; i++) {
+    const char *nm = names[i];
+    ds_buf_t f = DS_BUF_INIT, content = DS_BUF_INIT;
+    ds_buf_printf(&f, "%s/%s", ss->dir, nm);
+    const char *file = ds_buf_cstr(&f);
+    if (ends_with(nm, ".json.tmp")) {
+      /* an interrupted replace: the file it was replacing is intact */
+      if (unlink(file) == 0) ds_warn("subscriptions", "%s: removed an unfinished write", file);
+    } else if ((strncmp(nm, "s_", 2) == 0 || strncmp(nm, "h_", 2) == 0) &&
+               ends_with(nm, ".json")) {
+      char why[160];
+      sub_t *sb = NULL;
+      int rc = ds_file_read_all(file, &content);
+      if (rc != 0) {
+        snprintf(why, sizeof why, "cannot read it: %s", ds_strerror(rc));
+      } else {
+        ds_arena_t a;
+        ds_arena_init(&a);
+        ds_value_t *v = NULL;
+        char perr[128];
+        if (ds_json_parse(&a, content.data ? content.data : "", content.len, 8, &v, perr,
+                          sizeof perr) != 0)
+          snprintf(why, sizeof why, "%s", perr);
+        else sb = sub_decode(ss, v, file, why, sizeof why);
+        ds_arena_free(&a);
+      }
+      if (!sb) {
+        set_aside(ss, file, "subscription", why);
+      } else if (sub_find(ss, sb->id)) {
+        set_aside(ss, file, "subscription", "duplicate subscription id");
+        sub_free_mem(sb);
+      } else {
+        sub_arm(ss, sb);
+        /* a lease restarts in full: the holder or webhook gets its whole lease again */
+        if (sb->wake_id[0] && (sb->webhook || sb->holder)) extend_lease(sb);
+        sb->next = ss->subs;
+        ss->subs = sb;
+        loaded++;
+      }
+    }
+    ds_buf_free(&content);
+    ds_buf_free(&f);
+    free(names[i]);
+  }
+  free(names);
+  return loaded;
+}
+
+/* After start-up, on the loop: open webhook wakes are delivered again (at least once),
+ * and subscriptions with unacknowledged data and no open wake get one. */
+static void resume_cb(uv_timer_t *t) {
+  struct ds__subs_s *ss = t->data;
+  for (sub_t *sb = ss->subs; sb; sb = sb->next) {
+    if (sb->wake_id[0]) {
+      if (sb->webhook) deliver(ss, sb);
+    } else {
+      next_wake_if_pending(ss, sb);
+    }
+    sub_flush(ss, sb);
+  }
+}
+
+static void free_timer(uv_handle_t *h) { free(h); }
+
+/* Ed25519 signing key and callback-token key: loaded from signing-keys.json, else made
+ * and saved there (0600). */
+static void keys_init(struct ds__subs_s *ss) {
+  ds_buf_t f = DS_BUF_INIT, content = DS_BUF_INIT;
+  bool may_write = ss->dir != NULL;
+  if (ss->dir) {
+    ds_buf_printf(&f, "%s/signing-keys.json", ss->dir);
+    int rc = ds_file_read_all(ds_buf_cstr(&f), &content);
+    char why[160] = "";
+    if (rc == 0) {
+      ds_arena_t a;
+      ds_arena_init(&a);
+      ds_value_t *v = NULL;
+      long version = 0;
+      const char *pk = NULL, *tk = NULL;
+      if (ds_json_parse(&a, content.data ? content.data : "", content.len, 4, &v, why,
+                        sizeof why) == 0) {
+        pk = vstr(v, "ed25519_private_key");
+        tk = vstr(v, "callback_token_key");
+        if (!vlong(v, "version", &version) || version != 1 || !pk || !tk)
+          snprintf(why, sizeof why, "not a version 1 key file");
+      }
+      if (!why[0]) {
+        ds_buf_t raw = DS_BUF_INIT, tok = DS_BUF_INIT;
+        if (ds_base64_decode(&raw, pk, strlen(pk)) != 0 || raw.len != 32 ||
+            ds_base64_decode(&tok, tk, strlen(tk)) != 0 || tok.len != sizeof ss->token_key)
+          snprintf(why, sizeof why, "a key has the wrong encoding or length");
+        else {
+          ss->key = EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, NULL,
+                                                 (unsigned char *)raw.data, raw.len);
+          if (!ss->key) snprintf(why, sizeof why, "the Ed25519 key is not usable");
+          else memcpy(ss->token_key, tok.data, sizeof ss->token_key);
+        }
+        ds_buf_free(&raw);
+        ds_buf_free(&tok);
+      }
+      ds_arena_free(&a);
+    } else if (rc != DS_ENOTFOUND) {
+      snprintf(why, sizeof why, "cannot read it: %s", ds_strerror(rc));
+    }
+    if (why[0]) {
+      size_t before = ss->nblocked;
+      set_aside(ss, ds_buf_cstr(&f), "signing key", why);
+      may_write = ss->nblocked == before;
+      ds_warn("subscriptions", "new webhook signing and callback-token keys: webhook "
+                               "consumers must fetch the JWKS again, and tokens issued "
+                               "before are no longer accepted");
+    }
+  }
+  if (!ss->key) {
+    RAND_bytes(ss->token_key, sizeof ss->token_key);
+    EVP_PKEY_CTX *kc = EVP_PKEY_CTX_new_id(EVP_PKEY_ED25519, NULL);
+    if (!kc || EVP_PKEY_keygen_init(kc) != 1 || EVP_PKEY_keygen(kc, &ss->key) != 1)
+      ds_error("subscriptions", "cannot generate the Ed25519 webhook signing key");
+    EVP_PKEY_CTX_free(kc);
+    unsigned char raw[32];
+    size_t rawlen = sizeof raw;
+    if (ss->key && may_write &&
+        EVP_PKEY_get_raw_private_key(ss->key, raw, &rawlen) == 1 && rawlen == sizeof raw) {
+      ds_buf_t b = DS_BUF_INIT;
+      ds_buf_puts(&b, "{\"version\":1,\"ed25519_private_key\":\"");
+      ds_base64_encode(&b, raw, rawlen);
+      ds_buf_puts(&b, "\",\"callback_token_key\":\"");
+      ds_base64_encode(&b, ss->token_key, sizeof ss->token_key);
+      ds_buf_puts(&b, "\"}\n");
+      int rc = ds_file_write_atomic(ds_buf_cstr(&f), b.data, b.len, 0600);
+      if (rc != 0)
+        ds_error("subscriptions",
+                 "%s: cannot save the signing keys: %s (they change on the next restart)",
+                 f.data, ds_strerror(rc));
+      OPENSSL_cleanse(b.data, b.len);
+      ds_buf_free(&b);
+    }
+    OPENSSL_cleanse(raw, sizeof raw);
+  }
+  if (content.data) OPENSSL_cleanse(content.data, content.len);
+  ds_buf_free(&content);
+  ds_buf_free(&f);
+}
+
+static void sub_handle_closed(uv_handle_t *h) {
+  sub_t *sb = h->data;
+  if (--sb->handles_open > 0) return;
+  sub_free_mem(sb);
 }
 
 static void sub_destroy(struct ds__subs_s *ss, sub_t *sb) {
@@ -542,11 +1034,14 @@ struct ds__subs_s *ds__subs_new(ds_protocol_t *p) {
   struct ds__subs_s *ss = ds_xcalloc(1, sizeof *ss);
   ss->p = p;
   ss->hooks = ds__whook_new(p->loop);
-  RAND_bytes(ss->token_key, sizeof ss->token_key);
-  EVP_PKEY_CTX *kc = EVP_PKEY_CTX_new_id(EVP_PKEY_ED25519, NULL);
-  if (!kc || EVP_PKEY_keygen_init(kc) != 1 || EVP_PKEY_keygen(kc, &ss->key) != 1)
-    ds_error("subscriptions", "cannot generate the Ed25519 webhook signing key");
-  EVP_PKEY_CTX_free(kc);
+  if (p->opts.state_dir) {
+    ss->dir = ds_xstrdup(p->opts.state_dir);
+    int rc = ds_file_mkdir_p(ss->dir, 0700);
+    if (rc != 0)
+      ds_error("subscriptions", "%s: cannot create the subscription directory: %s", ss->dir,
+               ds_strerror(rc));
+  }
+  keys_init(ss);
   if (ss->key) {
     unsigned char pub[32];
     size_t publen = sizeof pub;
@@ -565,19 +1060,44 @@ struct ds__subs_s *ds__subs_new(ds_protocol_t *p) {
     snprintf(ss->kid, sizeof ss->kid, "%s", ds_buf_cstr(&b));
     ds_buf_free(&b);
   }
+  if (ss->dir) {
+    size_t n = load_all(ss);
+    ds_info("subscriptions", "%zu subscription%s loaded from %s", n, n == 1 ? "" : "s",
+            ss->dir);
+    if (n) {
+      ss->resume = ds_xmalloc(sizeof *ss->resume);
+      uv_timer_init(p->loop, ss->resume);
+      ss->resume->data = ss;
+      uv_timer_start(ss->resume, resume_cb, 0, 0);
+    }
+  }
   return ss;
 }
 
 void ds__subs_shutdown(struct ds__subs_s *ss) {
+  if (ss->resume) {
+    uv_close((uv_handle_t *)ss->resume, free_timer);
+    ss->resume = NULL;
+  }
+  for (sub_t *sb = ss->subs; sb; sb = sb->next) sub_flush(ss, sb); /* retry failed saves */
   while (ss->subs) sub_destroy(ss, ss->subs);
   if (ss->hooks) ds__whook_close(ss->hooks, NULL, NULL);
   ss->hooks = NULL;
+  while (ss->inflight) { /* abandoned by whook_close: no callback will come */
+    delivery_t *d = ss->inflight;
+    ss->inflight = d->next;
+    free(d->sub_id);
+    free(d);
+  }
 }
 
 void ds__subs_free(struct ds__subs_s *ss) {
   if (!ss) return;
   if (ss->hooks || ss->subs) ds__subs_shutdown(ss);
   EVP_PKEY_free(ss->key);
+  for (size_t i = 0; i < ss->nblocked; i++) free(ss->blocked[i]);
+  free(ss->blocked);
+  free(ss->dir);
   free(ss);
 }
 
@@ -774,10 +1294,7 @@ static void handle_put(struct ds__subs_s *ss, ds_http_req_t *req, const char *id
     sb->base_url = ds_buf_detach(&bu, NULL);
     sb->lease_ms = lease;
     ds_clock_iso8601(ds_clock_wall_ms(), sb->created_at);
-    uv_timer_init(ss->p->loop, &sb->lease);
-    uv_timer_init(ss->p->loop, &sb->retry);
-    sb->lease.data = sb->retry.data = sb;
-    sb->handles_open = 2;
+    sub_arm(ss, sb);
     for (size_t i = 0; i < nstreams; i++) {
       char t[20];
       tail_of(ss, streams[i], t);
@@ -789,6 +1306,14 @@ static void handle_put(struct ds__subs_s *ss, ds_http_req_t *req, const char *id
     }
     sb->next = ss->subs;
     ss->subs = sb;
+    sb->dirty = true;
+    int rc = sub_flush(ss, sb);
+    if (rc != 0) { /* not durable: not created */
+      sub_unlink(ss, sb);
+      sub_destroy(ss, sb);
+      respond_storage(req, rc);
+      goto out;
+    }
   }
   ds_buf_t out = DS_BUF_INIT;
   serialize(ss, sb, &out);
@@ -858,7 +1383,10 @@ static bool fence_and_ack(struct ds__subs_s *ss, ds_http_req_t *req, sub_t *sb, 
         respond_code(req, 409, "INVALID_OFFSET", bad);
         return true;
       }
-      if (pass == 1) snprintf(l->acked, sizeof l->acked, "%s", off);
+      if (pass == 1 && strcmp(l->acked, off) != 0) {
+        snprintf(l->acked, sizeof l->acked, "%s", off);
+        sb->dirty = true;
+      }
       free(path);
     }
   }
@@ -930,8 +1458,13 @@ void ds__subs_handle(ds_protocol_t *p, ds_http_req_t *req, const char *rest, siz
         ds_buf_free(&out);
       }
     } else if (strcmp(m, "DELETE") == 0) {
-      if (sb) sub_destroy(ss, sb);
-      respond_json(req, 204, NULL, 0);
+      int rc = sb ? sub_unlink(ss, sb) : 0;
+      if (rc != 0) { /* it would come back after a restart: keep it */
+        respond_storage(req, rc);
+      } else {
+        if (sb) sub_destroy(ss, sb);
+        respond_json(req, 204, NULL, 0);
+      }
     } else ds__respond_err(req, 405, "Method not allowed");
     goto out;
   }
@@ -961,12 +1494,15 @@ void ds__subs_handle(ds_protocol_t *p, ds_http_req_t *req, const char *rest, siz
         if (strcmp(sb->links[i].path, path) == 0) {
           sb->links[i].explicit_ = false;
           if (!sb->links[i].glob) link_remove(sb, i);
+          sb->dirty = true;
           break;
         }
       free(path);
     }
     free(dec);
-    respond_json(req, 204, NULL, 0);
+    int rc = sub_flush(ss, sb);
+    if (rc != 0) respond_storage(req, rc);
+    else respond_json(req, 204, NULL, 0);
     goto out;
   }
   if (strcmp(m, "POST") != 0) {
@@ -995,10 +1531,14 @@ void ds__subs_handle(ds_protocol_t *p, ds_http_req_t *req, const char *rest, siz
       char *path = norm_rel(st->u.arr.items[i]->u.str.s, st->u.arr.items[i]->u.str.len);
       char t[20];
       tail_of(ss, path, t);
+      link_t *l = link_find(sb, path);
+      if (!l || !l->explicit_) sb->dirty = true;
       link_add(sb, path, true, t);
       free(path);
     }
-    respond_json(req, 204, NULL, 0);
+    int rc = sub_flush(ss, sb);
+    if (rc != 0) respond_storage(req, rc);
+    else respond_json(req, 204, NULL, 0);
     goto out;
   }
   if (strcmp(action, "claim") == 0) {
@@ -1035,6 +1575,14 @@ void ds__subs_handle(ds_protocol_t *p, ds_http_req_t *req, const char *rest, siz
       free(t);
     }
     sb->holder = ds_xstrndup(w->u.str.s, w->u.str.len);
+    sb->dirty = true;
+    int rc = sub_flush(ss, sb);
+    if (rc != 0) { /* the claim is not durable: not granted (the wake stays open) */
+      free(sb->holder);
+      sb->holder = NULL;
+      respond_storage(req, rc);
+      goto out;
+    }
     extend_lease(sb);
     ds_buf_t tok = DS_BUF_INIT;
     make_token(ss, sb->id, sb->generation, &tok);
@@ -1067,8 +1615,11 @@ void ds__subs_handle(ds_protocol_t *p, ds_http_req_t *req, const char *rest, siz
   if (fence_and_ack(ss, req, sb, v, !is_release)) goto out;
   if (is_release) {
     clear_wake(sb);
+    sb->dirty = true;
     next_wake_if_pending(ss, sb);
-    respond_json(req, 204, NULL, 0);
+    int rc = sub_flush(ss, sb);
+    if (rc != 0) respond_storage(req, rc);
+    else respond_json(req, 204, NULL, 0);
     goto out;
   }
   extend_lease(sb);
@@ -1076,9 +1627,12 @@ void ds__subs_handle(ds_protocol_t *p, ds_http_req_t *req, const char *rest, siz
   ds_value_t *done = ds_value_get(v, "done");
   if (done && done->type == DS_V_BOOL && done->u.b) {
     clear_wake(sb);
+    sb->dirty = true;
     next = next_wake_if_pending(ss, sb);
   }
-  respond_ok_wake(req, next);
+  int rc = sub_flush(ss, sb);
+  if (rc != 0) respond_storage(req, rc);
+  else respond_ok_wake(req, next);
 out:
   ds_arena_free(&a);
   free(id);

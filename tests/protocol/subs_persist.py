@@ -1,0 +1,501 @@
+#!/usr/bin/python3
+"""subs_persist.py - subscriptions survive restarts of the real server (YAML store).
+
+Drives build/durable-stream over HTTP (run by tests/subs_persist.test.sh):
+  1. creates a webhook subscription that auto-acks ({done:true}), a webhook subscription
+     acked through its callback, a pull-wake subscription (glob + explicit streams) and one
+     whose id needs a hashed file name; drives them into states (acked offsets, an open
+     webhook wake, a claimed pull-wake wake, explicit streams added and removed);
+  2. SIGTERM restart: every subscription reads back identical (GET), the JWKS is the same,
+     the open webhook wake is delivered again, tokens issued before the restart still ack,
+     stale ones are fenced, and new appends wake webhooks and pull-wake workers again;
+  3. kill -9 right after a create, an ack and a DELETE were acknowledged: all three hold;
+  4. a damaged subscription file and a damaged key file: the server starts, logs an error
+     naming the file, moves it aside (content kept), the rest is loaded, and the id can be
+     created afresh without touching the damaged copy;
+  5. a damaged file that cannot even be moved aside (subscription directory on a tmpfs
+     remounted read-only for the start-up; needs root, skipped with a message otherwise):
+     logged, skipped, and writes to that id are refused later while other ids work;
+  6. the memory store keeps subscriptions in memory only (gone after a restart, no files).
+Environment: DS_BINARY. Must not: leave servers or temp dirs behind.
+"""
+import base64
+import http.client
+import http.server
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+BIN = os.environ.get("DS_BINARY", "build/durable-stream")
+T = tempfile.mkdtemp(prefix="ds-subs-persist-")
+DATA = os.path.join(T, "data")
+SUBDIR = os.path.join(DATA, "subscriptions")
+PREFIX = "/v1/stream"
+server = None
+checks = 0
+
+
+def check(cond, what):
+    global checks
+    if not cond:
+        raise AssertionError(what)
+    checks += 1
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+PORT = free_port()
+
+
+class Server:
+    def __init__(self, storage="yaml", new_port=False):
+        """new_port: a start that does not resume an earlier one's state may move to another
+        free port if this one was taken meanwhile (restarts keep theirs: callback URLs)."""
+        global PORT
+        for attempt in range(5):
+            if self.start(storage):
+                return
+            if not new_port or "cannot listen" not in self.log():
+                break
+            PORT = free_port()
+        raise AssertionError("server did not start:\n" + self.log())
+
+    def start(self, storage):
+        self.err_path = os.path.join(T, "server.err")
+        out_path = os.path.join(T, "server.out")
+        self.out = open(out_path, "w")
+        self.err = open(self.err_path, "a")
+        self.err_start = os.path.getsize(self.err_path)
+        # run in the temp dir so no ./config.lua of the checkout is picked up
+        self.proc = subprocess.Popen(
+            [os.path.abspath(BIN), "--port", str(PORT), "--storage", storage, "--data-dir",
+             DATA, "--long-poll-timeout", "500"],
+            cwd=T, stdout=self.out, stderr=self.err)
+        want = "listening on http://127.0.0.1:%d" % PORT
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            with open(out_path) as f:
+                if want in f.read():  # this process, not another one on the port
+                    return True
+            if self.proc.poll() is not None:
+                self.out.close()
+                self.err.close()
+                return False
+            time.sleep(0.05)
+        raise AssertionError("server did not start in time:\n" + self.log())
+
+    def log(self):
+        if not self.err.closed:
+            self.err.flush()
+        with open(self.err_path) as f:
+            f.seek(self.err_start)
+            return f.read()
+
+    def stop(self, sig=signal.SIGTERM):
+        self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout=20)
+        log = self.log()
+        check("runtime error:" not in log and "Sanitizer" not in log, "sanitizer report:\n" + log)
+        if sig == signal.SIGTERM:
+            check(rc == 0, "server exited with %d after SIGTERM:\n%s" % (rc, self.log()))
+        self.out.close()
+        self.err.close()
+
+
+def req(method, path, body=None, headers=None, ctype="application/json"):
+    c = http.client.HTTPConnection("127.0.0.1", PORT, timeout=10)
+    h = dict(headers or {})
+    if body is not None:
+        if not isinstance(body, (bytes, str)):
+            body = json.dumps(body)
+        h.setdefault("Content-Type", ctype)
+    c.request(method, path, body, h)
+    r = c.getresponse()
+    data = r.read()
+    c.close()
+    return r.status, data
+
+
+def jreq(method, path, body=None, headers=None):
+    st, data = req(method, path, body, headers)
+    return st, (json.loads(data) if data else None)
+
+
+def sub_url(sid):
+    return PREFIX + "/__ds/subscriptions/" + urllib.parse.quote(sid, safe="")
+
+
+def get_sub(sid):
+    st, b = jreq("GET", sub_url(sid))
+    check(st == 200, "GET %s: %d %r" % (sid, st, b))
+    return b
+
+
+def acked(sid, path):
+    for s in get_sub(sid)["streams"]:
+        if s["path"] == path:
+            return s["acked_offset"]
+    return None
+
+
+def tail(path):
+    c = http.client.HTTPConnection("127.0.0.1", PORT, timeout=10)
+    c.request("HEAD", PREFIX + "/" + path)
+    r = c.getresponse()
+    r.read()
+    c.close()
+    return r.getheader("Stream-Next-Offset")
+
+
+def wait_for(fn, what, timeout=15):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for " + what)
+
+
+# ---- webhook receiver: /done answers {"done":true}, /manual answers {} ----
+hooks = {"done": queue.Queue(), "manual": queue.Queue()}
+
+
+class Hook(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length", "0"))
+        raw = self.rfile.read(n)
+        kind = self.path.strip("/")
+        hooks.get(kind, queue.Queue()).put((raw, self.headers.get("Webhook-Signature")))
+        out = b'{"done":true}' if kind == "done" else b"{}"
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+        except OSError:
+            pass  # the server went away mid-delivery (a restart): it delivers again
+
+    def log_message(self, *a):
+        pass
+
+
+hook_srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+threading.Thread(target=hook_srv.serve_forever, daemon=True).start()
+HOOK = "http://127.0.0.1:%d" % hook_srv.server_address[1]
+
+
+def verify(raw, sig_header, jwks):
+    parts = dict(p.split("=", 1) for p in sig_header.split(","))
+    key = next(k for k in jwks["keys"] if k["kid"] == parts["kid"])
+    pub = Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(key["x"] + "=="))
+    pub.verify(base64.urlsafe_b64decode(parts["ed25519"] + "=="),
+               parts["t"].encode() + b"." + raw)  # raises if invalid
+    return True
+
+
+def next_hook(kind, want=None, timeout=15):
+    """Next notification on /kind (optionally the first one matching want(body))."""
+    deadline = time.time() + timeout
+    while True:
+        left = deadline - time.time()
+        if left <= 0:
+            raise AssertionError("no webhook on /" + kind)
+        try:
+            raw, sig = hooks[kind].get(timeout=left)
+        except queue.Empty:
+            raise AssertionError("no webhook on /" + kind)
+        body = json.loads(raw)
+        if want is None or want(body):
+            return raw, sig, body
+
+
+def drain(kind):
+    while not hooks[kind].empty():
+        hooks[kind].get_nowait()
+
+
+def put_stream(path, body):
+    st, b = req("PUT", PREFIX + "/" + path, json.dumps(body))
+    check(st == 201, "PUT %s: %d %r" % (path, st, b))
+
+
+def append(path, body):
+    st, b = req("POST", PREFIX + "/" + path, json.dumps(body))
+    check(st == 204, "POST %s: %d %r" % (path, st, b))
+
+
+def callback(note, acks, done=True, token=None):
+    return jreq("POST", urllib.parse.urlparse(note["callback_url"]).path,
+                {"wake_id": note["wake_id"], "generation": note["generation"],
+                 "acks": acks, "done": done},
+                {"Authorization": "Bearer " + (token or note["callback_token"])})
+
+
+def wake_events(sid):
+    st, data = req("GET", PREFIX + "/wake/pool?offset=-1")
+    check(st == 200, "read wake stream: %d" % st)
+    return [e for e in json.loads(data) if e.get("subscription_id") == sid]
+
+
+ODD = "odd id/é+x"  # needs the hashed file name
+
+
+def phase_create():
+    global srv
+    put_stream("wake/pool", [])
+    put_stream("events/a", {"n": 0})
+    st, b = jreq("PUT", sub_url("wh-done"), {
+        "type": "webhook", "pattern": "events/*", "webhook": {"url": HOOK + "/done"},
+        "lease_ttl_ms": 5000, "description": "auto-ack"})
+    check(st == 201, "create wh-done: %d %r" % (st, b))
+    st, b = jreq("PUT", sub_url("wh-manual"), {
+        "type": "webhook", "streams": ["manual/x"], "webhook": {"url": HOOK + "/manual"},
+        "lease_ttl_ms": 600000})
+    check(st == 201, "create wh-manual: %d %r" % (st, b))
+    st, b = jreq("PUT", sub_url("pull"), {
+        "type": "pull-wake", "pattern": "jobs/**", "streams": ["jobs-explicit"],
+        "wake_stream": "wake/pool", "lease_ttl_ms": 600000})
+    check(st == 201, "create pull: %d %r" % (st, b))
+    st, b = jreq("PUT", sub_url(ODD), {
+        "type": "pull-wake", "streams": ["odd/s"], "wake_stream": "wake/pool"})
+    check(st == 201, "create odd: %d %r" % (st, b))
+    names = sorted(os.listdir(SUBDIR))
+    check("s_wh-done.json" in names and "signing-keys.json" in names and
+          any(n.startswith("h_") for n in names), "files in %s: %r" % (SUBDIR, names))
+    check(oct(os.stat(os.path.join(SUBDIR, "signing-keys.json")).st_mode & 0o777) == "0o600",
+          "signing-keys.json must be 0600")
+
+    # wh-done: an append is delivered, auto-acked
+    append("events/a", {"n": 1})
+    raw, sig, note = next_hook("done")
+    check(note["subscription_id"] == "wh-done", "wh-done notification")
+    t = tail("events/a")
+    wait_for(lambda: acked("wh-done", "events/a") == t, "wh-done auto-ack")
+    # explicit streams added and removed
+    st, _ = req("POST", sub_url("wh-done") + "/streams", json.dumps({"streams": ["extra/y", "extra/z"]}))
+    check(st == 204, "add streams")
+    st, _ = req("DELETE", sub_url("wh-done") + "/streams/" + urllib.parse.quote("extra/z", safe=""))
+    check(st == 204, "remove stream")
+
+    # wh-manual: an open wake, not acked
+    put_stream("manual/x", {"m": 1})
+    _, _, note = next_hook("manual", lambda b: b["subscription_id"] == "wh-manual")
+    # pull: a wake event, claimed by worker-1
+    put_stream("jobs/q/1", {"j": 1})
+    wait_for(lambda: wake_events("pull"), "pull wake event")
+    st, claim = jreq("POST", sub_url("pull") + "/claim", {"worker": "worker-1"})
+    check(st == 200, "claim: %d %r" % (st, claim))
+    return note, claim
+
+
+def compare(before, after, what):
+    check(before == after, "%s differs after restart:\n before %r\n after  %r" % (what, before, after))
+
+
+mounted = False
+
+
+def phase_blocked():
+    global srv, mounted
+    shutil.rmtree(DATA)
+    os.makedirs(SUBDIR)
+    if os.geteuid() != 0 or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", SUBDIR],
+            stderr=subprocess.DEVNULL).returncode != 0:
+        print("subs_persist: unmovable damaged file case skipped (mounting a tmpfs needs root)")
+        return
+    mounted = True
+    srv = Server(new_port=True)
+    st, _ = jreq("PUT", sub_url("good"), {"type": "pull-wake", "streams": ["g"], "wake_stream": "w"})
+    check(st == 201, "create good")
+    srv.stop()
+    bad = os.path.join(SUBDIR, "s_bad.json")
+    open(bad, "w").write("{not json")
+    subprocess.run(["mount", "-o", "remount,ro", SUBDIR], check=True)
+    srv = Server()
+    log = srv.log()
+    check("cannot be moved aside" in log and bad in log, "unmovable file logged:\n" + log)
+    check(get_sub("good")["id"] == "good", "other subscriptions load")
+    subprocess.run(["mount", "-o", "remount,rw", SUBDIR], check=True)
+    st, b = jreq("PUT", sub_url("bad"), {"type": "pull-wake", "streams": ["b"], "wake_stream": "w"})
+    check(st == 500 and b["error"]["code"] == "STORAGE_ERROR", "write over unmovable file refused: %d %r" % (st, b))
+    check(open(bad).read() == "{not json", "unmovable damaged file untouched")
+    check("refusing to save subscription bad" in srv.log(), "refusal logged")
+    st, _ = jreq("GET", sub_url("bad"))
+    check(st == 404, "refused create not created")
+    st, _ = jreq("PUT", sub_url("other"), {"type": "pull-wake", "streams": ["o"], "wake_stream": "w"})
+    check(st == 201, "other ids still written")
+    srv.stop()
+    subprocess.run(["umount", SUBDIR], check=True)
+    mounted = False
+
+
+def main():
+    global srv
+    srv = Server(new_port=True)
+    manual_note, claim = phase_create()
+    ids = ["wh-done", "wh-manual", "pull", ODD]
+    snap = {i: get_sub(i) for i in ids}
+    check([s["link_type"] for s in snap["wh-done"]["streams"] if s["path"] == "extra/y"] == ["explicit"],
+          "extra/y explicit")
+    check(not any(s["path"] == "extra/z" for s in snap["wh-done"]["streams"]), "extra/z removed")
+    st, jwks = jreq("GET", PREFIX + "/__ds/jwks.json")
+    check(st == 200, "jwks")
+
+    # ---- SIGTERM restart ----
+    srv.stop()
+    drain("manual")
+    srv = Server()
+    check("4 subscriptions loaded" in srv.log(), "start-up log:\n" + srv.log())
+    for i in ids:
+        compare(snap[i], get_sub(i), "subscription " + i)
+    st, jwks2 = jreq("GET", PREFIX + "/__ds/jwks.json")
+    compare(jwks, jwks2, "JWKS")
+    # the stored configuration still decides idempotent re-creates
+    same = {"type": "webhook", "streams": ["manual/x"], "webhook": {"url": HOOK + "/manual"},
+            "lease_ttl_ms": 600000}
+    st, _ = jreq("PUT", sub_url("wh-manual"), same)
+    check(st == 200, "same config after restart: %d" % st)
+    st, b = jreq("PUT", sub_url("wh-manual"), dict(same, lease_ttl_ms=5000))
+    check(st == 409 and b["error"]["code"] == "SUBSCRIPTION_ALREADY_EXISTS", "different config: %d" % st)
+    # the open webhook wake is delivered again, same wake and generation, still signed
+    raw, sig, again = next_hook("manual", lambda b: b["wake_id"] == manual_note["wake_id"])
+    check(again["generation"] == manual_note["generation"], "same generation re-delivered")
+    check(verify(raw, sig, jwks2), "signature after restart")
+    # the token from before the restart still acks; a repeat is fenced
+    t = tail("manual/x")
+    st, b = callback(manual_note, [{"stream": "manual/x", "offset": t}])
+    check(st == 200 and b == {"ok": True, "next_wake": False}, "callback with old token: %d %r" % (st, b))
+    st, b = callback(manual_note, [{"stream": "manual/x", "offset": t}])
+    check(st == 409 and b["error"]["code"] == "FENCED", "stale callback fenced: %d %r" % (st, b))
+    check(acked("wh-manual", "manual/x") == t, "wh-manual acked after callback")
+    # the claimed pull-wake wake: worker-1 still holds it and acks with its old token
+    st, b = jreq("POST", sub_url("pull") + "/claim", {"worker": "worker-2"})
+    check(st == 409 and b["error"]["current_holder"] == "worker-1", "claim survives: %d %r" % (st, b))
+    jt = next(s["tail_offset"] for s in claim["streams"] if s["path"] == "jobs/q/1")
+    st, b = jreq("POST", sub_url("pull") + "/ack",
+                 {"wake_id": claim["wake_id"], "generation": claim["generation"],
+                  "acks": [{"stream": "jobs/q/1", "offset": jt}], "done": True},
+                 {"Authorization": "Bearer " + claim["token"]})
+    check(st == 200 and b == {"ok": True, "next_wake": False}, "pull ack after restart: %d %r" % (st, b))
+    # wakes continue: webhook (glob, a stream new since the restart) and pull-wake
+    put_stream("events/b", {"n": 1})
+    _, _, nb = next_hook("done", lambda b: any(s["path"] == "events/b" for s in b["streams"]))
+    tb = tail("events/b")
+    wait_for(lambda: acked("wh-done", "events/b") == tb, "wh-done ack of events/b")
+    append("jobs/q/1", {"j": 2})
+    ev = wait_for(lambda: [e for e in wake_events("pull") if e["generation"] > claim["generation"]],
+                  "pull wake after restart")
+    st, claim2 = jreq("POST", sub_url("pull") + "/claim", {"worker": "worker-2"})
+    check(st == 200 and claim2["generation"] == ev[0]["generation"], "claim after restart: %d %r" % (st, claim2))
+
+    # ---- kill -9 right after acknowledged changes ----
+    st, b = jreq("PUT", sub_url("after-crash"), {
+        "type": "webhook", "pattern": "late/*", "webhook": {"url": HOOK + "/done"}})
+    check(st == 201, "create after-crash: %d" % st)
+    append("manual/x", {"m": 2})
+    _, _, n2 = next_hook("manual", lambda b: b["generation"] > manual_note["generation"])
+    t2 = tail("manual/x")
+    st, b = callback(n2, [{"stream": "manual/x", "offset": t2}])
+    check(st == 200, "callback before kill -9: %d %r" % (st, b))
+    st, _ = req("DELETE", sub_url(ODD))
+    check(st == 204, "delete odd")
+    srv.stop(signal.SIGKILL)
+    srv = Server()
+    a = get_sub("after-crash")
+    check(a["type"] == "webhook" and a["pattern"] == "late/*", "after-crash config")
+    check(acked("wh-manual", "manual/x") == t2, "ack before kill -9 kept")
+    st, _ = jreq("GET", sub_url(ODD))
+    check(st == 404, "deleted subscription stays deleted: %d" % st)
+    check(get_sub("pull")["streams"] == get_sub("pull")["streams"], "pull readable")
+    # deliveries continue with a fresh generation
+    append("manual/x", {"m": 3})
+    _, _, n3 = next_hook("manual", lambda b: b["generation"] > n2["generation"])
+    st, b = callback(n3, [{"stream": "manual/x", "offset": tail("manual/x")}])
+    check(st == 200, "callback after kill -9: %d %r" % (st, b))
+    put_stream("late/1", {"x": 1})
+    next_hook("done", lambda b: b["subscription_id"] == "after-crash")
+    srv.stop()
+
+    # ---- damaged files ----
+    f = os.path.join(SUBDIR, "s_wh-done.json")
+    garbage = open(f, "rb").read()[:37]
+    open(f, "wb").write(garbage)
+    k = os.path.join(SUBDIR, "signing-keys.json")
+    open(k, "w").write('{"version":1,"ed25519_private_key":"short"}')
+    srv = Server()
+    log = srv.log()
+    check("damaged subscription file" in log and f in log, "error names the file:\n" + log)
+    check("damaged signing key file" in log and k in log, "key error names the file:\n" + log)
+    aside = [n for n in os.listdir(SUBDIR) if n.startswith("s_wh-done.json.damaged-")]
+    check(len(aside) == 1 and open(os.path.join(SUBDIR, aside[0]), "rb").read() == garbage,
+          "damaged file moved aside unchanged: %r" % os.listdir(SUBDIR))
+    st, _ = jreq("GET", sub_url("wh-done"))
+    check(st == 404, "damaged subscription not loaded")
+    check(get_sub("wh-manual")["id"] == "wh-manual", "others still loaded")
+    st, jwks3 = jreq("GET", PREFIX + "/__ds/jwks.json")
+    check(jwks3["keys"][0]["kid"] != jwks["keys"][0]["kid"], "new signing key after damage")
+    st, b = jreq("PUT", sub_url("wh-done"), {
+        "type": "webhook", "pattern": "events/*", "webhook": {"url": HOOK + "/done"}})
+    check(st == 201, "re-create after damage: %d %r" % (st, b))
+    check(open(os.path.join(SUBDIR, aside[0]), "rb").read() == garbage, "aside copy untouched")
+    drain("done")
+    append("events/a", {"n": 9})
+    raw, sig, nd = next_hook("done", lambda b: b["subscription_id"] == "wh-done")
+    check(verify(raw, sig, jwks3), "signed with the new key")
+    srv.stop()
+    srv = Server()
+    check(get_sub("wh-done")["id"] == "wh-done", "re-created subscription persisted")
+    srv.stop()
+
+    phase_blocked()
+
+    # ---- memory store: in memory only ----
+    shutil.rmtree(DATA)
+    srv = Server("memory", new_port=True)
+    st, _ = jreq("PUT", sub_url("mem"), {"type": "pull-wake", "streams": ["m"], "wake_stream": "w"})
+    check(st == 201, "memory create")
+    check(not os.path.exists(SUBDIR), "memory store writes no subscription files")
+    srv.stop()
+    srv = Server("memory")
+    st, _ = jreq("GET", sub_url("mem"))
+    check(st == 404, "memory store: gone after restart")
+    srv.stop()
+    srv = None
+    print("subs_persist: %d checks passed" % checks)
+
+
+srv = None
+try:
+    main()
+except Exception:
+    if srv is not None:
+        sys.stderr.write("--- server log ---\n" + srv.log())
+    raise
+finally:
+    if srv is not None and srv.proc.poll() is None:
+        srv.proc.kill()
+        srv.proc.wait()
+    hook_srv.shutdown()
+    if mounted:
+        subprocess.run(["umount", SUBDIR])
+    shutil.rmtree(T, ignore_errors=True)
