@@ -870,7 +870,7 @@ key_done: /* a key ended at q, and o is where its bytes end */
   return q;
 }
 
-static const unsigned char *scan_value_json(const unsigned char *lo, const unsigned char *p,
+static inline __attribute__((always_inline)) const unsigned char *scan_value_json(const unsigned char *lo, const unsigned char *p,
                                             const unsigned char *end, ds_buf_t *J) {
   return plain_scan(lo, p, end, J, 1, 0);
 }
@@ -878,7 +878,7 @@ static const unsigned char *scan_value(const unsigned char *lo, const unsigned c
                                        const unsigned char *end) {
   return plain_scan(lo, p, end, NULL, 0, 0);
 }
-static const unsigned char *scan_key_json(const unsigned char *lo, const unsigned char *p,
+static inline __attribute__((always_inline)) const unsigned char *scan_key_json(const unsigned char *lo, const unsigned char *p,
                                           const unsigned char *end, ds_buf_t *J) {
   return plain_scan(lo, p, end, J, 1, 1);
 }
@@ -945,7 +945,8 @@ static int fl_hex(const unsigned char *p, int n, unsigned *out) {
  * when a byte the emitter never leaves raw comes first: a control (line breaks included),
  * DEL, invalid UTF-8 or a special_mb character. A block at a time while all are ordinary
  * ASCII. */
-static const unsigned char *quoted_run(const unsigned char *p, const unsigned char *end) {
+static inline __attribute__((always_inline)) const unsigned char *quoted_run(const unsigned char *p,
+                                                                           const unsigned char *end) {
   for (;;) {
     while (end - p >= BLK) {
       blk_mask_t sp = blk_masks(p, NULL, NULL);
@@ -1014,7 +1015,7 @@ static int fl_quoted(fl_t *F) {
  * string's body (quoted_run refused everything ds_json_write_string escapes: controls,
  * DEL, U+2028/U+2029, and a raw '"' or '\\' cannot occur), so they are copied once; with
  * escapes it is decoded (fl_quoted) and written by ds_json_write_string. */
-static int fl_quoted_json(fl_t *F) {
+static inline __attribute__((always_inline)) int fl_quoted_json(fl_t *F) {
   const unsigned char *s = F->p + 1, *q = quoted_run(s, F->end);
   if (!q) return FL_DECLINE;
   if (*q == '\\') {
@@ -1046,7 +1047,7 @@ static const unsigned char *fl_eol(fl_t *F) {
 /* A key at F->p: plain or quoted, followed by ':'. On success *k and *kl hold the key
  * (in the document or in tmp; tree mode copies it) and F->p is on the ':'. JSON mode
  * has also written the key to F->json as a JSON string. */
-static int fl_key(fl_t *F, const char **k, size_t *kl) {
+static inline __attribute__((always_inline)) int fl_key(fl_t *F, const char **k, size_t *kl) {
   const unsigned char *start = F->p;
   ds_buf_t *J = F->json;
   if (*start == '"') {
@@ -1118,7 +1119,7 @@ static int fl_binary(fl_t *F, ds_value_t **out) {
  * finds the line's end; the few that resolve to something else (null, true, false, a
  * number, [] and {}) are then rewritten in place, which costs less than looking for the
  * line's end first. */
-static int fl_inline(fl_t *F, ds_value_t **out) {
+static inline __attribute__((always_inline)) int fl_inline(fl_t *F, ds_value_t **out) {
   const unsigned char *s = F->p, *end = F->end;
   ds_buf_t *J = F->json;
   *out = NULL;
@@ -1216,7 +1217,7 @@ static int fl_indent(fl_t *F, int indent) {
 }
 
 /* The value of a key whose ':' is at F->p. */
-static int fl_after_key(fl_t *F, int indent, ds_value_t **out) {
+static inline __attribute__((always_inline)) int fl_after_key(fl_t *F, int indent, ds_value_t **out) {
   F->p++; /* ':' */
   if (F->p < F->end && *F->p == ' ') {
     F->p++;
