@@ -1366,7 +1366,7 @@ int ds__yaml_doc_to_json(const char *s, size_t n, ds_buf_t *out, const char *wan
   size_t base = out->len;
   /* The JSON is about as long as the YAML; reserving twice that once means the plain
    * scalars' room checks (jroom) never grow the buffer for an ordinary document. */
-  ds_buf_reserve(out, 2 * n + 64);
+  if (out->cap - out->len <= 2 * n + 64) ds_buf_reserve(out, 2 * n + 64);
   fl_t F = {.p = p,
             .end = (const unsigned char *)s + n,
             .start = (const unsigned char *)s,
@@ -1378,7 +1378,7 @@ int ds__yaml_doc_to_json(const char *s, size_t n, ds_buf_t *out, const char *wan
   jputc(out, '{');
   int rc = fl_members(&F, NULL, 0, 0);
   jputc(out, '}');
-  ds_buf_free(&tmp);
+  if (tmp.data) ds_buf_free(&tmp); /* (only escapes and binary values use it) */
   if (rc != FL_OK || F.p != F.end) {
     out->len = base;
     if (out->data) out->data[base] = '\0';
