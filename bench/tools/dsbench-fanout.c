@@ -8,13 +8,20 @@
  * Reports p50/p99/max, delivered/expected, missed and duplicated counts, the writer's
  * actual rate, subscriber drops, and whether this generator itself saturated a core.
  * It must keep per-subscriber memory small (10,000 subscribers): reads go through the
- * shared buffer in bt.c and only a partial line is kept per connection. */
+ * shared buffer in bt.c and only a partial line is kept per connection.
+ * --procs P spreads the subscribers over P reader processes (forked before any connection;
+ * this process then only writes and collects): one process reading 1,000 sockets at 200
+ * events/s uses about a whole core on a small machine, and a saturated reader would add its
+ * own queueing to the latencies. Timestamps are CLOCK_MONOTONIC, the same clock in every
+ * process; readers send back their counts and latency histograms over a pipe. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "bt.h"
@@ -55,7 +62,60 @@ static struct {
   int setup_state;         /* protocol PUT: 0 idle, 1 sent, 2 done, -1 failed */
   long server_pid;
   bt_hist_t hist;
+  int procs;               /* reader processes (0 = subscribers read in this process) */
+  int first, count;        /* this process's subscribers: [first, first + count) */
 } G;
+
+/* ---- reader processes (--procs) ------------------------------------------------ */
+
+enum { MSG_GO = 1, MSG_DRAIN = 2 };
+typedef struct {
+  uint32_t kind, acked;
+} ctl_msg_t;
+typedef struct {
+  int connected, failed;
+  double conn_secs;
+} ready_msg_t;
+typedef struct {
+  uint64_t unique, dups, out_of_range;
+  int dropped, live;
+  uint64_t cpu_ns, wait_ns, wall_ns;
+  bt_hist_t hist;
+} result_msg_t;
+
+static int write_full(int fd, const void *p, size_t n) {
+  const char *b = p;
+  while (n) {
+    ssize_t w = write(fd, b, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return -1;
+    b += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+/* Reads exactly n bytes, waiting at most timeout_ms overall (-1 = no limit). */
+static int read_full(int fd, void *p, size_t n, int timeout_ms) {
+  char *b = p;
+  uint64_t dl = timeout_ms < 0 ? 0 : bt_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+  while (n) {
+    if (timeout_ms >= 0) {
+      uint64_t now = bt_now_ns();
+      if (now >= dl) return -1;
+      struct pollfd pf = {.fd = fd, .events = POLLIN};
+      int pr = poll(&pf, 1, (int)((dl - now) / 1000000ull) + 1);
+      if (pr < 0 && errno == EINTR) continue;
+      if (pr <= 0) return -1;
+    }
+    ssize_t r = read(fd, b, n);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return -1;
+    b += r;
+    n -= (size_t)r;
+  }
+  return 0;
+}
 
 /* ---- subscribers --------------------------------------------------------------- */
 
@@ -238,11 +298,198 @@ static writer_t *idle_writer(void) {
   return NULL;
 }
 
+/* Connects this process's subscribers [G.first, G.first + G.count) in batches (so the
+ * server's accept backlog never overflows) and waits for their response headers. */
+static void connect_subscribers(double *conn_secs) {
+  size_t bitmap_bytes = (G.total - G.warm + 7) / 8;
+  G.subs = calloc((size_t)G.count, sizeof(sub_t));
+  for (int i = 0; i < G.count; i++) G.subs[i].c.fd = -1;
+  uint64_t t_conn0 = bt_now_ns();
+  uint64_t conn_deadline = t_conn0 + (uint64_t)(G.connect_timeout * 1e9);
+  while (G.connected + G.connect_failed < G.count && bt_now_ns() < conn_deadline) {
+    while (G.opened < G.count && G.outstanding < G.batch) {
+      sub_t *s = &G.subs[G.opened];
+      s->c.id = (uint32_t)(G.first + G.opened);
+      s->c.fd = -1;
+      s->seen = calloc(bitmap_bytes, 1);
+      G.opened++;
+      G.outstanding++;
+      int r = sub_open(s);
+      if (r < 0) {
+        s->done_connecting = 1;
+        s->closed = 1;
+        G.outstanding--;
+        if (G.connect_failed++ == 0)
+          fprintf(stderr, "dsbench-fanout: subscriber connect: %s\n", strerror(-r));
+      }
+    }
+    bt_loop_poll(10);
+  }
+  *conn_secs = (double)(bt_now_ns() - t_conn0) / 1e9;
+}
+
+static void close_subscribers(void) {
+  for (int i = 0; i < G.count; i++) {
+    bt_conn_close(&G.subs[i].c, 1);
+    free(G.subs[i].line);
+    free(G.subs[i].seen);
+  }
+  free(G.subs);
+  G.subs = NULL;
+}
+
+/* One reader process: waits for MSG_GO, connects its share of the subscribers, settles,
+ * reports ready, reads until MSG_DRAIN's deliveries are in (or the drain time is up) and
+ * sends its counts and histogram back. Never returns. */
+static void reader_main(int idx, int ctl_fd, int res_fd) {
+  ctl_msg_t m;
+  if (read_full(ctl_fd, &m, sizeof m, -1) != 0 || m.kind != MSG_GO) _exit(1);
+  if (bt_loop_init() != 0) _exit(1);
+  G.first = (int)((long long)idx * G.nsubs / G.procs);
+  G.count = (int)((long long)(idx + 1) * G.nsubs / G.procs) - G.first;
+  ready_msg_t rd = {0, 0, 0};
+  connect_subscribers(&rd.conn_secs);
+  uint64_t settle = bt_now_ns() + 300000000ull;
+  while (bt_now_ns() < settle) bt_loop_poll(10);
+  G.dropped = 0;
+  rd.connected = G.connected;
+  rd.failed = G.connect_failed;
+  if (write_full(res_fd, &rd, sizeof rd) != 0) _exit(1);
+  uint64_t t0 = bt_now_ns(), cpu0 = bt_cpu_ns(), wait0 = bt_proc_wait_ns(0), dl = 0;
+  int draining = 0;
+  uint32_t acked = 0;
+  for (;;) {
+    bt_loop_poll(5);
+    if (!draining) {
+      struct pollfd pf = {.fd = ctl_fd, .events = POLLIN};
+      if (poll(&pf, 1, 0) == 1) {
+        if (read_full(ctl_fd, &m, sizeof m, 1000) != 0) _exit(1); /* the writer is gone */
+        if (m.kind == MSG_DRAIN) {
+          draining = 1;
+          acked = m.acked;
+          dl = bt_now_ns() + (uint64_t)(G.drain * 1e9);
+        }
+      }
+    }
+    if (draining) {
+      int live_now = G.connected - G.dropped;
+      if (G.unique_total >= (uint64_t)acked * (uint64_t)(live_now > 0 ? live_now : 0)) break;
+      if (bt_now_ns() >= dl) break;
+    }
+  }
+  result_msg_t *res = calloc(1, sizeof *res);
+  res->unique = G.unique_total;
+  res->dups = G.dups_total;
+  res->out_of_range = G.out_of_range;
+  res->dropped = G.dropped;
+  res->live = G.connected;
+  res->wall_ns = bt_now_ns() - t0;
+  res->cpu_ns = bt_cpu_ns() - cpu0;
+  res->wait_ns = bt_proc_wait_ns(0) - wait0;
+  res->hist = G.hist;
+  int rc = write_full(res_fd, res, sizeof *res);
+  free(res);
+  close_subscribers();
+  _exit(rc == 0 ? 0 : 1);
+}
+
+#define MAX_PROCS 16
+static pid_t reader_pid[MAX_PROCS];
+static int reader_ctl[MAX_PROCS], reader_res[MAX_PROCS];
+
+/* Forks the reader processes (before this process opens anything). 0 or -1. */
+static int fork_readers(void) {
+  fflush(stdout);
+  fflush(stderr);
+  for (int i = 0; i < G.procs; i++) {
+    int ctl[2], res[2];
+    if (pipe(ctl) != 0 || pipe(res) != 0) return -1;
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+      close(ctl[1]);
+      close(res[0]);
+      for (int k = 0; k < i; k++) {
+        close(reader_ctl[k]);
+        close(reader_res[k]);
+      }
+      reader_main(i, ctl[0], res[1]);
+    }
+    close(ctl[0]);
+    close(res[1]);
+    reader_pid[i] = pid;
+    reader_ctl[i] = ctl[1];
+    reader_res[i] = res[0];
+  }
+  return 0;
+}
+
+static void send_readers(uint32_t kind, uint32_t acked) {
+  ctl_msg_t m = {kind, acked};
+  for (int i = 0; i < G.procs; i++) write_full(reader_ctl[i], &m, sizeof m);
+}
+
+/* Lets the readers connect; sums their connected/failed counts. 0 or -1. */
+static int start_readers(double *conn_secs) {
+  send_readers(MSG_GO, 0);
+  for (int i = 0; i < G.procs; i++) {
+    ready_msg_t rd;
+    if (read_full(reader_res[i], &rd, sizeof rd, (int)(G.connect_timeout * 1000) + 10000) != 0) {
+      fprintf(stderr, "dsbench-fanout: reader process %d did not report its subscribers\n", i);
+      return -1;
+    }
+    G.connected += rd.connected;
+    G.connect_failed += rd.failed;
+    if (rd.conn_secs > *conn_secs) *conn_secs = rd.conn_secs;
+  }
+  return 0;
+}
+
+/* Sends the acknowledged count, collects every reader's result and merges it into G;
+ * the largest CPU and run-queue shares of the readers go to *cpu_max / *wait_max. */
+static int collect_readers(uint32_t acked, double *cpu_max, double *wait_max) {
+  send_readers(MSG_DRAIN, acked);
+  result_msg_t *res = calloc(1, sizeof *res);
+  int rc = 0;
+  G.dropped = 0;
+  for (int i = 0; i < G.procs; i++) {
+    if (read_full(reader_res[i], res, sizeof *res, (int)(G.drain * 1000) + 10000) != 0) {
+      fprintf(stderr, "dsbench-fanout: reader process %d sent no result\n", i);
+      rc = -1;
+      continue;
+    }
+    G.unique_total += res->unique;
+    G.dups_total += res->dups;
+    G.out_of_range += res->out_of_range;
+    G.dropped += res->dropped;
+    for (int b = 0; b < BT_HIST_BUCKETS; b++) G.hist.counts[b] += res->hist.counts[b];
+    if (res->hist.n) {
+      if (res->hist.min < G.hist.min) G.hist.min = res->hist.min;
+      if (res->hist.max > G.hist.max) G.hist.max = res->hist.max;
+    }
+    G.hist.n += res->hist.n;
+    if (res->wall_ns) {
+      double c = (double)res->cpu_ns / (double)res->wall_ns;
+      double w = (double)res->wait_ns / (double)res->wall_ns;
+      if (c > *cpu_max) *cpu_max = c;
+      if (w > *wait_max) *wait_max = w;
+    }
+  }
+  free(res);
+  for (int i = 0; i < G.procs; i++) {
+    close(reader_ctl[i]);
+    close(reader_res[i]);
+    waitpid(reader_pid[i], NULL, 0);
+  }
+  return rc;
+}
+
 static void usage(void) {
   fprintf(stderr,
           "usage: dsbench-fanout --url http://HOST:PORT [--kind agents|protocol] [-s SUBSCRIBERS]\n"
           "         [-r EVENTS_PER_S] [-d SECONDS] [--writers W] [--path P] [--drain S]\n"
-          "         [--connect-timeout S] [--connect-batch N] [--warmup S] [--server-pid PID]\n");
+          "         [--connect-timeout S] [--connect-batch N] [--warmup S] [--server-pid PID]\n"
+          "         [--procs P]   (P reader processes share the subscribers; 0 = this one)\n");
   exit(2);
 }
 
@@ -262,10 +509,11 @@ int main(int argc, char **argv) {
       {"rate", 1, 0, 'r'},    {"duration", 1, 0, 'd'},  {"writers", 1, 0, 'W'},
       {"path", 1, 0, 'p'},    {"drain", 1, 0, 'D'},     {"connect-timeout", 1, 0, 'T'},
       {"connect-batch", 1, 0, 'B'}, {"warmup", 1, 0, 'w'},   {"server-pid", 1, 0, 'S'},
+      {"procs", 1, 0, 'P'},
       {"help", 0, 0, 'h'},
       {0, 0, 0, 0}};
   int o;
-  while ((o = getopt_long(argc, argv, "u:k:s:r:d:W:p:D:T:B:w:S:h", opts, NULL)) != -1) {
+  while ((o = getopt_long(argc, argv, "u:k:s:r:d:W:p:D:T:B:w:S:P:h", opts, NULL)) != -1) {
     switch (o) {
     case 'u': url = optarg; break;
     case 'k':
@@ -283,12 +531,16 @@ int main(int argc, char **argv) {
     case 'B': G.batch = atoi(optarg); break;
     case 'w': G.warmup = atof(optarg); break;
     case 'S': G.server_pid = atol(optarg); break;
+    case 'P': G.procs = atoi(optarg); break;
     default: usage();
     }
   }
   if (!url || bt_parse_url(url, &G.target) != 0 || G.nsubs < 1 || G.nwriters < 1 ||
-      G.rate <= 0 || G.duration <= 0 || G.batch < 1 || G.warmup < 0)
+      G.rate <= 0 || G.duration <= 0 || G.batch < 1 || G.warmup < 0 || G.procs < 0 ||
+      G.procs > MAX_PROCS || G.procs > G.nsubs)
     usage();
+  G.first = 0;
+  G.count = G.nsubs;
   double total_d = G.rate * G.duration;
   if (total_d < 1 || total_d > 100000000) usage();
   G.warm = (uint32_t)(G.rate * G.warmup + 0.5);
@@ -300,11 +552,15 @@ int main(int argc, char **argv) {
     return 1;
   }
   bt_hist_reset(&G.hist);
+  if (G.procs && fork_readers() != 0) {
+    fprintf(stderr, "dsbench-fanout: cannot start the reader processes: %s\n", strerror(errno));
+    return 1;
+  }
   if (bt_loop_init() != 0) return 1;
   printf("dsbench-fanout: kind=%s target=%s:%d path=%s subscribers=%d rate=%.0f/s duration=%.1fs "
-         "(after %.1fs warm-up) writers=%d\n",
+         "(after %.1fs warm-up) writers=%d reader-processes=%d\n",
          G.protocol ? "protocol" : "agents", G.target.host, G.target.port, G.path, G.nsubs,
-         G.rate, G.duration, G.warmup, G.nwriters);
+         G.rate, G.duration, G.warmup, G.nwriters, G.procs);
 
   G.writers = calloc((size_t)G.nwriters, sizeof(writer_t));
   for (int i = 0; i < G.nwriters; i++) {
@@ -332,32 +588,12 @@ int main(int argc, char **argv) {
     }
   }
 
-  /* connect subscribers in batches so the server's accept backlog never overflows */
-  size_t bitmap_bytes = (G.total - G.warm + 7) / 8;
-  G.subs = calloc((size_t)G.nsubs, sizeof(sub_t));
-  for (int i = 0; i < G.nsubs; i++) G.subs[i].c.fd = -1;
-  uint64_t t_conn0 = bt_now_ns();
-  uint64_t conn_deadline = t_conn0 + (uint64_t)(G.connect_timeout * 1e9);
-  while (G.connected + G.connect_failed < G.nsubs && bt_now_ns() < conn_deadline) {
-    while (G.opened < G.nsubs && G.outstanding < G.batch) {
-      sub_t *s = &G.subs[G.opened];
-      s->c.id = (uint32_t)G.opened;
-      s->c.fd = -1;
-      s->seen = calloc(bitmap_bytes, 1);
-      G.opened++;
-      G.outstanding++;
-      int r = sub_open(s);
-      if (r < 0) {
-        s->done_connecting = 1;
-        s->closed = 1;
-        G.outstanding--;
-        if (G.connect_failed++ == 0)
-          fprintf(stderr, "dsbench-fanout: subscriber connect: %s\n", strerror(-r));
-      }
-    }
-    bt_loop_poll(10);
+  double conn_secs = 0;
+  if (!G.procs) {
+    connect_subscribers(&conn_secs);
+  } else if (start_readers(&conn_secs) != 0) {
+    return 1;
   }
-  double conn_secs = (double)(bt_now_ns() - t_conn0) / 1e9;
   int subs_live = G.connected;
   printf("subscribers: %d of %d connected (headers received) in %.2f s, %d failed\n", G.connected,
          G.nsubs, conn_secs, G.connect_failed);
@@ -366,10 +602,13 @@ int main(int argc, char **argv) {
            G.protocol ? "protocol" : "agents", G.nsubs);
     return 1;
   }
-  /* let the server finish whatever it does right after the headers (history replay) */
-  uint64_t settle = bt_now_ns() + 300000000ull;
-  while (bt_now_ns() < settle) bt_loop_poll(10);
-  G.dropped = 0;
+  /* let the server finish whatever it does right after the headers (history replay);
+   * reader processes have settled before reporting */
+  if (!G.procs) {
+    uint64_t settle = bt_now_ns() + 300000000ull;
+    while (bt_now_ns() < settle) bt_loop_poll(10);
+    G.dropped = 0;
+  }
 
   uint64_t interval = (uint64_t)(1e9 / G.rate);
   uint64_t t0 = bt_now_ns(), cpu0 = bt_cpu_ns();
@@ -404,18 +643,24 @@ int main(int argc, char **argv) {
     int busy = 0;
     for (int i = 0; i < G.nwriters; i++) busy |= G.writers[i].busy;
     int live_now = subs_live - G.dropped;
-    if (!busy && G.unique_total >= (uint64_t)G.acked * (uint64_t)(live_now > 0 ? live_now : 0))
+    if (!busy && (G.procs ||
+                  G.unique_total >= (uint64_t)G.acked * (uint64_t)(live_now > 0 ? live_now : 0)))
       break;
     if (bt_now_ns() >= drain_deadline) break;
     bt_loop_poll(5);
   }
+  double readers_cpu = 0, readers_wait = 0;
+  if (G.procs && collect_readers(G.acked, &readers_cpu, &readers_wait) != 0) return 1;
   uint64_t t_done = bt_now_ns();
   double cpu_share = (double)(bt_cpu_ns() - cpu0) / (double)(t_done - t0);
+  /* with reader processes, the busiest generator process is what could saturate */
+  if (readers_cpu > cpu_share) cpu_share = readers_cpu;
   double server_cpu = bt_server_cpu_share(G.server_pid, scpu0, t_done - t0);
   double server_wait = G.server_pid > 0
                            ? (double)(bt_proc_wait_ns(G.server_pid) - swait0) / (double)(t_done - t0)
                            : -1;
   double gen_wait = (double)(bt_proc_wait_ns(0) - gwait0) / (double)(t_done - t0);
+  if (readers_wait > gen_wait) gen_wait = readers_wait;
 
   double span = t_measure ? (double)(t_last_send - t_measure) / 1e9 + 1.0 / G.rate : 0;
   double actual_rate = (double)sent / (span > G.duration ? span : G.duration);
@@ -457,13 +702,8 @@ int main(int argc, char **argv) {
          (unsigned long long)missed, (unsigned long long)G.dups_total, G.dropped,
          lat, conn_secs, cpu_share, sat, server_cpu, server_wait, gen_wait);
 
-  for (int i = 0; i < G.nsubs; i++) {
-    bt_conn_close(&G.subs[i].c, 1);
-    free(G.subs[i].line);
-    free(G.subs[i].seen);
-  }
+  if (!G.procs) close_subscribers();
   for (int i = 0; i < G.nwriters; i++) bt_conn_close(&G.writers[i].c, 0);
-  free(G.subs);
   free(G.writers);
   return 0;
 }
