@@ -258,7 +258,7 @@ static void waiter_on_publish(ds_sub_t *sub, const ds_published_t *rec) {
     char cur[32];
     ds__cursor(w->cursor, cur);
     ds_rbuf_t *f = shared_frame(w->p, rec, w->base64 ? DS__M_BYTES : w->mode, cur);
-    if (ds_http_stream_write(w->req, f) != 0) {
+    if (ds_http_stream_write_chunk(w->req, f) != 0) {
       w->broken = true; /* dropped from the timer, outside the publisher's stack */
       waiter_wake(w);
       return;
@@ -407,7 +407,9 @@ void ds__reads_free(ds_protocol_t *p) {
   memset(&p->fcache, 0, sizeof p->fcache);
 }
 
-/* The shared frame for record `rec` as seen by a subscriber with cursor `cur`. */
+/* The shared frame for record `rec` as seen by a subscriber with cursor `cur`, already in
+ * chunked framing (ds_http_chunk_new): each subscriber then queues one reference, with no
+ * per-subscriber chunk header to format and copy. */
 static ds_rbuf_t *shared_frame(ds_protocol_t *p, const ds_published_t *rec, int enc,
                                const char *cur) {
   struct ds__fcache_s *c = &p->fcache;
@@ -427,7 +429,7 @@ static ds_rbuf_t *shared_frame(ds_protocol_t *p, const ds_published_t *rec, int 
   }
   sse_control_cur(&out, rec->offset + 1, cur, true, false);
   if (c->frame) ds_rbuf_unref(c->frame);
-  c->frame = ds_rbuf_new(out.data, out.len);
+  c->frame = ds_http_chunk_new(out.data, out.len);
   ds_buf_free(&out);
   c->s = rec->stream;
   c->off = rec->offset;
