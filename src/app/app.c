@@ -302,7 +302,9 @@ int ds_app_run(const ds_config_t *cfg) {
   app.agents = ds_agents_api_new(&app.loop, app.streams, &ao);
   ds_protocol_opts_t po = {.long_poll_timeout_ms = cfg->long_poll_timeout_ms,
                            .sse_reconnect_ms = cfg->sse_reconnect_ms,
-                           .subscriptions = cfg->subscriptions};
+                           .subscriptions = cfg->subscriptions,
+                           .fsync = cfg->fsync,
+                           .fsync_interval_ms = cfg->fsync_interval_ms};
   /* subscriptions are as durable as the store: files beside the streams, or memory */
   ds_buf_t subs_dir = DS_BUF_INIT;
   if (strcmp(ds_store_kind(app.store), "yaml") == 0) {

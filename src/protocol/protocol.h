@@ -24,6 +24,11 @@ typedef struct ds_protocol_opts_s {
   const char *prefix;            /* URL prefix, default "/v1/stream" */
   const char *state_dir;         /* where subscriptions are kept durably (the YAML store's
                                     <data_dir>/subscriptions); NULL = in memory only */
+  ds_fsync_t fsync;              /* the store's fsync policy, applied to subscription files:
+                                    ALWAYS (the zero default) fsyncs before a change is
+                                    acknowledged; INTERVAL renames without fsync and syncs
+                                    from the threadpool every fsync_interval_ms; NEVER */
+  unsigned fsync_interval_ms;    /* for DS_FSYNC_INTERVAL; default 1000 */
 } ds_protocol_opts_t;
 
 ds_protocol_t *ds_protocol_new(uv_loop_t *loop, ds_streams_t *streams, const ds_protocol_opts_t *opts);

@@ -12,10 +12,17 @@
  * generation is recognised and fenced rather than rejected as unknown.
  * Persistence: with a state directory (the YAML store's <data_dir>/subscriptions, see
  * ds_protocol_opts_t.state_dir) every subscription is one JSON file there, rewritten
- * atomically (tmp + fsync + rename + dir fsync) whenever its durable state changes -
- * configuration, stream links and acked offsets, generation, the open wake (wake_id,
- * snapshot, pull-wake holder) and the failed flag - and before a request that changed it
- * is answered, so anything acknowledged survives kill -9. The Ed25519 signing key and the
+ * atomically (tmp + rename) whenever its durable state changes - configuration, stream
+ * links and acked offsets, generation, the open wake (wake_id, snapshot, pull-wake holder)
+ * and the failed flag - and before a request that changed it is answered, so anything
+ * acknowledged survives kill -9. Power-loss durability follows the store's fsync policy:
+ * `always` fsyncs the file and the directory before the change is acknowledged or a wake
+ * announced (a wake that cannot be saved is not announced); `interval` fsyncs nothing on
+ * the loop and lets the threadpool fsync the files written (and the directory) since the
+ * last round, at most every fsync_interval_ms; `never` does not fsync. A save that fails
+ * is logged once, kept dirty and retried from a back-off timer (not on every append).
+ * At load, acked offsets and wake snapshots beyond a stream's recovered tail are pulled
+ * back to it (logged). The Ed25519 signing key and the
  * callback-token key live in signing-keys.json (mode 0600), so JWKS, webhook signatures
  * and tokens handed out before a restart stay valid. At start-up the files are loaded;
  * leases restart in full, open webhook wakes are re-delivered and pending work wakes. A
@@ -24,8 +31,8 @@
  * moved, writes of that subscription id are refused (logged, 500) so it is never
  * silently replaced. Without a state directory (memory store) everything stays in memory.
  * Must not: block the loop beyond those small synchronous control-plane writes (webhooks
- * go through whook.c), or write subscription files on the stream append path unless a
- * subscription's state changed.
+ * go through whook.c; fsyncs only under `always`), or write subscription files on the
+ * stream append path unless a subscription's state changed.
  */
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -81,7 +88,33 @@ struct sub_s {
   int handles_open;
   bool dead;
   bool dirty; /* durable state changed and is not yet on disk */
+  bool save_failed;   /* in a failure episode: logged once, retried by ss->save_timer */
+  int save_rc;        /* the last save error while save_failed */
+  bool wake_deferred; /* a wake could not be saved (fsync always): created by the timer */
 };
+
+/* Interval policy: files renamed on the loop without fsync are fsynced (with the
+ * directory) from the threadpool, at most once per interval, only what changed since the
+ * last round. Separately allocated: a round still running when the subscriptions are
+ * freed owns it and frees it in its completion. */
+typedef struct syncer_s {
+  uv_loop_t *loop;
+  char *dir;
+  unsigned interval_ms;
+  char **pending; /* paths renamed since the last round (no duplicates) */
+  size_t npending;
+  bool dir_pending; /* a directory entry changed (create, rename, unlink) */
+  char **work;      /* the running round's paths; its failures are counted below */
+  size_t nwork;
+  bool work_dir;
+  size_t work_failed;
+  int work_rc;
+  char *work_failed_path;
+  int dir_rc;
+  uv_work_t req;
+  uv_timer_t *timer;
+  bool busy, stopped, orphan;
+} syncer_t;
 
 struct ds__subs_s {
   ds_protocol_t *p;
@@ -96,6 +129,11 @@ struct ds__subs_s {
   size_t nblocked;
   uv_timer_t *resume;   /* one-shot after start-up: re-deliver / wake loaded subscriptions */
   struct delivery_s *inflight; /* webhook POSTs awaiting their completion callback */
+  ds_fsync_t policy;    /* the store's fsync policy, for subscription files */
+  syncer_t *sy;         /* DS_FSYNC_INTERVAL with a state directory */
+  uv_timer_t *save_timer; /* back-off retry of failed saves and deferred wakes */
+  uint64_t save_backoff_ms;
+  bool stopping;
 };
 
 typedef struct delivery_s delivery_t;
@@ -344,8 +382,146 @@ static bool is_blocked(struct ds__subs_s *ss, const char *file) {
   return false;
 }
 
-/* Writes the subscription's file if its state changed. 0, or a DS_E* code (logged with
- * the file name); the state stays dirty so the next flush tries again. */
+/* ---- interval fsync rounds ---- */
+
+static void sy_timer_cb(uv_timer_t *t);
+
+static void sy_arm(syncer_t *sy) {
+  if (sy->stopped || sy->busy || uv_is_active((uv_handle_t *)sy->timer)) return;
+  if (sy->npending || sy->dir_pending) uv_timer_start(sy->timer, sy_timer_cb, sy->interval_ms, 0);
+}
+
+/* A file (path) or only a directory entry (path NULL) changed without fsync. */
+static void sy_note(syncer_t *sy, const char *path) {
+  sy->dir_pending = true;
+  if (path) {
+    bool have = false;
+    for (size_t i = 0; i < sy->npending && !have; i++) have = strcmp(sy->pending[i], path) == 0;
+    if (!have) {
+      sy->pending = ds_xrealloc(sy->pending, (sy->npending + 1) * sizeof *sy->pending);
+      sy->pending[sy->npending++] = ds_xstrdup(path);
+    }
+  }
+  sy_arm(sy);
+}
+
+static void sy_free_list(char **v, size_t n) {
+  for (size_t i = 0; i < n; i++) free(v[i]);
+  free(v);
+}
+
+/* Threadpool: fsync every file of the round (a file removed since needs nothing), then
+ * the directory so the renames and unlinks are durable too. */
+static void sy_work(uv_work_t *w) {
+  syncer_t *sy = w->data;
+  for (size_t i = 0; i < sy->nwork; i++) {
+    int rc = ds_file_fsync(sy->work[i]);
+    if (rc != 0 && rc != DS_ENOTFOUND) {
+      if (!sy->work_failed++) {
+        sy->work_rc = rc;
+        sy->work_failed_path = ds_xstrdup(sy->work[i]);
+      }
+    }
+  }
+  sy->dir_rc = sy->work_dir ? ds_file_fsync_dir(sy->dir) : 0;
+}
+
+static void sy_free(syncer_t *sy) {
+  sy_free_list(sy->pending, sy->npending);
+  sy_free_list(sy->work, sy->nwork);
+  free(sy->work_failed_path);
+  free(sy->dir);
+  free(sy);
+}
+
+static void sy_after(uv_work_t *w, int status) {
+  syncer_t *sy = w->data;
+  sy->busy = false;
+  if (sy->orphan) {
+    sy_free(sy);
+    return;
+  }
+  bool failed = status != 0 || sy->work_failed || sy->dir_rc != 0;
+  if (status != 0)
+    ds_error("subscriptions", "%s: subscription fsync round not run: %s", sy->dir,
+             uv_strerror(status));
+  else if (sy->work_failed)
+    ds_error("subscriptions", "%s: cannot fsync %zu subscription file%s (%s: %s); retrying",
+             sy->dir, sy->work_failed, sy->work_failed == 1 ? "" : "s", sy->work_failed_path,
+             ds_strerror(sy->work_rc));
+  else if (sy->dir_rc != 0)
+    ds_error("subscriptions", "%s: cannot fsync the subscription directory: %s; retrying",
+             sy->dir, ds_strerror(sy->dir_rc));
+  if (failed) { /* the whole round again: the page cache state of a failed file is unknown */
+    for (size_t i = 0; i < sy->nwork; i++) sy_note(sy, sy->work[i]);
+    if (sy->work_dir) sy->dir_pending = true;
+  }
+  sy_free_list(sy->work, sy->nwork);
+  sy->work = NULL;
+  sy->nwork = 0;
+  free(sy->work_failed_path);
+  sy->work_failed_path = NULL;
+  sy->work_failed = 0;
+  sy_arm(sy);
+}
+
+static void sy_timer_cb(uv_timer_t *t) {
+  syncer_t *sy = t->data;
+  if (sy->busy || sy->stopped || (!sy->npending && !sy->dir_pending)) return;
+  sy->work = sy->pending;
+  sy->nwork = sy->npending;
+  sy->work_dir = sy->dir_pending;
+  sy->pending = NULL;
+  sy->npending = 0;
+  sy->dir_pending = false;
+  sy->work_failed = 0;
+  sy->dir_rc = 0;
+  sy->req.data = sy;
+  if (uv_queue_work(sy->loop, &sy->req, sy_work, sy_after) == 0) {
+    sy->busy = true;
+    return;
+  }
+  for (size_t i = 0; i < sy->nwork; i++) sy_note(sy, sy->work[i]); /* cannot happen; keep */
+  sy_free_list(sy->work, sy->nwork);
+  sy->work = NULL;
+  sy->nwork = 0;
+}
+
+/* Shutdown: what is still pending is fsynced now, synchronously (not on a hot path). */
+static void sy_stop(syncer_t *sy) {
+  sy->stopped = true;
+  uv_timer_stop(sy->timer);
+  int failed = 0;
+  for (size_t i = 0; i < sy->npending; i++) {
+    int rc = ds_file_fsync(sy->pending[i]);
+    if (rc != 0 && rc != DS_ENOTFOUND && !failed++)
+      ds_error("subscriptions", "%s: cannot fsync at shutdown: %s", sy->pending[i],
+               ds_strerror(rc));
+  }
+  if (sy->dir_pending && ds_file_fsync_dir(sy->dir) != 0)
+    ds_error("subscriptions", "%s: cannot fsync the subscription directory at shutdown",
+             sy->dir);
+  sy_free_list(sy->pending, sy->npending);
+  sy->pending = NULL;
+  sy->npending = 0;
+  sy->dir_pending = false;
+}
+
+/* ---- saving subscriptions ---- */
+
+#define SAVE_RETRY_MIN_MS 100
+#define SAVE_RETRY_MAX_MS 10000
+
+static void save_retry_cb(uv_timer_t *t);
+
+static void save_retry_arm(struct ds__subs_s *ss) {
+  if (ss->stopping || !ss->save_timer || uv_is_active((uv_handle_t *)ss->save_timer)) return;
+  uv_timer_start(ss->save_timer, save_retry_cb, ss->save_backoff_ms, 0);
+}
+
+/* Writes the subscription's file if its state changed, following the fsync policy. 0, or a
+ * DS_E* code; the state then stays dirty and ss->save_timer retries with back-off. A
+ * failure is logged once per episode (and its end once), not once per attempt. */
 static int sub_flush(struct ds__subs_s *ss, sub_t *sb) {
   if (!ss->dir || !sb->dirty || sb->dead) return 0;
   ds_buf_t f = DS_BUF_INIT, b = DS_BUF_INIT;
@@ -353,26 +529,57 @@ static int sub_flush(struct ds__subs_s *ss, sub_t *sb) {
   int rc;
   if (is_blocked(ss, ds_buf_cstr(&f))) {
     rc = DS_EEXISTS;
-    ds_error("subscriptions",
-             "%s: refusing to save subscription %s over a damaged file that could not be "
-             "moved aside; move or remove it by hand",
-             f.data, sb->id);
+    if (!sb->save_failed)
+      ds_error("subscriptions",
+               "%s: refusing to save subscription %s over a damaged file that could not be "
+               "moved aside; move or remove it by hand",
+               f.data, sb->id);
   } else {
     sub_encode(sb, &b);
-    rc = ds_file_write_atomic(ds_buf_cstr(&f), b.data, b.len, 0644);
-    if (rc == 0) sb->dirty = false;
-    else
-      ds_error("subscriptions", "%s: cannot save subscription %s: %s", f.data, sb->id,
-               ds_strerror(rc));
+    rc = ds_file_write_atomic_opt(ds_buf_cstr(&f), b.data, b.len, 0644,
+                                  ss->policy == DS_FSYNC_ALWAYS);
+    if (rc == DS_FILE_UNSYNCED) {
+      ds_warn("subscriptions",
+              "%s: subscription %s saved, but fsyncing its directory failed (durability "
+              "unknown)",
+              f.data, sb->id);
+      rc = 0;
+    }
+    if (rc == 0 && ss->sy) sy_note(ss->sy, ds_buf_cstr(&f));
+    if (rc != 0 && !sb->save_failed)
+      ds_error("subscriptions", "%s: cannot save subscription %s: %s (retrying)", f.data,
+               sb->id, ds_strerror(rc));
+  }
+  if (rc == 0) {
+    sb->dirty = false;
+    if (sb->save_failed)
+      ds_info("subscriptions", "%s: subscription %s saved again", f.data, sb->id);
+    sb->save_failed = false;
+  } else {
+    sb->save_failed = true;
+    sb->save_rc = rc;
+    save_retry_arm(ss);
   }
   ds_buf_free(&f);
   ds_buf_free(&b);
   return rc;
 }
 
-static void sub_touch(struct ds__subs_s *ss, sub_t *sb) {
+/* From background paths (appends, timers, webhook completions): a subscription in a save
+ * failure episode is left to the back-off timer instead of being retried (and logged)
+ * on every event. Returns 0 or the pending error. */
+static int sub_flush_bg(struct ds__subs_s *ss, sub_t *sb) {
+  if (!ss->dir || !sb->dirty || sb->dead) return 0;
+  if (sb->save_failed) {
+    save_retry_arm(ss);
+    return sb->save_rc;
+  }
+  return sub_flush(ss, sb);
+}
+
+static int sub_touch(struct ds__subs_s *ss, sub_t *sb) {
   sb->dirty = true;
-  sub_flush(ss, sb);
+  return sub_flush_bg(ss, sb);
 }
 
 /* Removes the subscription's file (DELETE). 0 or DS_E* (logged). */
@@ -380,7 +587,17 @@ static int sub_unlink(struct ds__subs_s *ss, sub_t *sb) {
   if (!ss->dir) return 0;
   ds_buf_t f = DS_BUF_INIT;
   sub_file(ss, sb->id, &f);
-  int rc = is_blocked(ss, ds_buf_cstr(&f)) ? 0 : ds_file_remove(ds_buf_cstr(&f));
+  int rc = is_blocked(ss, ds_buf_cstr(&f))
+               ? 0
+               : ds_file_remove_opt(ds_buf_cstr(&f), ss->policy == DS_FSYNC_ALWAYS);
+  if (rc == DS_FILE_UNSYNCED) {
+    ds_warn("subscriptions",
+            "%s: subscription %s removed, but fsyncing its directory failed (durability "
+            "unknown)",
+            f.data, sb->id);
+    rc = 0;
+  }
+  if (rc == 0 && ss->sy) sy_note(ss->sy, NULL);
   if (rc < 0)
     ds_error("subscriptions", "%s: cannot remove subscription %s: %s", f.data, sb->id,
              ds_strerror(rc));
@@ -442,23 +659,51 @@ static void clear_wake(sub_t *sb) {
   sb->nsnapshot = 0;
 }
 
-static void create_wake(struct ds__subs_s *ss, sub_t *sb, const char *trigger);
+static int create_wake(struct ds__subs_s *ss, sub_t *sb, const char *trigger, bool req);
 
-static bool next_wake_if_pending(struct ds__subs_s *ss, sub_t *sb) {
+/* Opens a wake if data is pending; true if one was opened (and announced). req: called
+ * while answering a request, which tries the save even during a failure episode. */
+static bool next_wake_if_pending(struct ds__subs_s *ss, sub_t *sb, bool req) {
   const char *first = NULL;
   if (!has_pending(ss, sb, &first)) return false;
   char *t = ds_xstrdup(first);
-  create_wake(ss, sb, t);
+  int rc = create_wake(ss, sb, t, req);
   free(t);
-  return true;
+  return rc == 0;
 }
 
 static void lease_cb(uv_timer_t *t) {
   sub_t *sb = t->data;
   clear_wake(sb);
   sb->dirty = true;
-  next_wake_if_pending(sb->owner, sb);
-  sub_flush(sb->owner, sb);
+  next_wake_if_pending(sb->owner, sb, false);
+  sub_flush_bg(sb->owner, sb);
+}
+
+/* Back-off retry: saves what is still dirty and opens the wakes that could not be saved;
+ * the delay doubles while anything keeps failing and resets once all succeeded. */
+static void save_retry_cb(uv_timer_t *t) {
+  struct ds__subs_s *ss = t->data;
+  bool failing = false;
+  for (sub_t *sb = ss->subs; sb; sb = sb->next) {
+    if (sb->dirty && sub_flush(ss, sb) != 0) {
+      failing = true;
+      continue;
+    }
+    if (sb->wake_deferred) {
+      sb->wake_deferred = false;
+      if (!sb->wake_id[0] && !sb->holder) next_wake_if_pending(ss, sb, false);
+      if (sb->wake_deferred || sb->dirty) failing = true;
+    }
+  }
+  if (failing) {
+    ss->save_backoff_ms *= 2;
+    if (ss->save_backoff_ms > SAVE_RETRY_MAX_MS) ss->save_backoff_ms = SAVE_RETRY_MAX_MS;
+    uv_timer_stop(ss->save_timer); /* a failed save above armed it with the old delay */
+    save_retry_arm(ss);
+  } else {
+    ss->save_backoff_ms = SAVE_RETRY_MIN_MS;
+  }
 }
 
 static void extend_lease(sub_t *sb) {
@@ -483,7 +728,7 @@ static void schedule_retry(sub_t *sb) {
   sb->retry_count++;
   if (!sb->failed) {
     sb->failed = true;
-    sub_touch(sb->owner, sb);
+    sub_touch(sb->owner, sb); /* a failed save is retried by the save timer */
   }
   uint64_t base = 1000;
   for (int i = 1; i < sb->retry_count && base < RETRY_MAX_MS; i++) base *= 2;
@@ -524,11 +769,11 @@ static void delivered(void *ud, int status, const char *body, size_t len) {
           }
           clear_wake(sb);
           sb->dirty = true;
-          next_wake_if_pending(d->ss, sb);
+          next_wake_if_pending(d->ss, sb, false);
         }
       }
       ds_arena_free(&a);
-      sub_flush(d->ss, sb);
+      sub_flush_bg(d->ss, sb);
     }
   }
   free(d->sub_id);
@@ -619,29 +864,53 @@ static void write_pull_event(struct ds__subs_s *ss, sub_t *sb, const char *trigg
   ds_buf_free(&ev);
 }
 
-static void create_wake(struct ds__subs_s *ss, sub_t *sb, const char *trigger) {
+/* Opens a wake: new generation, wake_id and snapshot, saved before anyone can see it
+ * (webhook POST, wake event). Under fsync `always` a wake that could not be saved is not
+ * announced: the subscription is put back as it was and the save timer opens the wake
+ * once saving works again (DS_E* returned). Under interval / never the save is a rename
+ * without fsync, and a failed one is retried by the timer while the wake goes out. */
+static int create_wake(struct ds__subs_s *ss, sub_t *sb, const char *trigger, bool req) {
+  long old_gen = sb->generation;
+  char old_wake[sizeof sb->wake_id];
+  memcpy(old_wake, sb->wake_id, sizeof old_wake);
+  link_t *old_snap = sb->snapshot;
+  size_t old_nsnap = sb->nsnapshot;
+  bool old_dirty = sb->dirty;
   sb->generation++;
   unsigned char rnd[12];
   RAND_bytes(rnd, sizeof rnd);
   char *w = sb->wake_id;
   w += sprintf(w, "w_");
   for (size_t i = 0; i < sizeof rnd; i++) w += sprintf(w, "%02x", rnd[i]);
-  for (size_t i = 0; i < sb->nsnapshot; i++) free(sb->snapshot[i].path);
-  free(sb->snapshot);
   sb->snapshot = ds_xcalloc(sb->nlinks ? sb->nlinks : 1, sizeof *sb->snapshot);
   sb->nsnapshot = sb->nlinks;
   for (size_t i = 0; i < sb->nlinks; i++) {
     sb->snapshot[i].path = ds_xstrdup(sb->links[i].path);
     tail_of(ss, sb->links[i].path, sb->snapshot[i].acked);
   }
-  /* on disk before anyone can see the wake (webhook POST, wake event) */
-  sub_touch(ss, sb);
+  sb->dirty = true;
+  int rc = req ? sub_flush(ss, sb) : sub_flush_bg(ss, sb);
+  if (rc != 0 && ss->policy == DS_FSYNC_ALWAYS) {
+    for (size_t i = 0; i < sb->nsnapshot; i++) free(sb->snapshot[i].path);
+    free(sb->snapshot);
+    sb->snapshot = old_snap;
+    sb->nsnapshot = old_nsnap;
+    sb->generation = old_gen;
+    memcpy(sb->wake_id, old_wake, sizeof old_wake);
+    sb->dirty = old_dirty;
+    sb->wake_deferred = true;
+    save_retry_arm(ss);
+    return rc;
+  }
+  for (size_t i = 0; i < old_nsnap; i++) free(old_snap[i].path);
+  free(old_snap);
   if (sb->webhook) {
     extend_lease(sb);
     deliver(ss, sb);
   } else {
     write_pull_event(ss, sb, trigger);
   }
+  return 0;
 }
 
 /* ---- stream events ---- */
@@ -655,9 +924,11 @@ void ds__subs_on_append(ds_protocol_t *p, const char *path) {
       if (!l || !l->glob) sb->dirty = true;
       link_add(sb, path, false, l ? l->acked : "-1");
     }
-    if (link_find(sb, path) && !sb->wake_id[0] && !sb->holder && has_pending(ss, sb, NULL))
-      create_wake(ss, sb, path);
-    sub_flush(ss, sb);
+    /* a deferred wake (save failing) is opened by the save timer, not by every append */
+    if (!sb->wake_deferred && link_find(sb, path) && !sb->wake_id[0] && !sb->holder &&
+        has_pending(ss, sb, NULL))
+      create_wake(ss, sb, path, false);
+    if (sb->dirty) sub_flush_bg(ss, sb);
   }
 }
 
@@ -668,7 +939,7 @@ void ds__subs_on_delete(ds_protocol_t *p, const char *path) {
     for (size_t i = 0; i < sb->nlinks; i++)
       if (strcmp(sb->links[i].path, path) == 0) {
         link_remove(sb, i);
-        sub_touch(ss, sb);
+        sub_touch(ss, sb); /* a failed save is retried by the save timer */
         break;
       }
 }
@@ -849,6 +1120,37 @@ static void sub_arm(struct ds__subs_s *ss, sub_t *sb) {
   sb->handles_open = 2;
 }
 
+/* After a power loss the stream logs (fsynced on their own interval) can be behind the
+ * subscription file: an acked offset or wake snapshot beyond the recovered tail would
+ * suppress wakes while new events reuse those offsets. Such offsets are pulled back to
+ * the tail (logged); the file is rewritten by the resume pass. */
+static void clamp_to_tails(struct ds__subs_s *ss, sub_t *sb, const char *file) {
+  for (size_t i = 0; i < sb->nlinks; i++) {
+    char t[20];
+    tail_of(ss, sb->links[i].path, t);
+    if (strcmp(sb->links[i].acked, t) > 0) {
+      ds_warn("subscriptions",
+              "%s: subscription %s: acked offset %s of %s is beyond the stream's tail %s "
+              "(stream data lost in a crash?); using the tail",
+              file, sb->id, sb->links[i].acked, sb->links[i].path, t);
+      snprintf(sb->links[i].acked, sizeof sb->links[i].acked, "%s", t);
+      sb->dirty = true;
+    }
+  }
+  for (size_t i = 0; i < sb->nsnapshot; i++) {
+    char t[20];
+    tail_of(ss, sb->snapshot[i].path, t);
+    if (strcmp(sb->snapshot[i].acked, t) > 0) {
+      ds_warn("subscriptions",
+              "%s: subscription %s: wake snapshot offset %s of %s is beyond the stream's "
+              "tail %s; using the tail",
+              file, sb->id, sb->snapshot[i].acked, sb->snapshot[i].path, t);
+      snprintf(sb->snapshot[i].acked, sizeof sb->snapshot[i].acked, "%s", t);
+      sb->dirty = true;
+    }
+  }
+}
+
 /* Loads every subscription file; returns how many were loaded. */
 static size_t load_all(struct ds__subs_s *ss) {
   DIR *d = opendir(ss->dir);
@@ -899,6 +1201,7 @@ static size_t load_all(struct ds__subs_s *ss) {
         set_aside(ss, file, "subscription", "duplicate subscription id");
         sub_free_mem(sb);
       } else {
+        clamp_to_tails(ss, sb, file);
         sub_arm(ss, sb);
         /* a lease restarts in full: the holder or webhook gets its whole lease again */
         if (sb->wake_id[0] && (sb->webhook || sb->holder)) extend_lease(sb);
@@ -923,16 +1226,30 @@ static void resume_cb(uv_timer_t *t) {
     if (sb->wake_id[0]) {
       if (sb->webhook) deliver(ss, sb);
     } else {
-      next_wake_if_pending(ss, sb);
+      next_wake_if_pending(ss, sb, false);
     }
-    sub_flush(ss, sb);
+    sub_flush_bg(ss, sb);
   }
 }
 
 static void free_timer(uv_handle_t *h) { free(h); }
 
+/* True if the state directory holds any subscription file (loaded or not). */
+static bool any_sub_files(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d) return false;
+  bool any = false;
+  for (struct dirent *e; !any && (e = readdir(d));)
+    any = (strncmp(e->d_name, "s_", 2) == 0 || strncmp(e->d_name, "h_", 2) == 0) &&
+          strstr(e->d_name, ".json") != NULL;
+  closedir(d);
+  return any;
+}
+
 /* Ed25519 signing key and callback-token key: loaded from signing-keys.json, else made
- * and saved there (0600). */
+ * and saved there (0600). A key file that was read and is damaged is moved aside and
+ * replaced; one that merely cannot be read (EACCES, a transient EIO...) is never
+ * replaced: the server runs on keys kept in memory only and logs an error. */
 static void keys_init(struct ds__subs_s *ss) {
   ds_buf_t f = DS_BUF_INIT, content = DS_BUF_INIT;
   bool may_write = ss->dir != NULL;
@@ -969,7 +1286,18 @@ static void keys_init(struct ds__subs_s *ss) {
       }
       ds_arena_free(&a);
     } else if (rc != DS_ENOTFOUND) {
-      snprintf(why, sizeof why, "cannot read it: %s", ds_strerror(rc));
+      ds_error("subscriptions",
+               "%s: cannot read the signing keys (%s); not replacing the file: running on "
+               "temporary keys kept in memory only (webhook signatures and callback tokens "
+               "change on the next restart unless the file becomes readable)",
+               f.data, ds_strerror(rc));
+      may_write = false;
+    } else if (any_sub_files(ss->dir)) {
+      ds_warn("subscriptions",
+              "%s: missing while subscription files exist; new signing and callback-token "
+              "keys are generated: webhook consumers must fetch the JWKS again, and tokens "
+              "issued before are no longer accepted",
+              f.data);
     }
     if (why[0]) {
       size_t before = ss->nblocked;
@@ -1034,12 +1362,27 @@ struct ds__subs_s *ds__subs_new(ds_protocol_t *p) {
   struct ds__subs_s *ss = ds_xcalloc(1, sizeof *ss);
   ss->p = p;
   ss->hooks = ds__whook_new(p->loop);
+  ss->policy = p->opts.fsync;
+  ss->save_backoff_ms = SAVE_RETRY_MIN_MS;
+  ss->save_timer = ds_xmalloc(sizeof *ss->save_timer);
+  uv_timer_init(p->loop, ss->save_timer);
+  ss->save_timer->data = ss;
   if (p->opts.state_dir) {
     ss->dir = ds_xstrdup(p->opts.state_dir);
     int rc = ds_file_mkdir_p(ss->dir, 0700);
     if (rc != 0)
       ds_error("subscriptions", "%s: cannot create the subscription directory: %s", ss->dir,
                ds_strerror(rc));
+    if (ss->policy == DS_FSYNC_INTERVAL) {
+      syncer_t *sy = ds_xcalloc(1, sizeof *sy);
+      sy->loop = p->loop;
+      sy->dir = ds_xstrdup(ss->dir);
+      sy->interval_ms = p->opts.fsync_interval_ms ? p->opts.fsync_interval_ms : 1000;
+      sy->timer = ds_xmalloc(sizeof *sy->timer);
+      uv_timer_init(p->loop, sy->timer);
+      sy->timer->data = sy;
+      ss->sy = sy;
+    }
   }
   keys_init(ss);
   if (ss->key) {
@@ -1080,6 +1423,16 @@ void ds__subs_shutdown(struct ds__subs_s *ss) {
     ss->resume = NULL;
   }
   for (sub_t *sb = ss->subs; sb; sb = sb->next) sub_flush(ss, sb); /* retry failed saves */
+  ss->stopping = true;
+  if (ss->save_timer) {
+    uv_close((uv_handle_t *)ss->save_timer, free_timer);
+    ss->save_timer = NULL;
+  }
+  if (ss->sy && !ss->sy->stopped) {
+    sy_stop(ss->sy); /* what is pending is fsynced now; a running round finishes alone */
+    uv_close((uv_handle_t *)ss->sy->timer, free_timer);
+    ss->sy->timer = NULL;
+  }
   while (ss->subs) sub_destroy(ss, ss->subs);
   if (ss->hooks) ds__whook_close(ss->hooks, NULL, NULL);
   ss->hooks = NULL;
@@ -1093,7 +1446,12 @@ void ds__subs_shutdown(struct ds__subs_s *ss) {
 
 void ds__subs_free(struct ds__subs_s *ss) {
   if (!ss) return;
-  if (ss->hooks || ss->subs) ds__subs_shutdown(ss);
+  if (ss->hooks || ss->subs || !ss->stopping) ds__subs_shutdown(ss);
+  if (ss->sy) {
+    if (ss->sy->busy) ss->sy->orphan = true; /* its completion frees it */
+    else sy_free(ss->sy);
+    ss->sy = NULL;
+  }
   EVP_PKEY_free(ss->key);
   for (size_t i = 0; i < ss->nblocked; i++) free(ss->blocked[i]);
   free(ss->blocked);
@@ -1571,8 +1929,12 @@ void ds__subs_handle(ds_protocol_t *p, ds_http_req_t *req, const char *rest, siz
     }
     if (!sb->wake_id[0]) {
       char *t = ds_xstrdup(first);
-      create_wake(ss, sb, t);
+      int wrc = create_wake(ss, sb, t, true);
       free(t);
+      if (wrc != 0 && !sb->wake_id[0]) { /* fsync always: a wake that is not saved */
+        respond_storage(req, wrc);
+        goto out;
+      }
     }
     sb->holder = ds_xstrndup(w->u.str.s, w->u.str.len);
     sb->dirty = true;
@@ -1616,7 +1978,7 @@ void ds__subs_handle(ds_protocol_t *p, ds_http_req_t *req, const char *rest, siz
   if (is_release) {
     clear_wake(sb);
     sb->dirty = true;
-    next_wake_if_pending(ss, sb);
+    next_wake_if_pending(ss, sb, true);
     int rc = sub_flush(ss, sb);
     if (rc != 0) respond_storage(req, rc);
     else respond_json(req, 204, NULL, 0);
@@ -1628,7 +1990,7 @@ void ds__subs_handle(ds_protocol_t *p, ds_http_req_t *req, const char *rest, siz
   if (done && done->type == DS_V_BOOL && done->u.b) {
     clear_wake(sb);
     sb->dirty = true;
-    next = next_wake_if_pending(ss, sb);
+    next = next_wake_if_pending(ss, sb, true);
   }
   int rc = sub_flush(ss, sb);
   if (rc != 0) respond_storage(req, rc);
