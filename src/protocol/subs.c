@@ -661,8 +661,8 @@ static void clear_wake(sub_t *sb) {
 
 static int create_wake(struct ds__subs_s *ss, sub_t *sb, const char *trigger, bool req);
 
-/* Opens a wake if data is pending; true if one was opened (and announced). req: called
- * while answering a request, which tries the save even during a failure episode. */
+/* Opens a wake if data is pending; true if one was opened (and announced). req: try the
+ * save even during a failure episode (a request being answered, or the retry timer). */
 static bool next_wake_if_pending(struct ds__subs_s *ss, sub_t *sb, bool req) {
   const char *first = NULL;
   if (!has_pending(ss, sb, &first)) return false;
@@ -692,7 +692,7 @@ static void save_retry_cb(uv_timer_t *t) {
     }
     if (sb->wake_deferred) {
       sb->wake_deferred = false;
-      if (!sb->wake_id[0] && !sb->holder) next_wake_if_pending(ss, sb, false);
+      if (!sb->wake_id[0] && !sb->holder) next_wake_if_pending(ss, sb, true); /* try now */
       if (sb->wake_deferred || sb->dirty) failing = true;
     }
   }

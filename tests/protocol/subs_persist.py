@@ -16,7 +16,18 @@ Drives build/durable-stream over HTTP (run by tests/subs_persist.test.sh):
   5. a damaged file that cannot even be moved aside (subscription directory on a tmpfs
      remounted read-only for the start-up; needs root, skipped with a message otherwise):
      logged, skipped, and writes to that id are refused later while other ids work;
-  6. the memory store keeps subscriptions in memory only (gone after a restart, no files).
+  6. the fsync policy: under `interval` no subscription file is fsynced on the event-loop
+     thread (strace: only threadpool threads fsync them, and they do), under `always` they
+     are fsynced before the answer; `never` and `always` keep acknowledged changes over
+     kill -9 too;
+  7. a save that keeps failing (a directory planted at the temp file's name): logged once
+     however many appends, under `always` the wake is not announced until saving works
+     again, then it is (same generation + 1) and the recovery is logged once;
+  8. an acked offset beyond the recovered stream tail (stream data lost) is pulled back to
+     the tail at start-up with a warning, and new appends wake again;
+  9. a signing-keys.json that cannot be read is not replaced (error logged, server up);
+     a missing one while subscription files exist is regenerated with a warning;
+ 10. the memory store keeps subscriptions in memory only (gone after a restart, no files).
 Environment: DS_BINARY. Must not: leave servers or temp dirs behind.
 """
 import base64
@@ -65,10 +76,11 @@ PORT = free_port()
 
 
 class Server:
-    def __init__(self, storage="yaml", new_port=False):
+    def __init__(self, storage="yaml", new_port=False, args=(), wrap=()):
         """new_port: a start that does not resume an earlier one's state may move to another
         free port if this one was taken meanwhile (restarts keep theirs: callback URLs)."""
         global PORT
+        self.args, self.wrap = list(args), list(wrap)
         for attempt in range(5):
             if self.start(storage):
                 return
@@ -85,8 +97,8 @@ class Server:
         self.err_start = os.path.getsize(self.err_path)
         # run in the temp dir so no ./config.lua of the checkout is picked up
         self.proc = subprocess.Popen(
-            [os.path.abspath(BIN), "--port", str(PORT), "--storage", storage, "--data-dir",
-             DATA, "--long-poll-timeout", "500"],
+            self.wrap + [os.path.abspath(BIN), "--port", str(PORT), "--storage", storage,
+                         "--data-dir", DATA, "--long-poll-timeout", "500"] + self.args,
             cwd=T, stdout=self.out, stderr=self.err)
         want = "listening on http://127.0.0.1:%d" % PORT
         deadline = time.time() + 30
@@ -108,8 +120,15 @@ class Server:
             f.seek(self.err_start)
             return f.read()
 
+    def target(self):
+        """pid of the server itself (a wrapper such as strace runs it as its child)"""
+        if not self.wrap:
+            return self.proc.pid
+        with open("/proc/%d/task/%d/children" % (self.proc.pid, self.proc.pid)) as f:
+            return int(f.read().split()[0])
+
     def stop(self, sig=signal.SIGTERM):
-        self.proc.send_signal(sig)
+        os.kill(self.target(), sig)
         rc = self.proc.wait(timeout=20)
         log = self.log()
         check("runtime error:" not in log and "Sanitizer" not in log, "sanitizer report:\n" + log)
@@ -349,6 +368,190 @@ def phase_blocked():
     mounted = False
 
 
+def count_in(log, what):
+    return log.count(what)
+
+
+def strace_fsyncs(path, main_tid):
+    """(tid, fd path) of every fsync/fdatasync in an `strace -f -y` log."""
+    out = []
+    with open(path) as f:
+        for line in f:
+            parts = line.split(None, 1)
+            if len(parts) < 2 or not parts[0].isdigit():
+                continue
+            rest = parts[1]
+            if rest.startswith("fsync(") or rest.startswith("fdatasync("):
+                lt, gt = rest.find("<"), rest.find(">")
+                if lt > 0 and gt > lt:
+                    out.append((int(parts[0]), rest[lt + 1:gt]))
+    return out
+
+
+def phase_policy():
+    """fsync policy: where and whether subscription files are fsynced."""
+    global srv
+    shutil.rmtree(DATA, ignore_errors=True)
+    cfg = os.path.join(T, "config.lua")
+    open(cfg, "w").write("return { fsync_interval_ms = 100 }\n")
+    trace = os.path.join(T, "strace.log")
+    have_strace = shutil.which("strace") is not None
+    for policy in ("interval", "always"):
+        wrap = ["strace", "-f", "-y", "-qq", "-e", "trace=fsync,fdatasync", "-o", trace] if have_strace else []
+        srv = Server(new_port=True, args=["--fsync", policy], wrap=wrap)
+        sid = "pol-" + policy
+        f = os.path.join(SUBDIR, "s_%s.json" % sid)
+        st, _ = jreq("PUT", sub_url(sid), {"type": "pull-wake", "streams": ["pol/" + policy],
+                                          "wake_stream": "pol/wake"})
+        check(st == 201, "create under %s: %d" % (policy, st))
+        if have_strace:
+            # the server's main thread is the first traced thread after strace's own exec
+            def main_tid():
+                with open(trace) as tf:
+                    for line in tf:
+                        p0 = line.split(None, 1)[0]
+                        if p0.isdigit():
+                            return int(p0)
+                return None
+            mt = wait_for(main_tid, "strace output")
+            if policy == "interval":
+                ours = wait_for(lambda: [x for x in strace_fsyncs(trace, mt) if x[1] in (f, f + ".tmp")],
+                                "threadpool fsync of " + f)
+                check(all(tid != mt for tid, _ in ours),
+                      "interval: %s fsynced on the loop thread: %r" % (f, ours))
+                wait_for(lambda: any(p == SUBDIR and tid != mt for tid, p in strace_fsyncs(trace, mt)),
+                         "threadpool fsync of the subscription directory")
+            else:
+                ours = [x for x in strace_fsyncs(trace, mt) if x[1] == f + ".tmp"]
+                check(ours and all(tid == mt for tid, _ in ours),
+                      "always: %s fsynced before the answer on the loop: %r" % (f, ours))
+        srv.stop()
+        srv = Server(args=["--fsync", policy])
+        check(get_sub(sid)["id"] == sid, "SIGTERM restart under " + policy)
+        srv.stop()
+    # kill -9 right after acknowledged changes, under never (no fsync at all) and always
+    for policy in ("never", "always"):
+        srv = Server(args=["--fsync", policy])
+        sid = "k9-" + policy
+        st, _ = jreq("PUT", sub_url(sid), {"type": "pull-wake", "streams": ["k9/" + policy],
+                                          "wake_stream": "pol/wake"})
+        check(st == 201, "create %s" % sid)
+        st, _ = req("DELETE", sub_url("pol-" + policy if policy == "always" else "pol-interval"))
+        check(st == 204, "delete under " + policy)
+        srv.stop(signal.SIGKILL)
+        srv = Server(args=["--fsync", policy])
+        check(get_sub(sid)["id"] == sid, "create kept over kill -9 under " + policy)
+        st, _ = jreq("GET", sub_url("pol-" + policy if policy == "always" else "pol-interval"))
+        check(st == 404, "delete kept over kill -9 under " + policy)
+        srv.stop()
+    os.unlink(cfg)
+
+
+def phase_save_failure():
+    """A save that keeps failing: logged once, retried from a timer, wake held under always."""
+    global srv
+    for policy in ("always", "interval"):
+        shutil.rmtree(DATA, ignore_errors=True)
+        srv = Server(new_port=True, args=["--fsync", policy])
+        sid = "stuck"
+        st, _ = jreq("PUT", sub_url(sid), {"type": "webhook", "streams": ["stuck/x"],
+                                          "webhook": {"url": HOOK + "/done"}})
+        check(st == 201, "create stuck")
+        drain("done")
+        put_stream("stuck/x", {"n": 0})
+        _, _, first = next_hook("done", lambda b: b["subscription_id"] == sid)
+        t0 = tail("stuck/x")
+        wait_for(lambda: acked(sid, "stuck/x") == t0, "first wake auto-acked")
+        blocker = os.path.join(SUBDIR, "s_%s.json.tmp" % sid)
+        os.mkdir(blocker)  # the temp file cannot be created: every save fails
+        for i in range(30):
+            append("stuck/x", {"n": i + 1})
+        wait_for(lambda: "cannot save subscription stuck" in srv.log(), "save failure logged")
+        if policy == "always":
+            try:
+                _, _, early = next_hook("done", lambda b: b["subscription_id"] == sid, timeout=0.5)
+                raise AssertionError("always: a wake that could not be saved was announced: %r" % early)
+            except AssertionError as e:
+                if "no webhook" not in str(e):
+                    raise
+        for i in range(30):
+            append("stuck/x", {"m": i})
+        check(count_in(srv.log(), "cannot save subscription stuck") == 1,
+              "%s: save failure logged once:\n%s" % (policy, srv.log()))
+        os.rmdir(blocker)
+        wait_for(lambda: "subscription stuck saved again" in srv.log(), "recovery logged")
+        _, _, note = next_hook("done", lambda b: b["subscription_id"] == sid and
+                               b["generation"] > first["generation"])
+        check(note["generation"] == first["generation"] + 1,
+              "%s: one new generation for the held wake: %r" % (policy, note))
+        t1 = tail("stuck/x")
+        wait_for(lambda: acked(sid, "stuck/x") == t1, "wake after recovery auto-acked")
+        log = srv.log()
+        check(count_in(log, "cannot save subscription stuck") == 1 and
+              count_in(log, "subscription stuck saved again") == 1,
+              "%s: one failure and one recovery line:\n%s" % (policy, log))
+        srv.stop()
+        srv = Server(args=["--fsync", policy])
+        check(acked(sid, "stuck/x") == t1, "%s: state saved after recovery" % policy)
+        srv.stop()
+
+
+def phase_clamp_and_keys():
+    global srv
+    shutil.rmtree(DATA, ignore_errors=True)
+    srv = Server(new_port=True)
+    sid = "ahead"
+    st, _ = jreq("PUT", sub_url(sid), {"type": "webhook", "streams": ["ahead/x"],
+                                      "webhook": {"url": HOOK + "/manual"}})
+    check(st == 201, "create ahead")
+    put_stream("ahead/x", {"n": 0})
+    _, _, note = next_hook("manual", lambda b: b["subscription_id"] == sid)
+    t = tail("ahead/x")
+    st, b = callback(note, [{"stream": "ahead/x", "offset": t}])
+    check(st == 200, "ack ahead: %d %r" % (st, b))
+    srv.stop()
+    # the stream lost data the subscription had acked (as after a power loss)
+    f = os.path.join(SUBDIR, "s_%s.json" % sid)
+    doc = json.load(open(f))
+    far = "9999999999999999"
+    doc["streams"][0]["acked_offset"] = far
+    open(f, "w").write(json.dumps(doc))
+    drain("manual")
+    srv = Server()
+    log = srv.log()
+    check("beyond the stream's tail" in log and f in log, "clamp logged:\n" + log)
+    check(acked(sid, "ahead/x") == t, "acked pulled back to the tail: %r" % acked(sid, "ahead/x"))
+    append("ahead/x", {"n": 1})
+    _, _, n2 = next_hook("manual", lambda b: b["subscription_id"] == sid and
+                         b["generation"] > note["generation"])
+    check(n2["streams"][0]["acked_offset"] == t, "wake after clamp: %r" % n2)
+    srv.stop()
+    check(json.load(open(f))["streams"][0]["acked_offset"] != far, "clamped value saved")
+
+    # an unreadable key file (a directory here: EISDIR; as root EACCES cannot be made)
+    k = os.path.join(SUBDIR, "signing-keys.json")
+    keys = open(k, "rb").read()
+    os.unlink(k)
+    os.mkdir(k)
+    srv = Server()
+    log = srv.log()
+    check("cannot read the signing keys" in log and k in log, "unreadable keys logged:\n" + log)
+    st, _ = jreq("GET", PREFIX + "/__ds/jwks.json")
+    check(st == 200, "server runs on temporary keys")
+    srv.stop()
+    check(os.path.isdir(k) and not [n for n in os.listdir(SUBDIR) if "signing-keys.json.damaged" in n],
+          "unreadable key file neither replaced nor moved: %r" % os.listdir(SUBDIR))
+    os.rmdir(k)
+    open(k, "wb").write(keys)
+    os.chmod(k, 0o600)
+    # missing key file while subscriptions exist: regenerated with a warning
+    os.unlink(k)
+    srv = Server()
+    check("missing while subscription files exist" in srv.log(), "regenerated keys warned:\n" + srv.log())
+    check(os.path.exists(k), "new key file written")
+    srv.stop()
+
+
 def main():
     global srv
     srv = Server(new_port=True)
@@ -468,6 +671,9 @@ def main():
     srv.stop()
 
     phase_blocked()
+    phase_policy()
+    phase_save_failure()
+    phase_clamp_and_keys()
 
     # ---- memory store: in memory only ----
     shutil.rmtree(DATA)
@@ -493,6 +699,10 @@ except Exception:
     raise
 finally:
     if srv is not None and srv.proc.poll() is None:
+        try:
+            os.kill(srv.target(), signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            pass
         srv.proc.kill()
         srv.proc.wait()
     hook_srv.shutdown()
