@@ -373,4 +373,5 @@ void ds_store_get_stats(const ds_store_t *st, ds_store_stats_t *out) {
   *out = st->stats;
   out->streams = st->nstreams;
   out->open_files = st->nopen;
+  out->cache_bytes = st->cache_total;
 }
