@@ -78,14 +78,18 @@ function M.normalize(cfg)
   if type(c.models) ~= "table" then
     error("config: agents.models must be a table", 0)
   end
+  -- every model gets a table of its own: one that came from M.DEFAULTS unchanged (not
+  -- configured) would otherwise be the defaults themselves, so a model changing its config
+  -- at run time would change the fallbacks of every later lookup
+  local models = {}
   for name, m in pairs(c.models) do
     if type(m) ~= "table" then
       error(("config: agents.models.%s must be a table"):format(name), 0)
     end
-    if M.DEFAULTS.models[name] and m ~= M.DEFAULTS.models[name] then
-      c.models[name] = merge(M.DEFAULTS.models[name], m)
-    end
+    local d = M.DEFAULTS.models[name]
+    models[name] = merge(d or {}, m ~= d and m or nil)
   end
+  c.models = models
   if c.prefixes ~= nil and type(c.prefixes) ~= "table" then
     error("config: agents.prefixes must be a list of path prefixes", 0)
   end

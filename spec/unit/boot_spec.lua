@@ -23,6 +23,20 @@ describe("boot", function()
     assert.equal("openai", d.default_model)
   end)
 
+  it("gives every model a config table of its own, never the defaults themselves", function()
+    for _, given in ipairs({ {}, { models = { openai = { model = "m" } } } }) do
+      local c = boot.normalize(given)
+      for name, d in pairs(boot.DEFAULTS.models) do
+        assert.are_not.equal(d, c.models[name], name)
+      end
+      assert.are_not.equal(boot.DEFAULTS.models, c.models)
+      c.models.grok.voice = "changed"
+      c.models.openai.base_url = "changed"
+      assert.equal("ara", boot.DEFAULTS.models.grok.voice)
+      assert.equal("https://api.openai.com/v1", boot.DEFAULTS.models.openai.base_url)
+    end
+  end)
+
   it("refuses unknown keys and bad types", function()
     assert.has_error(function() boot.normalize({ bogus = 1 }) end, "config: unknown key agents.bogus")
     assert.has_error(function() boot.normalize({ default_model = 3 }) end)

@@ -72,7 +72,7 @@ static void handle_stats(app_t *app, ds_http_req_t *req) {
                 "\"readers_open\":%llu,\"readers_dropped\":%llu,\"append_errors\":%llu,"
                 "\"store\":{\"kind\":\"%s\",\"appends\":%llu,\"records_read\":%llu,"
                 "\"cache_hits\":%llu,\"cache_misses\":%llu,\"fsyncs\":%llu,\"open_files\":%llu,"
-                "\"streams\":%llu}}",
+                "\"streams\":%llu,\"cache_bytes\":%llu}}",
                 (unsigned long long)hs.connections_open, (unsigned long long)hs.connections_total,
                 (unsigned long long)hs.requests_total, (unsigned long long)hs.streams_open,
                 (unsigned long long)hs.bytes_queued, (unsigned long long)ss.subscribers,
@@ -82,7 +82,7 @@ static void handle_stats(app_t *app, ds_http_req_t *req) {
                 (unsigned long long)st.appends, (unsigned long long)st.records_read,
                 (unsigned long long)st.cache_hits, (unsigned long long)st.cache_misses,
                 (unsigned long long)st.fsyncs, (unsigned long long)st.open_files,
-                (unsigned long long)st.streams);
+                (unsigned long long)st.streams, (unsigned long long)st.cache_bytes);
   if (app->lua) {
     ds_lua_host_stats_t ls;
     ds_lua_host_stats(app->lua, &ls);

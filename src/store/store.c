@@ -29,6 +29,16 @@ void ds__cache_init(ds__cache_t *c, uint64_t next) {
   c->first = next;
 }
 
+/* Moves the ring into an array of ncap slots (>= count), oldest record first. */
+static void cache_resize(ds__cache_t *c, size_t ncap) {
+  ds__crec_t *nv = ds_xmalloc(ncap * sizeof *nv);
+  for (size_t i = 0; i < c->count; i++) nv[i] = c->v[(c->head + i) % c->cap];
+  free(c->v);
+  c->v = nv;
+  c->cap = ncap;
+  c->head = 0;
+}
+
 void ds__cache_pop(ds__cache_t *c) {
   ds__crec_t *r = &c->v[c->head];
   c->bytes -= r->n + CREC_OVERHEAD;
@@ -37,13 +47,21 @@ void ds__cache_pop(ds__cache_t *c) {
   c->head = (c->head + 1) % c->cap;
   c->count--;
   c->first++;
+  /* The ring gives its slots back as it empties (the store-wide budget evicts whole
+   * caches): a stream that once held 400,000 small records must not keep an 8 MiB slot
+   * array. Halving at a quarter full leaves room to grow again without thrashing. */
+  if (c->count == 0) {
+    free(c->v);
+    c->v = NULL;
+    c->cap = 0;
+    c->head = 0;
+  } else if (c->cap > 16 && c->count < c->cap / 4) {
+    cache_resize(c, c->cap / 2);
+  }
 }
 
 void ds__cache_free(ds__cache_t *c) {
-  while (c->count) ds__cache_pop(c);
-  free(c->v);
-  c->v = NULL;
-  c->cap = 0;
+  while (c->count) ds__cache_pop(c); /* the last pop frees the slots */
 }
 
 void ds__cache_push(ds__cache_t *c, uint64_t off, const char *p, size_t n, size_t limit) {
@@ -58,15 +76,7 @@ void ds__cache_push(ds__cache_t *c, uint64_t off, const char *p, size_t n, size_
     c->first = off;
     c->head = 0;
   }
-  if (c->count == c->cap) { /* grow the ring, unrolling it */
-    size_t ncap = c->cap ? c->cap * 2 : 16;
-    ds__crec_t *nv = ds_xmalloc(ncap * sizeof *nv);
-    for (size_t i = 0; i < c->count; i++) nv[i] = c->v[(c->head + i) % c->cap];
-    free(c->v);
-    c->v = nv;
-    c->cap = ncap;
-    c->head = 0;
-  }
+  if (c->count == c->cap) cache_resize(c, c->cap ? c->cap * 2 : 16); /* grow, unrolling */
   ds__crec_t *r = &c->v[(c->head + c->count) % c->cap];
   r->p = ds_xmalloc(n ? n : 1);
   if (n) memcpy(r->p, p, n);
@@ -363,4 +373,5 @@ void ds_store_get_stats(const ds_store_t *st, ds_store_stats_t *out) {
   *out = st->stats;
   out->streams = st->nstreams;
   out->open_files = st->nopen;
+  out->cache_bytes = st->cache_total;
 }

@@ -130,9 +130,11 @@ int ds_store_list(ds_store_t *st, void (*cb)(void *ud, const char *path), void *
  *  delivered by reads; cache_hits = records served from memory, cache_misses = records
  *  decoded from disk (a read decodes only what it returns, plus at most one record that
  *  did not fit max_bytes); fsyncs = completed fsync rounds (one group commit = one round); open_files =
- *  stream descriptors currently open; streams = cached stream handles. */
+ *  stream descriptors currently open; streams = cached stream handles; cache_bytes = what
+ *  the hot tails of all streams hold now (record bytes plus bookkeeping; yaml kind). */
 typedef struct ds_store_stats_s {
   uint64_t appends, records_read, cache_hits, cache_misses, fsyncs, open_files, streams;
+  uint64_t cache_bytes;
 } ds_store_stats_t;
 void ds_store_get_stats(const ds_store_t *st, ds_store_stats_t *out);
 

@@ -628,6 +628,8 @@ static void test_yaml_cache_budget(void **state) {
   ds_store_stats_t a, b;
   t_coll_t c = {0};
   ds_store_get_stats(f.st, &a);
+  assert_true(a.cache_bytes > 0 && a.cache_bytes <= 64 * 1024); /* full, within the budget */
+  assert_true(a.cache_bytes > 60 * 1024);
   assert_int_equal(ds_store_read(ss[NS - 1], 4, 0, 0, t_collect, &c), 1); /* newest: cached */
   ds_store_get_stats(f.st, &b);
   assert_int_equal(b.cache_hits - a.cache_hits, 1);
