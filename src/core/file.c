@@ -142,7 +142,7 @@ int ds_file_move_aside(const char *path, char *aside, size_t asidelen) {
   ds_buf_printf(&b, "%s.damaged-%lld", path, (long long)ds_clock_wall_ms());
   int rc = 0;
   if (rename(path, ds_buf_cstr(&b)) < 0) rc = ds_err_from_errno(errno);
-  else rc = fsync_dir_of(path);
+  else if (fsync_dir_of(path) != 0) rc = DS_FILE_UNSYNCED; /* moved all the same */
   if (aside && asidelen) snprintf(aside, asidelen, "%s", ds_buf_cstr(&b));
   ds_buf_free(&b);
   return rc;

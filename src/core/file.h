@@ -49,7 +49,8 @@ int ds_file_fsync(const char *path);
 /** fsyncs the directory dir. 0 or DS_E*. */
 int ds_file_fsync_dir(const char *dir);
 /** Renames path to "<path>.damaged-<unix ms>" (kept for inspection, never read again) and
- *  fsyncs the directory; the new name is written into aside (may be NULL). 0 or DS_E*. */
+ *  fsyncs the directory; the new name is written into aside (may be NULL). 0,
+ *  DS_FILE_UNSYNCED (moved, directory fsync failed) or DS_E* (not moved). */
 int ds_file_move_aside(const char *path, char *aside, size_t asidelen);
 
 #endif

@@ -1091,7 +1091,7 @@ static sub_t *sub_decode(struct ds__subs_s *ss, const ds_value_t *v, const char 
 static void set_aside(struct ds__subs_s *ss, const char *file, const char *what, const char *why) {
   char aside[4096];
   int rc = ds_file_move_aside(file, aside, sizeof aside);
-  if (rc == 0) {
+  if (rc >= 0) { /* DS_FILE_UNSYNCED: moved; only its durability is unknown */
     ds_error("subscriptions", "%s: damaged %s file (%s); moved aside to %s and skipped", file,
              what, why, aside);
     return;
@@ -1325,7 +1325,12 @@ static void keys_init(struct ds__subs_s *ss) {
       ds_base64_encode(&b, ss->token_key, sizeof ss->token_key);
       ds_buf_puts(&b, "\"}\n");
       int rc = ds_file_write_atomic(ds_buf_cstr(&f), b.data, b.len, 0600);
-      if (rc != 0)
+      if (rc == DS_FILE_UNSYNCED)
+        ds_warn("subscriptions",
+                "%s: signing keys saved, but fsyncing the directory failed (durability "
+                "unknown)",
+                f.data);
+      else if (rc != 0)
         ds_error("subscriptions",
                  "%s: cannot save the signing keys: %s (they change on the next restart)",
                  f.data, ds_strerror(rc));

@@ -95,11 +95,14 @@ class Server:
         self.out = open(out_path, "w")
         self.err = open(self.err_path, "a")
         self.err_start = os.path.getsize(self.err_path)
+        env = dict(os.environ)
+        if self.wrap:  # LeakSanitizer cannot run under ptrace; ASan itself still does
+            env["ASAN_OPTIONS"] = (env["ASAN_OPTIONS"] + ":" if env.get("ASAN_OPTIONS") else "") + "detect_leaks=0"
         # run in the temp dir so no ./config.lua of the checkout is picked up
         self.proc = subprocess.Popen(
             self.wrap + [os.path.abspath(BIN), "--port", str(PORT), "--storage", storage,
                          "--data-dir", DATA, "--long-poll-timeout", "500"] + self.args,
-            cwd=T, stdout=self.out, stderr=self.err)
+            cwd=T, stdout=self.out, stderr=self.err, env=env)
         want = "listening on http://127.0.0.1:%d" % PORT
         deadline = time.time() + 30
         while time.time() < deadline:
