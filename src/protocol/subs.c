@@ -1124,31 +1124,27 @@ static void sub_arm(struct ds__subs_s *ss, sub_t *sb) {
  * subscription file: an acked offset or wake snapshot beyond the recovered tail would
  * suppress wakes while new events reuse those offsets. Such offsets are pulled back to
  * the tail (logged); the file is rewritten by the resume pass. */
-static void clamp_to_tails(struct ds__subs_s *ss, sub_t *sb, const char *file) {
-  for (size_t i = 0; i < sb->nlinks; i++) {
+/* Pulls the acked offsets of links[0..n) back to their streams' tails; `what` names them
+ * in the warning. */
+static void clamp_links(struct ds__subs_s *ss, sub_t *sb, const char *file, link_t *links,
+                        size_t n, const char *what) {
+  for (size_t i = 0; i < n; i++) {
     char t[20];
-    tail_of(ss, sb->links[i].path, t);
-    if (strcmp(sb->links[i].acked, t) > 0) {
+    tail_of(ss, links[i].path, t);
+    if (strcmp(links[i].acked, t) > 0) {
       ds_warn("subscriptions",
-              "%s: subscription %s: acked offset %s of %s is beyond the stream's tail %s "
+              "%s: subscription %s: %s %s of %s is beyond the stream's tail %s "
               "(stream data lost in a crash?); using the tail",
-              file, sb->id, sb->links[i].acked, sb->links[i].path, t);
-      snprintf(sb->links[i].acked, sizeof sb->links[i].acked, "%s", t);
+              file, sb->id, what, links[i].acked, links[i].path, t);
+      snprintf(links[i].acked, sizeof links[i].acked, "%s", t);
       sb->dirty = true;
     }
   }
-  for (size_t i = 0; i < sb->nsnapshot; i++) {
-    char t[20];
-    tail_of(ss, sb->snapshot[i].path, t);
-    if (strcmp(sb->snapshot[i].acked, t) > 0) {
-      ds_warn("subscriptions",
-              "%s: subscription %s: wake snapshot offset %s of %s is beyond the stream's "
-              "tail %s; using the tail",
-              file, sb->id, sb->snapshot[i].acked, sb->snapshot[i].path, t);
-      snprintf(sb->snapshot[i].acked, sizeof sb->snapshot[i].acked, "%s", t);
-      sb->dirty = true;
-    }
-  }
+}
+
+static void clamp_to_tails(struct ds__subs_s *ss, sub_t *sb, const char *file) {
+  clamp_links(ss, sb, file, sb->links, sb->nlinks, "acked offset");
+  clamp_links(ss, sb, file, sb->snapshot, sb->nsnapshot, "wake snapshot offset");
 }
 
 /* Loads every subscription file; returns how many were loaded. */
