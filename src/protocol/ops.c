@@ -59,6 +59,13 @@ static bool same_media(const char *a, const char *b) {
 
 static void fmt_off(uint64_t o, char out[17]) { ds_offset_format(o, out); }
 
+/* Stream-Next-Offset: the stream's tail, on every answer that changes or describes it. */
+static void next_offset_hdr(ds__hdrs_t *h, ds_stream_t *s) {
+  char off[17];
+  fmt_off(ds_stream_next_offset(s), off);
+  ds__hdr(h, "Stream-Next-Offset", off);
+}
+
 static char *fork_source_path(ds_protocol_t *p, const char *hv) {
   const char *s = hv;
   size_t n = strlen(s);
@@ -105,10 +112,8 @@ static void respond_created(ds_protocol_t *p, ds_http_req_t *req, ds__pstream_t 
   ds_arena_init(&a);
   ds__hdrs_t h;
   ds__hdrs_init(&h, &a);
-  char off[17];
-  fmt_off(ds_stream_next_offset(s), off);
   ds__hdr(&h, "Content-Type", st->ctype);
-  ds__hdr(&h, "Stream-Next-Offset", off);
+  next_offset_hdr(&h, s);
   if (status == 201) {
     const char *host = ds_http_req_header(req, "host");
     ds_buf_t loc = DS_BUF_INIT;
@@ -337,9 +342,7 @@ static bool repeat_of_close(ds_http_req_t *req, ds_stream_t *s, const ds__pstrea
   ds_arena_init(&a);
   ds__hdrs_t h;
   ds__hdrs_init(&h, &a);
-  char off[17];
-  fmt_off(ds_stream_next_offset(s), off);
-  ds__hdr(&h, "Stream-Next-Offset", off);
+  next_offset_hdr(&h, s);
   ds__hdr(&h, "Stream-Closed", "true");
   producer_headers(&h, epoch, pseqv);
   ds_http_respond(req, 204, ds__hdrs_done(&h), NULL, 0);
@@ -352,10 +355,8 @@ static void respond_closed_conflict(ds_http_req_t *req, ds_stream_t *s) {
   ds_arena_init(&a);
   ds__hdrs_t h;
   ds__hdrs_init(&h, &a);
-  char off[17];
-  fmt_off(ds_stream_next_offset(s), off);
   ds__hdr(&h, "Stream-Closed", "true");
-  ds__hdr(&h, "Stream-Next-Offset", off);
+  next_offset_hdr(&h, s);
   ds__respond_err_h(req, &h, 409, "Stream is closed");
   ds_arena_free(&a);
 }
@@ -463,7 +464,6 @@ void ds__op_post(ds_protocol_t *p, ds_http_req_t *req, const char *path) {
     return;
   }
   st->access_ms = ds_clock_wall_ms();
-  char off[17];
   ds_arena_t a;
   ds__hdrs_t h;
 
@@ -491,8 +491,7 @@ void ds__op_post(ds_protocol_t *p, ds_http_req_t *req, const char *path) {
     }
     ds_arena_init(&a);
     ds__hdrs_init(&h, &a);
-    fmt_off(ds_stream_next_offset(s), off);
-    ds__hdr(&h, "Stream-Next-Offset", off);
+    next_offset_hdr(&h, s);
     ds__hdr(&h, "Stream-Closed", "true");
     if (allp) producer_headers(&h, epoch, pseqv);
     ds__respond_durable(p, req, 204, &h);
@@ -563,8 +562,7 @@ void ds__op_post(ds_protocol_t *p, ds_http_req_t *req, const char *path) {
   if (close) ds_stream_notify_change(s, 2);
   ds_arena_init(&a);
   ds__hdrs_init(&h, &a);
-  fmt_off(ds_stream_next_offset(s), off);
-  ds__hdr(&h, "Stream-Next-Offset", off);
+  next_offset_hdr(&h, s);
   if (allp) producer_headers(&h, epoch, pseqv);
   if (close) ds__hdr(&h, "Stream-Closed", "true");
   ds__respond_durable(p, req, allp ? 200 : 204, &h);
