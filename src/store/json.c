@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "core/err.h"
+#include "core/swar.h"
 
 /* Hard ceiling on the recursion depth whatever the caller asks for (C stack safety). */
 #define DS__JSON_DEPTH_CEILING 4096
@@ -60,7 +61,7 @@ int ds_utf8_valid(const char *s, size_t n) {
     while (end - p >= 8) {
       uint64_t w;
       memcpy(&w, p, 8);
-      if (w & UINT64_C(0x8080808080808080)) break;
+      if (w & DS_SWAR_HIGH) break;
       p += 8;
     }
     if (p >= end) break;
@@ -482,18 +483,10 @@ static const unsigned char wr_class[256] = {
 
 static const char hexdig[] = "0123456789abcdef";
 
-/* Word-at-a-time byte tests (exact as "is there any such byte"). */
-#define DS__ONES UINT64_C(0x0101010101010101)
-#define DS__HIGH UINT64_C(0x8080808080808080)
-static inline uint64_t has_less(uint64_t x, unsigned n) { return (x - DS__ONES * n) & ~x & DS__HIGH; }
-static inline uint64_t has_byte(uint64_t x, unsigned c) {
-  uint64_t y = x ^ (DS__ONES * c);
-  return (y - DS__ONES) & ~y & DS__HIGH;
-}
 /* Nonzero if one of the 8 bytes in x is not copied as is into a JSON string. */
 static inline uint64_t json_special8(uint64_t x) {
-  return (x & DS__HIGH) | has_less(x, 0x20) | has_byte(x, '"') | has_byte(x, '\\') |
-         has_byte(x, 0x7f);
+  return (x & DS_SWAR_HIGH) | ds_swar_has_less(x, 0x20) | ds_swar_has_byte(x, '"') |
+         ds_swar_has_byte(x, '\\') | ds_swar_has_byte(x, 0x7f);
 }
 
 void ds_json_write_string(ds_buf_t *b, const char *s, size_t n) {

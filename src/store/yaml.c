@@ -23,6 +23,7 @@
 #endif
 
 #include "core/err.h"
+#include "core/swar.h"
 #include "store/json.h"
 
 /* Implicit (simple) keys are limited to 1024 characters by YAML; longer keys use the
@@ -152,14 +153,6 @@ static const unsigned char plain_class[256] = {
     0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 };
 
-/* Word-at-a-time byte tests (exact as "is there any such byte"). */
-#define Y_ONES UINT64_C(0x0101010101010101)
-#define Y_HIGH UINT64_C(0x8080808080808080)
-static inline uint64_t y_has_less(uint64_t x, unsigned n) { return (x - Y_ONES * n) & ~x & Y_HIGH; }
-static inline uint64_t y_has_byte(uint64_t x, unsigned c) {
-  uint64_t y = x ^ (Y_ONES * c);
-  return (y - Y_ONES) & ~y & Y_HIGH;
-}
 
 /* The syntactic half of the quoting rule: s[0..n) read as a plain scalar on one line
  * (after "key: " or "- ", or as a key before ": ") is exactly these bytes. */
@@ -185,8 +178,8 @@ static int plain_syntax_ok(const char *str, size_t n) {
       while (end - p >= 8) {
         uint64_t x;
         memcpy(&x, p, 8);
-        if ((x & Y_HIGH) | y_has_less(x, 0x20) | y_has_byte(x, 0x7f)) break;
-        uint64_t m = y_has_byte(x, ':') | y_has_byte(x, ' ');
+        if ((x & DS_SWAR_HIGH) | ds_swar_has_less(x, 0x20) | ds_swar_has_byte(x, 0x7f)) break;
+        uint64_t m = ds_swar_has_byte(x, ':') | ds_swar_has_byte(x, ' ');
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
         if (m) break; /* flag positions below assume byte 0 is the low byte */
 #endif
@@ -707,9 +700,9 @@ static inline blk_mask_t blk_masks(const unsigned char *p, char *o, blk_mask_t *
   uint64_t x;
   memcpy(&x, p, 8);
   if (o) memcpy(o, &x, 8);
-  uint64_t sp = (x & Y_HIGH) | y_has_less(x, 0x20) | y_has_byte(x, 0x7f) | y_has_byte(x, '"') |
-                y_has_byte(x, '\\');
-  if (cs) *cs = y_has_byte(x, ':') | y_has_byte(x, ' ');
+  uint64_t sp = (x & DS_SWAR_HIGH) | ds_swar_has_less(x, 0x20) | ds_swar_has_byte(x, 0x7f) |
+                ds_swar_has_byte(x, '"') | ds_swar_has_byte(x, '\\');
+  if (cs) *cs = ds_swar_has_byte(x, ':') | ds_swar_has_byte(x, ' ');
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
   /* flag positions assume byte 0 is the low byte: make the block look special at byte 0 */
   if (sp || (cs && *cs)) {
