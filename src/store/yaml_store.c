@@ -49,6 +49,7 @@
 #include <unistd.h>
 
 #include "core/err.h"
+#include "core/file.h"
 #include "core/log.h"
 #include "store/store_int.h"
 
@@ -108,7 +109,10 @@ static int pwrite_full(int fd, const void *buf, size_t n, uint64_t off) {
   return 0;
 }
 
-/* mkdir -p; *created (optional) counts the directories it had to create. */
+/* mkdir -p; *created (optional) counts the directories it had to create. Not
+ * ds_file_mkdir_p (core/file.h): that fsyncs each new level's parent on the spot, while a
+ * new stream's directories are made durable by the next fsync round, off the loop
+ * (need_dirsync). */
 static int mkdir_p(const char *dir, int *created) {
   char *p = ds_xstrdup(dir);
   int rc = 0;
@@ -128,14 +132,6 @@ static int mkdir_p(const char *dir, int *created) {
     }
   }
   free(p);
-  return rc;
-}
-
-static int fsync_dir(const char *dir) {
-  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return map_errno(errno);
-  int rc = fsync(fd) < 0 ? map_errno(errno) : 0;
-  close(fd);
   return rc;
 }
 
@@ -899,7 +895,7 @@ static void job_work(uv_work_t *req) {
     if (rc < 0 && job->status == 0) job->status = rc;
   }
   for (size_t i = 0; i < job->ndirs; i++) {
-    int rc = fsync_dir(job->dirs[i]);
+    int rc = ds_file_fsync_dir(job->dirs[i]);
     if (rc < 0 && rc != DS_ENOTFOUND && job->status == 0) job->status = DS_EIO;
   }
 }
@@ -1034,7 +1030,7 @@ static void y_close(ds_store_t *st) {
     if (do_sync && (s->fd >= 0 ? fdatasync(s->fd) : sync_file(s->file)) < 0) status = DS_EIO;
     char *dir = do_sync && s->need_dirsync ? parent_dir(s->file) : NULL;
     for (int lv = 0; dir && lv < s->need_dirsync; lv++) {
-      if (fsync_dir(dir) < 0) status = DS_EIO;
+      if (ds_file_fsync_dir(dir) < 0) status = DS_EIO;
       char *up = parent_dir(dir);
       free(dir);
       dir = up;
@@ -1057,29 +1053,15 @@ static void y_close(ds_store_t *st) {
 
 static int y_meta_load(ds_store_stream_t *s) {
   char *p = sidecar(s->file, ".meta");
-  int fd = open(p, O_RDONLY | O_CLOEXEC);
-  free(p);
-  if (fd < 0) {
-    if (errno == ENOENT) {
-      s->meta_state = 1;
-      return 0;
-    }
-    return DS_EIO;
-  }
   ds_buf_t b = DS_BUF_INIT;
-  char tmp[4096];
-  for (;;) {
-    ssize_t r = read(fd, tmp, sizeof tmp);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) {
-      close(fd);
-      ds_buf_free(&b);
-      return DS_EIO;
-    }
-    if (r == 0) break;
-    ds_buf_append(&b, tmp, (size_t)r);
+  int rc = ds_file_read_all(p, &b);
+  free(p);
+  if (rc != 0) {
+    ds_buf_free(&b);
+    if (rc != DS_ENOTFOUND) return DS_EIO;
+    s->meta_state = 1;
+    return 0;
   }
-  close(fd);
   free(s->meta);
   s->meta_len = b.len;
   ds_buf_cstr(&b);
@@ -1090,26 +1072,13 @@ static int y_meta_load(ds_store_stream_t *s) {
 }
 
 static int y_meta_store(ds_store_stream_t *s, const char *data, size_t n) {
-  char *tmp = sidecar(s->file, ".meta.tmp");
-  char *dst = sidecar(s->file, ".meta");
-  int rc = 0;
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    rc = map_errno(errno);
-  } else {
-    if (pwrite_full(fd, data, n, 0) < 0 || fsync(fd) < 0) rc = map_errno(errno);
-    close(fd);
-    if (rc == 0 && rename(tmp, dst) < 0) rc = map_errno(errno);
-    if (rc < 0) unlink(tmp);
-  }
-  if (rc == 0) {
-    char *dir = parent_dir(s->file);
-    rc = fsync_dir(dir);
-    free(dir);
-  }
-  free(tmp);
+  char *dst = sidecar(s->file, ".meta"); /* written through "<dst>.tmp" */
+  int rc = ds_file_write_atomic(dst, data, n, 0644);
   free(dst);
-  if (rc == DS_ENOTFOUND) rc = DS_EIO;
+  if (rc == DS_FILE_UNSYNCED) {
+    ds_warn("store", "%s: metadata updated, but fsyncing its directory failed", s->file);
+    rc = 0;
+  }
   if (rc < 0) ds_error("store", "%s: metadata update failed: %s", s->file, ds_strerror(rc));
   return rc;
 }
