@@ -522,6 +522,15 @@ static void save_retry_arm(struct ds__subs_s *ss) {
 /* Writes the subscription's file if its state changed, following the fsync policy. 0, or a
  * DS_E* code; the state then stays dirty and ss->save_timer retries with back-off. A
  * failure is logged once per episode (and its end once), not once per attempt. */
+/* DS_FILE_UNSYNCED (the change is in place, only the directory fsync failed) is logged and
+ * taken as done: `what` says what was done to the file. Other results pass through. */
+static int unsynced_ok(int rc, const char *file, const char *what) {
+  if (rc != DS_FILE_UNSYNCED) return rc;
+  ds_warn("subscriptions", "%s: %s, but fsyncing its directory failed (durability unknown)",
+          file, what);
+  return 0;
+}
+
 static int sub_flush(struct ds__subs_s *ss, sub_t *sb) {
   if (!ss->dir || !sb->dirty || sb->dead) return 0;
   ds_buf_t f = DS_BUF_INIT, b = DS_BUF_INIT;
@@ -538,13 +547,7 @@ static int sub_flush(struct ds__subs_s *ss, sub_t *sb) {
     sub_encode(sb, &b);
     rc = ds_file_write_atomic_opt(ds_buf_cstr(&f), b.data, b.len, 0644,
                                   ss->policy == DS_FSYNC_ALWAYS);
-    if (rc == DS_FILE_UNSYNCED) {
-      ds_warn("subscriptions",
-              "%s: subscription %s saved, but fsyncing its directory failed (durability "
-              "unknown)",
-              f.data, sb->id);
-      rc = 0;
-    }
+    rc = unsynced_ok(rc, f.data, "subscription saved");
     if (rc == 0 && ss->sy) sy_note(ss->sy, ds_buf_cstr(&f));
     if (rc != 0 && !sb->save_failed)
       ds_error("subscriptions", "%s: cannot save subscription %s: %s (retrying)", f.data,
@@ -590,13 +593,7 @@ static int sub_unlink(struct ds__subs_s *ss, sub_t *sb) {
   int rc = is_blocked(ss, ds_buf_cstr(&f))
                ? 0
                : ds_file_remove_opt(ds_buf_cstr(&f), ss->policy == DS_FSYNC_ALWAYS);
-  if (rc == DS_FILE_UNSYNCED) {
-    ds_warn("subscriptions",
-            "%s: subscription %s removed, but fsyncing its directory failed (durability "
-            "unknown)",
-            f.data, sb->id);
-    rc = 0;
-  }
+  rc = unsynced_ok(rc, ds_buf_cstr(&f), "subscription removed");
   if (rc == 0 && ss->sy) sy_note(ss->sy, NULL);
   if (rc < 0)
     ds_error("subscriptions", "%s: cannot remove subscription %s: %s", f.data, sb->id,
@@ -1321,12 +1318,8 @@ static void keys_init(struct ds__subs_s *ss) {
       ds_base64_encode(&b, ss->token_key, sizeof ss->token_key);
       ds_buf_puts(&b, "\"}\n");
       int rc = ds_file_write_atomic(ds_buf_cstr(&f), b.data, b.len, 0600);
-      if (rc == DS_FILE_UNSYNCED)
-        ds_warn("subscriptions",
-                "%s: signing keys saved, but fsyncing the directory failed (durability "
-                "unknown)",
-                f.data);
-      else if (rc != 0)
+      rc = unsynced_ok(rc, f.data, "signing keys saved");
+      if (rc != 0)
         ds_error("subscriptions",
                  "%s: cannot save the signing keys: %s (they change on the next restart)",
                  f.data, ds_strerror(rc));
