@@ -129,7 +129,16 @@ static void respond_data(ds_protocol_t *p, ds_http_req_t *req, ds__pstream_t *st
   long n = read_chunk(p, st, s, from, &bd);
   if (n < 0) {
     ds_buf_free(&bd.b);
-    ds__respond_err(req, 500, "Read error");
+    /* the records before a damaged one were the previous answer; this read starts at it */
+    ds_store_damage_t dmg;
+    if (n == DS_ECORRUPT && ds_stream_store(s) && ds_store_damage_at(ds_stream_store(s), from, &dmg)) {
+      char msg[320];
+      snprintf(msg, sizeof msg, "Read error: the stored message at this offset is damaged (%s)",
+               dmg.what);
+      ds__respond_err(req, 500, msg);
+    } else {
+      ds__respond_err(req, 500, "Read error");
+    }
     return;
   }
   uint64_t tail = ds_stream_next_offset(s);
