@@ -73,8 +73,8 @@ int ds__yaml_offset_line(const char *buf, size_t len, int at_start, uint64_t *ou
   return -1;
 }
 
-int ds__yaml_save_aside(int fd, uint64_t from, uint64_t to, const char *file, char *aside,
-                        size_t asidelen) {
+int ds__yaml_save_aside(int fd, const uint64_t (*r)[2], size_t nr, const char *file,
+                        char *aside, size_t asidelen) {
   char name[4096];
   int out = -1;
   int64_t ms = ds_clock_wall_ms();
@@ -87,24 +87,23 @@ int ds__yaml_save_aside(int fd, uint64_t from, uint64_t to, const char *file, ch
   if (out < 0) return DS_EEXISTS;
   int rc = 0;
   char *buf = ds_xmalloc(1 << 16);
-  for (uint64_t at = from; at < to && rc == 0;) {
-    size_t want = to - at < (1 << 16) ? (size_t)(to - at) : (1 << 16);
-    ssize_t r = pread(fd, buf, want, (off_t)at);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) {
-      rc = r < 0 ? ds_err_from_errno(errno) : DS_EIO;
-      break;
-    }
-    for (ssize_t done = 0; done < r;) {
-      ssize_t w = write(out, buf + done, (size_t)(r - done));
-      if (w < 0 && errno == EINTR) continue;
-      if (w <= 0) {
-        rc = w < 0 ? ds_err_from_errno(errno) : DS_ENOSPC;
+  for (size_t i = 0; i < nr && rc == 0; i++) {
+    for (uint64_t at = r[i][0], to = r[i][1]; at < to && rc == 0;) {
+      size_t want = to - at < (1 << 16) ? (size_t)(to - at) : (1 << 16);
+      ssize_t got = pread(fd, buf, want, (off_t)at);
+      if (got < 0 && errno == EINTR) continue;
+      if (got <= 0) {
+        rc = got < 0 ? ds_err_from_errno(errno) : DS_EIO;
         break;
       }
-      done += w;
+      for (ssize_t done = 0; done < got && rc == 0;) {
+        ssize_t w = write(out, buf + done, (size_t)(got - done));
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) rc = w < 0 ? ds_err_from_errno(errno) : DS_ENOSPC;
+        else done += w;
+      }
+      at += (uint64_t)got;
     }
-    at += (uint64_t)r;
   }
   free(buf);
   if (rc == 0 && fsync(out) < 0) rc = ds_err_from_errno(errno);

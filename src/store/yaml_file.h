@@ -26,10 +26,11 @@ int ds__yaml_doc_shape_ok(const char *doc, size_t len);
  *  starts after a newline, or at byte 0 when at_start; the line must end there (a flipped
  *  byte inside the digits is not read as a shorter number). 0 and *out, or -1. */
 int ds__yaml_offset_line(const char *buf, size_t len, int at_start, uint64_t *out);
-/** Copies bytes [from, to) of fd into a new file "<file>.damaged-<unix ms>" (a later ms if
- *  that name exists), fsyncs it and its directory. 0 and the new name in aside (may be
- *  NULL), or a negative DS_E* (nothing is left behind then). */
-int ds__yaml_save_aside(int fd, uint64_t from, uint64_t to, const char *file, char *aside,
-                        size_t asidelen);
+/** Copies the byte ranges [r[i][0], r[i][1]) of fd, in order, into a new file
+ *  "<file>.damaged-<unix ms>" (a later ms if that name exists), fsyncs it and its
+ *  directory. 0 and the new name in aside (may be NULL), or a negative DS_E* (nothing is
+ *  left behind then). */
+int ds__yaml_save_aside(int fd, const uint64_t (*r)[2], size_t nr, const char *file,
+                        char *aside, size_t asidelen);
 
 #endif

@@ -665,7 +665,8 @@ static int recover(ds_store_t *st, ds_store_stream_t *s, int fd) {
     /* Kept, not thrown away: the bytes may be a complete record whose last line was
      * damaged rather than a write cut short by a crash. */
     char aside[4200];
-    int arc = ds__yaml_save_aside(fd, good_end, size, s->file, aside, sizeof aside);
+    const uint64_t tail[1][2] = {{good_end, size}};
+    int arc = ds__yaml_save_aside(fd, tail, 1, s->file, aside, sizeof aside);
     if (arc < 0) {
       ds_error("store", "%s: torn tail of %" PRIu64 " bytes after byte %" PRIu64 " cannot be "
                "saved aside (%s): left in place, appends are refused until a restart can "
