@@ -633,6 +633,9 @@ static int settle_offsets(ds_store_stream_t *s, int fd, int side_rc, uint64_t si
       int rc = scan_all_docs(s, fd, s->size);
       if (rc < 0) return rc;
       *repaired = 1;
+      if (s->idx_len != n)
+        ds_warn("store", "%s.idx: damaged: %zu entries, but the file holds %zu documents: "
+                "rebuilt from the documents", s->file, n, s->idx_len);
       continue;
     }
     /* doc 0 is bad unless it holds base; otherwise doc n-1 is: bisect between them */
@@ -927,8 +930,9 @@ static int rebuild_index(ds_store_t *st, ds_store_stream_t *s) {
       rc = scan_docs(s, s->fd, 3, s->size);
     }
   }
-  if (rc == 0 && s->idx_len != old_len) rc = DS_ECORRUPT; /* documents do not match offsets */
-  if (rc < 0) ds_error("store", "%s: index rebuild failed: %s", s->file, ds_strerror(rc));
+  int mismatch = rc == 0 && s->idx_len != old_len;
+  if (mismatch) rc = DS_ECORRUPT; /* documents do not match offsets */
+  if (rc < 0 && !mismatch) ds_error("store", "%s: index rebuild failed: %s", s->file, ds_strerror(rc));
   int same = rc == 0 && memcmp(old, s->idx, old_len * sizeof *old) == 0;
   if (rc < 0 || same) { /* keep the old index; the document itself is the problem */
     free(s->idx);
