@@ -484,8 +484,9 @@ static void describe_range(sfile_t *f, size_t from, char *buf, size_t n) {
       if (f->docs[i].off > hi) hi = f->docs[i].off;
     }
   }
-  if (lo == UINT64_MAX) snprintf(buf, n, "%zu documents", cnt);
-  else snprintf(buf, n, "%zu documents, holding offsets %" PRIu64 "..%" PRIu64, cnt, lo, hi);
+  if (lo == UINT64_MAX) snprintf(buf, n, "%zu documents, none readable", cnt);
+  else snprintf(buf, n, "%zu documents; the readable ones hold offsets %" PRIu64 "..%" PRIu64,
+                cnt, lo, hi);
 }
 
 static void repair(ctx_t *c, sfile_t *f) {
