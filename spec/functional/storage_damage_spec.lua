@@ -5,10 +5,10 @@
 -- stopped, one document in the middle of each file is damaged by hand (bytes flipped in
 -- it, deleted, duplicated), and the server is started again. Then, on both views: every
 -- intact record before the damage is delivered, in order, with its content; the read
--- ends with a clear error at the damaged one (/agents: an SSE comment naming it, then
--- the end of the response, live or not; /v1: 200 with the records before it, then 500
--- JSON for a read starting at it); a read starting at the damage is a 500 JSON error on
--- /agents too; appends are refused with 500 JSON naming the damage (the repair moves
+-- ends with a clear error at the damaged one (SSE on either view: a comment naming it,
+-- then the end of the response, live or not; /v1 catch-up: 200 with the records before
+-- it, then 500 JSON for a read starting at it); a read starting at the damage is a 500
+-- JSON error in every mode; appends are refused with 500 JSON naming the damage (the repair moves
 -- everything from the damage on aside); the log names the file, the byte offset and the
 -- expected offset.
 local cjson = require "cjson"
@@ -126,6 +126,24 @@ describe("a damaged document in the middle of a stream file", function()
       status, h, body = http.request(srv.port, "GET", ppath .. "?offset=" .. h["stream-next-offset"])
       A.assert_json_error(500, status, h, body, what .. ": /v1 read at the damage")
       assert.truthy(cjson.decode(body).error:find("damaged", 1, true), body)
+      -- /v1 SSE: the same records, then a comment naming the error and the end; an SSE
+      -- read that starts at the damage is a 500 (a reconnecting client learns it at once)
+      local r = sse.open(srv.port, ppath .. "?offset=-1&live=sse", nil, { keep_raw = true })
+      assert.are.equal(200, r:wait_head(10), what)
+      local sevs, why = r:read_all(20)
+      assert(sevs, what .. ": /v1 SSE read did not end: " .. tostring(why))
+      local raw = r:raw_body()
+      r:close()
+      local msgs = {}
+      for _, ev in ipairs(sevs) do
+        if ev.event == "data" then
+          for _, m in ipairs(cjson.decode(ev.data)) do msgs[#msgs + 1] = m end
+        end
+      end
+      assert.are.same({ { m = 0 }, { m = 1 }, { m = 2 } }, msgs, what .. ": /v1 SSE")
+      assert.truthy(raw:find(": error: reading the stored message at offset " .. off(3), 1, true), raw)
+      status, h, body = http.request(srv.port, "GET", ppath .. "?offset=" .. off(3) .. "&live=sse")
+      A.assert_json_error(500, status, h, body, what .. ": /v1 SSE read at the damage")
       status, h, body = http.request(srv.port, "POST", ppath, { ["Content-Type"] = "application/json" }, '{"m":"late"}')
       A.assert_json_error(500, status, h, body, what .. ": /v1 append")
       -- /agents view of the protocol stream: the same records, the same end
