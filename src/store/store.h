@@ -95,7 +95,8 @@ uint64_t ds_store_next_offset(const ds_store_stream_t *s);   /* offset the next 
 /**
  * Appends n records (offsets next .. next+n-1; the caller rendered those offsets into
  * the documents) with one write. All or nothing: on failure (DS_ENOSPC for a full disk,
- * DS_EIO otherwise) the file is truncated back and no offset is consumed.
+ * DS_EIO otherwise) the file is truncated back and no offset is consumed. DS_ECORRUPT,
+ * writing nothing, while the stream has known damage (ds_store_damage()).
  */
 int ds_store_append(ds_store_stream_t *s, const ds_record_in_t *recs, size_t n);
 
@@ -110,7 +111,7 @@ typedef int (*ds_record_cb)(void *ud, uint64_t offset, const char *repr, size_t 
  * Reads records with offsets >= from, in order, until the tail, `max_records`, or once
  * `max_bytes` of repr have been delivered (always at least one record when one exists).
  * Returns the number of records delivered (0 at the tail) or a negative DS_E* code
- * (DS_ECORRUPT if a document cannot be decoded). `from` below the first offset reads from
+ * (DS_ECORRUPT at damage: see ds_store_damage_t). `from` below the first offset reads from
  * the first offset. max_records == 0 / max_bytes == 0 mean "no limit"; a record is only
  * delivered if it keeps the delivered bytes within max_bytes (the first one always is).
  * If records were delivered before a failure, their count is returned and the error
