@@ -18,8 +18,10 @@ static void usage(FILE *f) {
         "          it (or a torn tail) into FILE.damaged-<unix ms> (kept, never deleted) so the\n"
         "          stream continues at its last intact offset, rewrite the sidecars, remove\n"
         "          stray files. A damaged .meta is reported, not repaired. Prints each action.\n"
+        "It refuses to run while a server has DATA_DIR open (and a server does not start\n"
+        "while it runs).\n"
         "Exit status (as fsck): 0 clean, 1 damage found and repaired, 4 damage left,\n"
-        "8 operational error, 16 usage error.\n",
+        "8 operational error (unreadable, or in use by a server), 16 usage error.\n",
         f);
 }
 

@@ -5,9 +5,9 @@
  *   0  no damage found
  *   1  damage found and all of it repaired (--repair)
  *   4  damage found and left (without --repair, or not repairable)
- *   8  operational error (the directory cannot be read)
+ *   8  operational error (the directory cannot be read, or a server is using it)
  *   16 usage error
- * Must not: be run against a directory a running server uses (stop the server first).
+ * Must not: run against a directory a server uses (it refuses: exit 8).
  */
 #ifndef DS_APP_CHECK_H
 #define DS_APP_CHECK_H

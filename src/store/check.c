@@ -8,6 +8,8 @@
  * rewrites only what the analysis proved wrong, keeps every byte it takes out of a stream
  * file in a `.damaged-<ms>` file (written and fsynced before the stream file changes), and
  * analyses the stream again to report what is left.
+ * The streams directory is locked exclusively (flock) for the whole walk; a running server
+ * holds it shared, so neither runs while the other does.
  * Must not: open the store (its open-time recovery would change files while checking),
  * parse the metadata beyond "is it a JSON object, and its fork.offset".
  */
@@ -20,6 +22,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -40,6 +43,8 @@ typedef struct {
   int quiet;            /* re-analysis after a repair: count, do not print */
 } ctx_t;
 
+static void vline(ctx_t *c, const char *file, const char *kind, uint64_t byte, int with_byte,
+                  const char *fmt, va_list ap) __attribute__((format(printf, 6, 0)));
 static void vline(ctx_t *c, const char *file, const char *kind, uint64_t byte, int with_byte,
                   const char *fmt, va_list ap) {
   if (c->quiet) return;
@@ -750,9 +755,21 @@ int ds_store_check(const char *data_dir, int repair, FILE *out, ds_check_result_
     return DS_ENOTFOUND;
   }
   char *root = cat(data_dir, "/streams");
+  /* a running server holds a shared lock on the streams directory (yaml_store.c): files
+   * it is appending to would look torn, and a repair would cut what it writes */
+  int lock = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (lock >= 0 && flock(lock, LOCK_EX | LOCK_NB) < 0) {
+    int e = errno;
+    close(lock);
+    fprintf(out, "%s: %s\n", root, e == EWOULDBLOCK ? "in use by a running server: stop it first"
+                                                      : strerror(e));
+    free(root);
+    return DS_EBUSY;
+  }
   ds_buf_t rel = DS_BUF_INIT;
   int rc = walk(&c, root, &rel, 0);
   ds_buf_free(&rel);
+  if (lock >= 0) close(lock);
   free(root);
   return rc;
 }

@@ -21,8 +21,10 @@
  *     orphaned .meta is moved aside (a new stream at that path would inherit it);
  *   - a damaged .meta is NOT repaired (content type, lifetime and producer state cannot
  *     be derived from the documents): reported as left.
- * Must not: run while a server uses the directory (there is no lock: stop the server
- * first), follow symlinks, or delete bytes of a stream file (they are moved aside).
+ * It refuses (DS_EBUSY) while a server has the directory open: the server holds a shared
+ * flock on <data_dir>/streams, the checker takes it exclusively (and a server does not
+ * start while a check runs).
+ * Must not: follow symlinks, or delete bytes of a stream file (they are moved aside).
  */
 #ifndef DS_STORE_CHECK_H
 #define DS_STORE_CHECK_H

@@ -153,6 +153,7 @@ struct ds_store_s {
   struct ds__fsync_job_s *job; /* running group fsync, NULL when idle */
   ds__cbq_t pending;           /* sync callbacks waiting for the next fsync */
   ds_buf_t scratch;
+  int lock_fd; /* yaml kind: the streams directory, flock(LOCK_SH) while open (check.h) */
   /* yaml kind: cold reads' buffers, kept between reads (a catch-up is many reads of up to
    * READ_CHUNK; allocating them each time cost page faults); `reading` guards reentry */
   ds_buf_t read_raw, read_repr;

@@ -44,6 +44,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -58,6 +59,7 @@
 #define SCAN_CHUNK ((size_t)1 << 16)  /* recovery scans read this much at a time */
 #define READ_CHUNK ((uint64_t)1 << 18) /* a cold read preads up to this much per batch */
 #define CREATED_LINE_LEN DS__YAML_CREATED_LEN /* "createdAt: YYYY-MM-DDTHH:MM:SS.mmmZ\n" */
+#define OFFSET_MAX UINT64_C(9999999999999999)    /* offsets are written with 16 digits */
 
 typedef struct ds__fsync_job_s {
   uv_work_t req;
@@ -456,7 +458,7 @@ static int doc_offset(int fd, uint64_t pos, uint64_t end, uint64_t *out) {
     }
     int found = ds__yaml_offset_line(buf, (size_t)want, want == doclen, out) == 0;
     free(buf);
-    if (found) return 0;
+    if (found) return *out <= OFFSET_MAX ? 0 : DS_ECORRUPT;
     if (want == doclen) break;
     want = doclen;
   }
@@ -743,6 +745,20 @@ static int y_open(ds_store_t *st, char *err, size_t errlen) {
   if (access(st->root, W_OK | X_OK) < 0) {
     if (err && errlen) snprintf(err, errlen, "%s is not writable: %s", st->root, strerror(errno));
     return DS_EIO;
+  }
+  /* `durable-stream check --repair` must not rewrite files under a running server: it
+   * takes this lock exclusively (store/check.c), the server shares it */
+  st->lock_fd = open(st->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (st->lock_fd >= 0 && flock(st->lock_fd, LOCK_SH | LOCK_NB) < 0) {
+    int e = errno;
+    close(st->lock_fd);
+    st->lock_fd = -1;
+    if (e == EWOULDBLOCK) {
+      if (err && errlen)
+        snprintf(err, errlen, "%s is locked by `durable-stream check`: wait for it to finish",
+                 st->root);
+      return DS_EBUSY;
+    }
   }
   st->cache_budget = st->opts.tail_cache_total_bytes;
   st->timer = ds_xmalloc(sizeof *st->timer);
@@ -1244,6 +1260,8 @@ static void y_close(ds_store_t *st) {
     uv_close((uv_handle_t *)st->timer, free_timer);
     st->timer = NULL;
   }
+  if (st->lock_fd >= 0) close(st->lock_fd); /* releases the flock */
+  st->lock_fd = -1;
 }
 
 /* ---- metadata ---- */

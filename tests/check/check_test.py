@@ -279,7 +279,25 @@ def main():
         expect(p.returncode == 16, "no DATA_DIR: exit %d" % p.returncode)
         p = subprocess.run([BINARY, "check", "--help"], stdout=subprocess.PIPE)
         expect(p.returncode == 0 and b"--repair" in p.stdout, "--help")
-        print("clean directory: exit 0; usage errors 16, unreadable 8", flush=True)
+        # a running server and the checker exclude each other (flock on DATA_DIR/streams)
+        srv = Server(orig)
+        try:
+            rc, out = run_check(orig, repair=True)
+            expect(rc == 8 and "in use by a running server" in out, "check under a server: %d %s" % (rc, out))
+        finally:
+            srv.stop()
+        import fcntl
+        lockfd = os.open(os.path.join(orig, "streams"), os.O_RDONLY)
+        fcntl.flock(lockfd, fcntl.LOCK_EX)
+        try:
+            p = subprocess.run([BINARY, "--port", "0", "--data-dir", orig], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, timeout=30)
+            expect(p.returncode != 0 and b"locked by `durable-stream check`" in p.stderr,
+                   "server under a check: exit %d %s" % (p.returncode, p.stderr[-300:]))
+        finally:
+            os.close(lockfd)
+        print("clean directory: exit 0; usage errors 16, unreadable or in use 8; a server does "
+              "not start under a check", flush=True)
         for name, damage, repaired_rc in CASES:
             d = os.path.join(work, re.sub(r"\W+", "-", name))
             shutil.copytree(orig, d)
