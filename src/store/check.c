@@ -87,11 +87,17 @@ static void note(ctx_t *c, const char *file, const char *fmt, ...) {
   va_end(ap);
 }
 
-static char *cat(const char *a, const char *b) {
-  size_t x = strlen(a), y = strlen(b);
-  char *p = ds_xmalloc(x + y + 1);
-  memcpy(p, a, x);
-  memcpy(p + x, b, y + 1);
+/* A file name built from a format (a stream file plus a sidecar suffix, mostly). */
+static char *path_of(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *path_of(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(NULL, 0, fmt, ap);
+  va_end(ap);
+  char *p = ds_xmalloc((size_t)(n > 0 ? n : 0) + 1);
+  va_start(ap, fmt);
+  vsnprintf(p, (size_t)(n > 0 ? n : 0) + 1, fmt, ap);
+  va_end(ap);
   return p;
 }
 
@@ -185,7 +191,7 @@ static void sfile_free(sfile_t *f) {
 
 /* The metadata: whether it is a JSON object, and its fork.offset. */
 static void check_meta(ctx_t *c, sfile_t *f) {
-  char *p = cat(f->file, ".meta");
+  char *p = path_of("%s.meta", f->file);
   ds_buf_t b = DS_BUF_INIT;
   int rc = ds_file_read_all(p, &b);
   if (rc == DS_ENOTFOUND) {
@@ -277,7 +283,7 @@ static uint64_t idx_entry(const ds_buf_t *b, size_t k) {
 }
 
 static void check_idx(ctx_t *c, sfile_t *f) {
-  char *p = cat(f->file, ".idx");
+  char *p = path_of("%s.idx", f->file);
   ds_buf_t b = DS_BUF_INIT;
   int rc = ds_file_read_all(p, &b);
   if (rc == DS_ENOTFOUND) {
@@ -358,7 +364,7 @@ static int analyze(ctx_t *c, sfile_t *f) {
   }
   /* the first offset: .base, else the metadata's fork point, else (empty) .offset, else 0 */
   check_meta(c, f);
-  char *bp = cat(f->file, ".base"), *op = cat(f->file, ".offset");
+  char *bp = path_of("%s.base", f->file), *op = path_of("%s.offset", f->file);
   f->base_side = read_num(bp, &f->base_val);
   f->off_side = read_num(op, &f->off_val);
   if (f->base_side == 1) f->base = f->base_val;
@@ -431,7 +437,7 @@ static int analyze(ctx_t *c, sfile_t *f) {
 /* ---- repair of one stream ---- */
 
 static int write_idx(const char *file, const uint64_t *starts, size_t n) {
-  char *p = cat(file, ".idx");
+  char *p = path_of("%s.idx", file);
   unsigned char *b = ds_xmalloc(n * 8 + 1);
   for (size_t i = 0; i < n; i++)
     for (int k = 0; k < 8; k++) b[i * 8 + (size_t)k] = (unsigned char)(starts[i] >> (8 * k));
@@ -453,7 +459,7 @@ static int fsync_dir_of(const char *file) {
 /* Writes the kept documents ([0, cut) without the duplicates) as the new stream file:
  * a temporary file, fsynced, renamed over it. */
 static int rewrite_without(sfile_t *f, uint64_t cut) {
-  char *tmp = cat(f->file, ".repair.tmp");
+  char *tmp = path_of("%s.repair.tmp", f->file);
   int out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
   int rc = out < 0 ? ds_err_from_errno(errno) : 0;
   for (size_t i = 0; rc == 0 && i < f->n && f->docs[i].start < cut; i++) {
@@ -495,7 +501,7 @@ static void describe_range(sfile_t *f, size_t from, char *buf, size_t n) {
 }
 
 static void repair(ctx_t *c, sfile_t *f) {
-  char *bp = cat(f->file, ".base"), *op = cat(f->file, ".offset");
+  char *bp = path_of("%s.base", f->file), *op = path_of("%s.offset", f->file);
   int failed = 0;
   if (f->docs_changed_needed) {
     uint64_t cut = f->junk ? 0 : f->first_bad < f->n ? f->docs[f->first_bad].start : f->good_end;
@@ -754,7 +760,7 @@ int ds_store_check(const char *data_dir, int repair, FILE *out, ds_check_result_
     fprintf(out, "%s: not a directory\n", data_dir);
     return DS_ENOTFOUND;
   }
-  char *root = cat(data_dir, "/streams");
+  char *root = path_of("%s/streams", data_dir);
   /* a running server holds a shared lock on the streams directory (yaml_store.c): files
    * it is appending to would look torn, and a repair would cut what it writes */
   int lock = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
