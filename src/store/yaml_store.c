@@ -803,7 +803,13 @@ static int y_load(ds_store_t *st, ds_store_stream_t *s, int create, uint64_t bas
      * create leaves no stream. A fork's base lives only in the .offset sidecar until its
      * first record, so that one is fsynced (forks are rare; plain creates stay cheap), and
      * for good in the .base sidecar, which open checks the first document against. */
-    if (base != 0) rc = write_base_sidecar(s->file, base);
+    if (base != 0) {
+      rc = write_base_sidecar(s->file, base);
+    } else { /* a .base left by an interrupted delete must not become this stream's start */
+      char *p = sidecar(s->file, ".base");
+      unlink(p);
+      free(p);
+    }
     if (rc == 0 && (rc = write_offset_sidecar(s)) == 0 && base != 0) {
       char *p = sidecar(s->file, ".offset");
       rc = sync_file(p);

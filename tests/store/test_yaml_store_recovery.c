@@ -573,6 +573,7 @@ static void test_damage_deleted_document(void **state) {
   free(log);
   fx_close(&f);
   /* the first document deleted: nothing is presented as a stream starting at 1 */
+  free(file);
   file = make_stream(&f, "d/del0", 0, 4);
   assert_int_equal(doc_starts(file, st, 16), 4);
   splice_file(file, 0, st[1], "", 0);
@@ -657,6 +658,27 @@ static void test_damage_offset_sidecar(void **state) {
   free(bp);
   free(mp);
   free(op);
+  free(file);
+  fx_done(&f, 1);
+}
+
+static void test_stale_base_sidecar(void **state) {
+  /* a .base left behind by a delete interrupted after the .yaml went: a new ordinary
+   * stream at that path starts at 0, also when it is still empty at the next open */
+  fx_t f;
+  fx_init(&f, NULL);
+  char *file = make_stream(&f, "d/stale", 0, 0);
+  char *bp = side(file, ".base");
+  t_write_file(bp, "9", 1, "wb");
+  unlink(file);
+  fx_open(&f);
+  ds_store_stream_t *s;
+  assert_int_equal(ds_store_get(f.st, "d/stale", 1, 0, &s), 0);
+  assert_int_equal(ds_store_first_offset(s), 0);
+  fx_close(&f);
+  assert_false(t_file_exists(bp));
+  reopen_and_check(&f, "d/stale", 0, 0);
+  free(bp);
   free(file);
   fx_done(&f, 1);
 }
@@ -951,6 +973,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_damage_deleted_document, restore_log),
       cmocka_unit_test_teardown(test_damage_idx_extra_entry, restore_log),
       cmocka_unit_test_teardown(test_damage_offset_sidecar, restore_log),
+      cmocka_unit_test(test_stale_base_sidecar),
       cmocka_unit_test_teardown(test_damage_meta_sidecar, restore_log),
       cmocka_unit_test(test_torn_tail_kept_aside),
       cmocka_unit_test(test_path_collisions),
