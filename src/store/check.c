@@ -610,6 +610,7 @@ static void check_stream(ctx_t *c, const char *file, const char *rel) {
   if (found && c->repair && rc == 0) {
     repair(c, &f);
     sfile_free(&f);
+    free(f.file);
     memset(&f, 0, sizeof f);
     f.fd = -1;
     f.file = ds_xstrdup(file);
