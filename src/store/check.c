@@ -30,7 +30,6 @@
 #include "core/buf.h"
 #include "core/err.h"
 #include "core/file.h"
-#include "store/json.h"
 #include "store/store.h"
 #include "store/store_int.h"
 #include "store/yaml_file.h"
@@ -200,35 +199,15 @@ static void check_meta(ctx_t *c, sfile_t *f) {
     f->meta = -1;
     finding(c, p, 0, "cannot be read: %s", ds_strerror(rc));
   } else {
-    ds_arena_t a;
-    ds_arena_init(&a);
-    ds_value_t *v = NULL;
     char err[160];
-    uint64_t at = 0;
-    if (ds_json_parse(&a, b.data ? b.data : "", b.len, DS_JSON_DEFAULT_MAX_DEPTH, &v, err,
-                      sizeof err) != 0) {
+    if (ds__yaml_meta_parse(b.data, b.len, &f->has_fork, &f->fork_off, err, sizeof err) < 0) {
       const char *q = strstr(err, "at byte ");
-      if (q) at = strtoull(q + 8, NULL, 10);
       f->meta = -1;
-      finding(c, p, at, "damaged metadata (%zu bytes): %s; the stream's content type, lifetime "
-              "and state are unknown", b.len, err);
-    } else if (v->type != DS_V_OBJECT) {
-      f->meta = -1;
-      finding(c, p, 0, "damaged metadata: not a JSON object");
+      finding(c, p, q ? strtoull(q + 8, NULL, 10) : 0, "damaged metadata (%zu bytes): %s; the "
+              "stream's content type, lifetime and state are unknown", b.len, err);
     } else {
       f->meta = 1;
-      const ds_value_t *fo = ds_value_get(ds_value_get(v, "fork"), "offset");
-      if (fo && fo->type == DS_V_NUMBER) {
-        char *end = NULL;
-        errno = 0;
-        unsigned long long x = strtoull(fo->u.str.s, &end, 10);
-        if (!errno && end && *end == '\0' && fo->u.str.s[0] != '-') {
-          f->has_fork = 1;
-          f->fork_off = (uint64_t)x;
-        }
-      }
     }
-    ds_arena_free(&a);
   }
   ds_buf_free(&b);
   free(p);

@@ -12,6 +12,7 @@
 #include "core/clock.h"
 #include "core/err.h"
 #include "core/file.h"
+#include "store/json.h"
 
 static int is_digit(char c) { return c >= '0' && c <= '9'; }
 
@@ -71,6 +72,34 @@ int ds__yaml_offset_line(const char *buf, size_t len, int at_start, uint64_t *ou
     n = (size_t)(nl - buf);
   }
   return -1;
+}
+
+int ds__yaml_meta_parse(const char *p, size_t n, int *fork, uint64_t *fork_off, char *err,
+                        size_t errlen) {
+  *fork = 0;
+  ds_arena_t a;
+  ds_arena_init(&a);
+  ds_value_t *v = NULL;
+  int rc = 0;
+  if (ds_json_parse(&a, p ? p : "", n, DS_JSON_DEFAULT_MAX_DEPTH, &v, err, errlen) != 0) {
+    rc = DS_ECORRUPT;
+  } else if (v->type != DS_V_OBJECT) {
+    snprintf(err, errlen, "not a JSON object");
+    rc = DS_ECORRUPT;
+  } else {
+    const ds_value_t *fo = ds_value_get(ds_value_get(v, "fork"), "offset");
+    if (fo && fo->type == DS_V_NUMBER && fo->u.str.s[0] != '-') {
+      char *end = NULL;
+      errno = 0;
+      unsigned long long x = strtoull(fo->u.str.s, &end, 10);
+      if (!errno && end && *end == '\0') {
+        *fork = 1;
+        *fork_off = (uint64_t)x;
+      }
+    }
+  }
+  ds_arena_free(&a);
+  return rc;
 }
 
 int ds__yaml_save_aside(int fd, const uint64_t (*r)[2], size_t nr, const char *file,

@@ -52,7 +52,6 @@
 #include "core/err.h"
 #include "core/file.h"
 #include "core/log.h"
-#include "store/json.h"
 #include "store/store_int.h"
 #include "store/yaml_file.h"
 
@@ -526,10 +525,10 @@ static int load_idx_file(ds_store_stream_t *s, uint64_t good_end, int fd, int *r
 /* ---- damage found on open ---- */
 
 /* The first offset the stream must start at: a fork's fork point, kept in its .base
- * sidecar since it was created (written once, fsynced), else 0. Unknown (0 returned) when
- * .base is damaged, or absent while the stream has metadata: a fork created before .base
- * existed, whose documents are then trusted (`durable-stream check` verifies them against
- * the fork point in the metadata). Costs one stat, and only when needed. */
+ * sidecar since it was created (written once, fsynced); for a fork created before .base
+ * existed, the fork point its metadata names; else 0. Unknown (returns 0) when .base or
+ * the metadata is damaged: the documents are then trusted. Asked only when the first
+ * document does not hold 0, or the stream is empty: one or two small reads. */
 static int expected_base(const char *file, uint64_t *out) {
   *out = 0;
   int rc = read_num_sidecar(file, ".base", out);
@@ -540,10 +539,15 @@ static int expected_base(const char *file, uint64_t *out) {
     return 0;
   }
   char *p = sidecar(file, ".meta");
-  struct stat sb;
-  int legacy_fork = stat(p, &sb) == 0;
+  ds_buf_t b = DS_BUF_INIT;
+  rc = ds_file_read_all(p, &b);
   free(p);
-  return !legacy_fork;
+  int fork = 0, known = rc == DS_ENOTFOUND;
+  char err[160];
+  if (rc == 0 && ds__yaml_meta_parse(b.data, b.len, &fork, out, err, sizeof err) == 0) known = 1;
+  ds_buf_free(&b);
+  if (!fork) *out = 0;
+  return known;
 }
 
 /* The offset document i holds (its offset line), 0 or DS_ECORRUPT / DS_EIO. */
@@ -587,8 +591,8 @@ static void damage_from_doc(ds_store_stream_t *s, int fd, size_t d, uint64_t bas
 }
 
 /* Sets base and next from the documents and checks that they agree with each other: the
- * first document holds the stream's first offset (0 unless the stream may be a fork), the
- * last one base + count - 1. That costs two small reads, and finds documents missing,
+ * first document holds the stream's first offset (0, or a fork's fork point: see
+ * expected_base), the last one base + count - 1. That costs two small reads, and finds documents missing,
  * duplicated or unreadable anywhere in the file without parsing it. On disagreement the
  * index is rebuilt by a scan (it may be what lies), then the first document whose offset
  * is not base + its position is found by bisection over offset lines (O(log n) reads) and
@@ -604,7 +608,7 @@ static int settle_offsets(ds_store_stream_t *s, int fd, int side_rc, uint64_t si
       s->base = s->next = known ? want : side;
       if (side_rc == DS_ECORRUPT)
         ds_warn("store", "%s.offset: damaged; the stream is empty and its first offset is %"
-                PRIu64 " (%s): rewritten", s->file, want, want ? "its .base sidecar" : "no fork");
+                PRIu64 " (%s): rewritten", s->file, want, want ? "its fork point" : "no fork");
       return 0;
     }
     s->base = s->next = 0;
@@ -1272,21 +1276,6 @@ static void y_close(ds_store_t *st) {
 
 /* ---- metadata ---- */
 
-/* 1 if the sidecar's bytes are not one JSON object (all the protocol layer ever writes):
- * damage such as a cut-short file or flipped bytes in its syntax; err says where. */
-static int meta_damaged(const char *p, size_t n, char *err, size_t errlen) {
-  ds_arena_t a;
-  ds_arena_init(&a);
-  ds_value_t *v = NULL;
-  int bad = ds_json_parse(&a, p ? p : "", n, DS_JSON_DEFAULT_MAX_DEPTH, &v, err, errlen) != 0;
-  if (!bad && v->type != DS_V_OBJECT) {
-    snprintf(err, errlen, "not a JSON object");
-    bad = 1;
-  }
-  ds_arena_free(&a);
-  return bad;
-}
-
 static int y_meta_load(ds_store_stream_t *s) {
   char *p = sidecar(s->file, ".meta");
   ds_buf_t b = DS_BUF_INIT;
@@ -1299,7 +1288,9 @@ static int y_meta_load(ds_store_stream_t *s) {
     return 0;
   }
   char err[160];
-  if (meta_damaged(b.data, b.len, err, sizeof err)) {
+  int fork;
+  uint64_t fork_off;
+  if (ds__yaml_meta_parse(b.data, b.len, &fork, &fork_off, err, sizeof err) < 0) {
     ds_error("store", "%s.meta: damaged metadata sidecar (%zu bytes: %s): the stream's "
              "content type, lifetime and state are unknown; left as it is for `durable-stream "
              "check`", s->file, b.len, err);

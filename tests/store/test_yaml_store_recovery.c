@@ -580,6 +580,15 @@ static void test_damage_deleted_document(void **state) {
   log = check_damaged(&f, "d/del0", 0, 0, 0, &s);
   free(log);
   fx_close(&f);
+  /* the same in a fork at 5: its first offset is known (.base), it does not start at 6 */
+  free(file);
+  file = make_stream(&f, "d/delf", 5, 4);
+  assert_int_equal(doc_starts(file, st, 16), 4);
+  splice_file(file, 0, st[1], "", 0);
+  log = check_damaged(&f, "d/delf", 5, 5, 0, &s);
+  assert_log_has(log, "offset 5 is missing");
+  free(log);
+  fx_close(&f);
   free(file);
   fx_done(&f, 1);
 }
@@ -635,8 +644,7 @@ static void test_damage_offset_sidecar(void **state) {
   t_write_file(op, "\xff", 1, "wb");
   reopen_and_check(&f, "d/fork", 7, 7);
   check_offset_file(file, "8");
-  /* (3) an empty fork made before .base existed (it has metadata, no .base): its first
-   * offset is unknown, so appends are refused instead of restarting it at 0 */
+  /* (3) an empty fork made before .base existed: its fork point comes from its metadata */
   free(file);
   file = make_stream(&f, "d/old", 7, 0);
   char *bp = side(file, ".base"), *mp = side(file, ".meta");
@@ -645,15 +653,30 @@ static void test_damage_offset_sidecar(void **state) {
   free(op);
   op = side(file, ".offset");
   t_write_file(op, "", 0, "wb");
+  reopen_and_check(&f, "d/old", 7, 7);
+  check_offset_file(file, "8");
+  /* (4) and when its metadata is damaged too, the first offset is unknown: appends are
+   * refused instead of restarting it at 0 */
+  free(file);
+  file = make_stream(&f, "d/lost", 7, 0);
+  free(bp);
+  free(mp);
+  free(op);
+  bp = side(file, ".base");
+  mp = side(file, ".meta");
+  op = side(file, ".offset");
+  unlink(bp);
+  t_write_file(mp, "{\"fork\":{\"off", 14, "wb");
+  t_write_file(op, "", 0, "wb");
   log_begin(&l);
   fx_open(&f);
   ds_store_stream_t *s;
-  assert_int_equal(ds_store_get(f.st, "d/old", 0, 0, &s), 0);
+  assert_int_equal(ds_store_get(f.st, "d/lost", 0, 0, &s), 0);
   assert_int_equal(t_append(s, 1, "rec"), DS_ECORRUPT);
   assert_int_equal(t_file_size(file), 0);
   fx_close(&f);
   log = log_end(&l);
-  assert_log_has(log, "d/old.yaml.offset: damaged and the stream is empty");
+  assert_log_has(log, "d/lost.yaml.offset: damaged and the stream is empty");
   free(log);
   free(bp);
   free(mp);
