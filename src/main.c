@@ -4,6 +4,7 @@
  *                [--storage yaml|memory] [--fsync always|interval|never]
  *                [--long-poll-timeout MS] [--log-level L]
  * Flags override config.lua; without --config, ./config.lua is used when it exists.
+ * durable-stream check [--repair] DATA_DIR: the offline checker (app/check.h).
  */
 #include <getopt.h>
 #include <stdio.h>
@@ -12,6 +13,7 @@
 #include <unistd.h>
 
 #include "app/app.h"
+#include "app/check.h"
 #include "app/config.h"
 #include "core/buf.h"
 #include "core/log.h"
@@ -22,7 +24,9 @@ static void usage(FILE *f) {
         "                      [--long-poll-timeout MS] [--log-level debug|info|warn|error]\n"
         "Flags override config.lua (default: ./config.lua when present).\n"
         "--port 0 picks a free port; the line `listening on http://HOST:PORT` is printed\n"
-        "on stdout once the server is ready.\n",
+        "on stdout once the server is ready.\n"
+        "       durable-stream check [--repair] DATA_DIR   (verify / repair stored streams;\n"
+        "                                                  see durable-stream check --help)\n",
         f);
 }
 
@@ -36,6 +40,7 @@ static int parse_uint(const char *s, long max, long *out) {
 }
 
 int main(int argc, char **argv) {
+  if (argc > 1 && strcmp(argv[1], "check") == 0) return ds_check_main(argc - 1, argv + 1);
   enum { OPT_CONFIG = 1, OPT_HOST, OPT_PORT, OPT_DATA, OPT_STORAGE, OPT_FSYNC, OPT_LP, OPT_LOG, OPT_HELP };
   static const struct option opts[] = {{"config", required_argument, NULL, OPT_CONFIG},
                                        {"host", required_argument, NULL, OPT_HOST},

@@ -158,6 +158,35 @@ static void reader_drop(reader_t *r, const char *why) {
   ds_http_stream_abort(req);
 }
 
+/* A read failed at r->next (the stream's file is damaged there, see ds_store_damage_t, or
+ * unreadable): everything before it has been sent; one SSE comment names the error, then
+ * the response ends normally. Clients ignore comments, so a history read simply stops;
+ * a client resuming from r->next is answered 500 before any header (handle_get), which
+ * also stops a browser's EventSource from reconnecting forever. */
+static void reader_fail(reader_t *r, int rc) {
+  char off[17], line[512];
+  ds_offset_format(r->next, off);
+  ds_store_damage_t d;
+  ds_store_stream_t *st = ds_stream_store(r->stream);
+  int n;
+  if (rc == DS_ECORRUPT && st && ds_store_damage_at(st, r->next, &d))
+    n = snprintf(line, sizeof line, ": error: stored event %s is damaged (%s); the events "
+                 "after it cannot be sent until the stream is repaired\n\n", off, d.what);
+  else
+    n = snprintf(line, sizeof line, ": error: reading stored event %s failed: %s\n\n", off,
+                 ds_strerror(rc));
+  if (n < 2 || (size_t)n >= sizeof line) n = (int)sizeof line - 1;
+  for (int i = 0; i < n - 2; i++) /* one comment line whatever the reason's text holds */
+    if (line[i] == '\n' || line[i] == '\r') line[i] = ' ';
+  line[n - 2] = line[n - 1] = '\n';
+  ds_http_req_t *req = r->req;
+  if (ds_http_stream_write_copy(req, line, (size_t)n) != 0) {
+    reader_drop(r, "write failed");
+    return;
+  }
+  reader_finish(r);
+}
+
 typedef struct {
   reader_t *r;
   ds_buf_t *out;
@@ -229,7 +258,7 @@ static void pump(reader_t *r) {
                (unsigned long long)r->next, ds_strerror((int)n));
       r->pumping = 0;
       pump_release(api, shared, &local);
-      reader_drop(r, "storage read failed");
+      reader_fail(r, (int)n);
       return;
     }
     if (n == 0) { /* the store has nothing from here: treat as caught up */
@@ -368,6 +397,22 @@ static void handle_get(ds_agents_api_t *api, ds_http_req_t *req, const char *pat
                           ds_strerror(rc));
     return;
   }
+  uint64_t from = from_now     ? ds_stream_next_offset(s)
+                  : from_start ? ds_stream_first_offset(s)
+                               : last + 1;
+  ds_store_damage_t dmg;
+  ds_store_stream_t *sst = ds_stream_store(s);
+  if (sst && from < ds_stream_next_offset(s) && ds_store_damage_at(sst, from, &dmg)) {
+    /* the read would fail before its first event: say so instead of an empty 200 */
+    char off[17];
+    ds_offset_format(from, off);
+    ds_error("agents", "reading %s from offset %s refused: its stored event %s is damaged (%s)",
+             path, off, off, dmg.what);
+    ds_streams_release(s);
+    ds_http_respond_error(req, 500, NULL, "stored event %s of this stream is damaged (%s); "
+                          "the server log names the file", off, dmg.what);
+    return;
+  }
   reader_t *r = ds_xcalloc(1, sizeof *r);
   r->api = api;
   r->req = req;
@@ -376,9 +421,7 @@ static void handle_get(ds_agents_api_t *api, ds_http_req_t *req, const char *pat
   r->sub.on_publish = on_publish;
   r->sub.on_change = on_change;
   r->sub.ud = r;
-  if (from_now) r->next = ds_stream_next_offset(s);
-  else if (from_start) r->next = ds_stream_first_offset(s);
-  else r->next = last + 1;
+  r->next = from;
   ds_stream_subscribe(s, &r->sub);
   r->anext = api->all_head;
   if (api->all_head) api->all_head->aprev = r;

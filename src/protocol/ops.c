@@ -534,6 +534,14 @@ void ds__op_post(ds_protocol_t *p, ds_http_req_t *req, const char *path) {
   }
   int rc = ds__msgs_commit(&msgs, s);
   ds__msgs_free(&msgs);
+  ds_store_damage_t dmg; /* appends are refused behind damage: name it */
+  if (rc == DS_ECORRUPT && ds_stream_store(s) && ds_store_damage(ds_stream_store(s), &dmg) == 0) {
+    char msg[320];
+    snprintf(msg, sizeof msg, "Storage error: the stream's file is damaged (%s); appends are "
+             "refused until it is repaired", dmg.what);
+    ds__respond_err(req, 500, msg);
+    return;
+  }
   if (rc != 0) {
     ds__respond_err(req, rc == DS_ENOSPC ? 507 : rc == DS_ETOOBIG ? 413 : 500, "Storage error");
     return;

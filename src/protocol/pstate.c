@@ -268,8 +268,10 @@ ds__pstream_t *ds__state_peek(ds_protocol_t *p, const char *path, ds_stream_t **
   st->access_ms = ds_clock_wall_ms();
   ds_buf_t b = DS_BUF_INIT;
   int rc = ds_store_meta_get(ds_stream_store(s), &b);
-  if (rc == 0) {
-    if (state_load(st, b.data ? b.data : "", b.len) != 0) {
+  /* DS_ECORRUPT: the store logged the damaged sidecar; until the state layer refuses such
+   * a stream, it is read as before (unparsable metadata), not as a stream without any */
+  if (rc == 0 || rc == DS_ECORRUPT) {
+    if (rc != 0 || state_load(st, b.data ? b.data : "", b.len) != 0) {
       ds_warn("protocol", "unreadable metadata for %s; treating as octet-stream", path);
       if (!st->ctype) st->ctype = ds_xstrdup("application/octet-stream");
       st->mode = ds__mode_of(st->ctype);

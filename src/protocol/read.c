@@ -129,7 +129,16 @@ static void respond_data(ds_protocol_t *p, ds_http_req_t *req, ds__pstream_t *st
   long n = read_chunk(p, st, s, from, &bd);
   if (n < 0) {
     ds_buf_free(&bd.b);
-    ds__respond_err(req, 500, "Read error");
+    /* the records before a damaged one were the previous answer; this read starts at it */
+    ds_store_damage_t dmg;
+    if (n == DS_ECORRUPT && ds_stream_store(s) && ds_store_damage_at(ds_stream_store(s), from, &dmg)) {
+      char msg[320];
+      snprintf(msg, sizeof msg, "Read error: the stored message at this offset is damaged (%s)",
+               dmg.what);
+      ds__respond_err(req, 500, msg);
+    } else {
+      ds__respond_err(req, 500, "Read error");
+    }
     return;
   }
   uint64_t tail = ds_stream_next_offset(s);
@@ -465,8 +474,13 @@ static void sse_step(ds__waiter_t *w, bool first) {
   for (;;) {
     body_t bd;
     long n = read_chunk(p, st, s, w->next_off, &bd);
-    if (n < 0) {
+    if (n < 0) { /* what was read is in `out`; then one comment names the error */
       ds_buf_free(&bd.b);
+      char off[17];
+      ds_offset_format(w->next_off, off);
+      ds_buf_printf(&out, ": error: reading the stored message at offset %s failed: %s\n\n", off,
+                    n == DS_ECORRUPT ? "it is damaged (the server log names the file)" : ds_strerror((int)n));
+      ds_http_stream_write_copy(w->req, out.data, out.len);
       ds_buf_free(&out);
       sse_end(w);
       return;
@@ -610,6 +624,15 @@ void ds__op_get(ds_protocol_t *p, ds_http_req_t *req, const char *path) {
   else if (sentinel == -1) from = 0;
   const char *start_str = cnt == 1 ? offv : "-1";
   st->access_ms = ds_clock_wall_ms();
+  ds_store_damage_t dmg; /* a read that would fail before its first message: 500, not an empty 200 */
+  if (from < tail && from >= ds_stream_first_offset(s) && ds_stream_store(s) &&
+      ds_store_damage_at(ds_stream_store(s), from, &dmg)) {
+    char msg[320];
+    snprintf(msg, sizeof msg, "Read error: the stored message at this offset is damaged (%s)",
+             dmg.what);
+    ds__respond_err(req, 500, msg);
+    goto out;
+  }
 
   if (sse) {
     ds_arena_t a;

@@ -12,6 +12,7 @@
  */
 #include "store/store_int.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,6 +117,55 @@ void ds__cbq_free(ds__cbq_t *q) {
   memset(q, 0, sizeof *q);
 }
 
+/* ---- known damage ---- */
+
+int ds__damage_add(ds_store_stream_t *s, uint64_t offset, uint64_t end, uint64_t pos,
+                   const char *fmt, ...) {
+  if (end <= offset) end = offset + 1;
+  ds__damage_t *d = s->damage;
+  if (!d) d = s->damage = ds_xcalloc(1, sizeof *d);
+  size_t i = 0;
+  while (i < d->n && d->v[i].end <= offset) i++;
+  if (i < d->n && d->v[i].offset <= offset) return 0; /* inside a known range */
+  if (end == UINT64_MAX) { /* open-ended: hides every range after it, and must be kept */
+    d->n = i;
+    if (d->n == DS__DAMAGE_MAX) i = --d->n; /* drop a one-record range below it instead */
+  } else {
+    if (i < d->n && d->v[i].offset < end) end = d->v[i].offset;
+    /* full: not listed, but every read that reaches the record decodes it and fails again,
+     * and appends stay refused because the list is not empty */
+    if (d->n == DS__DAMAGE_MAX) return 1;
+  }
+  memmove(&d->v[i + 1], &d->v[i], (d->n - i) * sizeof d->v[0]);
+  ds_store_damage_t *x = &d->v[i];
+  x->offset = offset;
+  x->end = end;
+  x->pos = pos;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(x->what, sizeof x->what, fmt, ap);
+  va_end(ap);
+  d->n++;
+  return 1;
+}
+
+const ds_store_damage_t *ds__damage_find(const ds_store_stream_t *s, uint64_t off) {
+  if (!s->damage) return NULL;
+  for (size_t i = 0; i < s->damage->n; i++) {
+    const ds_store_damage_t *x = &s->damage->v[i];
+    if (off < x->offset) return NULL;
+    if (off < x->end) return x;
+  }
+  return NULL;
+}
+
+uint64_t ds__damage_next(const ds_store_stream_t *s, uint64_t off) {
+  if (!s->damage) return UINT64_MAX;
+  for (size_t i = 0; i < s->damage->n; i++)
+    if (s->damage->v[i].end > off) return s->damage->v[i].offset > off ? s->damage->v[i].offset : off;
+  return UINT64_MAX;
+}
+
 /* ---- handle cache ---- */
 
 static uint32_t path_hash(const char *s, size_t n) {
@@ -167,6 +217,7 @@ static void unlink_stream(ds_store_t *st, ds_store_stream_t *s) {
 static void free_stream(ds_store_t *st, ds_store_stream_t *s) {
   st->ops->free_stream(st, s);
   ds__cache_free(&s->cache);
+  free(s->damage);
   free(s->meta);
   free(s->path);
   free(s);
@@ -331,6 +382,7 @@ int ds_store_meta_get(ds_store_stream_t *s, ds_buf_t *out) {
     int rc = s->st->ops->meta_load(s);
     if (rc < 0) return rc;
   }
+  if (s->meta_state == 3) return DS_ECORRUPT; /* logged once, by the load */
   if (s->meta_state != 2) return DS_ENOTFOUND;
   ds_buf_reset(out);
   ds_buf_append(out, s->meta, s->meta_len);
@@ -349,6 +401,19 @@ int ds_store_meta_set(ds_store_stream_t *s, const char *p, size_t n) {
   s->meta_len = n;
   s->meta_state = 2;
   return 0;
+}
+
+int ds_store_damage(const ds_store_stream_t *s, ds_store_damage_t *out) {
+  if (!s->damage || s->damage->n == 0) return DS_ENOTFOUND;
+  if (out) *out = s->damage->v[0];
+  return 0;
+}
+
+int ds_store_damage_at(const ds_store_stream_t *s, uint64_t off, ds_store_damage_t *out) {
+  const ds_store_damage_t *x = ds__damage_find(s, off < s->base ? s->base : off);
+  if (!x) return 0;
+  if (out) *out = *x;
+  return 1;
 }
 
 int ds_store_delete(ds_store_t *st, const char *path) {

@@ -25,8 +25,13 @@
  * completed), which survives kill -9. Power-loss durability follows the fsync policy;
  * ds_store_sync() reports when everything appended so far is durable under it.
  * Recovery: on open, a torn final document (anything after the last complete
- * `createdAt:` line) is truncated away and logged; the idx and offset sidecars are
- * repaired from the documents, which always win.
+ * `createdAt:` line) is copied aside into `<path>.yaml.damaged-<unix ms>`, truncated away
+ * and logged; the idx and offset sidecars are repaired from the documents, which always
+ * win. Open also checks that the first and last documents' offsets agree with the number of
+ * documents (a cheap check: two small reads), which finds documents missing or duplicated
+ * in the middle of the file without parsing it; reads check each document they decode.
+ * Damage (see ds_store_damage_t) is never skipped over: reads stop at it and appends are
+ * refused until `durable-stream check --repair` (store/check.h) has moved it aside.
  *
  * Threading: loop thread only. All calls are synchronous except ds_store_sync().
  * Must not: know about HTTP, events' meaning or subscribers; it stores bytes in order.
@@ -90,7 +95,8 @@ uint64_t ds_store_next_offset(const ds_store_stream_t *s);   /* offset the next 
 /**
  * Appends n records (offsets next .. next+n-1; the caller rendered those offsets into
  * the documents) with one write. All or nothing: on failure (DS_ENOSPC for a full disk,
- * DS_EIO otherwise) the file is truncated back and no offset is consumed.
+ * DS_EIO otherwise) the file is truncated back and no offset is consumed. DS_ECORRUPT,
+ * writing nothing, while the stream has known damage (ds_store_damage()).
  */
 int ds_store_append(ds_store_stream_t *s, const ds_record_in_t *recs, size_t n);
 
@@ -105,7 +111,7 @@ typedef int (*ds_record_cb)(void *ud, uint64_t offset, const char *repr, size_t 
  * Reads records with offsets >= from, in order, until the tail, `max_records`, or once
  * `max_bytes` of repr have been delivered (always at least one record when one exists).
  * Returns the number of records delivered (0 at the tail) or a negative DS_E* code
- * (DS_ECORRUPT if a document cannot be decoded). `from` below the first offset reads from
+ * (DS_ECORRUPT at damage: see ds_store_damage_t). `from` below the first offset reads from
  * the first offset. max_records == 0 / max_bytes == 0 mean "no limit"; a record is only
  * delivered if it keeps the delivered bytes within max_bytes (the first one always is).
  * If records were delivered before a failure, their count is returned and the error
@@ -114,10 +120,39 @@ typedef int (*ds_record_cb)(void *ud, uint64_t offset, const char *repr, size_t 
 long ds_store_read(ds_store_stream_t *s, uint64_t from, size_t max_records, size_t max_bytes,
                    ds_record_cb cb, void *ud);
 
-/** Opaque per-stream metadata (the protocol layer's JSON). DS_ENOTFOUND when unset. */
+/** Opaque per-stream metadata (the protocol layer's JSON object). DS_ENOTFOUND when unset;
+ *  DS_ECORRUPT when the sidecar exists but is not a JSON object (damaged: logged once with
+ *  the file name; the caller must not fall back to defaults, which would change the
+ *  stream's content type or lifetime silently). */
 int ds_store_meta_get(ds_store_stream_t *s, ds_buf_t *out);
 /** Replaces the metadata atomically (write temp file, fsync, rename). */
 int ds_store_meta_set(ds_store_stream_t *s, const char *p, size_t n);
+
+/**
+ * Damage the store knows about in a stream's file: a document that does not decode, does
+ * not end with its createdAt line or does not hold the offset its position says (found by
+ * a read), or documents missing, duplicated or unreadable in the middle (found on open).
+ * While a stream has damage:
+ *   - reads deliver every record before it, then fail with DS_ECORRUPT at it (a read that
+ *     starts there fails at once): no record after a gap is ever presented as contiguous;
+ *   - appends fail with DS_ECORRUPT: the repair (`durable-stream check --repair`) moves the
+ *     damaged document and everything after it aside, so nothing may be added behind it;
+ *   - the file, byte position and expected offset were logged once, when it was found.
+ * A damaged document is one offset wide ([offset, offset + 1)); where documents are
+ * missing or duplicated no later record can be located and the range is open-ended.
+ */
+typedef struct ds_store_damage_s {
+  uint64_t offset; /* first offset that cannot be read */
+  uint64_t end;    /* reads of offsets in [offset, end) fail; UINT64_MAX: all from offset */
+  uint64_t pos;    /* byte position of the damage in the stream's .yaml file */
+  char what[224];  /* one line (no file name): for error bodies and logs */
+} ds_store_damage_t;
+
+/** The known damage with the lowest offset: 0 and *out (may be NULL), DS_ENOTFOUND when
+ *  none is known. Appends are refused while this returns 0. */
+int ds_store_damage(const ds_store_stream_t *s, ds_store_damage_t *out);
+/** 1 (and *out, may be NULL) if a read starting at `off` is known to fail at once; else 0. */
+int ds_store_damage_at(const ds_store_stream_t *s, uint64_t off, ds_store_damage_t *out);
 
 /** Removes the stream and its sidecars; its handle becomes invalid. DS_ENOTFOUND if
  *  absent. */

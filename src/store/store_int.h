@@ -64,7 +64,8 @@ struct ds_store_stream_s {
   ds_store_stream_t *hnext; /* hash chain */
   uint64_t base, next;
 
-  /* metadata cache (both kinds): meta_state 0 = not loaded, 1 = absent, 2 = present */
+  /* metadata cache (both kinds): meta_state 0 = not loaded, 1 = absent, 2 = present,
+   * 3 = damaged (the yaml sidecar is not a JSON object) */
   int meta_state;
   char *meta;
   size_t meta_len;
@@ -89,7 +90,25 @@ struct ds_store_stream_s {
   ds__cache_t cache;
   ds_store_stream_t *cache_prev, *cache_next; /* streams with a non-empty cache, newest append first */
   int in_cache_lru;
+  struct ds__damage_s *damage; /* known damage (NULL: none known), see ds__damage_add */
 };
+
+/* Known damage of a stream (store.c keeps it, the yaml kind finds it): ranges sorted by
+ * offset, never overlapping, at most DS__DAMAGE_MAX of them (more are still found by every
+ * read; only the list stops growing). */
+#define DS__DAMAGE_MAX 32
+typedef struct ds__damage_s {
+  ds_store_damage_t v[DS__DAMAGE_MAX];
+  size_t n;
+} ds__damage_t;
+/** Records damage [offset, end) at byte pos, described by fmt. Returns 1 if it was not
+ *  known yet (the caller then logs it), 0 if a known range covers it already. */
+int ds__damage_add(ds_store_stream_t *s, uint64_t offset, uint64_t end, uint64_t pos,
+                   const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/** The known range containing off, or NULL. */
+const ds_store_damage_t *ds__damage_find(const ds_store_stream_t *s, uint64_t off);
+/** The lowest known damaged offset at or above off, UINT64_MAX when none. */
+uint64_t ds__damage_next(const ds_store_stream_t *s, uint64_t off);
 
 typedef struct ds__store_ops_s {
   const char *name;
@@ -134,6 +153,7 @@ struct ds_store_s {
   struct ds__fsync_job_s *job; /* running group fsync, NULL when idle */
   ds__cbq_t pending;           /* sync callbacks waiting for the next fsync */
   ds_buf_t scratch;
+  int lock_fd; /* yaml kind: the streams directory, flock(LOCK_SH) while open (check.h) */
   /* yaml kind: cold reads' buffers, kept between reads (a catch-up is many reads of up to
    * READ_CHUNK; allocating them each time cost page faults); `reading` guards reentry */
   ds_buf_t read_raw, read_repr;

@@ -44,6 +44,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -52,10 +53,12 @@
 #include "core/file.h"
 #include "core/log.h"
 #include "store/store_int.h"
+#include "store/yaml_file.h"
 
 #define SCAN_CHUNK ((size_t)1 << 16)  /* recovery scans read this much at a time */
 #define READ_CHUNK ((uint64_t)1 << 18) /* a cold read preads up to this much per batch */
-#define CREATED_LINE_LEN 36            /* "createdAt: YYYY-MM-DDTHH:MM:SS.mmmZ\n" */
+#define CREATED_LINE_LEN DS__YAML_CREATED_LEN /* "createdAt: YYYY-MM-DDTHH:MM:SS.mmmZ\n" */
+#define OFFSET_MAX UINT64_C(9999999999999999)    /* offsets are written with 16 digits */
 
 typedef struct ds__fsync_job_s {
   uv_work_t req;
@@ -161,19 +164,6 @@ static char *stream_file(ds_store_t *st, const char *path) {
 
 static int is_digit(char c) { return c >= '0' && c <= '9'; }
 
-/* True if p[0..36) is exactly "createdAt: YYYY-MM-DDTHH:MM:SS.mmmZ\n". */
-static int is_created_line(const char *p) {
-  static const char shape[] = "createdAt: 0000-00-00T00:00:00.000Z\n";
-  for (size_t i = 0; i < CREATED_LINE_LEN; i++) {
-    if (shape[i] == '0') {
-      if (!is_digit(p[i])) return 0;
-    } else if (p[i] != shape[i]) {
-      return 0;
-    }
-  }
-  return 1;
-}
-
 /* ---- descriptor LRU and dirty list ---- */
 
 static void lru_unlink(ds_store_t *st, ds_store_stream_t *s) {
@@ -256,24 +246,27 @@ static void cache_account(ds_store_t *st, ds_store_stream_t *s, size_t before) {
 
 /* ---- sidecars ---- */
 
-static int read_offset_sidecar(const char *file, uint64_t *out) {
-  char *p = sidecar(file, ".offset");
+/* The number in sidecar <file><suffix> (".offset", ".base"): 0 and *out; DS_ENOTFOUND
+ * when there is no sidecar; DS_ECORRUPT when it is not a number. */
+static int read_num_sidecar(const char *file, const char *suffix, uint64_t *out) {
+  char *p = sidecar(file, suffix);
   int fd = open(p, O_RDONLY | O_CLOEXEC);
   free(p);
-  if (fd < 0) return -1;
+  if (fd < 0) return errno == ENOENT ? DS_ENOTFOUND : DS_EIO;
   char buf[32];
   ssize_t n = pread_full(fd, buf, sizeof buf - 1, 0);
   close(fd);
-  if (n <= 0) return -1;
+  if (n < 0) return DS_EIO;
+  if (n == 0) return DS_ECORRUPT;
   uint64_t v = 0;
   ssize_t i = 0;
   for (; i < n && is_digit(buf[i]); i++) {
-    if (v > (UINT64_MAX - 9) / 10) return -1;
+    if (v > (UINT64_MAX - 9) / 10) return DS_ECORRUPT;
     v = v * 10 + (uint64_t)(buf[i] - '0');
   }
-  if (i == 0) return -1;
+  if (i == 0) return DS_ECORRUPT;
   for (; i < n; i++)
-    if (buf[i] != '\n' && buf[i] != ' ' && buf[i] != '\r') return -1;
+    if (buf[i] != '\n' && buf[i] != ' ' && buf[i] != '\r') return DS_ECORRUPT;
   *out = v;
   return 0;
 }
@@ -289,6 +282,20 @@ static int write_offset_sidecar(ds_store_stream_t *s) {
   if (pwrite_full(fd, buf, (size_t)n, 0) < 0 || ftruncate(fd, n) < 0) rc = map_errno(errno);
   close(fd);
   if (rc == 0) s->offset_written = s->next;
+  return rc;
+}
+
+/* A fork's first offset, written once when it is created: durable (file fsynced; the
+ * directory entry is covered by the create's directory sync) and never rewritten. */
+static int write_base_sidecar(const char *file, uint64_t base) {
+  char *p = sidecar(file, ".base");
+  char buf[32];
+  int n = snprintf(buf, sizeof buf, "%" PRIu64, base);
+  int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  int rc = fd < 0 ? map_errno(errno) : 0;
+  if (rc == 0 && (pwrite_full(fd, buf, (size_t)n, 0) < 0 || fsync(fd) < 0)) rc = map_errno(errno);
+  if (fd >= 0) close(fd);
+  free(p);
   return rc;
 }
 
@@ -388,7 +395,7 @@ static int find_good_end(int fd, uint64_t size, uint64_t *out) {
       char *nl = memrchr(buf, '\n', len);
       if (!nl) break;
       uint64_t q = lo + (uint64_t)(nl - buf); /* a line starts at q + 1 */
-      if (q + 1 + CREATED_LINE_LEN <= rend && is_created_line(nl + 1)) {
+      if (q + 1 + CREATED_LINE_LEN <= rend && ds__yaml_created_line(nl + 1)) {
         *out = q + 1 + CREATED_LINE_LEN;
         free(buf);
         return 0;
@@ -437,8 +444,9 @@ static int is_doc_start(int fd, uint64_t pos, uint64_t end) {
   return memcmp(d, "---\n", 4) == 0;
 }
 
-/* Parses the top-level `offset: "<digits>"` line of the document [pos, end). */
-static int last_doc_offset(int fd, uint64_t pos, uint64_t end, uint64_t *out) {
+/* Parses the top-level `offset: "<digits>"` line of the document [pos, end): it is the
+ * second-last line, so the last 4 KiB normally hold it; else the whole document is read. */
+static int doc_offset(int fd, uint64_t pos, uint64_t end, uint64_t *out) {
   uint64_t doclen = end - pos;
   uint64_t want = doclen < 4096 ? doclen : 4096;
   for (int pass = 0; pass < 2; pass++) {
@@ -447,30 +455,28 @@ static int last_doc_offset(int fd, uint64_t pos, uint64_t end, uint64_t *out) {
       free(buf);
       return DS_EIO;
     }
-    size_t len = (size_t)want;
-    while (len > 0) {
-      char *nl = memrchr(buf, '\n', len);
-      if (!nl) break;
-      const char *l = nl + 1, *e = buf + want;
-      if ((size_t)(e - l) > 8 && memcmp(l, "offset: ", 8) == 0) {
-        const char *p = l + 8;
-        if (p < e && *p == '"') p++;
-        uint64_t v = 0;
-        const char *d0 = p;
-        while (p < e && is_digit(*p) && p - d0 < 20) v = v * 10 + (uint64_t)(*p++ - '0');
-        if (p > d0) {
-          *out = v;
-          free(buf);
-          return 0;
-        }
-      }
-      len = (size_t)(nl - buf);
-    }
+    int found = ds__yaml_offset_line(buf, (size_t)want, want == doclen, out) == 0;
     free(buf);
+    if (found) return *out <= OFFSET_MAX ? 0 : DS_ECORRUPT;
     if (want == doclen) break;
     want = doclen;
   }
   return DS_ECORRUPT;
+}
+
+/* Fills s->idx with the start of every document in [0, good_end) by scanning the file. A
+ * file whose first bytes are not a "---" line but which holds documents after them keeps
+ * those bytes as document 0 (damaged: reads fail there, never silently skip it); a file
+ * with no document start at all is not a stream file (DS_ECORRUPT). */
+static int scan_all_docs(ds_store_stream_t *s, int fd, uint64_t good_end) {
+  s->idx_len = 0;
+  if (good_end == 0) return 0;
+  int start = is_doc_start(fd, 0, good_end);
+  idx_push(s, 0);
+  int rc = scan_docs(s, fd, start ? 3 : 0, good_end);
+  if (rc == 0 && !start && s->idx_len == 1) rc = DS_ECORRUPT;
+  if (rc < 0) s->idx_len = 0;
+  return rc;
 }
 
 static int load_idx_file(ds_store_stream_t *s, uint64_t good_end, int fd, int *repaired) {
@@ -496,20 +502,164 @@ static int load_idx_file(ds_store_stream_t *s, uint64_t good_end, int fd, int *r
     if (v >= good_end || (k == 0 ? v != 0 : v <= s->idx[k - 1])) break;
     s->idx[k++] = v;
   }
-  if (k > 0 && !is_doc_start(fd, s->idx[k - 1], good_end)) k = 0; /* lies: rebuild */
+  size_t bad = k; /* the first entry that cannot be right; n: none */
+  if (k > 0 && !is_doc_start(fd, s->idx[k - 1], good_end)) { /* lies: rebuild */
+    bad = k - 1;
+    k = 0;
+  }
   *repaired = k != n || (ifd < 0 && good_end > 0);
+  if (bad != n) /* entries that cannot be right, not merely missing ones (those are lag) */
+    ds_warn("store", "%s.idx: damaged at entry %zu of %zu (byte %zu): rebuilt from the "
+            "documents", s->file, bad, n, bad * 8);
   s->idx_len = k;
   int rc;
   if (k == 0) {
-    if (good_end == 0) return 0;
-    if (!is_doc_start(fd, 0, good_end)) return DS_ECORRUPT;
-    idx_push(s, 0);
-    rc = scan_docs(s, fd, 3, good_end);
+    rc = scan_all_docs(s, fd, good_end);
   } else {
     rc = scan_docs(s, fd, s->idx[k - 1] + 3, good_end);
   }
   if (rc == 0 && s->idx_len != k) *repaired = 1;
   return rc;
+}
+
+/* ---- damage found on open ---- */
+
+/* The first offset the stream must start at: a fork's fork point, kept in its .base
+ * sidecar since it was created (written once, fsynced); for a fork created before .base
+ * existed, the fork point its metadata names; else 0. Unknown (returns 0) when .base or
+ * the metadata is damaged: the documents are then trusted. Asked only when the first
+ * document does not hold 0, or the stream is empty: one or two small reads. */
+static int expected_base(const char *file, uint64_t *out) {
+  *out = 0;
+  int rc = read_num_sidecar(file, ".base", out);
+  if (rc == 0) return 1;
+  if (rc != DS_ENOTFOUND) {
+    ds_warn("store", "%s.base: damaged: the stream's first offset is taken from its documents",
+            file);
+    return 0;
+  }
+  char *p = sidecar(file, ".meta");
+  ds_buf_t b = DS_BUF_INIT;
+  rc = ds_file_read_all(p, &b);
+  free(p);
+  int fork = 0, known = rc == DS_ENOTFOUND;
+  char err[160];
+  if (rc == 0 && ds__yaml_meta_parse(b.data, b.len, &fork, out, err, sizeof err) == 0) known = 1;
+  ds_buf_free(&b);
+  if (!fork) *out = 0;
+  return known;
+}
+
+/* The offset document i holds (its offset line), 0 or DS_ECORRUPT / DS_EIO. */
+static int doc_off(const ds_store_stream_t *s, int fd, size_t i, uint64_t *out) {
+  uint64_t end = i + 1 < s->idx_len ? s->idx[i + 1] : s->size;
+  return doc_offset(fd, s->idx[i], end, out);
+}
+
+static int doc_at_ok(const ds_store_stream_t *s, int fd, size_t i, uint64_t base) {
+  uint64_t o;
+  return doc_off(s, fd, i, &o) == 0 && o == base + i;
+}
+
+/* Records and logs that nothing from document d on can be located: documents are missing,
+ * duplicated or unreadable there (the offsets stop agreeing with the positions). */
+static void damage_from_doc(ds_store_stream_t *s, int fd, size_t d, uint64_t base,
+                            uint64_t last, int last_ok) {
+  uint64_t want = base + d, got = 0;
+  char what[160];
+  if (doc_off(s, fd, d, &got) != 0)
+    snprintf(what, sizeof what, "it has no readable offset line");
+  else if (got == want + 1)
+    snprintf(what, sizeof what, "it holds offset %" PRIu64 ": offset %" PRIu64 " is missing",
+             got, want);
+  else if (got > want)
+    snprintf(what, sizeof what, "it holds offset %" PRIu64 ": offsets %" PRIu64 "..%" PRIu64
+             " are missing", got, want, got - 1);
+  else if (d > 0 && got + 1 == want)
+    snprintf(what, sizeof what, "it holds offset %" PRIu64 " again (a duplicate)", got);
+  else
+    snprintf(what, sizeof what, "it holds offset %" PRIu64 " (out of order)", got);
+  ds__damage_add(s, want, UINT64_MAX, s->idx[d],
+                 "document at byte %" PRIu64 " should hold offset %" PRIu64 ", but %s", s->idx[d],
+                 want, what);
+  char lastbuf[24] = "?";
+  if (last_ok) snprintf(lastbuf, sizeof lastbuf, "%" PRIu64, last);
+  ds_error("store", "%s: damaged at byte %" PRIu64 ": document %zu should hold offset %" PRIu64
+           ", but %s (%zu documents, first offset %" PRIu64 ", last %s); reads stop at offset %"
+           PRIu64 " and appends are refused until `durable-stream check --repair`", s->file,
+           s->idx[d], d, want, what, s->idx_len, base, lastbuf, want);
+}
+
+/* Sets base and next from the documents and checks that they agree with each other: the
+ * first document holds the stream's first offset (0, or a fork's fork point: see
+ * expected_base), the last one base + count - 1. That costs two small reads, and finds documents missing,
+ * duplicated or unreadable anywhere in the file without parsing it. On disagreement the
+ * index is rebuilt by a scan (it may be what lies), then the first document whose offset
+ * is not base + its position is found by bisection over offset lines (O(log n) reads) and
+ * everything from it on is recorded as damage. An empty stream's first offset lives only
+ * in the .offset sidecar (side_rc says whether it could be read). */
+static int settle_offsets(ds_store_stream_t *s, int fd, int side_rc, uint64_t side,
+                          int *repaired) {
+  uint64_t want = 0;
+  int known = -1; /* expected_base(), asked only when the documents do not say 0 */
+  if (s->idx_len == 0) {
+    known = expected_base(s->file, &want);
+    if (known || side_rc == 0) {
+      s->base = s->next = known ? want : side;
+      if (side_rc == DS_ECORRUPT)
+        ds_warn("store", "%s.offset: damaged; the stream is empty and its first offset is %"
+                PRIu64 " (%s): rewritten", s->file, want, want ? "its fork point" : "no fork");
+      return 0;
+    }
+    s->base = s->next = 0;
+    ds__damage_add(s, 0, UINT64_MAX, 0,
+                   "the stream is empty and its .offset sidecar is %s, so its first offset "
+                   "(a fork's fork point) is unknown", side_rc == DS_ENOTFOUND ? "missing" : "damaged");
+    ds_error("store", "%s.offset: %s and the stream is empty: its first offset (a fork's fork "
+             "point) is unknown; appends are refused until `durable-stream check --repair`",
+             s->file, side_rc == DS_ENOTFOUND ? "missing" : "damaged");
+    return 0;
+  }
+  for (int pass = 0;; pass++) {
+    size_t n = s->idx_len;
+    uint64_t f = 0, l = 0, base;
+    int f_ok = doc_off(s, fd, 0, &f) == 0, l_ok = doc_off(s, fd, n - 1, &l) == 0;
+    if (known < 0 && (!f_ok || f != 0)) known = expected_base(s->file, &want);
+    if (known > 0) base = want;
+    else if (f_ok) base = f;
+    else if (l_ok && l >= n - 1) base = l - (n - 1);
+    else if (side_rc == 0 && side >= n) base = side - n;
+    else base = 0;
+    if (f_ok && l_ok && f == base && l >= f && l - f == n - 1) {
+      s->base = base;
+      s->next = l + 1;
+      return 0;
+    }
+    if (pass == 0) { /* maybe the index lies (its last entry was all open checked) */
+      int rc = scan_all_docs(s, fd, s->size);
+      if (rc < 0) return rc;
+      *repaired = 1;
+      if (s->idx_len != n)
+        ds_warn("store", "%s.idx: damaged: %zu entries, but the file holds %zu documents: "
+                "rebuilt from the documents", s->file, n, s->idx_len);
+      continue;
+    }
+    /* doc 0 is bad unless it holds base; otherwise doc n-1 is: bisect between them */
+    size_t d = 0;
+    if (f_ok && f == base) {
+      size_t lo = 0, hi = n - 1;
+      while (hi - lo > 1) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (doc_at_ok(s, fd, mid, base)) lo = mid;
+        else hi = mid;
+      }
+      d = hi;
+    }
+    s->base = base;
+    s->next = l_ok && l >= base + d ? l + 1 : base + n; /* reads must reach the damage */
+    damage_from_doc(s, fd, d, base, l, l_ok);
+    return 0;
+  }
 }
 
 static int recover(ds_store_t *st, ds_store_stream_t *s, int fd) {
@@ -519,12 +669,26 @@ static int recover(ds_store_t *st, ds_store_stream_t *s, int fd) {
   uint64_t size = (uint64_t)sb.st_size, good_end;
   int rc = find_good_end(fd, size, &good_end);
   if (rc < 0) return rc;
+  int tail_kept = 0; /* a torn tail that could not be saved aside stays, appends refused */
   if (good_end < size) {
-    ds_warn("store", "%s: torn tail: truncating %" PRIu64 " bytes after the last complete "
-            "document (%" PRIu64 " -> %" PRIu64 ")", s->file, size - good_end, size, good_end);
-    if (ftruncate(fd, (off_t)good_end) < 0) {
-      ds_error("store", "%s: cannot truncate torn tail: %s", s->file, strerror(errno));
-      return DS_EIO;
+    /* Kept, not thrown away: the bytes may be a complete record whose last line was
+     * damaged rather than a write cut short by a crash. */
+    char aside[4200];
+    const uint64_t tail[1][2] = {{good_end, size}};
+    int arc = ds__yaml_save_aside(fd, tail, 1, s->file, aside, sizeof aside);
+    if (arc < 0) {
+      ds_error("store", "%s: torn tail of %" PRIu64 " bytes after byte %" PRIu64 " cannot be "
+               "saved aside (%s): left in place, appends are refused until a restart can "
+               "truncate it", s->file, size - good_end, good_end, ds_strerror(arc));
+      tail_kept = 1;
+    } else {
+      ds_warn("store", "%s: torn tail: truncating %" PRIu64 " bytes after the last complete "
+              "document (%" PRIu64 " -> %" PRIu64 "); the bytes are kept in %s", s->file,
+              size - good_end, size, good_end, aside);
+      if (ftruncate(fd, (off_t)good_end) < 0) {
+        ds_error("store", "%s: cannot truncate torn tail: %s", s->file, strerror(errno));
+        return DS_EIO;
+      }
     }
   }
   s->size = good_end;
@@ -535,19 +699,14 @@ static int recover(ds_store_t *st, ds_store_stream_t *s, int fd) {
     return rc;
   }
   uint64_t side = 0;
-  int have_side = read_offset_sidecar(s->file, &side) == 0;
-  if (s->idx_len == 0) {
-    s->base = s->next = have_side ? side : 0;
-  } else {
-    uint64_t last;
-    rc = last_doc_offset(fd, s->idx[s->idx_len - 1], good_end, &last);
-    if (rc < 0 || last + 1 < s->idx_len || last == UINT64_MAX) {
-      ds_error("store", "%s: last document has no valid offset line", s->file);
-      return DS_ECORRUPT;
-    }
-    s->next = last + 1;
-    s->base = s->next - s->idx_len;
-  }
+  int side_rc = read_num_sidecar(s->file, ".offset", &side);
+  int have_side = side_rc == 0;
+  rc = settle_offsets(s, fd, side_rc, side, &repaired);
+  if (rc < 0) return rc;
+  if (tail_kept)
+    ds__damage_add(s, s->next, UINT64_MAX, good_end,
+                   "a torn tail after byte %" PRIu64 " could not be saved aside and truncated",
+                   good_end);
   if (repaired) {
     ds_info("store", "%s: index repaired (%zu documents)", s->file, s->idx_len);
     s->idx_flushed = 0;
@@ -555,11 +714,18 @@ static int recover(ds_store_t *st, ds_store_stream_t *s, int fd) {
   } else {
     s->idx_flushed = s->idx_len;
   }
+  if (s->damage) { /* next is a guess: leave the .offset sidecar as evidence (and unwritten) */
+    s->offset_written = s->next;
+    return 0;
+  }
   if (have_side) s->offset_written = side;
   if (!have_side || side != s->next) {
     if (have_side)
       ds_info("store", "%s: offset sidecar said %" PRIu64 ", documents say %" PRIu64, s->file,
               side, s->next);
+    else if (side_rc == DS_ECORRUPT && s->idx_len > 0)
+      ds_warn("store", "%s.offset: damaged: rewritten from the documents (next offset %" PRIu64
+              ")", s->file, s->next);
     write_offset_sidecar(s);
   }
   return 0;
@@ -583,6 +749,20 @@ static int y_open(ds_store_t *st, char *err, size_t errlen) {
   if (access(st->root, W_OK | X_OK) < 0) {
     if (err && errlen) snprintf(err, errlen, "%s is not writable: %s", st->root, strerror(errno));
     return DS_EIO;
+  }
+  /* `durable-stream check --repair` must not rewrite files under a running server: it
+   * takes this lock exclusively (store/check.c), the server shares it */
+  st->lock_fd = open(st->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (st->lock_fd >= 0 && flock(st->lock_fd, LOCK_SH | LOCK_NB) < 0) {
+    int e = errno;
+    close(st->lock_fd);
+    st->lock_fd = -1;
+    if (e == EWOULDBLOCK) {
+      if (err && errlen)
+        snprintf(err, errlen, "%s is locked by `durable-stream check`: wait for it to finish",
+                 st->root);
+      return DS_EBUSY;
+    }
   }
   st->cache_budget = st->opts.tail_cache_total_bytes;
   st->timer = ds_xmalloc(sizeof *st->timer);
@@ -625,8 +805,16 @@ static int y_load(ds_store_t *st, ds_store_stream_t *s, int create, uint64_t bas
     s->idx_flushed = 0;
     /* Sidecars first, the .yaml (whose existence is the stream's) last: an interrupted
      * create leaves no stream. A fork's base lives only in the .offset sidecar until its
-     * first record, so that one is fsynced (forks are rare; plain creates stay cheap). */
-    if ((rc = write_offset_sidecar(s)) == 0 && base != 0) {
+     * first record, so that one is fsynced (forks are rare; plain creates stay cheap), and
+     * for good in the .base sidecar, which open checks the first document against. */
+    if (base != 0) {
+      rc = write_base_sidecar(s->file, base);
+    } else { /* a .base left by an interrupted delete must not become this stream's start */
+      char *p = sidecar(s->file, ".base");
+      unlink(p);
+      free(p);
+    }
+    if (rc == 0 && (rc = write_offset_sidecar(s)) == 0 && base != 0) {
       char *p = sidecar(s->file, ".offset");
       rc = sync_file(p);
       free(p);
@@ -641,6 +829,9 @@ static int y_load(ds_store_t *st, ds_store_stream_t *s, int create, uint64_t bas
       unlink(p);
       free(p);
       p = sidecar(s->file, ".idx");
+      unlink(p);
+      free(p);
+      p = sidecar(s->file, ".base");
       unlink(p);
       free(p);
       return rc;
@@ -677,7 +868,7 @@ static int check_doc(const ds_record_in_t *r) {
   if (!r->yaml || r->yaml_len < 4 + CREATED_LINE_LEN) return 0;
   if (memcmp(r->yaml, "---\n", 4) != 0) return 0;
   const char *last = r->yaml + r->yaml_len - CREATED_LINE_LEN;
-  if (last[-1] != '\n' || !is_created_line(last)) return 0;
+  if (last[-1] != '\n' || !ds__yaml_created_line(last)) return 0;
   if (!r->repr && r->repr_len) return 0;
   return 1;
 }
@@ -689,6 +880,9 @@ static int y_append(ds_store_stream_t *s, const ds_record_in_t *recs, size_t n) 
     if (!check_doc(&recs[i])) return DS_EINVAL;
     total += recs[i].yaml_len;
   }
+  /* Nothing is added behind damage: the repair moves it and everything after it aside
+   * (logged when found; ds_store_damage() tells the caller what it is). */
+  if (s->damage) return DS_ECORRUPT;
   int rc = ensure_fd(st, s);
   if (rc < 0) return rc;
   if (s->broken) { /* an earlier failed append left bytes we could not remove: retry */
@@ -762,8 +956,9 @@ static int rebuild_index(ds_store_t *st, ds_store_stream_t *s) {
       rc = scan_docs(s, s->fd, 3, s->size);
     }
   }
-  if (rc == 0 && s->idx_len != old_len) rc = DS_ECORRUPT; /* documents do not match offsets */
-  if (rc < 0) ds_error("store", "%s: index rebuild failed: %s", s->file, ds_strerror(rc));
+  int mismatch = rc == 0 && s->idx_len != old_len;
+  if (mismatch) rc = DS_ECORRUPT; /* documents do not match offsets */
+  if (rc < 0 && !mismatch) ds_error("store", "%s: index rebuild failed: %s", s->file, ds_strerror(rc));
   int same = rc == 0 && memcmp(old, s->idx, old_len * sizeof *old) == 0;
   if (rc < 0 || same) { /* keep the old index; the document itself is the problem */
     free(s->idx);
@@ -777,6 +972,17 @@ static int rebuild_index(ds_store_t *st, ds_store_stream_t *s) {
   s->idx_flushed = 0;
   write_idx_sidecar(s);
   return 0;
+}
+
+/* Records and logs (once) that document i, found by a read, cannot be delivered. */
+static void damage_found(ds_store_stream_t *s, size_t i, const char *why) {
+  uint64_t want = s->base + i;
+  if (ds__damage_add(s, want, want + 1, s->idx[i],
+                     "document at byte %" PRIu64 " should hold offset %" PRIu64 ", but %s",
+                     s->idx[i], want, why))
+    ds_error("store", "%s: damaged at byte %" PRIu64 ": the document that should hold offset %"
+             PRIu64 " is unreadable: %s; reads stop there and appends are refused until "
+             "`durable-stream check --repair`", s->file, s->idx[i], want, why);
 }
 
 static uint64_t doc_end(const ds_store_stream_t *s, size_t i) {
@@ -796,6 +1002,10 @@ static long y_read(ds_store_stream_t *s, uint64_t from, size_t max_records, size
   long rc = 0;
   int stop = 0, healed = 0;
   while (!stop && off < s->next && (size_t)delivered < max_records) {
+    if (s->damage && ds__damage_find(s, off)) { /* known: never skipped, never re-logged */
+      rc = DS_ECORRUPT;
+      break;
+    }
     const ds__crec_t *r = ds__cache_get(&s->cache, off);
     if (r) {
       if (delivered > 0 && (bytes >= max_bytes || r->n > max_bytes - bytes)) break;
@@ -810,7 +1020,14 @@ static long y_read(ds_store_stream_t *s, uint64_t from, size_t max_records, size
     /* Cold: the records [off, lim) are on disk only (the cache is a suffix). */
     uint64_t lim = s->cache.count ? s->cache.first : s->next;
     if (lim - off > max_records - (size_t)delivered) lim = off + (max_records - (size_t)delivered);
+    if (s->damage && lim > ds__damage_next(s, off)) lim = ds__damage_next(s, off);
     size_t i0 = (size_t)(off - s->base), iend = (size_t)(lim - s->base);
+    if (iend > s->idx_len) { /* cannot happen: damage on open bounds reads within the index */
+      ds_error("store", "%s: index holds %zu documents, a read needs %zu", s->file, s->idx_len,
+               iend);
+      rc = DS_ECORRUPT;
+      break;
+    }
     if ((rc = ensure_fd(st, s)) < 0) break;
     uint64_t start = s->idx[i0];
     /* Largest j in (i0, iend] whose bytes fit READ_CHUNK (at least one document). */
@@ -836,15 +1053,21 @@ static long y_read(ds_store_stream_t *s, uint64_t from, size_t max_records, size
       char err[160];
       ds_buf_reset(reprp);
       st->stats.cache_misses++;
-      if (ds_record_decode_yaml(doc, len, reprp, &got_off, err, sizeof err) < 0 ||
-          got_off != s->base + i) {
+      int bad = !ds__yaml_doc_shape_ok(doc, len);
+      if (bad) snprintf(err, sizeof err, "it is cut short or merged with the next one (it does "
+                        "not end with its createdAt line)");
+      else if (ds_record_decode_yaml(doc, len, reprp, &got_off, err, sizeof err) < 0) bad = 1;
+      else if (got_off != s->base + i) {
+        bad = 1;
+        snprintf(err, sizeof err, "it holds offset %" PRIu64, got_off);
+      }
+      if (bad) {
         if (!healed) { /* maybe the index lies: rebuild it once and retry from here */
           healed = 1;
           st->stats.cache_misses--;
           if (rebuild_index(st, s) == 0) break;
         }
-        ds_error("store", "%s: record %" PRIu64 " at byte %" PRIu64 " is corrupt: %s", s->file,
-                 s->base + i, s->idx[i], got_off != s->base + i ? "offset mismatch" : err);
+        damage_found(s, i, err);
         rc = DS_ECORRUPT;
         stop = 1;
         break;
@@ -1047,6 +1270,8 @@ static void y_close(ds_store_t *st) {
     uv_close((uv_handle_t *)st->timer, free_timer);
     st->timer = NULL;
   }
+  if (st->lock_fd >= 0) close(st->lock_fd); /* releases the flock */
+  st->lock_fd = -1;
 }
 
 /* ---- metadata ---- */
@@ -1060,6 +1285,17 @@ static int y_meta_load(ds_store_stream_t *s) {
     ds_buf_free(&b);
     if (rc != DS_ENOTFOUND) return DS_EIO;
     s->meta_state = 1;
+    return 0;
+  }
+  char err[160];
+  int fork;
+  uint64_t fork_off;
+  if (ds__yaml_meta_parse(b.data, b.len, &fork, &fork_off, err, sizeof err) < 0) {
+    ds_error("store", "%s.meta: damaged metadata sidecar (%zu bytes: %s): the stream's "
+             "content type, lifetime and state are unknown; left as it is for `durable-stream "
+             "check`", s->file, b.len, err);
+    ds_buf_free(&b);
+    s->meta_state = 3;
     return 0;
   }
   free(s->meta);
@@ -1093,7 +1329,7 @@ static int y_remove(ds_store_t *st, const char *path, ds_store_stream_t *s) {
     else if (!s) rc = DS_ENOTFOUND;
   }
   if (rc == 0) {
-    static const char *const sides[] = {".offset", ".idx", ".meta", ".meta.tmp"};
+    static const char *const sides[] = {".offset", ".idx", ".base", ".meta", ".meta.tmp"};
     for (size_t i = 0; i < sizeof sides / sizeof *sides; i++) {
       char *p = sidecar(f, sides[i]);
       unlink(p);

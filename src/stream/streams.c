@@ -415,7 +415,12 @@ int ds_stream_append_event(ds_stream_t *s, const char *body, size_t len, uint64_
   rc = ds_store_append(s->st, &rec, 1);
   if (rc != 0) {
     ds_arena_free(&ss->arena);
-    snprintf(err, errlen, "storage failure: %s", ds_strerror(rc));
+    ds_store_damage_t d; /* appends are refused behind damage: name it */
+    if (rc == DS_ECORRUPT && ds_store_damage(s->st, &d) == 0)
+      snprintf(err, errlen, "storage failure: the stream's file is damaged (%s); appends are "
+               "refused until it is repaired", d.what);
+    else
+      snprintf(err, errlen, "storage failure: %s", ds_strerror(rc));
     return rc;
   }
   ss->stats.events_appended++;

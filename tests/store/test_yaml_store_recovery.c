@@ -1,7 +1,11 @@
 /* test_yaml_store_recovery.c - crash recovery and failure atomicity of the yaml store:
- * torn tails (partial documents, NUL garbage) truncated on open, stale/missing/corrupt
- * .offset and .idx sidecars repaired from the documents, all-or-nothing appends when the
- * file cannot grow (RLIMIT_FSIZE and a full tmpfs), and recovery once space returns.
+ * torn tails (partial documents, NUL garbage) truncated on open (and kept aside), stale/
+ * missing/corrupt .offset and .idx sidecars repaired from the documents, all-or-nothing
+ * appends when the file cannot grow (RLIMIT_FSIZE and a full tmpfs), and recovery once
+ * space returns. Damage in the middle of a file (flipped bytes, a truncated, duplicated or
+ * deleted document, a damaged .idx, .offset or .meta sidecar): every intact record before
+ * it is read, the read fails at it, appends are refused, and the log names the file, the
+ * byte position and the expected offset.
  */
 #include <setjmp.h>
 #include <signal.h>
@@ -335,6 +339,446 @@ static void test_corrupt_document_in_the_middle(void **state) {
   fx_done(&f, 1);
 }
 
+/* ---- damage in the middle ---- */
+
+/* Captures the log (stderr) between log_begin and log_end. A failing assertion in between
+ * jumps out with stderr still captured (cmocka's message included): the teardown
+ * (restore_log) puts stderr back and shows what was captured. */
+typedef struct {
+  int saved;
+  char path[64];
+} logcap_t;
+
+static logcap_t *g_cap;
+
+static void log_begin(logcap_t *l) {
+  snprintf(l->path, sizeof l->path, "/tmp/ds-store-log-XXXXXX");
+  int fd = mkstemp(l->path);
+  assert_true(fd >= 0);
+  fflush(stderr);
+  l->saved = dup(2);
+  assert_true(l->saved >= 0);
+  assert_int_equal(dup2(fd, 2), 2);
+  close(fd);
+  g_cap = l;
+  ds_log_set_level(DS_LOG_INFO);
+}
+
+static char *log_end(logcap_t *l) {
+  ds_log_set_level(DS_LOG_OFF);
+  fflush(stderr);
+  dup2(l->saved, 2);
+  close(l->saved);
+  g_cap = NULL;
+  char *txt = t_read_file(l->path, NULL);
+  unlink(l->path);
+  assert_non_null(txt);
+  return txt;
+}
+
+static int restore_log(void **state) {
+  if (g_cap) {
+    logcap_t *l = g_cap;
+    char *txt = log_end(l);
+    fprintf(stderr, "---- log captured until the failure ----\n%s----\n", txt);
+    free(txt);
+  }
+  return 0;
+}
+
+static void assert_log_has(const char *log, const char *what) {
+  if (!strstr(log, what)) fail_msg("log lacks \"%s\":\n%s", what, log);
+}
+
+/* The file as bytes, edited with splice(): replace [at, at + del) by ins. */
+static void splice_file(const char *file, size_t at, size_t del, const char *ins, size_t n) {
+  size_t len;
+  char *txt = t_read_file(file, &len);
+  assert_non_null(txt);
+  assert_true(at + del <= len);
+  ds_buf_t b = DS_BUF_INIT;
+  ds_buf_append(&b, txt, at);
+  ds_buf_append(&b, ins, n);
+  ds_buf_append(&b, txt + at + del, len - at - del);
+  t_write_file(file, b.data, b.len, "wb");
+  ds_buf_free(&b);
+  free(txt);
+}
+
+/* Opens the damaged stream (the log of the open and of what follows is captured) and
+ * checks the contract: a read from the start gets exactly the intact records [base,
+ * intact) with their content, then the read at `intact` fails (also on its own), the
+ * damage is reported there at byte `pos`, and an append is refused without touching the
+ * file. Returns the captured log. */
+static char *check_damaged(fx_t *f, const char *path, uint64_t base, uint64_t intact,
+                           uint64_t pos, ds_store_stream_t **out) {
+  logcap_t l;
+  log_begin(&l);
+  fx_open(f);
+  ds_store_stream_t *s;
+  int rc = ds_store_get(f->st, path, 0, 0, &s);
+  if (rc != 0) {
+    char *log = log_end(&l);
+    fail_msg("ds_store_get: %s; log:\n%s", ds_err_name(rc), log);
+  }
+  assert_int_equal(ds_store_first_offset(s), base);
+  t_coll_t c = {0};
+  long n = ds_store_read(s, 0, 0, 0, t_collect, &c);
+  if (intact > base) {
+    assert_int_equal(n, (long)(intact - base));
+  } else {
+    assert_int_equal(n, DS_ECORRUPT);
+  }
+  for (size_t i = 0; i < c.n; i++) {
+    assert_int_equal(c.offs[i], base + i);
+    char *want = t_expected_repr(path, base + i, "rec");
+    assert_string_equal(c.reprs[i], want);
+    free(want);
+  }
+  t_coll_free(&c);
+  assert_int_equal(ds_store_read(s, intact, 0, 0, t_collect, &c), DS_ECORRUPT);
+  assert_int_equal(c.n, 0);
+  char rel[600];
+  snprintf(rel, sizeof rel, "streams/%s.yaml", path);
+  char *file = t_path(f->dir, rel);
+  long size = t_file_size(file);
+  uint64_t next = ds_store_next_offset(s);
+  assert_int_equal(t_append(s, 1, "rec"), DS_ECORRUPT);
+  assert_int_equal(t_file_size(file), size);
+  assert_int_equal(ds_store_next_offset(s), next);
+  free(file);
+  ds_store_damage_t d;
+  assert_int_equal(ds_store_damage(s, &d), 0);
+  assert_int_equal(d.offset, intact);
+  assert_int_equal(d.pos, pos);
+  assert_true(ds_store_damage_at(s, intact, NULL));
+  *out = s;
+  char *log = log_end(&l);
+  char want[64];
+  snprintf(want, sizeof want, "byte %" PRIu64, pos);
+  assert_log_has(log, rel);
+  assert_log_has(log, want);
+  snprintf(want, sizeof want, "offset %" PRIu64, intact);
+  assert_log_has(log, want);
+  if (strstr(log, "last document has no valid offset line")) fail_msg("misleading log:\n%s", log);
+  return log;
+}
+
+static void test_damage_flipped_bytes_in_a_document(void **state) {
+  /* bytes flipped inside document 3: it does not decode; the documents after it are
+   * where their offsets say, so a read from 4 still works */
+  fx_t f;
+  fx_init(&f, NULL);
+  char *file = make_stream(&f, "d/flip", 0, 8);
+  uint64_t st[16];
+  assert_int_equal(doc_starts(file, st, 16), 8);
+  splice_file(file, st[3] + 6, 3, "\x01\x7f\xff", 3); /* "type: tes..." */
+  ds_store_stream_t *s;
+  char *log = check_damaged(&f, "d/flip", 0, 3, st[3], &s);
+  t_coll_t c = {0};
+  assert_int_equal(ds_store_read(s, 4, 0, 0, t_collect, &c), 4);
+  assert_int_equal(c.offs[0], 4);
+  t_coll_free(&c);
+  free(log);
+  fx_close(&f);
+  free(file);
+  fx_done(&f, 1);
+}
+
+static void test_damage_flipped_separator(void **state) {
+  /* a flipped "---" line merges documents 4 and 5. With the .idx still knowing where
+   * document 5 began, record 4 is intact and the read fails at 5 (found by the read);
+   * without it the file holds one document fewer than offsets, found on open, and
+   * nothing from the merged document on can be located. */
+  for (int v = 0; v < 2; v++) {
+    fx_t f;
+    fx_init(&f, NULL);
+    char *file = make_stream(&f, "d/sep", 0, 8);
+    uint64_t st[16];
+    assert_int_equal(doc_starts(file, st, 16), 8);
+    splice_file(file, st[5] + 1, 1, "+", 1);
+    if (v == 1) {
+      char *ip = side(file, ".idx");
+      unlink(ip);
+      free(ip);
+    }
+    ds_store_stream_t *s;
+    char *log = check_damaged(&f, "d/sep", 0, v == 0 ? 5 : 4, v == 0 ? st[5] : st[4], &s);
+    t_coll_t c = {0};
+    assert_int_equal(ds_store_read(s, 6, 0, 0, t_collect, &c), v == 0 ? 2 : DS_ECORRUPT);
+    t_coll_free(&c);
+    free(log);
+    fx_close(&f);
+    free(file);
+    fx_done(&f, 1);
+  }
+}
+
+static void test_damage_truncated_middle_document(void **state) {
+  /* document 4 loses its createdAt line (it decodes, but is cut short), or is cut in the
+   * middle of a line (it merges with document 5) */
+  for (int v = 0; v < 2; v++) {
+    fx_t f;
+    fx_init(&f, NULL);
+    char *file = make_stream(&f, "d/cut", 0, 8);
+    uint64_t st[16];
+    assert_int_equal(doc_starts(file, st, 16), 8);
+    size_t cut = v == 0 ? 36 : 20;
+    splice_file(file, st[5] - cut, cut, "", 0);
+    ds_store_stream_t *s;
+    char *log = check_damaged(&f, "d/cut", 0, 4, st[4], &s);
+    if (v == 0) assert_log_has(log, "createdAt");
+    free(log);
+    fx_close(&f);
+    free(file);
+    fx_done(&f, 1);
+  }
+}
+
+static void test_damage_duplicated_document(void **state) {
+  /* document 2 copied right after itself: reads stop at the copy (where offset 3 should
+   * be), and the log says duplicate, not "no valid offset line" */
+  fx_t f;
+  fx_init(&f, NULL);
+  char *file = make_stream(&f, "d/dup", 0, 6);
+  uint64_t st[16];
+  assert_int_equal(doc_starts(file, st, 16), 6);
+  size_t len;
+  char *txt = t_read_file(file, &len);
+  splice_file(file, st[3], 0, txt + st[2], st[3] - st[2]);
+  free(txt);
+  ds_store_stream_t *s;
+  char *log = check_damaged(&f, "d/dup", 0, 3, st[3], &s);
+  assert_log_has(log, "duplicate");
+  assert_int_equal(ds_store_next_offset(s), 6);
+  free(log);
+  fx_close(&f);
+  free(file);
+  fx_done(&f, 1);
+}
+
+static void test_damage_deleted_document(void **state) {
+  /* document 3 deleted by hand: the stream still starts at 0 (it did not become a stream
+   * from 1 whose every read failed), records 0-2 read, offset 3 is reported missing */
+  fx_t f;
+  fx_init(&f, NULL);
+  char *file = make_stream(&f, "d/del", 0, 6);
+  uint64_t st[16];
+  assert_int_equal(doc_starts(file, st, 16), 6);
+  splice_file(file, st[3], st[4] - st[3], "", 0);
+  ds_store_stream_t *s;
+  char *log = check_damaged(&f, "d/del", 0, 3, st[3], &s);
+  assert_log_has(log, "offset 3 is missing");
+  assert_int_equal(ds_store_next_offset(s), 6);
+  free(log);
+  fx_close(&f);
+  /* the first document deleted: nothing is presented as a stream starting at 1 */
+  free(file);
+  file = make_stream(&f, "d/del0", 0, 4);
+  assert_int_equal(doc_starts(file, st, 16), 4);
+  splice_file(file, 0, st[1], "", 0);
+  log = check_damaged(&f, "d/del0", 0, 0, 0, &s);
+  free(log);
+  fx_close(&f);
+  /* the same in a fork at 5: its first offset is known (.base), it does not start at 6 */
+  free(file);
+  file = make_stream(&f, "d/delf", 5, 4);
+  assert_int_equal(doc_starts(file, st, 16), 4);
+  splice_file(file, 0, st[1], "", 0);
+  log = check_damaged(&f, "d/delf", 5, 5, 0, &s);
+  assert_log_has(log, "offset 5 is missing");
+  free(log);
+  fx_close(&f);
+  free(file);
+  fx_done(&f, 1);
+}
+
+static void test_damage_idx_extra_entry(void **state) {
+  /* an .idx with one bogus (increasing) entry in the middle: more entries than offsets;
+   * the index is rebuilt from the documents, logged, and everything works */
+  fx_t f;
+  fx_init(&f, NULL);
+  char *file = make_stream(&f, "d/idx", 0, 9);
+  uint64_t st[16], bad[17];
+  assert_int_equal(doc_starts(file, st, 16), 9);
+  for (size_t i = 0, j = 0; i < 9; i++) {
+    bad[j++] = st[i];
+    if (i == 4) bad[j++] = st[i] + 11;
+  }
+  write_idx(file, bad, 10);
+  logcap_t l;
+  log_begin(&l);
+  fx_open(&f);
+  ds_store_stream_t *s;
+  int rc = ds_store_get(f.st, "d/idx", 0, 0, &s);
+  fx_close(&f);
+  char *log = log_end(&l);
+  if (rc != 0) fail_msg("ds_store_get: %s; log:\n%s", ds_err_name(rc), log);
+  assert_log_has(log, "d/idx.yaml.idx: damaged");
+  free(log);
+  reopen_and_check(&f, "d/idx", 0, 9);
+  check_idx_file(file);
+  free(file);
+  fx_done(&f, 1);
+}
+
+static void test_damage_offset_sidecar(void **state) {
+  /* (1) a non-empty stream: the documents win, the damage is logged */
+  fx_t f;
+  fx_init(&f, NULL);
+  char *file = make_stream(&f, "d/off", 0, 5);
+  char *op = side(file, ".offset");
+  t_write_file(op, "7x", 2, "wb");
+  logcap_t l;
+  log_begin(&l);
+  reopen_and_check(&f, "d/off", 0, 5);
+  char *log = log_end(&l);
+  assert_log_has(log, "d/off.yaml.offset: damaged");
+  free(log);
+  check_offset_file(file, "6");
+  free(op);
+  free(file);
+  /* (2) an empty fork: its first offset comes from .base, not 0 */
+  file = make_stream(&f, "d/fork", 7, 0);
+  op = side(file, ".offset");
+  t_write_file(op, "\xff", 1, "wb");
+  reopen_and_check(&f, "d/fork", 7, 7);
+  check_offset_file(file, "8");
+  /* (3) an empty fork made before .base existed: its fork point comes from its metadata */
+  free(file);
+  file = make_stream(&f, "d/old", 7, 0);
+  char *bp = side(file, ".base"), *mp = side(file, ".meta");
+  unlink(bp);
+  t_write_file(mp, "{\"fork\":{\"offset\":7}}", 21, "wb");
+  free(op);
+  op = side(file, ".offset");
+  t_write_file(op, "", 0, "wb");
+  reopen_and_check(&f, "d/old", 7, 7);
+  check_offset_file(file, "8");
+  /* (4) and when its metadata is damaged too, the first offset is unknown: appends are
+   * refused instead of restarting it at 0 */
+  free(file);
+  file = make_stream(&f, "d/lost", 7, 0);
+  free(bp);
+  free(mp);
+  free(op);
+  bp = side(file, ".base");
+  mp = side(file, ".meta");
+  op = side(file, ".offset");
+  unlink(bp);
+  t_write_file(mp, "{\"fork\":{\"off", 14, "wb");
+  t_write_file(op, "", 0, "wb");
+  log_begin(&l);
+  fx_open(&f);
+  ds_store_stream_t *s;
+  assert_int_equal(ds_store_get(f.st, "d/lost", 0, 0, &s), 0);
+  assert_int_equal(t_append(s, 1, "rec"), DS_ECORRUPT);
+  assert_int_equal(t_file_size(file), 0);
+  fx_close(&f);
+  log = log_end(&l);
+  assert_log_has(log, "d/lost.yaml.offset: damaged and the stream is empty");
+  free(log);
+  free(bp);
+  free(mp);
+  free(op);
+  free(file);
+  fx_done(&f, 1);
+}
+
+static void test_stale_base_sidecar(void **state) {
+  /* a .base left behind by a delete interrupted after the .yaml went: a new ordinary
+   * stream at that path starts at 0, also when it is still empty at the next open */
+  fx_t f;
+  fx_init(&f, NULL);
+  char *file = make_stream(&f, "d/stale", 0, 0);
+  char *bp = side(file, ".base");
+  t_write_file(bp, "9", 1, "wb");
+  unlink(file);
+  fx_open(&f);
+  ds_store_stream_t *s;
+  assert_int_equal(ds_store_get(f.st, "d/stale", 1, 0, &s), 0);
+  assert_int_equal(ds_store_first_offset(s), 0);
+  fx_close(&f);
+  assert_false(t_file_exists(bp));
+  reopen_and_check(&f, "d/stale", 0, 0);
+  free(bp);
+  free(file);
+  fx_done(&f, 1);
+}
+
+static void test_damage_meta_sidecar(void **state) {
+  fx_t f;
+  fx_init(&f, NULL);
+  char *file = make_stream(&f, "d/meta", 0, 2);
+  char *mp = side(file, ".meta");
+  const char *good = "{\"contentType\":\"application/json\",\"ttl\":60}";
+  ds_buf_t b = DS_BUF_INIT;
+  fx_open(&f);
+  ds_store_stream_t *s;
+  assert_int_equal(ds_store_get(f.st, "d/meta", 0, 0, &s), 0);
+  assert_int_equal(ds_store_meta_get(s, &b), DS_ENOTFOUND); /* missing: not damage */
+  assert_int_equal(ds_store_meta_set(s, good, strlen(good)), 0);
+  fx_close(&f);
+  const char *bad[] = {"{\"contentType\":\"applica", "", "\x00\x00\x00\x00", "[1]"};
+  for (size_t v = 0; v < sizeof bad / sizeof *bad; v++) {
+    size_t n = v == 2 ? 4 : strlen(bad[v]);
+    t_write_file(mp, bad[v], n, "wb");
+    logcap_t l;
+    log_begin(&l);
+    fx_open(&f);
+    assert_int_equal(ds_store_get(f.st, "d/meta", 0, 0, &s), 0);
+    assert_int_equal(ds_store_meta_get(s, &b), DS_ECORRUPT);
+    assert_int_equal(ds_store_meta_get(s, &b), DS_ECORRUPT); /* stays so, logged once */
+    t_coll_t c = {0};
+    assert_int_equal(ds_store_read(s, 0, 0, 0, t_collect, &c), 2); /* records unaffected */
+    t_coll_free(&c);
+    fx_close(&f);
+    char *log = log_end(&l);
+    assert_log_has(log, "d/meta.yaml.meta: damaged metadata sidecar");
+    const char *first = strstr(log, "damaged metadata"), *again = first ? strstr(first + 1, "damaged metadata") : NULL;
+    assert_null(again);
+    free(log);
+    size_t len; /* left as it is */
+    char *txt = t_read_file(mp, &len);
+    assert_int_equal(len, n);
+    free(txt);
+  }
+  ds_buf_free(&b);
+  free(mp);
+  free(file);
+  fx_done(&f, 1);
+}
+
+static void test_torn_tail_kept_aside(void **state) {
+  fx_t f;
+  fx_init(&f, NULL);
+  char *file = make_stream(&f, "t/aside", 0, 3);
+  const char *part = "---\ntype: test:event\npayload:\n  n: 3\n  te";
+  t_write_file(file, part, strlen(part), "ab");
+  reopen_and_check(&f, "t/aside", 0, 3);
+  char *dir = t_path(f.dir, "streams/t");
+  DIR *d = opendir(dir);
+  assert_non_null(d);
+  struct dirent *e;
+  int found = 0;
+  while ((e = readdir(d)) != NULL) {
+    if (strncmp(e->d_name, "aside.yaml.damaged-", 19) != 0) continue;
+    char *p = t_path(dir, e->d_name);
+    size_t len;
+    char *txt = t_read_file(p, &len);
+    assert_int_equal(len, strlen(part));
+    assert_memory_equal(txt, part, len);
+    free(txt);
+    free(p);
+    found++;
+  }
+  closedir(d);
+  assert_int_equal(found, 1);
+  free(dir);
+  free(file);
+  fx_done(&f, 1);
+}
+
 static void test_path_collisions(void **state) {
   fx_t f;
   fx_init(&f, NULL);
@@ -545,6 +989,16 @@ int main(void) {
       cmocka_unit_test(test_not_a_stream_file),
       cmocka_unit_test(test_idx_lies_in_the_middle),
       cmocka_unit_test(test_corrupt_document_in_the_middle),
+      cmocka_unit_test_teardown(test_damage_flipped_bytes_in_a_document, restore_log),
+      cmocka_unit_test_teardown(test_damage_flipped_separator, restore_log),
+      cmocka_unit_test_teardown(test_damage_truncated_middle_document, restore_log),
+      cmocka_unit_test_teardown(test_damage_duplicated_document, restore_log),
+      cmocka_unit_test_teardown(test_damage_deleted_document, restore_log),
+      cmocka_unit_test_teardown(test_damage_idx_extra_entry, restore_log),
+      cmocka_unit_test_teardown(test_damage_offset_sidecar, restore_log),
+      cmocka_unit_test(test_stale_base_sidecar),
+      cmocka_unit_test_teardown(test_damage_meta_sidecar, restore_log),
+      cmocka_unit_test(test_torn_tail_kept_aside),
       cmocka_unit_test(test_path_collisions),
       cmocka_unit_test(test_kill9_while_appending),
       cmocka_unit_test(test_append_all_or_nothing_fsize),
