@@ -84,7 +84,6 @@ typedef struct ds__journal_s {
   bool broken;           /* an append failed: nothing is appended until a rewrite succeeds */
   bool rewrite;          /* rewrite it from memory at the next chance (broken, migrated...) */
   bool failed_logged;
-  uint64_t retry_at;     /* loop time before which a failed rewrite is not tried again */
   ds__compact_t *compact; /* rewrite in progress */
 } ds__journal_t;
 

@@ -331,17 +331,16 @@ static bool may_manage(struct ds__subs_s *ss, ds_http_req_t *req, sub_t *sb, boo
  * subscription it creates stay inside them. */
 static void set_scope(struct ds__subs_s *ss, sub_t *sb, const ds_access_t *who) {
   if (!who) return;
-  size_t n = ds_access_count(who), pl = ss->p->prefix_len;
+  char root[80]; /* "/v1/stream/": a prefix matters if it covers part of what lies below */
+  snprintf(root, sizeof root, "%s/", ss->p->prefix);
+  size_t n = ds_access_count(who), rl = strlen(root);
   sb->scope = ds_xcalloc(n + 1, sizeof *sb->scope);
+  if (!(ds_access_scopes(who) & DS_SCOPE_READ)) return; /* reads nothing: confined to nothing */
   for (size_t i = 0; i < n; i++) {
     const char *pr = ds_access_prefix(who, i);
     size_t l = strlen(pr);
-    bool covers = l <= pl + 1 ? strncmp(pr, ss->p->prefix, l < pl ? l : pl) == 0 &&
-                                    (l <= pl || pr[pl] == '/')
-                              : strncmp(pr, ss->p->prefix, pl) == 0 && pr[pl] == '/';
-    if (covers) sb->scope[sb->nscope++] = ds_xstrdup(pr);
+    if (strncmp(pr, root, l < rl ? l : rl) == 0) sb->scope[sb->nscope++] = ds_xstrdup(pr);
   }
-  if (!(ds_access_scopes(who) & DS_SCOPE_READ)) sb->nscope = 0; /* reads nothing */
 }
 
 void ds__sub_confine(sub_t *sb) {
@@ -407,6 +406,10 @@ static void save_retry_cb(uv_timer_t *t) {
       sb->wake_deferred = false;
       if (!sb->wake_id[0] && !sb->holder) next_wake_if_pending(ss, sb, true); /* try now */
       if (sb->wake_deferred || sb->dirty) failing = true;
+    }
+    if (sb->jr.rewrite && !sb->jr.compact) { /* a link journal to rewrite from memory */
+      ds__bg_kick(ss);
+      if (sb->jr.broken) failing = true;
     }
   }
   if (failing) {
@@ -509,7 +512,7 @@ static void deliver(struct ds__subs_s *ss, sub_t *sb) {
   ds_json_write_string(&body, sb->id, strlen(sb->id));
   ds_buf_printf(&body, ",\"wake_id\":\"%s\",\"generation\":%ld,\"streams\":", sb->wake_id,
                 sb->generation);
-  stream_infos(ss, sb, &body, true, sb->confine);
+  stream_infos(ss, sb, &body, true, NULL); /* its own endpoint: every link was authorized */
   ds_buf_t cb = DS_BUF_INIT;
   ds_buf_printf(&cb, "%s%s/__ds/subscriptions/", sb->base_url, ss->p->prefix);
   for (const char *c = sb->id; *c; c++) {

@@ -46,8 +46,6 @@
 #include "store/json.h"
 
 #define COMPACT_MIN_LINES 1024
-#define REWRITE_RETRY_MIN_MS 100
-#define REWRITE_RETRY_MAX_MS 10000
 
 /* ---- the interval syncer ---- */
 
@@ -391,7 +389,7 @@ static void journal_fail(struct ds__subs_s *ss, ds__sub_t *sb, const char *file,
                               "(rewriting them from memory, with back-off)",
              file, sb->id, ds_strerror(rc));
   sb->jr.failed_logged = true;
-  ds__bg_kick(ss);
+  ds__save_retry_arm(ss); /* the retry timer starts the rewrite */
 }
 
 /* Appends line (a complete "...\n") to the journal file. */
@@ -557,10 +555,7 @@ static void compact_after(uv_work_t *w, int status) {
                                 "(retrying)", c->path, sb->id, ds_strerror(rc));
     sb->jr.failed_logged = true;
     sb->jr.rewrite = true;
-    uint64_t backoff = REWRITE_RETRY_MIN_MS;
-    if (sb->jr.retry_at) backoff = REWRITE_RETRY_MAX_MS;
-    sb->jr.retry_at = uv_now(ss->p->loop) + backoff;
-    ds__bg_kick(ss);
+    ds__save_retry_arm(ss); /* tried again from the back-off timer, not at once */
     compact_free(c);
     return;
   }
@@ -575,7 +570,6 @@ static void compact_after(uv_work_t *w, int status) {
     ds_info("subscriptions", "%s: stream links of subscription %s saved again", c->path, sb->id);
   sb->jr.failed_logged = false;
   sb->jr.broken = false;
-  sb->jr.retry_at = 0;
   sb->jr.lines = c->encoded + c->post_lines;
   compact_free(c);
   compact_maybe(ss, sb);
@@ -628,13 +622,9 @@ static void compact_step(struct ds__subs_s *ss, ds__compact_t *c, uint64_t deadl
 bool ds__journal_work(struct ds__subs_s *ss, uint64_t budget_us) {
   if (!ss->dir) return false;
   uint64_t deadline = uv_hrtime() + budget_us * 1000;
-  uint64_t now = uv_now(ss->p->loop);
   bool more = false;
   for (ds__sub_t *sb = ss->subs; sb; sb = sb->next)
-    if (sb->jr.rewrite && !sb->jr.compact && !sb->dead) {
-      if (now >= sb->jr.retry_at) compact_start(ss, sb);
-      else more = true; /* waiting out its back-off */
-    }
+    if (sb->jr.rewrite && !sb->jr.compact && !sb->dead) compact_start(ss, sb);
   for (ds__compact_t *c = ss->compacts, *next; c; c = next) {
     next = c->next;
     if (c->writing || !c->sb) continue;
