@@ -222,8 +222,10 @@ describe("subscriptions", function()
         generation = claimed.generation }), bearer("1.forged-token")).status)
       assert.equal(204, srv:req("POST", sub_url("adm-a") .. "/release", cjson.encode({ wake_id = claimed.wake_id,
         generation = claimed.generation }), bearer(claimed.token)).status)
-      -- without any token those routes still answer 401 (from the subscription API)
+      -- without any token those routes still answer 401 (from the subscription API), and a
+      -- forged token learns nothing about which subscriptions exist
       assert.equal(401, srv:req("POST", sub_url("adm-a") .. "/callback", "{}").status)
+      assert.equal(401, srv:req("POST", sub_url("no-such-sub") .. "/ack", "{}", bearer("1.forged")).status)
       -- DELETE by the owner works
       assert.equal(204, srv:req("DELETE", sub_url("a2"), nil, bearer(TEAM_A)).status)
       assert.equal(404, srv:req("GET", sub_url("a2"), nil, bearer(ADMIN)).status)

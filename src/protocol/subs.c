@@ -1543,6 +1543,12 @@ void ds__subs_handle(ds_protocol_t *p, ds_http_req_t *req, const char *rest, siz
     respond_code(req, 401, "TOKEN_INVALID", "Missing or malformed Authorization header");
     goto out;
   }
+  /* with bearer tokens on, these routes skip them: a caller without a valid callback
+   * token learns nothing, not even whether the subscription exists */
+  if (req->access && check_token(ss, id, bearer(req)) < 0) {
+    respond_code(req, 401, "TOKEN_INVALID", "Token invalid");
+    goto out;
+  }
   if (!sb) {
     respond_code(req, 404, "SUBSCRIPTION_NOT_FOUND", "Subscription not found");
     goto out;

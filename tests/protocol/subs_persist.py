@@ -377,6 +377,8 @@ def phase_journal():
     check(st == 201, "create jr")
     f = os.path.join(SUBDIR, "s_%s.json" % sid)
     j = os.path.join(SUBDIR, "s_%s.links" % sid)
+    check(get_sub(sid)["streams"] == [], "a glob PUT links no existing stream (nothing is "
+          "enumerated): %r" % get_sub(sid)["streams"])
     check(lines_of(j) == 0, "no stream enumerated at creation: %d lines" % lines_of(j))
     # a pre-existing stream gets news: linked at its old tail; a wake opens
     t_before = tail("old/0")
