@@ -146,7 +146,7 @@ struct ds__subs_s {
   uv_idle_t *bg;        /* background slices: start-up scan, journal compaction */
   ds__compact_t *compacts; /* journal rewrites in progress */
   bool bg_on;
-  bool writing_wake;    /* appending a wake event: the observer ignores those records */
+  ds__sub_t *writing_wake; /* appending its wake event: that subscription ignores it */
   bool stopping;
 };
 
