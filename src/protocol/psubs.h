@@ -146,7 +146,8 @@ struct ds__subs_s {
   uv_idle_t *bg;        /* background slices: start-up scan, journal compaction */
   ds__compact_t *compacts; /* journal rewrites in progress */
   bool bg_on;
-  ds__sub_t *writing_wake; /* appending its wake event: that subscription ignores it */
+  ds__sub_t *writing_wake; /* appending a wake event (of this subscription): no
+                              subscription takes its records as news */
   bool stopping;
 };
 

@@ -582,8 +582,8 @@ static void write_pull_event(struct ds__subs_s *ss, sub_t *sb, const char *trigg
   ds__msgs_init(&m);
   char err[64];
   if (ds__msgs_prepare(&m, DS__M_JSON, ev.data, ev.len, false, err, sizeof err) == 0) {
-    /* its own wake event is not news for the subscription (a glob over its wake stream
-     * would wake itself for ever) */
+    /* a wake event is a control message, news for no subscription: a glob over a wake
+     * stream would wake itself for ever, or wake the others writing there in turn */
     ss->writing_wake = sb;
     int rc = ds__msgs_commit(&m, s);
     ss->writing_wake = NULL;
@@ -654,10 +654,10 @@ static int create_wake(struct ds__subs_s *ss, sub_t *sb, const char *trigger, bo
  * included). Runs inside the append: only memory and one journal line per new link. */
 static void on_record(void *ud, const ds_published_t *rec) {
   struct ds__subs_s *ss = ud;
-  if (ss->stopping || !ss->subs || is_control_path(rec->path)) return;
+  if (ss->writing_wake || ss->stopping || !ss->subs || is_control_path(rec->path)) return;
   uint32_t h = ds__links_hash(rec->path);
   for (sub_t *sb = ss->subs; sb; sb = sb->next) {
-    if (sb->dead || sb == ss->writing_wake) continue;
+    if (sb->dead) continue;
     link_t *l = ds__links_find(&sb->links, rec->path, h);
     if (l && l->glob) {
       if (l->state == DS__L_CLEAN) ds__links_set_state(&sb->links, l, DS__L_PENDING);
