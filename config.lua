@@ -41,6 +41,11 @@ return {
     long_poll_timeout_ms = 30000,       -- live=long-poll waits this long before 204
     sse_reconnect_ms = 60000,           -- SSE responses end after this (clients reconnect)
     subscriptions = true,               -- the reserved webhook / pull-wake subscription APIs
+    -- Webhooks never reach loopback, private, link-local, CGNAT, multicast or other
+    -- non-public addresses (checked after resolving the host, at creation and at every
+    -- delivery) and need https. Networks listed here are allowed anyway, plain http
+    -- included, e.g. { "127.0.0.0/8" } for a receiver on this machine in development.
+    webhook_allow_networks = {},
   },
   -- The agent layer (lua/ policy + plugins/); `agents = false` turns it off entirely.
   -- Documented key by key in README.md, "Agents and plugins".

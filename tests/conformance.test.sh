@@ -48,11 +48,21 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The checkout's config.lua, plus the one thing the subscription block needs: its webhook
+# receiver listens on 127.0.0.1, which webhooks may reach only when a network allows it.
+cat >"$tmp/config.lua" <<EOF
+local c = dofile("$here/config.lua")
+c.protocol = c.protocol or {}
+c.protocol.webhook_allow_networks = { "127.0.0.0/8" }
+return c
+EOF
+
 start_server() { # $1 = store kind
   rm -rf "$tmp/data"; mkdir -p "$tmp/data"
   : >"$tmp/server.out"
   # shellcheck disable=SC2086 # DS_SERVER_ARGS is a list of extra flags
-  "$bin" --port 0 --storage "$1" --data-dir "$tmp/data" --long-poll-timeout 500 ${DS_SERVER_ARGS:-} \
+  "$bin" --config "$tmp/config.lua" --port 0 --storage "$1" --data-dir "$tmp/data" \
+    --long-poll-timeout 500 ${DS_SERVER_ARGS:-} \
     >"$tmp/server.out" 2>"$tmp/server.err" &
   pid=$!
   url=""

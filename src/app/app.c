@@ -32,6 +32,7 @@ typedef struct app_s {
   ds_protocol_t *protocol; /* /v1/stream: the Durable Streams view of the same streams */
   ds_lua_host_t *lua; /* NULL when config.lua says agents = false */
   ds_auth_t *auth;
+  ds_access_t *no_access; /* the grant of requests that bring their own credentials */
   uv_signal_t sigint, sigterm;
   uv_timer_t trim; /* periodic return of free heap pages to the kernel */
   int stopping;
@@ -138,25 +139,35 @@ static void handle_preflight(app_t *app, ds_http_req_t *req) {
   ds_http_respond(req, 204, h, NULL, 0);
 }
 
+/* Authenticates the request's token, attaches its grant to the request (every handler
+ * asks it again about the other streams a request names) and checks the URL path itself. */
 static int authorize(app_t *app, ds_http_req_t *req) {
   if (!ds_auth_enabled(app->auth)) return 1;
+  if (ds_protocol_self_authorized(app->protocol, req)) {
+    /* a subscription callback / ack / release: its callback token (checked by the
+     * protocol) is the credential; the grant allows nothing else */
+    req->access = app->no_access;
+    return 1;
+  }
   char *qt = NULL;
   size_t ql = 0;
   if (ds_http_query_get(req->query, "access_token", &qt, &ql) < 0) {
     free(qt);
     qt = NULL;
   }
-  int rc = ds_auth_check(app->auth, req->method, req->path, req->path_len,
-                         ds_http_req_header(req, "authorization"), qt);
+  const ds_access_t *grant = NULL;
+  int rc = ds_auth_authenticate(app->auth, ds_http_req_header(req, "authorization"), qt, &grant);
   free(qt);
   if (rc == 401) {
     static const ds_http_header_t h[] = {{"WWW-Authenticate", "Bearer"}, {NULL, NULL}};
     ds_http_respond_error(req, 401, h, "missing or invalid bearer token");
     return 0;
   }
-  if (rc == 403) {
+  req->access = grant;
+  int scope = ds_auth_scope_for_method(req->method);
+  if (!ds_access_allows(grant, scope, req->path, req->path_len)) {
     ds_http_respond_error(req, 403, NULL, "token not allowed to %s %.*s",
-                          ds_auth_scope_for_method(req->method) == DS_SCOPE_READ ? "read" : "append to",
+                          scope == DS_SCOPE_READ ? "read" : "append to",
                           (int)(req->path_len > 200 ? 200 : req->path_len), req->path);
     return 0;
   }
@@ -283,6 +294,7 @@ int ds_app_run(const ds_config_t *cfg) {
     goto done_loop;
   }
   if (ds_auth_enabled(app.auth)) ds_info("server", "bearer-token authorization is on");
+  app.no_access = ds_access_new(0, NULL, 0);
   ds_store_opts_t so = {.kind = cfg->storage,
                         .data_dir = data_dir,
                         .fsync = cfg->fsync,
@@ -304,7 +316,9 @@ int ds_app_run(const ds_config_t *cfg) {
                            .sse_reconnect_ms = cfg->sse_reconnect_ms,
                            .subscriptions = cfg->subscriptions,
                            .fsync = cfg->fsync,
-                           .fsync_interval_ms = cfg->fsync_interval_ms};
+                           .fsync_interval_ms = cfg->fsync_interval_ms,
+                           .webhook_allow_networks = (const char *const *)cfg->webhook_allow_networks,
+                           .nwebhook_allow_networks = cfg->nwebhook_allow_networks};
   /* subscriptions are as durable as the store: files beside the streams, or memory */
   ds_buf_t subs_dir = DS_BUF_INIT;
   if (strcmp(ds_store_kind(app.store), "yaml") == 0) {
@@ -366,6 +380,7 @@ done_streams:
 done_loop:
   uv_run(&app.loop, UV_RUN_DEFAULT);
   ds_auth_free(app.auth);
+  ds_access_free(app.no_access);
   if (uv_loop_close(&app.loop) != 0) {
     ds_warn("server", "event loop still had open handles at exit");
   }

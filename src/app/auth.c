@@ -17,6 +17,7 @@ typedef struct {
   int scopes;
   char **prefixes;
   size_t nprefixes;
+  ds_access_t *grant; /* what requests presenting this token may do */
 } token_t;
 
 struct ds_auth_s {
@@ -47,16 +48,9 @@ int ds_auth_scope_for_method(const char *method) {
   return DS_SCOPE_APPEND;
 }
 
-static int prefix_match(const token_t *t, const char *path, size_t n) {
-  for (size_t i = 0; i < t->nprefixes; i++) {
-    size_t pl = strlen(t->prefixes[i]);
-    if (pl <= n && memcmp(t->prefixes[i], path, pl) == 0) return 1;
-  }
-  return 0;
-}
-
-int ds_auth_check(const ds_auth_t *a, const char *method, const char *path, size_t path_len,
-                  const char *authorization, const char *query_token) {
+int ds_auth_authenticate(const ds_auth_t *a, const char *authorization, const char *query_token,
+                         const ds_access_t **grant) {
+  *grant = NULL;
   if (!ds_auth_enabled(a)) return 0;
   const char *tok = NULL;
   size_t tl = 0;
@@ -74,9 +68,16 @@ int ds_auth_check(const ds_auth_t *a, const char *method, const char *path, size
     if (ds_auth_ct_equal(tok, tl, a->tokens[i].token, a->tokens[i].token_len) && !found)
       found = &a->tokens[i];
   if (!found) return 401;
-  int need = ds_auth_scope_for_method(method);
-  if (!(found->scopes & need) || !prefix_match(found, path, path_len)) return 403;
+  *grant = found->grant;
   return 0;
+}
+
+int ds_auth_check(const ds_auth_t *a, const char *method, const char *path, size_t path_len,
+                  const char *authorization, const char *query_token) {
+  const ds_access_t *grant = NULL;
+  int rc = ds_auth_authenticate(a, authorization, query_token, &grant);
+  if (rc != 0) return rc;
+  return ds_access_allows(grant, ds_auth_scope_for_method(method), path, path_len) ? 0 : 403;
 }
 
 const char *ds_auth_cors_origin(const ds_auth_t *a, const char *origin) {
@@ -95,6 +96,7 @@ void ds_auth_free(ds_auth_t *a) {
     free(a->tokens[i].token);
     for (size_t j = 0; j < a->tokens[i].nprefixes; j++) free(a->tokens[i].prefixes[j]);
     free(a->tokens[i].prefixes);
+    ds_access_free(a->tokens[i].grant);
   }
   free(a->tokens);
   for (size_t i = 0; i < a->norigins; i++) free(a->origins[i]);
@@ -193,6 +195,7 @@ static int load_tokens(lua_State *L, ds_auth_t *a, const char *path, char *err, 
       snprintf(msg, sizeof msg, "auth.tokens[%zu].prefixes must be a list of URL path prefixes", i);
       return fail(err, errlen, path, msg);
     }
+    t->grant = ds_access_new(t->scopes, (const char *const *)t->prefixes, t->nprefixes);
     lua_pop(L, 2); /* prefixes, t */
   }
   lua_pop(L, 1); /* tokens */

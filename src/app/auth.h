@@ -13,9 +13,9 @@
 
 #include <stddef.h>
 
-typedef struct ds_auth_s ds_auth_t;
+#include "core/access.h"
 
-enum { DS_SCOPE_READ = 1, DS_SCOPE_APPEND = 2 };
+typedef struct ds_auth_s ds_auth_t;
 
 /** Loads `auth` and `cors` from the config file (NULL: auth off, CORS allows any origin).
  *  Returns NULL with a one-line reason in err on a malformed table. */
@@ -27,7 +27,17 @@ int ds_auth_enabled(const ds_auth_t *a);
 int ds_auth_scope_for_method(const char *method);
 
 /**
- * Checks a request: `authorization` is the Authorization header (may be NULL),
+ * Finds the token a request presents: `authorization` is the Authorization header (may be
+ * NULL), `query_token` the decoded access_token parameter (may be NULL). Returns 0 with
+ * *grant set to that token's grant (valid as long as `a`; NULL when auth is off), or 401
+ * when no valid token was presented. What the grant allows is ds_access_allows()'s answer
+ * (core/access.h), asked for the request's path and for every other stream it names.
+ */
+int ds_auth_authenticate(const ds_auth_t *a, const char *authorization, const char *query_token,
+                         const ds_access_t **grant);
+
+/**
+ * Checks a request's own path: `authorization` is the Authorization header (may be NULL),
  * `query_token` the decoded access_token parameter (may be NULL). Returns 0 when allowed,
  * 401 when no valid token was presented, 403 when the token lacks the scope or prefix.
  */

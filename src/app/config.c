@@ -11,6 +11,7 @@
 
 #include "core/buf.h"
 #include "core/log.h"
+#include "net/egress.h"
 
 void ds_config_defaults(ds_config_t *c) {
   memset(c, 0, sizeof *c);
@@ -39,7 +40,13 @@ void ds_config_defaults(ds_config_t *c) {
   c->agents_enabled = 1;
 }
 
+static void free_strings(char **v, size_t n) {
+  for (size_t i = 0; i < n; i++) free(v[i]);
+  free(v);
+}
+
 void ds_config_free(ds_config_t *c) {
+  free_strings(c->webhook_allow_networks, c->nwebhook_allow_networks);
   free(c->config_path);
   free(c->host);
   free(c->data_dir);
@@ -128,6 +135,41 @@ static void get_bool(lua_State *L, ctx_t *x, const char *key, const char *name, 
   }
   *out = lua_toboolean(L, -1);
   lua_pop(L, 1);
+}
+
+/* A list of networks ("10.0.0.0/8", "::1/128", "127.0.0.1"), checked by the same parser
+ * the egress policy uses. */
+static void get_networks(lua_State *L, ctx_t *x, const char *key, const char *name, char ***out,
+                         size_t *nout) {
+  if (!field(L, key)) return;
+  const char *what = "must be a list of networks such as \"127.0.0.0/8\" or \"::1/128\"";
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    bad(x, name, what);
+    return;
+  }
+  size_t n = lua_rawlen(L, -1);
+  char **v = ds_xcalloc(n + 1, sizeof *v);
+  size_t k = 0;
+  for (size_t i = 1; i <= n; i++) {
+    lua_rawgeti(L, -1, (lua_Integer)i);
+    if (lua_type(L, -1) == LUA_TSTRING) v[k++] = ds_xstrdup(lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  char err[200];
+  ds_egress_t *e = k == n ? ds_egress_new((const char *const *)v, k, err, sizeof err) : NULL;
+  if (!e) {
+    char msg[300];
+    snprintf(msg, sizeof msg, "%s%s%s", what, k == n ? ": " : "", k == n ? err : "");
+    free_strings(v, k);
+    bad(x, name, msg);
+    return;
+  }
+  ds_egress_free(e);
+  free_strings(*out, *nout);
+  *out = v;
+  *nout = k;
 }
 
 /* Refuses unknown keys: a typo in a limit must not silently run with the default. */
@@ -246,11 +288,14 @@ int ds_config_load(ds_config_t *c, const char *path, char *err, size_t errlen) {
     lua_pop(L, 1);
   }
   if (open_section(L, &x, "protocol")) {
-    static const char *const keys[] = {"long_poll_timeout_ms", "sse_reconnect_ms", "subscriptions", NULL};
+    static const char *const keys[] = {"long_poll_timeout_ms", "sse_reconnect_ms", "subscriptions",
+                                       "webhook_allow_networks", NULL};
     check_keys(L, &x, "protocol", keys);
     get_uint(L, &x, "long_poll_timeout_ms", "protocol.long_poll_timeout_ms", 1, 86400000, &c->long_poll_timeout_ms, sizeof(unsigned));
     get_uint(L, &x, "sse_reconnect_ms", "protocol.sse_reconnect_ms", 10, 86400000, &c->sse_reconnect_ms, sizeof(unsigned));
     get_bool(L, &x, "subscriptions", "protocol.subscriptions", &c->subscriptions);
+    get_networks(L, &x, "webhook_allow_networks", "protocol.webhook_allow_networks",
+                 &c->webhook_allow_networks, &c->nwebhook_allow_networks);
     lua_pop(L, 1);
   }
   if (field(L, "agents")) {

@@ -41,6 +41,8 @@ typedef struct ds_config_s {
   unsigned long_poll_timeout_ms;
   unsigned sse_reconnect_ms;
   int subscriptions;
+  char **webhook_allow_networks; /* CIDRs webhooks may reach despite the egress deny list */
+  size_t nwebhook_allow_networks;
   /* lua host */
   int agents_enabled;
 } ds_config_t;

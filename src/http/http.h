@@ -93,6 +93,10 @@ struct ds_http_req_s {
   size_t body_len;
   int http_minor;          /* 1 for HTTP/1.1, 0 for HTTP/1.0 */
   void *user;              /* free for the handler's use */
+  /* The caller's grant (core/access.h), set by the router once the request's token is
+   * known and asked by every handler about each further stream the request names; NULL
+   * when no authorization is configured. Borrowed: lives as long as the auth policy. */
+  const struct ds_access_s *access;
 };
 
 /** First header with that lowercase name, or NULL. */

@@ -9,8 +9,11 @@
  */
 #include "net/http_client.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <curl/curl.h>
+#include <netinet/in.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +36,10 @@ struct ds_http_xfer_s {
   ds_http_xfer_cbs_t cbs;
   void *ud;
   struct curl_slist *req_headers;
+  struct curl_slist *resolve;      /* CURLOPT_RESOLVE entry of a pinned transfer */
+  struct sockaddr_storage *pin;    /* the only addresses a pinned transfer may connect to */
+  size_t npin;
+  char blocked[INET6_ADDRSTRLEN + 8]; /* an address the pin refused ("" if none) */
   char errbuf[CURL_ERROR_SIZE];
   /* headers of the current response block: "name\0value\0" pairs */
   ds_buf_t hdr_store;
@@ -121,6 +128,10 @@ static void xfer_release(ds_http_xfer_t *x) {
   x->easy = NULL;
   curl_slist_free_all(x->req_headers);
   x->req_headers = NULL;
+  curl_slist_free_all(x->resolve);
+  x->resolve = NULL;
+  free(x->pin);
+  x->pin = NULL;
   if (x->prev) x->prev->next = x->next; else c->xfers = x->next;
   if (x->next) x->next->prev = x->prev;
   c->active--;
@@ -325,7 +336,11 @@ static void check_multi_info(ds_http_client_t *c) {
     const char *code = classify(rc);
     char msg[CURL_ERROR_SIZE + 64];
     if (rc == CURLE_OK) snprintf(msg, sizeof msg, "ok");
-    else snprintf(msg, sizeof msg, "%s", x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc));
+    else if (x->blocked[0]) {
+      code = DS_HTTPC_EBLOCKED;
+      snprintf(msg, sizeof msg, "refused to connect to %s: not one of the checked addresses",
+               x->blocked);
+    } else snprintf(msg, sizeof msg, "%s", x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc));
     finish(x, code, msg);
     if (c->closing) return; /* on_done closed the client: the multi handle is gone */
   }
@@ -368,6 +383,95 @@ static void run_deferred(ds_http_client_t *c) {
       }
     }
   }
+}
+
+/* ---- pinning ---- */
+
+static bool same_addr(const struct sockaddr *a, const struct sockaddr_storage *pin) {
+  if (a->sa_family != pin->ss_family) return false;
+  if (a->sa_family == AF_INET) {
+    const struct sockaddr_in *x = (const struct sockaddr_in *)a, *y = (const struct sockaddr_in *)pin;
+    return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+  }
+  if (a->sa_family == AF_INET6) {
+    const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)a, *y = (const struct sockaddr_in6 *)pin;
+    return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
+  }
+  return false;
+}
+
+static void addr_text(const struct sockaddr *a, char *out, size_t n) {
+  char ip[INET6_ADDRSTRLEN] = "?";
+  int port = 0;
+  if (a->sa_family == AF_INET) {
+    inet_ntop(AF_INET, &((const struct sockaddr_in *)a)->sin_addr, ip, sizeof ip);
+    port = ntohs(((const struct sockaddr_in *)a)->sin_port);
+    snprintf(out, n, "%s:%d", ip, port);
+  } else if (a->sa_family == AF_INET6) {
+    inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)a)->sin6_addr, ip, sizeof ip);
+    port = ntohs(((const struct sockaddr_in6 *)a)->sin6_port);
+    snprintf(out, n, "[%s]:%d", ip, port);
+  } else {
+    snprintf(out, n, "?");
+  }
+}
+
+/* CURLOPT_OPENSOCKETFUNCTION of a pinned transfer: whatever made curl pick an address (its
+ * DNS cache, a literal in the URL, a proxy setting), only a pinned one gets a socket. */
+static curl_socket_t pinned_socket(void *clientp, curlsocktype purpose, struct curl_sockaddr *a) {
+  ds_http_xfer_t *x = clientp;
+  if (purpose == CURLSOCKTYPE_IPCXN) {
+    bool ok = false;
+    for (size_t i = 0; i < x->npin && !ok; i++) ok = same_addr(&a->addr, &x->pin[i]);
+    if (!ok) {
+      addr_text(&a->addr, x->blocked, sizeof x->blocked);
+      return CURL_SOCKET_BAD;
+    }
+  }
+  return socket(a->family, a->socktype, a->protocol);
+}
+
+/* "host:port:addr[,addr...]" for CURLOPT_RESOLVE, so curl never resolves the name itself.
+ * An IP literal in the URL is not resolved by curl anyway (pinned_socket checks it). */
+static int pin_setup(ds_http_xfer_t *x, CURL *e, const char *url, const ds_http_request_t *req) {
+  x->pin = ds_xcalloc(req->npin, sizeof *x->pin);
+  memcpy(x->pin, req->pin, req->npin * sizeof *x->pin);
+  x->npin = req->npin;
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, pinned_socket);
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, x);
+  curl_easy_setopt(e, CURLOPT_NOPROXY, "*");
+  CURLU *u = curl_url();
+  char *host = NULL, *port = NULL;
+  int rc = DS_EINVAL;
+  if (u && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+      curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
+      curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) == CURLUE_OK) {
+    rc = 0;
+    if (host[0] != '[') {
+      ds_buf_t r = DS_BUF_INIT;
+      ds_buf_printf(&r, "%s:%s:", host, port);
+      for (size_t i = 0; i < x->npin; i++) {
+        char ip[INET6_ADDRSTRLEN];
+        const struct sockaddr_storage *p = &x->pin[i];
+        if (i) ds_buf_putc(&r, ',');
+        if (p->ss_family == AF_INET6) {
+          inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)p)->sin6_addr, ip, sizeof ip);
+          ds_buf_printf(&r, "[%s]", ip);
+        } else {
+          inet_ntop(AF_INET, &((const struct sockaddr_in *)p)->sin_addr, ip, sizeof ip);
+          ds_buf_puts(&r, ip);
+        }
+      }
+      x->resolve = curl_slist_append(NULL, ds_buf_cstr(&r));
+      ds_buf_free(&r);
+      if (!x->resolve) rc = DS_ENOMEM;
+      else curl_easy_setopt(e, CURLOPT_RESOLVE, x->resolve);
+    }
+  }
+  curl_free(host);
+  curl_free(port);
+  curl_url_cleanup(u);
+  return rc;
 }
 
 /* ---- public API ---- */
@@ -447,11 +551,15 @@ int ds_http_client_request(ds_http_client_t *c, const ds_http_request_t *req, co
       sl = n2;
     }
   }
-  if (!sl) {
+  int prc = sl && req->npin ? pin_setup(x, e, req->url, req) : 0;
+  if (!sl || prc != 0) {
+    curl_slist_free_all(sl);
+    curl_slist_free_all(x->resolve);
+    free(x->pin);
     curl_easy_cleanup(e);
     ds_buf_free(&x->hdr_store);
     free(x);
-    return DS_ENOMEM;
+    return sl ? prc : DS_ENOMEM;
   }
   x->req_headers = sl;
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, sl);

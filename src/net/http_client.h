@@ -15,6 +15,7 @@
 #define DS_NET_HTTP_CLIENT_H
 
 #include <stddef.h>
+#include <sys/socket.h>
 #include <uv.h>
 
 #include "http/http.h"
@@ -36,6 +37,8 @@ typedef struct ds_http_xfer_s ds_http_xfer_t;
 #define DS_HTTPC_ECLOSED "ECLOSED"           /* connection closed or reset mid-answer */
 #define DS_HTTPC_EPROTO "EPROTO"             /* the peer did not speak valid HTTP */
 #define DS_HTTPC_EIO "EIO"                   /* any other transfer failure */
+#define DS_HTTPC_EBLOCKED "EBLOCKED"         /* a pinned transfer would have connected to an
+                                                address other than the pinned ones */
 
 /**
  * Callbacks of one transfer. `ud` is the pointer given to ds_http_client_request. All
@@ -66,6 +69,13 @@ typedef struct ds_http_request_s {
   long connect_timeout_ms;     /* 0 = curl's default (300 s) */
   long total_timeout_ms;       /* 0 = none */
   long stall_timeout_ms;       /* 0 = none: max silence between two received bytes */
+  /* Pinning (webhooks: the addresses ds_egress_check_url() checked). With npin > 0 the
+   * URL's host name is not resolved again: the connection goes to one of these addresses
+   * (port included; TLS still verifies the name), no proxy is used, and a socket to any
+   * other address is refused before it connects (DS_HTTPC_EBLOCKED), so a DNS answer that
+   * changes after the check (rebinding) cannot redirect the transfer. Copied. */
+  const struct sockaddr_storage *pin;
+  size_t npin;
 } ds_http_request_t;
 
 /** Creates a client on `loop`. Returns 0 or a negative DS_E* code. */

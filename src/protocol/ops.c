@@ -181,6 +181,16 @@ void ds__op_put(ds_protocol_t *p, ds_http_req_t *req, const char *path) {
       ds__respond_err(req, 400, "Invalid Stream-Forked-From path");
       return;
     }
+    /* a fork reads (and pins) its source: the caller must be allowed to read it, checked
+     * before anything is looked up, created or referenced */
+    if (!ds__may(p, req, DS_SCOPE_READ, src_path)) {
+      ds_buf_t m = DS_BUF_INIT;
+      ds__forbidden_msg(p, DS_SCOPE_READ, src_path, "Stream-Forked-From", &m);
+      ds__respond_err(req, 403, ds_buf_cstr(&m));
+      ds_buf_free(&m);
+      free(src_path);
+      return;
+    }
   }
 
   ds_stream_t *s = NULL;

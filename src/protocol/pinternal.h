@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "core/access.h"
 #include "core/arena.h"
 #include "core/buf.h"
 #include "http/http.h"
@@ -148,6 +149,16 @@ typedef int (*ds__rec_fn)(void *ud, uint64_t offset, const char *repr, size_t le
  *  Stops after max_bytes (at least one record). Returns records delivered or < 0. */
 long ds__read_range(ds_protocol_t *p, ds__pstream_t *st, ds_stream_t *s, uint64_t from,
                     uint64_t to, size_t max_bytes, ds__rec_fn cb, void *ud);
+
+/* ---- authorization of the streams a request names (authz.c) ---- */
+/** May the request's caller do `scope` (DS_SCOPE_*) on the stream `path` of this view? It is
+ *  checked as the URL <prefix>/<path>, exactly like a request's own path (core/access.h). */
+bool ds__may(ds_protocol_t *p, const ds_http_req_t *req, int scope, const char *path);
+/** The same for every stream a subscription glob can match (ds_access_glob_cover()). */
+bool ds__may_glob(ds_protocol_t *p, const ds_http_req_t *req, int scope, const char *glob);
+/** Appends "token not allowed to read <prefix>/<path> (<what>)" to out (what may be NULL). */
+void ds__forbidden_msg(ds_protocol_t *p, int scope, const char *path, const char *what,
+                       ds_buf_t *out);
 
 /* ---- unit entry points ---- */
 void ds__op_put(ds_protocol_t *p, ds_http_req_t *req, const char *path);

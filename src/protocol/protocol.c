@@ -217,6 +217,21 @@ void ds_protocol_free(ds_protocol_t *p) {
   free(p);
 }
 
+bool ds_protocol_self_authorized(const ds_protocol_t *p, const ds_http_req_t *req) {
+  static const char sp[] = "/__ds/subscriptions/";
+  size_t n = req->path_len, pl = p->prefix_len, sl = sizeof sp - 1;
+  if (!p->subs || strcmp(req->method, "POST") != 0 || n <= pl + sl ||
+      memcmp(req->path, p->prefix, pl) != 0 || memcmp(req->path + pl, sp, sl) != 0)
+    return false;
+  const char *id = req->path + pl + sl, *end = req->path + n;
+  const char *slash = memchr(id, '/', (size_t)(end - id));
+  if (!slash || slash == id) return false;
+  size_t al = (size_t)(end - slash - 1);
+  const char *action = slash + 1;
+  return (al == 8 && memcmp(action, "callback", 8) == 0) || (al == 3 && memcmp(action, "ack", 3) == 0) ||
+         (al == 7 && memcmp(action, "release", 7) == 0);
+}
+
 void ds_protocol_handle(ds_protocol_t *p, ds_http_req_t *req) {
   const char *path = req->path;
   size_t n = req->path_len;

@@ -41,7 +41,8 @@ static void test_values(void **state) {
   char *p = write_tmp("return { port = 0, storage = 'memory', fsync = 'always',\n"
                       " limits = { max_body_bytes = 2048, max_json_depth = 8,\n"
                       "   tail_cache_bytes = 4096, tail_cache_total_bytes = 65536 },\n"
-                      " sse = { keepalive_ms = 250 }, protocol = { long_poll_timeout_ms = 500 } }\n");
+                      " sse = { keepalive_ms = 250 }, protocol = { long_poll_timeout_ms = 500,\n"
+                      "   webhook_allow_networks = { '127.0.0.0/8', '::1' } } }\n");
   ds_config_t c;
   ds_config_defaults(&c);
   char err[256];
@@ -55,6 +56,9 @@ static void test_values(void **state) {
   assert_int_equal(c.tail_cache_total_bytes, 65536);
   assert_int_equal(c.keepalive_ms, 250);
   assert_int_equal(c.long_poll_timeout_ms, 500);
+  assert_int_equal(c.nwebhook_allow_networks, 2);
+  assert_string_equal(c.webhook_allow_networks[0], "127.0.0.0/8");
+  assert_string_equal(c.webhook_allow_networks[1], "::1");
   assert_string_equal(c.config_path, p);
   ds_config_free(&c);
   unlink(p);
@@ -88,6 +92,12 @@ static void test_refusals(void **state) {
   expect_refusal("return { limits = { tail_cache_bytes = 0 } }\n", "limits.tail_cache_bytes must be");
   expect_refusal("return { limits = { tail_cache_total_bytes = -1 } }\n",
                  "limits.tail_cache_total_bytes must be");
+  expect_refusal("return { protocol = { webhook_allow_networks = '127.0.0.1' } }\n",
+                 "protocol.webhook_allow_networks must be a list of networks");
+  expect_refusal("return { protocol = { webhook_allow_networks = { 'localhost' } } }\n",
+                 "\"localhost\" is not a network");
+  expect_refusal("return { protocol = { webhook_allow_networks = { '10.0.0.0/40' } } }\n",
+                 "protocol.webhook_allow_networks must be");
 }
 
 int main(void) {

@@ -3,7 +3,9 @@
  * Provides: a tiny scripted HTTP server on 127.0.0.1 written directly on libuv (so it
  * shares nothing with the client under test), and tests for incremental streaming, 50
  * concurrent transfers, cancellation seen by the peer, refused port, DNS failure, TLS
- * failure, total timeout, stall, truncated/reset/garbage answers and HTTP error statuses.
+ * failure, total timeout, stall, truncated/reset/garbage answers, HTTP error statuses, and
+ * pinned transfers (webhooks): no lookup of the name, no connection that follows a resolver
+ * answer other than the checked one (rebinding), no socket to an unpinned address.
  * Every test ends with all handles closed and uv_loop_close() == 0.
  * Must not: assert on timings; waits poll the loop with deadlines.
  */
@@ -645,6 +647,66 @@ static void test_close_with_active(void **state) {
   assert_true(ds_http_client_request(f->client, &req, &CBS, &r2, &x) < 0);
 }
 
+/* ---- pinning (webhooks): the transfer goes to the checked addresses only ---- */
+
+static void pinned(fx_t *f, xres_t *r, const char *u, const char *pin_ip, int pin_port) {
+  struct sockaddr_storage pin;
+  memset(&pin, 0, sizeof pin);
+  if (strchr(pin_ip, ':')) uv_ip6_addr(pin_ip, pin_port, (struct sockaddr_in6 *)&pin);
+  else uv_ip4_addr(pin_ip, pin_port, (struct sockaddr_in *)&pin);
+  ds_http_request_t req = {.method = "POST", .url = u, .body = "{}", .body_len = 2,
+                           .connect_timeout_ms = 5000, .pin = &pin, .npin = 1};
+  ds_buf_init(&r->body);
+  assert_int_equal(ds_http_client_request(f->client, &req, &CBS, r, &r->x), 0);
+  assert_true(run_until(&f->loop, cond_done, r, 10000));
+}
+
+static void test_pin_uses_checked_address(void **state) {
+  /* a name nothing resolves: the transfer succeeds only if curl never looks it up */
+  fx_t *f = *state;
+  xres_t r = {0};
+  char u[128];
+  snprintf(u, sizeof u, "http://pinned.invalid:%d/ok", f->srv.port);
+  pinned(f, &r, u, "127.0.0.1", f->srv.port);
+  if (strcmp(r.code, "OK") != 0) fail_msg("pinned transfer: %s (%s)", r.code, r.msg);
+  assert_int_equal(r.status, 200);
+  assert_int_equal(f->srv.accepted, 1);
+  ds_buf_free(&r.body);
+}
+
+static void test_pin_outlives_rebinding(void **state) {
+  /* DNS rebinding: the name resolves (now) to the address where the server listens, but
+   * the check saw another address; the connection goes only to the checked one */
+  fx_t *f = *state;
+  xres_t r = {0};
+  char u[128];
+  snprintf(u, sizeof u, "http://localhost:%d/ok", f->srv.port);
+  pinned(f, &r, u, "127.0.0.2", f->srv.port);
+  if (strcmp(r.code, "OK") == 0) fail_msg("the transfer followed the resolver: %s", r.msg);
+  assert_int_equal(f->srv.accepted, 0);
+  ds_buf_free(&r.body);
+}
+
+static void test_pin_refuses_other_socket(void **state) {
+  /* whatever makes curl pick another address (a literal in the URL here), no socket is
+   * opened to it: EBLOCKED, before any connection attempt */
+  fx_t *f = *state;
+  xres_t r = {0};
+  char u[128];
+  snprintf(u, sizeof u, "http://[::1]:%d/ok", f->srv.port);
+  pinned(f, &r, u, "127.0.0.1", f->srv.port);
+  if (strcmp(r.code, DS_HTTPC_EBLOCKED) != 0) fail_msg("expected EBLOCKED, got %s (%s)", r.code, r.msg);
+  assert_non_null(strstr(r.msg, "[::1]"));
+  /* the wrong port is another destination too */
+  xres_t r2 = {0};
+  snprintf(u, sizeof u, "http://127.0.0.1:%d/ok", f->srv.port);
+  pinned(f, &r2, u, "127.0.0.1", f->srv.port == 1 ? 2 : 1);
+  if (strcmp(r2.code, "OK") == 0) fail_msg("connected to an unpinned port");
+  assert_int_equal(f->srv.accepted, 0);
+  ds_buf_free(&r.body);
+  ds_buf_free(&r2.body);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(test_simple_ok, setup, teardown),
@@ -664,6 +726,9 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_http_status, setup, teardown),
       cmocka_unit_test_setup_teardown(test_bad_url, setup, teardown),
       cmocka_unit_test_setup_teardown(test_close_with_active, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_pin_uses_checked_address, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_pin_outlives_rebinding, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_pin_refuses_other_socket, setup, teardown),
   };
   return cmocka_run_group_tests_name("http_client", tests, NULL, NULL);
 }

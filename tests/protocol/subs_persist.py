@@ -27,7 +27,14 @@ Drives build/durable-stream over HTTP (run by tests/subs_persist.test.sh):
      the tail at start-up with a warning, and new appends wake again;
   9. a signing-keys.json that cannot be read is not replaced (error logged, server up);
      a missing one while subscription files exist is regenerated with a warning;
- 10. the memory store keeps subscriptions in memory only (gone after a restart, no files).
+ 10. the link journal: a new matching stream and an ack each append one line to
+     "<sub>.links" and leave the subscription file alone (same inode: no rewrite); many
+     acks compact the journal (off the loop) and the state survives; a torn last line is
+     ignored, a damaged line in the middle is logged with its byte offset, kept aside and
+     the rest loaded; a version 1 file (links inside) is migrated to file + journal;
+ 11. the memory store keeps subscriptions in memory only (gone after a restart, no files).
+Webhooks go to a receiver on 127.0.0.1: every server runs with a config.lua that allows it
+(protocol.webhook_allow_networks).
 Environment: DS_BINARY. Must not: leave servers or temp dirs behind.
 """
 import base64
@@ -53,7 +60,16 @@ T = tempfile.mkdtemp(prefix="ds-subs-persist-")
 DATA = os.path.join(T, "data")
 SUBDIR = os.path.join(DATA, "subscriptions")
 PREFIX = "/v1/stream"
+CONFIG = os.path.join(T, "config.lua")  # the servers run in T: ./config.lua applies
 server = None
+
+
+def write_config(extra=""):
+    with open(CONFIG, "w") as f:
+        f.write("return { %sprotocol = { webhook_allow_networks = { \"127.0.0.0/8\" } } }\n" % extra)
+
+
+write_config()
 checks = 0
 
 
@@ -272,8 +288,8 @@ def callback(note, acks, done=True, token=None):
                 {"Authorization": "Bearer " + (token or note["callback_token"])})
 
 
-def wake_events(sid):
-    st, data = req("GET", PREFIX + "/wake/pool?offset=-1")
+def wake_events(sid, pool="wake/pool"):
+    st, data = req("GET", PREFIX + "/" + pool + "?offset=-1")
     check(st == 200, "read wake stream: %d" % st)
     return [e for e in json.loads(data) if e.get("subscription_id") == sid]
 
@@ -327,6 +343,134 @@ def phase_create():
     st, claim = jreq("POST", sub_url("pull") + "/claim", {"worker": "worker-1"})
     check(st == 200, "claim: %d %r" % (st, claim))
     return note, claim
+
+
+def journal(sid):
+    """The link journal of a subscription replayed: path -> last record."""
+    out = {}
+    with open(os.path.join(SUBDIR, "s_%s.links" % sid)) as f:
+        for line in f:
+            rec = json.loads(line)
+            if rec.get("removed"):
+                out.pop(rec["path"], None)
+            else:
+                out[rec["path"]] = rec
+    return out
+
+
+def lines_of(path):
+    with open(path) as f:
+        return sum(1 for _ in f)
+
+
+def phase_journal():
+    """Links are journaled one line per change; the subscription file is left alone."""
+    global srv
+    shutil.rmtree(DATA, ignore_errors=True)
+    srv = Server(new_port=True)
+    put_stream("jw/pool", [])
+    for i in range(5):
+        put_stream("old/%d" % i, {"n": i})  # streams before the subscription: not news
+    sid = "jr"
+    st, _ = jreq("PUT", sub_url(sid), {"type": "pull-wake", "pattern": "old/*",
+                                      "wake_stream": "jw/pool", "lease_ttl_ms": 600000})
+    check(st == 201, "create jr")
+    f = os.path.join(SUBDIR, "s_%s.json" % sid)
+    j = os.path.join(SUBDIR, "s_%s.links" % sid)
+    check(get_sub(sid)["streams"] == [], "a glob PUT links no existing stream (nothing is "
+          "enumerated): %r" % get_sub(sid)["streams"])
+    check(lines_of(j) == 0, "no stream enumerated at creation: %d lines" % lines_of(j))
+    # a pre-existing stream gets news: linked at its old tail; a wake opens
+    t_before = tail("old/0")
+    append("old/0", {"more": 1})
+    wait_for(lambda: wake_events(sid, "jw/pool"), "wake for old/0")
+    check(journal(sid)["old/0"]["acked_offset"] == t_before, "old/0 linked at its tail before the append: %r" % journal(sid))
+    ino = os.stat(f).st_ino
+    n0 = lines_of(j)
+    # while that wake is open, 40 new matching streams: one journal line each, no rewrite
+    for i in range(40):
+        put_stream("old/new%d" % i, {"n": i})
+    check(lines_of(j) == n0 + 40, "one line per new stream: %d -> %d" % (n0, lines_of(j)))
+    check(os.stat(f).st_ino == ino, "the subscription file was rewritten for new streams")
+    check(journal(sid)["old/new7"]["acked_offset"] == "-1", "a new stream is all news")
+    # the claim lists the pending streams only (5 - 1 untouched old streams are not)
+    st, claim = jreq("POST", sub_url(sid) + "/claim", {"worker": "w"})
+    check(st == 200 and len(claim["streams"]) == 41, "claim: %d %r" % (st, claim and len(claim["streams"])))
+    # many acks: the journal compacts (in the background) and keeps the last state
+    acks = [{"stream": s["path"], "offset": s["tail_offset"]} for s in claim["streams"]]
+    st, b = jreq("POST", sub_url(sid) + "/ack", {"wake_id": claim["wake_id"], "generation": claim["generation"],
+                                                "acks": acks, "done": False},
+                 {"Authorization": "Bearer " + claim["token"]})
+    check(st == 200, "ack: %d %r" % (st, b))
+    n1 = lines_of(j)
+
+    def ack(path):
+        st, b = jreq("POST", sub_url(sid) + "/ack",
+                     {"wake_id": claim["wake_id"], "generation": claim["generation"],
+                      "acks": [{"stream": path, "offset": tail(path)}], "done": False},
+                     {"Authorization": "Bearer " + claim["token"]})
+        check(st == 200, "ack %s: %d %r" % (path, st, b))
+
+    for i in range(300):
+        append("old/0", {"i": i})
+        if i % 100 == 99:
+            ack("old/0")
+    # appends to a linked stream add no line: only acks and new links do
+    check(lines_of(j) == n1 + 3, "appends journaled something: %d -> %d lines" % (n1, lines_of(j)))
+    # 1,100 acks that move: the journal is compacted in the background, state kept
+    for k in range(1100):
+        append("old/0", {"k": k})
+        ack("old/0")
+    t = tail("old/0")
+    # without compaction the file would hold 41 + 41 + 3 + 1,100 lines
+    wait_for(lambda: lines_of(j) < 600, "compaction of %s (%d lines)" % (j, lines_of(j)))
+    before = journal(sid)
+    check(len(before) == 41 and before["old/0"]["acked_offset"] == t, "compacted state: %r" % len(before))
+    check(not os.path.exists(j + ".tmp"), "no temp file left")
+    srv.stop()
+    srv = Server()
+    wait_for(lambda: get_sub(sid), "loaded")
+    got = {s["path"]: s["acked_offset"] for s in get_sub(sid)["streams"]}
+    check(got == {p: r["acked_offset"] for p, r in before.items()}, "state after restart")
+    srv.stop()
+    # a torn last line is ignored; a damaged line in the middle is skipped and logged
+    with open(j, "a") as jf:
+        jf.write('{"path":"old/1","explicit":false,"glob":true,"acked_o')
+    srv = Server()
+    wait_for(lambda: "unfinished last line" in srv.log(), "torn line warned")
+    check("old/1" not in {s["path"] for s in get_sub(sid)["streams"]}, "torn line ignored")
+    srv.stop()
+    lines = open(j).read().splitlines(True)
+    lines.insert(3, "{garbage\n")
+    open(j, "w").write("".join(lines))
+    offset = len("".join(lines[:3]))
+    srv = Server()
+    log = wait_for(lambda: "damaged stream link record" in srv.log() and srv.log(), "damage logged")
+    check(("byte %d" % offset) in log and j in log, "damage names file and byte:\n" + log)
+    check(any(n.startswith("s_jr.links.damaged-") for n in os.listdir(SUBDIR)), "damaged journal kept aside")
+    check(len(get_sub(sid)["streams"]) >= 40, "the rest loaded")
+    wait_for(lambda: os.path.exists(j) and "garbage" not in open(j).read(), "journal rewritten")
+    srv.stop()
+    # a version 1 file (links inside the subscription file) is migrated
+    v1 = {"version": 1, "id": "legacy", "type": "pull-wake", "pattern": "old/*",
+          "wake_stream": "jw/pool", "config": "legacy-config", "base_url": "http://127.0.0.1",
+          "created_at": "2026-11-01T00:00:00.000Z", "lease_ttl_ms": 30000, "failed": False,
+          "generation": 3, "streams": [
+              {"path": "old/2", "explicit": False, "glob": True, "acked_offset": "0000000000000001"},
+              {"path": "legacy/x", "explicit": True, "glob": False, "acked_offset": "-1"}],
+          "wake_snapshot": []}
+    open(os.path.join(SUBDIR, "s_legacy.json"), "w").write(json.dumps(v1))
+    srv = Server()
+    check("moved to the version 2 layout" in srv.log(), "migration logged:\n" + srv.log())
+    got = {s["path"]: s["acked_offset"] for s in get_sub("legacy")["streams"]}
+    check(got == {"old/2": v1["streams"][0]["acked_offset"], "legacy/x": "-1"}, "migrated links: %r" % got)
+    doc = json.load(open(os.path.join(SUBDIR, "s_legacy.json")))
+    check(doc["version"] == 2 and "streams" not in doc, "version 2 file: %r" % doc)
+    check(set(journal("legacy")) == {"old/2", "legacy/x"}, "journal written")
+    srv.stop()
+    srv = Server()
+    check({s["path"] for s in get_sub("legacy")["streams"]} == {"old/2", "legacy/x"}, "migrated state reloads")
+    srv.stop()
 
 
 def compare(before, after, what):
@@ -395,8 +539,7 @@ def phase_policy():
     """fsync policy: where and whether subscription files are fsynced."""
     global srv
     shutil.rmtree(DATA, ignore_errors=True)
-    cfg = os.path.join(T, "config.lua")
-    open(cfg, "w").write("return { fsync_interval_ms = 100 }\n")
+    write_config("fsync_interval_ms = 100, ")
     trace = os.path.join(T, "strace.log")
     have_strace = shutil.which("strace") is not None
     for policy in ("interval", "always"):
@@ -447,7 +590,7 @@ def phase_policy():
         st, _ = jreq("GET", sub_url("pol-" + policy if policy == "always" else "pol-interval"))
         check(st == 404, "delete kept over kill -9 under " + policy)
         srv.stop()
-    os.unlink(cfg)
+    write_config()
 
 
 def phase_save_failure():
@@ -515,21 +658,22 @@ def phase_clamp_and_keys():
     srv.stop()
     # the stream lost data the subscription had acked (as after a power loss)
     f = os.path.join(SUBDIR, "s_%s.json" % sid)
-    doc = json.load(open(f))
+    j = os.path.join(SUBDIR, "s_%s.links" % sid)
     far = "9999999999999999"
-    doc["streams"][0]["acked_offset"] = far
-    open(f, "w").write(json.dumps(doc))
+    with open(j, "a") as jf:
+        jf.write(json.dumps({"path": "ahead/x", "explicit": True, "glob": False,
+                             "acked_offset": far}) + "\n")
     drain("manual")
     srv = Server()
-    log = srv.log()
-    check("beyond the stream's tail" in log and f in log, "clamp logged:\n" + log)
+    log = wait_for(lambda: "beyond the stream's tail" in srv.log() and srv.log(), "clamp logged")
+    check(f in log, "clamp names the subscription file:\n" + log)
     check(acked(sid, "ahead/x") == t, "acked pulled back to the tail: %r" % acked(sid, "ahead/x"))
     append("ahead/x", {"n": 1})
     _, _, n2 = next_hook("manual", lambda b: b["subscription_id"] == sid and
                          b["generation"] > note["generation"])
     check(n2["streams"][0]["acked_offset"] == t, "wake after clamp: %r" % n2)
     srv.stop()
-    check(json.load(open(f))["streams"][0]["acked_offset"] != far, "clamped value saved")
+    check(journal(sid).get("ahead/x", {}).get("acked_offset") not in (None, far), "clamped value saved")
 
     # an unreadable key file (a directory here: EISDIR; as root EACCES cannot be made)
     k = os.path.join(SUBDIR, "signing-keys.json")
@@ -677,6 +821,7 @@ def main():
     phase_policy()
     phase_save_failure()
     phase_clamp_and_keys()
+    phase_journal()
 
     # ---- memory store: in memory only ----
     shutil.rmtree(DATA)

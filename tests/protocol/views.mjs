@@ -11,13 +11,16 @@
 // 3. Restart: streams, metadata (content type, TTL), producer state, closure, forks and
 //    soft deletes written through the protocol survive a restart of the server on the
 //    same YAML data directory.
+// The server runs with the checkout's ./config.lua (when present) plus
+// protocol.webhook_allow_networks = { "127.0.0.0/8" }: the webhook receiver listens on
+// 127.0.0.1, which webhooks may reach only when a network allows it.
 // Environment: DS_BINARY (server binary). Exits non-zero on the first failure.
 import { spawn } from "node:child_process"
 import { createServer } from "node:http"
 import { createPublicKey, verify } from "node:crypto"
-import { mkdtempSync, rmSync, readFileSync } from "node:fs"
+import { existsSync, mkdtempSync, rmSync, readFileSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
-import { join } from "node:path"
+import { join, resolve } from "node:path"
 import assert from "node:assert/strict"
 import { stream } from "@durable-streams/client"
 
@@ -25,10 +28,17 @@ const BIN = process.env.DS_BINARY
 if (!BIN) throw new Error("DS_BINARY is not set")
 
 const dataDir = mkdtempSync(join(tmpdir(), "ds-views-"))
+const cfgDir = mkdtempSync(join(tmpdir(), "ds-views-cfg-"))
+const cfgPath = join(cfgDir, "config.lua")
+writeFileSync(cfgPath, `local c = ${existsSync("config.lua") ? `dofile(${JSON.stringify(resolve("config.lua"))})` : "{}"}
+c.protocol = c.protocol or {}
+c.protocol.webhook_allow_networks = { "127.0.0.0/8" }
+return c
+`)
 let server = null
 
 async function startServer(storage) {
-  const child = spawn(BIN, ["--port", "0", "--storage", storage, "--data-dir", dataDir,
+  const child = spawn(BIN, ["--config", cfgPath, "--port", "0", "--storage", storage, "--data-dir", dataDir,
     "--long-poll-timeout", "500"], { stdio: ["ignore", "pipe", "pipe"] })
   let out = ""
   let err = ""
@@ -323,4 +333,5 @@ try {
 } finally {
   await stopServer()
   rmSync(dataDir, { recursive: true, force: true })
+  rmSync(cfgDir, { recursive: true, force: true })
 }
