@@ -304,6 +304,19 @@ static void respond_400(ds_http_req_t *req, const char *msg) {
   ds_http_respond_error(req, 400, NULL, "%s", msg);
 }
 
+/* A stream that does not exist yet cannot be created under this name (store.h, the name
+ * mapping): DS_ECONFLICT from the store on creation. */
+#define CONFLICT_MSG                                                                      \
+  "cannot create stream: a stream x and streams under x.yaml/ cannot both exist (their " \
+  "files would share a name)"
+
+/* Errors of ds_streams_get(): the store refused the name (400, 409) or failed (507, 500). */
+static void respond_open_error(ds_http_req_t *req, int rc) {
+  if (rc == DS_ECONFLICT) ds_http_respond_error(req, 409, NULL, "%s", CONFLICT_MSG);
+  else if (rc == DS_EINVAL) ds_http_respond_error(req, 400, NULL, "invalid stream path");
+  else ds_http_respond_error(req, rc == DS_ENOSPC ? 507 : 500, NULL, "cannot open stream: %s", ds_strerror(rc));
+}
+
 static void handle_get(ds_agents_api_t *api, ds_http_req_t *req, const char *path) {
   /* offset: exclusive; absent / "" / "-1" = from the start; "now"; 1-16 digits */
   char *ov = NULL;
@@ -364,8 +377,7 @@ static void handle_get(ds_agents_api_t *api, ds_http_req_t *req, const char *pat
   ds_stream_t *s = NULL;
   int rc = ds_streams_get(api->streams, path, DS_STREAMS_WATCH, 0, &s);
   if (rc != 0) {
-    ds_http_respond_error(req, rc == DS_ENOSPC ? 507 : 500, NULL, "cannot open stream: %s",
-                          ds_strerror(rc));
+    respond_open_error(req, rc);
     return;
   }
   reader_t *r = ds_xcalloc(1, sizeof *r);
@@ -419,13 +431,14 @@ static void handle_post(ds_agents_api_t *api, ds_http_req_t *req, const char *pa
   int rc = ds_streams_get(api->streams, path, DS_STREAMS_WATCH, 0, &s);
   if (rc != 0) {
     api->stats.append_errors++;
-    ds_http_respond_error(req, rc == DS_ENOSPC ? 507 : 500, NULL, "cannot open stream: %s",
-                          ds_strerror(rc));
+    respond_open_error(req, rc);
     return;
   }
   char err[256];
   uint64_t off = 0;
+  int existed = ds_stream_exists(s);
   rc = ds_stream_append_event(s, req->body, req->body_len, &off, err, sizeof err);
+  if (rc == DS_ECONFLICT && !existed) snprintf(err, sizeof err, "%s", CONFLICT_MSG);
   if (rc != 0) {
     api->stats.append_errors++;
     ds_streams_release(s);

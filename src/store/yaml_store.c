@@ -647,6 +647,11 @@ static int y_load(ds_store_t *st, ds_store_stream_t *s, int create, uint64_t bas
     }
     s->need_dirsync = 1 + created; /* the parent, and the parent of each new directory */
     dirty_add(st, s);
+  } else if (fd < 0 && (errno == ENOTDIR || errno == EISDIR)) {
+    /* "x.yaml/..." beside a stream "x" (store.h, the name mapping): an ancestor is x's
+     * file, or this stream's file name is taken by the directory of streams under it.
+     * No stream lives here; creating one would need the name another stream holds. */
+    return create ? DS_ECONFLICT : DS_ENOTFOUND;
   } else if (fd < 0) {
     return map_errno(errno) == DS_ENOTFOUND ? DS_EIO : map_errno(errno);
   } else {
