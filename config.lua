@@ -3,10 +3,10 @@
 -- Every key is optional; the value shown is the built-in default. Unknown keys are
 -- refused (a typo must not silently run with a default). Command-line flags
 -- (--host, --port, --data-dir, --storage, --fsync, --long-poll-timeout, --log-level)
--- override what is set here. This file is Lua: os.getenv() and arithmetic work.
+-- override what is set here; so does PORT in the environment (below --port). This file is Lua: os.getenv() and arithmetic work.
 return {
   host = "127.0.0.1",         -- listen address; keep loopback unless behind a proxy (README: "Exposing the server")
-  port = 3000,                -- 0 picks a free port
+  port = 3000,                -- 0 picks a free port; PORT in the environment overrides it, --port both
   data_dir = ".data",         -- YAML store root: streams live in <data_dir>/streams/<path>.yaml
   storage = "yaml",           -- "yaml" (durable, human-readable) or "memory" (tests, demos)
 
