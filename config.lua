@@ -42,6 +42,16 @@ return {
     sse_reconnect_ms = 60000,           -- SSE responses end after this (clients reconnect)
     subscriptions = true,               -- the reserved webhook / pull-wake subscription APIs
   },
+  -- Browsers: the web pages (origins) that may call this server. A request whose Origin
+  -- header names any other origin gets 403 and changes nothing, whatever its method, content
+  -- type or route: a page you visit cannot post to your agents with your API keys (CSRF).
+  -- Requests without Origin (curl, servers) are not affected. Entries: exact origins
+  -- ("https://app.example"), "scheme://host:*" (any port), "null" (sandboxed iframes,
+  -- file:// pages), or "*" alone for every origin. A list replaces this default.
+  cors = {
+    allowed_origins = { "http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*" },
+  },
+
   -- The agent layer (lua/ policy + plugins/); `agents = false` turns it off entirely.
   -- Documented key by key in README.md, "Agents and plugins".
   agents = {

@@ -6,7 +6,7 @@
 # .cache/conformance/ (once; later runs reuse it, so it works offline), writes a one-file
 # programmatic runner (the published CLI is broken upstream: it finds no test files and
 # cannot pass `subscriptions`), then for each store (yaml, memory) starts the server on a
-# free port with a 500 ms long-poll timeout and runs the suite with subscriptions on and
+# free port with a 500 ms long-poll timeout and every browser origin allowed and runs the suite with subscriptions on and
 # off. Prints passed/failed/skipped per run from vitest's JSON report and exits non-zero
 # unless every runnable test passed.
 # Environment: DS_BINARY (path to the server binary; default build/durable-stream),
@@ -48,11 +48,20 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The repository's config.lua, with browsers of every origin allowed: the suite checks a CORS
+# preflight from https://example.com, i.e. a deployment that serves the protocol to web apps
+# on other origins. By default only loopback origins may call the server (README, "CORS").
+cat >"$tmp/config.lua" <<EOF
+local c = dofile("$here/config.lua")
+c.cors = { allowed_origins = "*" }
+return c
+EOF
+
 start_server() { # $1 = store kind
   rm -rf "$tmp/data"; mkdir -p "$tmp/data"
   : >"$tmp/server.out"
   # shellcheck disable=SC2086 # DS_SERVER_ARGS is a list of extra flags
-  "$bin" --port 0 --storage "$1" --data-dir "$tmp/data" --long-poll-timeout 500 ${DS_SERVER_ARGS:-} \
+  "$bin" --config "$tmp/config.lua" --port 0 --storage "$1" --data-dir "$tmp/data" --long-poll-timeout 500 ${DS_SERVER_ARGS:-} \
     >"$tmp/server.out" 2>"$tmp/server.err" &
   pid=$!
   url=""
