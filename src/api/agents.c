@@ -317,6 +317,32 @@ static void respond_open_error(ds_http_req_t *req, int rc) {
   else ds_http_respond_error(req, rc == DS_ENOSPC ? 507 : 500, NULL, "cannot open stream: %s", ds_strerror(rc));
 }
 
+/* A resume point: "" / "-1" = from the first event, "now", or 1-16 decimal digits naming
+ * the last offset seen (exclusive). Returns 0, or -1 after answering 400 (what names the
+ * source in the message: "offset" or "Last-Event-ID"). */
+typedef struct {
+  int from_start, from_now;
+  uint64_t last;
+} resume_t;
+
+static int parse_resume(ds_http_req_t *req, const char *what, const char *src, size_t sl, resume_t *out) {
+  memset(out, 0, sizeof *out);
+  if (!src || sl == 0 || (sl == 2 && memcmp(src, "-1", 2) == 0)) {
+    out->from_start = 1;
+  } else if (sl == 3 && memcmp(src, "now", 3) == 0) {
+    out->from_now = 1;
+  } else if (ds_offset_parse(src, sl, &out->last) != 0) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "invalid %s '%.*s': expected -1, now, or 1-16 decimal digits", what,
+             (int)(sl > 40 ? 40 : sl), src);
+    for (char *p = msg; *p; p++)
+      if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f) *p = '?';
+    respond_400(req, msg);
+    return -1;
+  }
+  return 0;
+}
+
 static void handle_get(ds_agents_api_t *api, ds_http_req_t *req, const char *path) {
   /* offset: exclusive; absent / "" / "-1" = from the start; "now"; 1-16 digits */
   char *ov = NULL;
@@ -331,37 +357,27 @@ static void handle_get(ds_agents_api_t *api, ds_http_req_t *req, const char *pat
     respond_400(req, "offset given more than once");
     return;
   }
-  const char *src = ov;
-  size_t sl = ol;
-  if (!ov) {
-    const char *lei = ds_http_req_header(req, "last-event-id");
-    if (lei) {
-      src = lei;
-      sl = strlen(lei);
-    }
-  }
-  int from_start = 0, from_now = 0;
-  uint64_t last = 0;
-  if (!src || sl == 0 || (sl == 2 && memcmp(src, "-1", 2) == 0)) {
-    from_start = 1;
-  } else if (sl == 3 && memcmp(src, "now", 3) == 0) {
-    from_now = 1;
-  } else if (ds_offset_parse(src, sl, &last) != 0) {
-    char msg[160];
-    snprintf(msg, sizeof msg, "invalid offset '%.*s': expected -1, now, or 1-16 decimal digits",
-             (int)(sl > 40 ? 40 : sl), src);
-    for (char *p = msg; *p; p++)
-      if ((unsigned char)*p < 0x20) *p = '?';
-    free(ov);
-    respond_400(req, msg);
+  resume_t from;
+  int bad = parse_resume(req, "offset", ov, ol, &from);
+  free(ov);
+  if (bad) return;
+  /* Last-Event-ID, when present and not empty, is the resume point and wins over the URL's
+   * offset (agents-api.md §3): a browser reconnects an EventSource with the very same URL
+   * plus this header, so letting `offset` win replayed everything (offset=-1) or lost the
+   * gap (offset=now). Validated like offset; an empty one (EventSource never sends that)
+   * is no resume point. Both are checked, so a malformed URL is a 400 either way. */
+  int lc = ds_http_req_header_count(req, "last-event-id");
+  const char *lei = ds_http_req_header(req, "last-event-id");
+  if (lc > 1) {
+    respond_400(req, "Last-Event-ID given more than once");
     return;
   }
-  free(ov);
+  if (lei && *lei && parse_resume(req, "Last-Event-ID", lei, strlen(lei), &from) != 0) return;
 
   char *lv = NULL;
   size_t ll = 0;
-  int lc = ds_http_query_get(req->query, "live", &lv, &ll);
-  int live = lc > 0 && lv && (strcmp(lv, "sse") == 0 || strcmp(lv, "true") == 0);
+  int live = ds_http_query_get(req->query, "live", &lv, &ll) > 0 && lv &&
+             (strcmp(lv, "sse") == 0 || strcmp(lv, "true") == 0);
   free(lv);
 
   static const ds_http_header_t sse_headers[] = {{"Content-Type", "text/event-stream"},
@@ -388,9 +404,9 @@ static void handle_get(ds_agents_api_t *api, ds_http_req_t *req, const char *pat
   r->sub.on_publish = on_publish;
   r->sub.on_change = on_change;
   r->sub.ud = r;
-  if (from_now) r->next = ds_stream_next_offset(s);
-  else if (from_start) r->next = ds_stream_first_offset(s);
-  else r->next = last + 1;
+  if (from.from_now) r->next = ds_stream_next_offset(s);
+  else if (from.from_start) r->next = ds_stream_first_offset(s);
+  else r->next = from.last + 1;
   ds_stream_subscribe(s, &r->sub);
   r->anext = api->all_head;
   if (api->all_head) api->all_head->aprev = r;
