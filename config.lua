@@ -34,7 +34,7 @@ return {
   },
 
   sse = {
-    keepalive_ms = 15000,               -- ": keepalive" comment interval on live SSE reads
+    keepalive_ms = 15000,               -- a live /agents read gets ": keepalive" this long after the last byte sent on its connection
   },
 
   protocol = {                          -- the Durable Streams protocol under /v1/stream/*

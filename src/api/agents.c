@@ -1,5 +1,12 @@
 /* agents.c - the /agents HTTP API: append, history + live SSE, keep-alive comments.
  *
+ * Every GET answers its headers and, at once, an SSE comment (": open"), so a buffering
+ * proxy passes the response on before any event exists. Keep-alives are per connection: a
+ * live reader gets ": keepalive" keepalive_ms after the last bytes queued on its response.
+ * Live readers sit in one list ordered by that time (a reader that writes moves to the
+ * tail, O(1)), so the list is sorted by deadline and one uv timer, armed for the head,
+ * serves them all: no timer per connection (100,000 idle readers are a target).
+ *
  * A GET becomes a reader: it subscribes to the stream at once (so nothing published
  * while it works can be missed), then pumps history from the store in batches, paced by
  * the connection's drain callback, until it reaches the stream's next offset; from then
@@ -28,11 +35,13 @@ struct ds_agents_api_s {
   uv_loop_t *loop;
   ds_streams_t *streams;
   ds_agents_opts_t opts;
-  uv_timer_t keepalive;
+  uv_timer_t keepalive; /* one-shot, armed for live_head's keep-alive deadline */
   int timer_open;
-  reader_t *live_head; /* readers in live mode, for keep-alive comments */
+  /* readers in live mode, ordered by last_out: head = silent the longest */
+  reader_t *live_head, *live_tail;
   reader_t *all_head;  /* every open reader, for shutdown */
   ds_rbuf_t *keepalive_frame; /* chunk-framed (ds_http_chunk_new) */
+  ds_rbuf_t *open_frame;      /* ": open", the first body bytes of every GET; chunk-framed */
   /* The chunk-framed copy of the last published frame: publish calls every subscriber
    * with the same frame, so it is framed once, not once per subscriber. The source is
    * referenced so its address cannot be reused by a later frame while cached. */
@@ -50,6 +59,7 @@ struct reader_s {
   ds_http_req_t *req;
   ds_stream_t *stream;
   uint64_t next; /* next offset this reader needs */
+  uint64_t last_out; /* uv_now() when bytes were last queued on the response */
   unsigned live : 1;
   unsigned in_live : 1; /* caught up and forwarding published frames */
   unsigned pumping : 1;
@@ -106,21 +116,56 @@ char *ds_agents_decode_path(const char *raw, size_t n, char *err, size_t errlen)
 
 /* ------------------------------------------------------------------ readers */
 
-static void live_link(reader_t *r) {
+static uint64_t ka_deadline(const reader_t *r) { return r->last_out + r->api->opts.keepalive_ms; }
+
+static void on_keepalive(uv_timer_t *t);
+
+/* Arms the timer for the head's deadline, unless it already runs (an earlier deadline, or
+ * one that turns out early: on_keepalive re-arms for the head it then finds). */
+static void ka_arm(ds_agents_api_t *api) {
+  if (!api->timer_open || !api->live_head || uv_is_active((uv_handle_t *)&api->keepalive)) return;
+  uint64_t now = uv_now(api->loop), due = ka_deadline(api->live_head);
+  uv_timer_start(&api->keepalive, on_keepalive, due > now ? due - now : 0, 0);
+}
+
+static void live_append(reader_t *r) {
   ds_agents_api_t *api = r->api;
-  r->lprev = NULL;
-  r->lnext = api->live_head;
-  if (api->live_head) api->live_head->lprev = r;
-  api->live_head = r;
-  r->in_live = 1;
+  r->lnext = NULL;
+  r->lprev = api->live_tail;
+  if (api->live_tail) api->live_tail->lnext = r;
+  else api->live_head = r;
+  api->live_tail = r;
 }
 
 static void live_unlink(reader_t *r) {
   if (!r->in_live) return;
+  ds_agents_api_t *api = r->api;
   if (r->lprev) r->lprev->lnext = r->lnext;
-  else r->api->live_head = r->lnext;
+  else api->live_head = r->lnext;
   if (r->lnext) r->lnext->lprev = r->lprev;
+  else api->live_tail = r->lprev;
+  r->lprev = r->lnext = NULL;
   r->in_live = 0;
+}
+
+/* The reader caught up: it joins the tail (now is the latest time any reader wrote, so
+ * the order holds; its last bytes went out now or were just drained). */
+static void live_link(reader_t *r) {
+  r->last_out = uv_now(r->api->loop);
+  live_append(r);
+  r->in_live = 1;
+  ka_arm(r->api);
+}
+
+/* Bytes were queued on r's response: its keep-alive deadline moves to keepalive_ms from
+ * now, and it moves to the tail of the live list (which keeps the list in deadline order). */
+static void touch(reader_t *r) {
+  r->last_out = uv_now(r->api->loop);
+  if (r->in_live && r != r->api->live_tail) {
+    live_unlink(r);
+    live_append(r);
+    r->in_live = 1;
+  }
 }
 
 static void reader_destroy(reader_t *r) {
@@ -240,6 +285,7 @@ static void pump(reader_t *r) {
     ds_rbuf_t *chunk = ds_http_chunk_new(outp->data, outp->len);
     int wrc = ds_http_stream_write_chunk(r->req, chunk);
     ds_rbuf_unref(chunk);
+    r->last_out = uv_now(api->loop); /* not in the live list while catching up */
     if (wrc != 0) {
       r->pumping = 0;
       pump_release(api, shared, &local);
@@ -274,6 +320,7 @@ static void on_publish(ds_sub_t *sub, const ds_published_t *rec) {
   }
   if (rc == 0) {
     r->next = rec->offset + 1;
+    touch(r);
     if (ds_http_stream_backlog(r->req) > r->api->opts.subscriber_backlog_bytes)
       reader_drop(r, "backlog limit exceeded");
   } else {
@@ -286,16 +333,22 @@ static void on_change(ds_sub_t *sub, int what) {
   if (what == 1) reader_finish(r); /* deleted: nothing more will come */
 }
 
+/* Sends ": keepalive" to every live reader silent for keepalive_ms (they are at the head),
+ * then re-arms for the next deadline. A reader with bytes still queued is not silent (its
+ * client is slow, the bytes are on their way): its deadline just moves on. */
 static void on_keepalive(uv_timer_t *t) {
   ds_agents_api_t *api = t->data;
-  reader_t *r = api->live_head;
-  while (r) {
-    reader_t *next = r->lnext;
+  uint64_t now = uv_now(api->loop);
+  reader_t *r;
+  while ((r = api->live_head) != NULL && ka_deadline(r) <= now) {
     if (ds_http_stream_backlog(r->req) == 0 &&
-        ds_http_stream_write_chunk(r->req, api->keepalive_frame) != 0)
+        ds_http_stream_write_chunk(r->req, api->keepalive_frame) != 0) {
       reader_drop(r, "keep-alive write failed");
-    r = next;
+      continue;
+    }
+    touch(r);
   }
+  ka_arm(api);
 }
 
 /* ------------------------------------------------------------------ handlers */
@@ -414,6 +467,13 @@ static void handle_get(ds_agents_api_t *api, ds_http_req_t *req, const char *pat
   api->stats.readers_open++;
   ds_http_req_on_close(req, on_req_close, r);
   ds_http_stream_start(req, 200, sse_headers);
+  /* The first body bytes, at once (agents-api.md §3): a buffering proxy holds a response
+   * with headers only until body bytes come, which used to be the first event or keepalive. */
+  if (ds_http_stream_write_chunk(req, api->open_frame) != 0) {
+    reader_drop(r, "write failed");
+    return;
+  }
+  r->last_out = uv_now(api->loop);
   pump(r);
 }
 
@@ -518,11 +578,11 @@ ds_agents_api_t *ds_agents_api_new(uv_loop_t *loop, ds_streams_t *streams, const
   if (!api->opts.keepalive_ms) api->opts.keepalive_ms = 15000;
   if (!api->opts.subscriber_backlog_bytes) api->opts.subscriber_backlog_bytes = 4u << 20;
   api->keepalive_frame = ds_http_chunk_new(": keepalive\n\n", 13);
+  api->open_frame = ds_http_chunk_new(": open\n\n", 8);
   uv_timer_init(loop, &api->keepalive);
   api->keepalive.data = api;
   api->timer_open = 1;
-  uv_timer_start(&api->keepalive, on_keepalive, api->opts.keepalive_ms, api->opts.keepalive_ms);
-  uv_unref((uv_handle_t *)&api->keepalive);
+  uv_unref((uv_handle_t *)&api->keepalive); /* started by ka_arm() while live readers exist */
   return api;
 }
 
@@ -537,6 +597,7 @@ void ds_agents_api_shutdown(ds_agents_api_t *api) {
 void ds_agents_api_free(ds_agents_api_t *api) {
   if (!api) return;
   ds_rbuf_unref(api->keepalive_frame);
+  ds_rbuf_unref(api->open_frame);
   ds_rbuf_unref(api->chunk_src);
   ds_rbuf_unref(api->chunk);
   ds_buf_free(&api->batch);
