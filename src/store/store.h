@@ -84,6 +84,13 @@ const char *ds_store_kind(const ds_store_t *st);
 #define DS_STORE_SEGMENT_MAX 241
 #define DS_STORE_RESERVED_MARK ".yaml."
 
+/** Checks path[0..n) against the name mapping above: 0 when every segment fits, else
+ *  DS_ETOOBIG (a segment longer than DS_STORE_SEGMENT_MAX) or DS_EINVAL (a segment holding
+ *  DS_STORE_RESERVED_MARK, ASCII case-insensitively). ds_store_get() refuses to create a
+ *  stream whose name fails it, whatever route named it; the API validates first
+ *  (ds_path_validate) to say why. */
+int ds_store_name_check(const char *path, size_t n);
+
 /**
  * Returns the stream for `path` (a validated stream path: segments joined by '/', no
  * "." / ".." / empty segment). Handles are owned and cached by the store and stay valid
@@ -91,7 +98,7 @@ const char *ds_store_kind(const ds_store_t *st);
  * When the stream does not exist: with create == 0 returns DS_ENOTFOUND; otherwise
  * creates it empty with its first offset at `base_offset` (0 for ordinary streams, the
  * fork point for forks), or returns DS_ECONFLICT when its name collides with an existing
- * stream's (see the name mapping above).
+ * stream's, DS_EINVAL when it fails ds_store_name_check() (see the name mapping above).
  */
 int ds_store_get(ds_store_t *st, const char *path, int create, uint64_t base_offset,
                  ds_store_stream_t **out);

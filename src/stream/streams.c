@@ -109,18 +109,6 @@ static unsigned path_forbidden_cp(const unsigned char *p, const unsigned char *e
   return 0;
 }
 
-/* 1 if seg[0..n) holds DS_STORE_RESERVED_MARK (".yaml."), ASCII case-insensitively. */
-static int segment_reserved(const char *seg, size_t n) {
-  static const char mark[] = DS_STORE_RESERVED_MARK;
-  size_t k = sizeof mark - 1;
-  for (size_t i = 0; i + k <= n; i++) {
-    size_t j = 0;
-    while (j < k && (seg[i + j] | 0x20) == mark[j]) j++; /* mark is lowercase letters and dots */
-    if (j == k) return 1;
-  }
-  return 0;
-}
-
 int ds_path_validate(const char *p, size_t n, char *err, size_t errlen) {
   if (n == 0) {
     snprintf(err, errlen, "empty stream path");
@@ -148,12 +136,13 @@ int ds_path_validate(const char *p, size_t n, char *err, size_t errlen) {
       }
       /* Every segment becomes a file or directory name (see the name mapping in store.h):
        * both views and both store kinds refuse the same names. */
-      if (len > DS_STORE_SEGMENT_MAX) {
+      int nc = ds_store_name_check(p + seg, len);
+      if (nc == DS_ETOOBIG) {
         snprintf(err, errlen, "stream path segment of %zu bytes: at most %d bytes per segment (file-name limit)",
                  len, DS_STORE_SEGMENT_MAX);
         return -1;
       }
-      if (segment_reserved(p + seg, len)) {
+      if (nc != 0) {
         snprintf(err, errlen, "stream path segment contains '%s': names like <x>%s<y> are reserved for the store's files",
                  DS_STORE_RESERVED_MARK, DS_STORE_RESERVED_MARK);
         return -1;

@@ -302,6 +302,59 @@ static void test_nested_list_delete(void **state) {
   fx_done(&f);
 }
 
+/* The name mapping (store.h), the same for both kinds: names that do not fit are never
+ * created (whichever caller names them), reads of them find nothing; "x.yaml/..." beside a
+ * stream "x" is DS_ECONFLICT in both orders, until the other one is deleted; a and a/b are
+ * fine. */
+static void test_name_mapping(void **state) {
+  fx_t f;
+  fx_init(&f, *state);
+  fx_open(&f);
+  ds_store_stream_t *s;
+  char seg[300];
+  memset(seg, 's', sizeof seg);
+  seg[DS_STORE_SEGMENT_MAX] = '\0';
+  assert_int_equal(ds_store_name_check(seg, strlen(seg)), 0);
+  assert_int_equal(ds_store_get(f.st, seg, 1, 0, &s), 0); /* 241 bytes: fits, meta included */
+  assert_int_equal(ds_store_meta_set(s, "{}", 2), 0);
+  seg[DS_STORE_SEGMENT_MAX] = 's';
+  seg[DS_STORE_SEGMENT_MAX + 1] = '\0';
+  assert_int_equal(ds_store_name_check(seg, strlen(seg)), DS_ETOOBIG);
+  assert_int_equal(ds_store_get(f.st, seg, 1, 0, &s), DS_EINVAL);
+  static const char *const reserved[] = {"c.yaml.offset", "d/c.yaml.idx/e", "c.YAML.meta", "c.yaml.meta.tmp", "c.yaml.x"};
+  for (size_t i = 0; i < sizeof reserved / sizeof *reserved; i++) {
+    assert_int_equal(ds_store_name_check(reserved[i], strlen(reserved[i])), DS_EINVAL);
+    assert_int_equal(ds_store_get(f.st, reserved[i], 1, 0, &s), DS_EINVAL);
+  }
+  assert_int_equal(ds_store_name_check("c.yaml/b", 8), 0);
+  assert_int_equal(ds_store_name_check("c.yaml", 6), 0);
+  /* x first, then x.yaml/... */
+  assert_int_equal(ds_store_get(f.st, "c", 1, 0, &s), 0);
+  assert_int_equal(t_append(s, 1, "c"), 0);
+  assert_int_equal(ds_store_get(f.st, "c.yaml/b", 1, 0, &s), DS_ECONFLICT);
+  assert_int_equal(ds_store_get(f.st, "c.yaml/b/z", 1, 0, &s), DS_ECONFLICT);
+  assert_int_equal(ds_store_get(f.st, "c.yaml/b", 0, 0, &s), DS_ENOTFOUND);
+  /* x.yaml/... first, then x */
+  assert_int_equal(ds_store_get(f.st, "d.yaml/b/z", 1, 0, &s), 0);
+  assert_int_equal(t_append(s, 1, "d"), 0);
+  assert_int_equal(ds_store_get(f.st, "d", 1, 0, &s), DS_ECONFLICT);
+  assert_int_equal(ds_store_get(f.st, "d.yaml/b", 1, 0, &s), 0); /* a directory's stream: fine */
+  assert_int_equal(ds_store_get(f.st, "d", 0, 0, &s), DS_ENOTFOUND);
+  assert_int_equal(ds_store_delete(f.st, "d.yaml/b/z"), 0);
+  assert_int_equal(ds_store_delete(f.st, "d.yaml/b"), 0);
+  assert_int_equal(ds_store_get(f.st, "d", 1, 0, &s), 0);
+  /* a and a/b */
+  assert_int_equal(ds_store_get(f.st, "a", 1, 0, &s), 0);
+  assert_int_equal(ds_store_get(f.st, "a/b", 1, 0, &s), 0);
+  if (is_yaml(&f)) { /* the same answers after a restart (nothing cached) */
+    fx_reopen(&f);
+    assert_int_equal(ds_store_get(f.st, "c.yaml/b", 1, 0, &s), DS_ECONFLICT);
+    assert_int_equal(ds_store_get(f.st, "c", 0, 0, &s), 0);
+    assert_int_equal(ds_store_next_offset(s), 1);
+  }
+  fx_done(&f);
+}
+
 static void test_large_stream_reads(void **state) {
   fx_t f;
   fx_init(&f, *state);
@@ -670,6 +723,8 @@ int main(void) {
       cmocka_unit_test_prestate(test_meta, (void *)"memory"),
       cmocka_unit_test_prestate(test_nested_list_delete, (void *)"yaml"),
       cmocka_unit_test_prestate(test_nested_list_delete, (void *)"memory"),
+      cmocka_unit_test_prestate(test_name_mapping, (void *)"yaml"),
+      cmocka_unit_test_prestate(test_name_mapping, (void *)"memory"),
       cmocka_unit_test_prestate(test_large_stream_reads, (void *)"yaml"),
       cmocka_unit_test_prestate(test_large_stream_reads, (void *)"memory"),
       cmocka_unit_test(test_yaml_restart),
