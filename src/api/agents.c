@@ -370,14 +370,15 @@ static void respond_open_error(ds_http_req_t *req, int rc) {
   else ds_http_respond_error(req, rc == DS_ENOSPC ? 507 : 500, NULL, "cannot open stream: %s", ds_strerror(rc));
 }
 
-/* A resume point: "" / "-1" = from the first event, "now", or 1-16 decimal digits naming
- * the last offset seen (exclusive). Returns 0, or -1 after answering 400 (what names the
- * source in the message: "offset" or "Last-Event-ID"). */
+/* Where a read starts: from the first event, from "now", or after offset `last`. */
 typedef struct {
   int from_start, from_now;
   uint64_t last;
 } resume_t;
 
+/* Parses a resume point: "" / "-1" = from the first event, "now", or 1-16 decimal digits
+ * naming the last offset seen (exclusive). Returns 0, or -1 after answering 400 (`what`
+ * names the source in the message: "offset" or "Last-Event-ID"). */
 static int parse_resume(ds_http_req_t *req, const char *what, const char *src, size_t sl, resume_t *out) {
   memset(out, 0, sizeof *out);
   if (!src || sl == 0 || (sl == 2 && memcmp(src, "-1", 2) == 0)) {
