@@ -442,7 +442,8 @@ static int jp_object(jp_t *j, ds_value_t **out) {
       return jp_fail_at(j, j->p, "expected ',' or '}'");
     }
   }
-  size_t n = jp_dedupe(j, j->ms + base, j->mlen - base);
+  size_t n = j->mlen - base;
+  if (n > 1) n = jp_dedupe(j, j->ms + base, n); /* (j->ms is NULL while no object had a member) */
   ds_value_t *obj = ds_value_object(j->a, n);
   if (n) memcpy(obj->u.obj.items, j->ms + base, n * sizeof *j->ms);
   obj->u.obj.len = n;
