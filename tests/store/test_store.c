@@ -523,6 +523,44 @@ static void test_yaml_fsync_always(void **state) {
   assert_int_equal(g_sync_calls, 7);
 }
 
+/* A round syncs by name in a worker while the loop goes on. When a stream "x.yaml/b" it
+ * covers is deleted meanwhile and a stream "x" takes the name "x.yaml" as its file, the
+ * round finds ENOTDIR where the file and directory were: nothing is left to sync, not an
+ * I/O error (which failed the round's syncs and logged "fsync failed"). The threadpool is
+ * held busy so that the round's work runs only after the loop has made that change. */
+static uv_sem_t g_hold;
+static void hold_work(uv_work_t *w) { uv_sem_wait(&g_hold); }
+static void hold_done(uv_work_t *w, int status) { free(w); }
+
+static void test_yaml_fsync_after_rename_of_dir(void **state) {
+  fx_t f;
+  fx_init(&f, "yaml");
+  f.opts.fsync = DS_FSYNC_ALWAYS;
+  fx_open(&f);
+  enum { HOLDERS = 16 }; /* more than libuv's pool (4 unless UV_THREADPOOL_SIZE) */
+  assert_int_equal(uv_sem_init(&g_hold, 0), 0);
+  for (int i = 0; i < HOLDERS; i++) {
+    uv_work_t *w = calloc(1, sizeof *w);
+    assert_int_equal(uv_queue_work(&f.loop, w, hold_work, hold_done), 0);
+  }
+  ds_store_stream_t *s;
+  assert_int_equal(ds_store_get(f.st, "d.yaml/b", 1, 0, &s), 0); /* new file and directory */
+  assert_int_equal(t_append(s, 1, "b"), 0);
+  g_sync_calls = 0;
+  g_sync_status = 0;
+  g_sync_store = f.st;
+  assert_int_equal(ds_store_sync(f.st, on_sync, NULL), 0); /* the round is queued, held */
+  assert_int_equal(ds_store_delete(f.st, "d.yaml/b"), 0);
+  assert_int_equal(ds_store_get(f.st, "d", 1, 0, &s), 0); /* "d.yaml" is now a file */
+  assert_int_equal(t_append(s, 1, "d"), 0);
+  for (int i = 0; i < HOLDERS; i++) uv_sem_post(&g_hold);
+  while (g_sync_calls < 1) uv_run(&f.loop, UV_RUN_ONCE);
+  assert_int_equal(g_sync_status, 0);
+  uv_run(&f.loop, UV_RUN_NOWAIT);
+  uv_sem_destroy(&g_hold);
+  fx_done(&f);
+}
+
 static void test_yaml_fsync_interval(void **state) {
   fx_t f;
   fx_init(&f, "yaml");
@@ -730,6 +768,7 @@ int main(void) {
       cmocka_unit_test(test_yaml_restart),
       cmocka_unit_test(test_yaml_invalid_doc),
       cmocka_unit_test(test_yaml_fsync_always),
+      cmocka_unit_test(test_yaml_fsync_after_rename_of_dir),
       cmocka_unit_test(test_yaml_fsync_interval),
       cmocka_unit_test(test_yaml_fsync_never),
       cmocka_unit_test(test_yaml_open_file_lru),
