@@ -3,10 +3,10 @@
 -- Every key is optional; the value shown is the built-in default. Unknown keys are
 -- refused (a typo must not silently run with a default). Command-line flags
 -- (--host, --port, --data-dir, --storage, --fsync, --long-poll-timeout, --log-level)
--- override what is set here. This file is Lua: os.getenv() and arithmetic work.
+-- override what is set here; so does PORT in the environment (below --port). This file is Lua: os.getenv() and arithmetic work.
 return {
   host = "127.0.0.1",         -- listen address; keep loopback unless behind a proxy (README: "Exposing the server")
-  port = 3000,                -- 0 picks a free port
+  port = 3000,                -- 0 picks a free port; PORT in the environment overrides it, --port both
   data_dir = ".data",         -- YAML store root: streams live in <data_dir>/streams/<path>.yaml
   storage = "yaml",           -- "yaml" (durable, human-readable) or "memory" (tests, demos)
 
@@ -34,7 +34,7 @@ return {
   },
 
   sse = {
-    keepalive_ms = 15000,               -- ": keepalive" comment interval on live SSE reads
+    keepalive_ms = 15000,               -- a live /agents read gets ": keepalive" this long after the last byte sent on its connection
   },
 
   protocol = {                          -- the Durable Streams protocol under /v1/stream/*
@@ -47,6 +47,16 @@ return {
     -- included, e.g. { "127.0.0.0/8" } for a receiver on this machine in development.
     webhook_allow_networks = {},
   },
+  -- Browsers: the web pages (origins) that may call this server. A request whose Origin
+  -- header names any other origin gets 403 and changes nothing, whatever its method, content
+  -- type or route: a page you visit cannot post to your agents with your API keys (CSRF).
+  -- Requests without Origin (curl, servers) are not affected. Entries: exact origins
+  -- ("https://app.example"), "scheme://host:*" (any port), "null" (sandboxed iframes,
+  -- file:// pages), or "*" alone for every origin. A list replaces this default.
+  cors = {
+    allowed_origins = { "http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*" },
+  },
+
   -- The agent layer (lua/ policy + plugins/); `agents = false` turns it off entirely.
   -- Documented key by key in README.md, "Agents and plugins".
   agents = {

@@ -3,7 +3,8 @@
  * durable-stream [--config FILE] [--host H] [--port N] [--data-dir DIR]
  *                [--storage yaml|memory] [--fsync always|interval|never]
  *                [--long-poll-timeout MS] [--log-level L]
- * Flags override config.lua; without --config, ./config.lua is used when it exists.
+ * Flags override the PORT environment variable, which overrides config.lua; without
+ * --config, ./config.lua is used when it exists.
  * durable-stream check [--repair] DATA_DIR: the offline checker (app/check.h).
  */
 #include <getopt.h>
@@ -22,7 +23,8 @@ static void usage(FILE *f) {
   fputs("usage: durable-stream [--config FILE] [--host H] [--port N] [--data-dir DIR]\n"
         "                      [--storage yaml|memory] [--fsync always|interval|never]\n"
         "                      [--long-poll-timeout MS] [--log-level debug|info|warn|error]\n"
-        "Flags override config.lua (default: ./config.lua when present).\n"
+        "Flags override config.lua (default: ./config.lua when present); the PORT\n"
+        "environment variable overrides config.lua's port, --port overrides PORT.\n"
         "--port 0 picks a free port; the line `listening on http://HOST:PORT` is printed\n"
         "on stdout once the server is ready.\n"
         "       durable-stream check [--repair] DATA_DIR   (verify / repair stored streams;\n"
@@ -87,6 +89,12 @@ int main(int argc, char **argv) {
     fprintf(stderr, "durable-stream: refusing to start: %s\n", err);
     ds_config_free(&cfg);
     return 1;
+  }
+  /* the environment's PORT beats config.lua; --port beats both (then PORT is not read) */
+  if (!port && ds_config_apply_env(&cfg, getenv, err, sizeof err) != 0) {
+    fprintf(stderr, "durable-stream: refusing to start: %s\n", err);
+    ds_config_free(&cfg);
+    return 2;
   }
   long v;
   if (host) {

@@ -6,7 +6,7 @@
 # .cache/conformance/ (once; later runs reuse it, so it works offline), writes a one-file
 # programmatic runner (the published CLI is broken upstream: it finds no test files and
 # cannot pass `subscriptions`), then for each store (yaml, memory) starts the server on a
-# free port with a 500 ms long-poll timeout and runs the suite with subscriptions on and
+# free port with a 500 ms long-poll timeout and every browser origin allowed and runs the suite with subscriptions on and
 # off. Prints passed/failed/skipped per run from vitest's JSON report and exits non-zero
 # unless every runnable test passed.
 # Environment: DS_BINARY (path to the server binary; default build/durable-stream),
@@ -48,12 +48,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The checkout's config.lua, plus the one thing the subscription block needs: its webhook
-# receiver listens on 127.0.0.1, which webhooks may reach only when a network allows it.
+# The checkout's config.lua, plus what the suite needs of a deployment: its subscription
+# block's webhook receiver listens on 127.0.0.1, which webhooks may reach only when a network
+# allows it; and it checks a CORS preflight from https://example.com, i.e. a deployment that
+# serves the protocol to web apps on other origins. By default only loopback origins may call
+# the server (README, "CORS").
 cat >"$tmp/config.lua" <<EOF
 local c = dofile("$here/config.lua")
 c.protocol = c.protocol or {}
 c.protocol.webhook_allow_networks = { "127.0.0.0/8" }
+c.cors = { allowed_origins = "*" }
 return c
 EOF
 

@@ -1,7 +1,8 @@
 -- agents_read_spec.lua - contract §3 (GET /agents/<path> as Server-Sent Events).
 --
 -- Covers: exclusive offset (missing, empty, -1, short and 16-digit numbers, beyond the
--- end, `now`), 400 for every other offset, Last-Event-ID when offset is absent, live
+-- end, `now`), 400 for every other offset, Last-Event-ID as the resume point over offset
+-- (and 400 when malformed), EventSource reconnects with the same URL, live
 -- (`sse`, `true`) vs everything else, response headers flushed before any event, exact
 -- framing (id/event/data, compact single-line JSON, raw UTF-8), keepalive comments, no
 -- control frames, history-then-live in order with no gap/duplicate while appends race
@@ -81,10 +82,31 @@ for _, storage in ipairs({ "yaml", "memory" }) do
         assert.are.same(range(3, 4), A.offsets(evs))
       end)
 
-      it("prefers offset over Last-Event-ID", function()
+      -- agents-api.md §3 (revised 2026-12-07): a browser reconnects an EventSource with the
+      -- same URL plus Last-Event-ID, so the header is the resume point when present
+      it("Last-Event-ID wins over offset", function()
         local evs = A.history(ctx.srv.port, p, "offset=0", { ["Last-Event-ID"] = off(3) })
+        assert.are.same(range(4, 4), A.offsets(evs))
+        evs = A.history(ctx.srv.port, p, "offset=-1", { ["Last-Event-ID"] = off(2) })
+        assert.are.same(range(3, 4), A.offsets(evs))
+        evs = A.history(ctx.srv.port, p, "offset=now", { ["Last-Event-ID"] = off(1) })
+        assert.are.same(range(2, 4), A.offsets(evs))
+        evs = A.history(ctx.srv.port, p, "offset=0000000000000003", { ["Last-Event-ID"] = "0" })
         assert.are.same(range(1, 4), A.offsets(evs))
       end)
+
+      it("an empty Last-Event-ID is no resume point: offset applies", function()
+        local evs = A.history(ctx.srv.port, p, "offset=2", { ["Last-Event-ID"] = "" })
+        assert.are.same(range(3, 4), A.offsets(evs))
+      end)
+
+      for _, b in ipairs({ "garbage", "1a", "-2", "00000000000000001", "0x10", "NOW" }) do
+        it("400 for a malformed Last-Event-ID " .. b .. ", also next to a valid offset", function()
+          local status, h, body = http.request(ctx.srv.port, "GET", A.url(p, "offset=0"), { ["Last-Event-ID"] = b })
+          A.assert_json_error(400, status, h, body, "Last-Event-ID: " .. b)
+          assert.truthy(body:find("Last-Event-ID", 1, true), body)
+        end)
+      end
     end)
 
     describe("response", function()
@@ -100,7 +122,8 @@ for _, storage in ipairs({ "yaml", "memory" }) do
         assert.are.equal("no", h["x-accel-buffering"])
         assert.are.equal(2, #evs)
         -- rebuild the expected bytes from the parsed data lines and compare the whole body
-        local expect = {}
+        -- (after the ": open" comment that every GET sends first, agents_keepalive_spec)
+        local expect = { ": open\n\n" }
         for i, ev in ipairs(evs) do
           expect[#expect + 1] = "id: " .. off(i - 1) .. "\nevent: data\ndata: " .. ev.data .. "\n\n"
         end
@@ -157,9 +180,9 @@ for _, storage in ipairs({ "yaml", "memory" }) do
         local p = fresh()
         A.append(ctx.srv.port, p, "t")
         local r = sse.open(ctx.srv.port, A.url(p, "live=sse"))
-        assert.is_true(r:wait(function(x) return x.comments >= 2 end, 5), "no keepalive comments within 5 s")
-        for _, c in ipairs(r.comment_list) do
-          assert.are.equal(": keepalive", c)
+        assert.is_true(r:wait(function(x) return x.comments >= 3 end, 5), "no keepalive comments within 5 s")
+        for i, c in ipairs(r.comment_list) do
+          assert.are.equal(i == 1 and ": open" or ": keepalive", c)
         end
         local ev = assert(r:next_event(1))
         assert.are.equal(off(0), ev.id)
@@ -229,6 +252,30 @@ for _, storage in ipairs({ "yaml", "memory" }) do
         assert.are.equal(off(4), assert(r:next_event(5)).id)
         r:close()
       end)
+
+      for _, q in ipairs({ "offset=-1&live=sse", "offset=now&live=sse", "offset=0&live=true" }) do
+        it("an EventSource reconnect (same URL ?" .. q .. " plus Last-Event-ID) resumes exactly", function()
+          local p = fresh()
+          fill(ctx.srv.port, p, 3)
+          local url = A.url(p, q)
+          local r = sse.open(ctx.srv.port, url)
+          assert.are.equal(200, r:wait_head(5))
+          A.append(ctx.srv.port, p, "seen")
+          local last
+          repeat last = assert(r:next_event(5)).id until last == off(3)
+          r:close()
+          -- appended during the gap: neither replayed history nor lost with offset=now
+          A.append(ctx.srv.port, p, "gap-1")
+          A.append(ctx.srv.port, p, "gap-2")
+          local r2 = sse.open(ctx.srv.port, url, { ["Last-Event-ID"] = last })
+          assert.are.equal(off(4), assert(r2:next_event(5)).id)
+          assert.are.equal(off(5), assert(r2:next_event(5)).id)
+          A.append(ctx.srv.port, p, "later")
+          assert.are.equal(off(6), assert(r2:next_event(5)).id)
+          assert.are.equal(0, r2:pending())
+          r2:close()
+        end)
+      end
 
       it("resumes via Last-Event-ID on reconnect (EventSource behaviour)", function()
         local p = fresh()
@@ -411,6 +458,27 @@ describe("clients that must work unchanged (§7)", function()
     local ev = assert(r:next_event(5))
     assert.are.equal("data", ev.event)
     assert.are.equal(off(3), J.get(J.decode(ev.data), "offset"))
+    r:close()
+  end)
+end)
+
+-- The protocol view resumes by `offset` only (notes/protocol.md): its SSE frames carry no
+-- `id:` field, so a browser's EventSource never sends Last-Event-ID for them, and clients
+-- reconnect from the control events' streamNextOffset. A Last-Event-ID header there (from a
+-- proxy or a confused client) is ignored rather than taking over the protocol's offsets.
+describe("Last-Event-ID on /v1/stream", function()
+  local ctx = A.serve({ storage = "memory" })
+  it("is ignored: offset is the protocol's resume point, and its SSE carries no id:", function()
+    local st = http.request(ctx.srv.port, "PUT", "/v1/stream/lei/v1", { ["Content-Type"] = "application/json" }, "[1,2,3]")
+    assert.are.equal(201, st)
+    local gs, _, gb = http.request(ctx.srv.port, "GET", "/v1/stream/lei/v1?offset=-1", { ["Last-Event-ID"] = off(1) })
+    assert.are.equal(200, gs)
+    assert.are.equal("[1,2,3]", gb)
+    local r = sse.open(ctx.srv.port, "/v1/stream/lei/v1?offset=" .. off(2) .. "&live=sse", { ["Last-Event-ID"] = off(0) })
+    local ev = assert(r:next_event(5))
+    assert.are.equal("data", ev.event)
+    assert.are.equal("[3]", ev.data)
+    assert.is_nil(ev.id)
     r:close()
   end)
 end)

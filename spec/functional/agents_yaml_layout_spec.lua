@@ -211,3 +211,75 @@ describe("YAML file layout", function()
     end)
   end)
 end)
+
+-- A key repeated in one object (contract §1, revised): JavaScript's JSON.parse keeps the
+-- last value at the first key's position, and so does every JSON the server stores: the
+-- /agents event (top level and payload, nested), the protocol's JSON messages. The YAML must
+-- stay valid (a YAML mapping cannot repeat a key; checked with PyYAML and a loader that
+-- refuses duplicates) and the SSE JSON must carry the key once, also after a restart (the
+-- cold read transcodes the YAML).
+local STRICT_YAML = [[
+import sys, yaml
+class Strict(yaml.SafeLoader):
+    pass
+def mapping(loader, node, deep=False):
+    keys = set()
+    for k, _ in node.value:
+        key = loader.construct_object(k, deep=deep)
+        if key in keys:
+            raise yaml.constructor.ConstructorError(None, None, "duplicate key %r" % (key,), k.start_mark)
+        keys.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+Strict.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+docs = list(yaml.load_all(open(sys.argv[1]), Loader=Strict))
+print(len(docs))
+]]
+
+describe("duplicate JSON keys", function()
+  local ctx = A.serve({ storage = "yaml" })
+
+  local function strict_yaml_docs(file)
+    local py = ctx.srv.root .. "/strict_yaml.py"
+    server.write_file(py, STRICT_YAML)
+    local out = server.cmd_output("/usr/bin/python3 " .. q(py) .. " " .. q(file) .. " 2>&1")
+    return tonumber(out:match("^(%d+)\n$")), out
+  end
+
+  it("keep the last value once, at the first key's position: SSE, YAML, and after a restart", function()
+    local p = "dup/keys"
+    local body = '{"type":"first","payload":{"x":1,"w":{"k":1,"z":0,"k":[2]},"x":{"n":2},"\\u0078":3},' ..
+        '"type":"dup:test","version":"1","version":7}'
+    local status = A.post(ctx.srv.port, p, body)
+    assert.are.equal(204, status)
+    local want = '{"type":"dup:test","payload":{"x":3,"w":{"k":[2],"z":0}},"version":"7","path":"dup/keys",' ..
+        '"offset":"0000000000000000","createdAt":"'
+    local evs = A.history(ctx.srv.port, p)
+    assert.are.equal(1, #evs)
+    assert.are.equal(want, evs[1].data:sub(1, #want))
+    local file = ctx.srv:stream_file(p)
+    local n, out = strict_yaml_docs(file)
+    assert.are.equal(1, n, out)
+    local text = server.read_file(file)
+    assert.are.equal(1, select(2, text:gsub("\n  x: ", "")))
+    assert.truthy(text:find("\npayload:\n  x: 3\n  w:\n    k:\n      %- 2\n    z: 0\nversion: \"7\"\n"), text)
+    -- cold read after a restart: the YAML transcoded back to the same JSON
+    ctx.srv:restart()
+    ctx.base = ctx.srv:baseline()
+    local again = A.history(ctx.srv.port, p)
+    assert.are.equal(evs[1].data, again[1].data)
+  end)
+
+  it("in protocol JSON messages too (stored once, read back with one key)", function()
+    local st = http.request(ctx.srv.port, "PUT", "/v1/stream/dup/proto", { ["Content-Type"] = "application/json" },
+      '[{"a":1,"b":2,"a":3}]')
+    assert.are.equal(201, st)
+    st = http.request(ctx.srv.port, "POST", "/v1/stream/dup/proto", { ["Content-Type"] = "application/json" },
+      '{"m":{"q":1,"q":2},"m":{"q":3,"q":4}}')
+    assert.are.equal(204, st)
+    local gs, _, gb = http.request(ctx.srv.port, "GET", "/v1/stream/dup/proto?offset=-1")
+    assert.are.equal(200, gs)
+    assert.are.equal('[{"a":3,"b":2},{"m":{"q":4}}]', gb)
+    local n, out = strict_yaml_docs(ctx.srv:stream_file("dup/proto"))
+    assert.are.equal(2, n, out)
+  end)
+end)

@@ -2,7 +2,8 @@
 -- route (/agents, /v1/stream, /health, /debug/stats, a Lua plugin route, unknown paths) answers
 -- without a valid token; 401 (no or bad token) vs 403 (scope or prefix); ?access_token= for
 -- EventSource-style GETs; tokens never reach the log (even at debug level, even from a failing
--- plugin route); CORS preflight and response headers for allowed and disallowed origins.
+-- plugin route); CORS preflight and response headers for allowed and disallowed origins
+-- (the refusal of other origins on every route is csrf_spec's subject).
 package.path = "./?.lua;" .. package.path
 local R = require("spec.support.rel")
 local cjson = require("cjson.safe")
@@ -266,8 +267,10 @@ describe("CORS", function()
       local denied = srv:req("GET", "/agents/auth/x", nil, { Origin = ORIGIN })
       assert.equal(401, denied.status)
       assert.equal(ORIGIN, denied.headers["access-control-allow-origin"])
+      -- another origin is refused outright, even with a valid token (csrf_spec has the rule)
       local other = srv:req("GET", "/agents/auth/x", nil, { Origin = "https://evil.example", Authorization = "Bearer " .. ADMIN })
-      assert.equal(200, other.status)
+      assert.equal(403, other.status)
+      assert(R.json_error(other))
       assert.is_nil(other.headers["access-control-allow-origin"])
       -- security headers on everything, the HTTP layer's own errors included
       local raw = srv:raw("GARBAGE\r\n\r\n")
@@ -276,8 +279,26 @@ describe("CORS", function()
     end)
   end)
 
-  it("allows any origin when cors is not configured", function()
+  it("allows only loopback origins when cors is not configured", function()
     local srv = R.start({ config = {} })
+    run(srv, function()
+      local r = srv:req("GET", "/health", nil, { Origin = "http://localhost:5173" })
+      assert.equal(200, r.status)
+      assert.equal("http://localhost:5173", r.headers["access-control-allow-origin"])
+      assert.equal("Origin", r.headers["vary"])
+      local pre = srv:req("OPTIONS", "/agents/x", nil, { Origin = "http://127.0.0.1:8080",
+        ["Access-Control-Request-Method"] = "POST" })
+      assert.equal(204, pre.status)
+      assert.equal("http://127.0.0.1:8080", pre.headers["access-control-allow-origin"])
+      local bad = srv:req("OPTIONS", "/agents/x", nil, { Origin = "https://anything.example",
+        ["Access-Control-Request-Method"] = "POST" })
+      assert.equal(403, bad.status)
+      assert.is_nil(bad.headers["access-control-allow-origin"])
+    end)
+  end)
+
+  it('allows any origin with allowed_origins = "*"', function()
+    local srv = R.start({ config = { cors = { allowed_origins = "*" } } })
     run(srv, function()
       local r = srv:req("GET", "/health", nil, { Origin = "https://anything.example" })
       assert.equal(200, r.status)

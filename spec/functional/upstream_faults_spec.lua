@@ -8,7 +8,9 @@
 -- request-cancelled reason "error" and a one-line message (no key in it), the server stays up,
 -- and the next prompt on the same path succeeds (for faults that come from the configuration
 -- itself - refused, DNS, TLS - the next prompt goes to the echo model on that path).
--- Prints the counts per transport.
+-- Every case runs even when an earlier one failed; the counts printed per transport are the
+-- real outcomes ("openai 13/14" when one case failed), and each `it` fails naming every
+-- case that did not end cleanly.
 package.path = "./?.lua;" .. package.path
 local R = require("spec.support.rel")
 local U = require("spec.support.upstream")
@@ -95,14 +97,38 @@ local function with_server(srv, secret, fn)
   end
 end
 
+-- Outcomes per transport: every catalogue case runs (a failing case does not stop the ones
+-- after it), and its real result is recorded, so the printed "n/m" counts what happened.
 local COUNTS = {}
-local function count(transport, ok)
-  local c = COUNTS[transport] or { cases = 0, clean = 0 }
+local function record(transport, name, ok, err)
+  local c = COUNTS[transport] or { cases = 0, clean = 0, failures = {} }
   COUNTS[transport] = c
   c.cases = c.cases + 1
   if ok then
     c.clean = c.clean + 1
+  else
+    c.failures[#c.failures + 1] = name .. ": " .. tostring(err)
   end
+end
+
+-- Runs one case of the catalogue; returns whether it ended cleanly (never raises).
+local function case(transport, name, fn)
+  local ok, err = pcall(fn)
+  record(transport, name, ok, err)
+  return ok
+end
+
+-- Fails the enclosing `it` when any of the cases recorded for `transport` since `from`
+-- (the failure count before they ran) failed, listing every failure.
+local function assert_clean_since(transport, from)
+  local c = COUNTS[transport] or { failures = {} }
+  local failed = {}
+  for i = from + 1, #c.failures do failed[#failed + 1] = c.failures[i] end
+  assert(#failed == 0, ("%s: %d case(s) did not end cleanly:\n%s"):format(transport, #failed, table.concat(failed, "\n")))
+end
+
+local function failures_so_far(transport)
+  return COUNTS[transport] and #COUNTS[transport].failures or 0
 end
 
 -- Faults that come from the configuration itself (cases: {name, upstream URL, message
@@ -110,31 +136,36 @@ end
 -- server stays up; the path then answers with the echo model. settings(url) gives the
 -- model's config table and the server's environment.
 local function config_faults(model, cases, settings)
+  local from = failures_so_far(model)
   for _, c in ipairs(cases) do
-    local cfg, env = settings(c[2])
-    local srv = server({ [model] = cfg }, env)
-    with_server(srv, nil, function()
-      local p = "faults/cfg-" .. model
-      post(srv, p, CONFIG, { model = model })
-      for round = 1, 2 do
-        assert_error_end(ask(srv, p, c[1] .. " round " .. round), c[3], model .. " " .. c[1])
-        assert(srv:alive())
-      end
-      post(srv, p, CONFIG, { model = "echo" })
-      assert.equal(ENDED, ask(srv, p, "echo after " .. c[1]).type)
+    case(model, c[1], function()
+      local cfg, env = settings(c[2])
+      local srv = server({ [model] = cfg }, env)
+      with_server(srv, nil, function()
+        local p = "faults/cfg-" .. model
+        post(srv, p, CONFIG, { model = model })
+        for round = 1, 2 do
+          assert_error_end(ask(srv, p, c[1] .. " round " .. round), c[3], model .. " " .. c[1])
+          assert(srv:alive(), "the server died")
+        end
+        post(srv, p, CONFIG, { model = "echo" })
+        assert.equal(ENDED, ask(srv, p, "echo after " .. c[1]).type)
+      end)
     end)
-    count(model, true)
   end
+  assert_clean_since(model, from)
 end
 
 describe("upstream faults", function()
   teardown(function()
-    local parts = {}
+    local parts, failed = {}, {}
     for t, c in pairs(COUNTS) do
       parts[#parts + 1] = ("%s %d/%d ended cleanly with the next prompt answered"):format(t, c.clean, c.cases)
+      for _, f in ipairs(c.failures) do failed[#failed + 1] = "  FAILED " .. t .. " " .. (f:gsub("\n.*", "")) end
     end
     table.sort(parts)
-    print("\nupstream faults: " .. table.concat(parts, "; "))
+    table.sort(failed)
+    print("\nupstream faults: " .. table.concat(parts, "; ") .. (#failed > 0 and ("\n" .. table.concat(failed, "\n")) or ""))
   end)
 
   it("openai: every fault of the fake ends the request cleanly and the next prompt works", function()
@@ -151,14 +182,18 @@ describe("upstream faults", function()
           { "garbage", nil }, { "malformed", nil }, { "reset", nil }, { "close", nil }, { "eof", nil },
           { "failed", nil },
         }
+        local from = failures_so_far("openai")
         for _, f in ipairs(faults) do
-          local e = ask(srv, p, ("fault %s [[fault:%s]] [[tokens:6]]"):format(f[1], f[1]))
-          assert_error_end(e, f[2], "openai " .. f[1])
-          assert(srv:alive())
-          local nxt = ask(srv, p, "after " .. f[1] .. " [[tokens:3]]")
-          assert(nxt.type == ENDED, "openai: the prompt after " .. f[1] .. " ended with " .. nxt.type)
-          count("openai", true)
+          case("openai", f[1], function()
+            assert(srv:alive(), "the server died")
+            local e = ask(srv, p, ("fault %s [[fault:%s]] [[tokens:6]]"):format(f[1], f[1]))
+            assert_error_end(e, f[2], "openai " .. f[1])
+            assert(srv:alive(), "the server died")
+            local nxt = ask(srv, p, "after " .. f[1] .. " [[tokens:3]]")
+            assert(nxt.type == ENDED, "openai: the prompt after " .. f[1] .. " ended with " .. nxt.type)
+          end)
         end
+        assert_clean_since("openai", from)
       end)
     end)
   end)
@@ -196,20 +231,24 @@ describe("upstream faults", function()
           { "error message", marker = "[fault:error]" },
           { "WebSocket drop", marker = "[fault:drop]" },
         }
+        local from = failures_so_far("grok")
         for i, f in ipairs(faults) do
-          if f.control then
-            -- connection-level faults hit the next connection: a fresh path opens one
-            p = "faults/grok-" .. i
-            post(srv, p, CONFIG, { model = "grok" })
-            fake:control(f.control)
-          end
-          local e = ask(srv, p, "fault " .. f[1] .. " " .. (f.marker or ""))
-          assert_error_end(e, f.pattern, "grok " .. f[1])
-          assert(srv:alive())
-          local nxt = ask(srv, p, "after " .. f[1])
-          assert(nxt.type == ENDED, "grok: the prompt after " .. f[1] .. " ended with " .. nxt.type)
-          count("grok", true)
+          case("grok", f[1], function()
+            assert(srv:alive(), "the server died")
+            if f.control then
+              -- connection-level faults hit the next connection: a fresh path opens one
+              p = "faults/grok-" .. i
+              post(srv, p, CONFIG, { model = "grok" })
+              fake:control(f.control)
+            end
+            local e = ask(srv, p, "fault " .. f[1] .. " " .. (f.marker or ""))
+            assert_error_end(e, f.pattern, "grok " .. f[1])
+            assert(srv:alive(), "the server died")
+            local nxt = ask(srv, p, "after " .. f[1])
+            assert(nxt.type == ENDED, "grok: the prompt after " .. f[1] .. " ended with " .. nxt.type)
+          end)
         end
+        assert_clean_since("grok", from)
       end)
     end)
   end)

@@ -1,5 +1,12 @@
 /* agents.c - the /agents HTTP API: append, history + live SSE, keep-alive comments.
  *
+ * Every GET answers its headers and, at once, an SSE comment (": open"), so a buffering
+ * proxy passes the response on before any event exists. Keep-alives are per connection: a
+ * live reader gets ": keepalive" keepalive_ms after the last bytes queued on its response.
+ * Live readers sit in one list ordered by that time (a reader that writes moves to the
+ * tail, O(1)), so the list is sorted by deadline and one uv timer, armed for the head,
+ * serves them all: no timer per connection (100,000 idle readers are a target).
+ *
  * A GET becomes a reader: it subscribes to the stream at once (so nothing published
  * while it works can be missed), then pumps history from the store in batches, paced by
  * the connection's drain callback, until it reaches the stream's next offset; from then
@@ -28,11 +35,13 @@ struct ds_agents_api_s {
   uv_loop_t *loop;
   ds_streams_t *streams;
   ds_agents_opts_t opts;
-  uv_timer_t keepalive;
+  uv_timer_t keepalive; /* one-shot, armed for live_head's keep-alive deadline */
   int timer_open;
-  reader_t *live_head; /* readers in live mode, for keep-alive comments */
+  /* readers in live mode, ordered by last_out: head = silent the longest */
+  reader_t *live_head, *live_tail;
   reader_t *all_head;  /* every open reader, for shutdown */
   ds_rbuf_t *keepalive_frame; /* chunk-framed (ds_http_chunk_new) */
+  ds_rbuf_t *open_frame;      /* ": open", the first body bytes of every GET; chunk-framed */
   /* The chunk-framed copy of the last published frame: publish calls every subscriber
    * with the same frame, so it is framed once, not once per subscriber. The source is
    * referenced so its address cannot be reused by a later frame while cached. */
@@ -50,6 +59,7 @@ struct reader_s {
   ds_http_req_t *req;
   ds_stream_t *stream;
   uint64_t next; /* next offset this reader needs */
+  uint64_t last_out; /* uv_now() when bytes were last queued on the response */
   unsigned live : 1;
   unsigned in_live : 1; /* caught up and forwarding published frames */
   unsigned pumping : 1;
@@ -106,21 +116,56 @@ char *ds_agents_decode_path(const char *raw, size_t n, char *err, size_t errlen)
 
 /* ------------------------------------------------------------------ readers */
 
-static void live_link(reader_t *r) {
+static uint64_t ka_deadline(const reader_t *r) { return r->last_out + r->api->opts.keepalive_ms; }
+
+static void on_keepalive(uv_timer_t *t);
+
+/* Arms the timer for the head's deadline, unless it already runs (an earlier deadline, or
+ * one that turns out early: on_keepalive re-arms for the head it then finds). */
+static void ka_arm(ds_agents_api_t *api) {
+  if (!api->timer_open || !api->live_head || uv_is_active((uv_handle_t *)&api->keepalive)) return;
+  uint64_t now = uv_now(api->loop), due = ka_deadline(api->live_head);
+  uv_timer_start(&api->keepalive, on_keepalive, due > now ? due - now : 0, 0);
+}
+
+static void live_append(reader_t *r) {
   ds_agents_api_t *api = r->api;
-  r->lprev = NULL;
-  r->lnext = api->live_head;
-  if (api->live_head) api->live_head->lprev = r;
-  api->live_head = r;
-  r->in_live = 1;
+  r->lnext = NULL;
+  r->lprev = api->live_tail;
+  if (api->live_tail) api->live_tail->lnext = r;
+  else api->live_head = r;
+  api->live_tail = r;
 }
 
 static void live_unlink(reader_t *r) {
   if (!r->in_live) return;
+  ds_agents_api_t *api = r->api;
   if (r->lprev) r->lprev->lnext = r->lnext;
-  else r->api->live_head = r->lnext;
+  else api->live_head = r->lnext;
   if (r->lnext) r->lnext->lprev = r->lprev;
+  else api->live_tail = r->lprev;
+  r->lprev = r->lnext = NULL;
   r->in_live = 0;
+}
+
+/* The reader caught up: it joins the tail (now is the latest time any reader wrote, so
+ * the order holds; its last bytes went out now or were just drained). */
+static void live_link(reader_t *r) {
+  r->last_out = uv_now(r->api->loop);
+  live_append(r);
+  r->in_live = 1;
+  ka_arm(r->api);
+}
+
+/* Bytes were queued on r's response: its keep-alive deadline moves to keepalive_ms from
+ * now, and it moves to the tail of the live list (which keeps the list in deadline order). */
+static void touch(reader_t *r) {
+  r->last_out = uv_now(r->api->loop);
+  if (r->in_live && r != r->api->live_tail) {
+    live_unlink(r);
+    live_append(r);
+    r->in_live = 1;
+  }
 }
 
 static void reader_destroy(reader_t *r) {
@@ -269,6 +314,7 @@ static void pump(reader_t *r) {
     ds_rbuf_t *chunk = ds_http_chunk_new(outp->data, outp->len);
     int wrc = ds_http_stream_write_chunk(r->req, chunk);
     ds_rbuf_unref(chunk);
+    r->last_out = uv_now(api->loop); /* not in the live list while catching up */
     if (wrc != 0) {
       r->pumping = 0;
       pump_release(api, shared, &local);
@@ -303,6 +349,7 @@ static void on_publish(ds_sub_t *sub, const ds_published_t *rec) {
   }
   if (rc == 0) {
     r->next = rec->offset + 1;
+    touch(r);
     if (ds_http_stream_backlog(r->req) > r->api->opts.subscriber_backlog_bytes)
       reader_drop(r, "backlog limit exceeded");
   } else {
@@ -315,22 +362,68 @@ static void on_change(ds_sub_t *sub, int what) {
   if (what == 1) reader_finish(r); /* deleted: nothing more will come */
 }
 
+/* Sends ": keepalive" to every live reader silent for keepalive_ms (they are at the head),
+ * then re-arms for the next deadline. A reader with bytes still queued is not silent (its
+ * client is slow, the bytes are on their way): its deadline just moves on. */
 static void on_keepalive(uv_timer_t *t) {
   ds_agents_api_t *api = t->data;
-  reader_t *r = api->live_head;
-  while (r) {
-    reader_t *next = r->lnext;
+  uint64_t now = uv_now(api->loop);
+  reader_t *r;
+  while ((r = api->live_head) != NULL && ka_deadline(r) <= now) {
     if (ds_http_stream_backlog(r->req) == 0 &&
-        ds_http_stream_write_chunk(r->req, api->keepalive_frame) != 0)
+        ds_http_stream_write_chunk(r->req, api->keepalive_frame) != 0) {
       reader_drop(r, "keep-alive write failed");
-    r = next;
+      continue;
+    }
+    touch(r);
   }
+  ka_arm(api);
 }
 
 /* ------------------------------------------------------------------ handlers */
 
 static void respond_400(ds_http_req_t *req, const char *msg) {
   ds_http_respond_error(req, 400, NULL, "%s", msg);
+}
+
+/* A stream that does not exist yet cannot be created under this name (store.h, the name
+ * mapping): DS_ECONFLICT from the store on creation. */
+#define CONFLICT_MSG                                                                      \
+  "cannot create stream: a stream x and streams under x.yaml/ cannot both exist (their " \
+  "files would share a name)"
+
+/* Errors of ds_streams_get(): the store refused the name (400, 409) or failed (507, 500). */
+static void respond_open_error(ds_http_req_t *req, int rc) {
+  if (rc == DS_ECONFLICT) ds_http_respond_error(req, 409, NULL, "%s", CONFLICT_MSG);
+  else if (rc == DS_EINVAL) ds_http_respond_error(req, 400, NULL, "invalid stream path");
+  else ds_http_respond_error(req, rc == DS_ENOSPC ? 507 : 500, NULL, "cannot open stream: %s", ds_strerror(rc));
+}
+
+/* Where a read starts: from the first event, from "now", or after offset `last`. */
+typedef struct {
+  int from_start, from_now;
+  uint64_t last;
+} resume_t;
+
+/* Parses a resume point: "" / "-1" = from the first event, "now", or 1-16 decimal digits
+ * naming the last offset seen (exclusive). Returns 0, or -1 after answering 400 (`what`
+ * names the source in the message: "offset" or "Last-Event-ID"). */
+static int parse_resume(ds_http_req_t *req, const char *what, const char *src, size_t sl, resume_t *out) {
+  memset(out, 0, sizeof *out);
+  if (!src || sl == 0 || (sl == 2 && memcmp(src, "-1", 2) == 0)) {
+    out->from_start = 1;
+  } else if (sl == 3 && memcmp(src, "now", 3) == 0) {
+    out->from_now = 1;
+  } else if (ds_offset_parse(src, sl, &out->last) != 0) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "invalid %s '%.*s': expected -1, now, or 1-16 decimal digits", what,
+             (int)(sl > 40 ? 40 : sl), src);
+    for (char *p = msg; *p; p++)
+      if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f) *p = '?';
+    respond_400(req, msg);
+    return -1;
+  }
+  return 0;
 }
 
 static void handle_get(ds_agents_api_t *api, ds_http_req_t *req, const char *path) {
@@ -347,37 +440,27 @@ static void handle_get(ds_agents_api_t *api, ds_http_req_t *req, const char *pat
     respond_400(req, "offset given more than once");
     return;
   }
-  const char *src = ov;
-  size_t sl = ol;
-  if (!ov) {
-    const char *lei = ds_http_req_header(req, "last-event-id");
-    if (lei) {
-      src = lei;
-      sl = strlen(lei);
-    }
-  }
-  int from_start = 0, from_now = 0;
-  uint64_t last = 0;
-  if (!src || sl == 0 || (sl == 2 && memcmp(src, "-1", 2) == 0)) {
-    from_start = 1;
-  } else if (sl == 3 && memcmp(src, "now", 3) == 0) {
-    from_now = 1;
-  } else if (ds_offset_parse(src, sl, &last) != 0) {
-    char msg[160];
-    snprintf(msg, sizeof msg, "invalid offset '%.*s': expected -1, now, or 1-16 decimal digits",
-             (int)(sl > 40 ? 40 : sl), src);
-    for (char *p = msg; *p; p++)
-      if ((unsigned char)*p < 0x20) *p = '?';
-    free(ov);
-    respond_400(req, msg);
+  resume_t from;
+  int bad = parse_resume(req, "offset", ov, ol, &from);
+  free(ov);
+  if (bad) return;
+  /* Last-Event-ID, when present and not empty, is the resume point and wins over the URL's
+   * offset (agents-api.md §3): a browser reconnects an EventSource with the very same URL
+   * plus this header, so letting `offset` win replayed everything (offset=-1) or lost the
+   * gap (offset=now). Validated like offset; an empty one (EventSource never sends that)
+   * is no resume point. Both are checked, so a malformed URL is a 400 either way. */
+  int lc = ds_http_req_header_count(req, "last-event-id");
+  const char *lei = ds_http_req_header(req, "last-event-id");
+  if (lc > 1) {
+    respond_400(req, "Last-Event-ID given more than once");
     return;
   }
-  free(ov);
+  if (lei && *lei && parse_resume(req, "Last-Event-ID", lei, strlen(lei), &from) != 0) return;
 
   char *lv = NULL;
   size_t ll = 0;
-  int lc = ds_http_query_get(req->query, "live", &lv, &ll);
-  int live = lc > 0 && lv && (strcmp(lv, "sse") == 0 || strcmp(lv, "true") == 0);
+  int live = ds_http_query_get(req->query, "live", &lv, &ll) > 0 && lv &&
+             (strcmp(lv, "sse") == 0 || strcmp(lv, "true") == 0);
   free(lv);
 
   static const ds_http_header_t sse_headers[] = {{"Content-Type", "text/event-stream"},
@@ -393,19 +476,18 @@ static void handle_get(ds_agents_api_t *api, ds_http_req_t *req, const char *pat
   ds_stream_t *s = NULL;
   int rc = ds_streams_get(api->streams, path, DS_STREAMS_WATCH, 0, &s);
   if (rc != 0) {
-    ds_http_respond_error(req, rc == DS_ENOSPC ? 507 : 500, NULL, "cannot open stream: %s",
-                          ds_strerror(rc));
+    respond_open_error(req, rc);
     return;
   }
-  uint64_t from = from_now     ? ds_stream_next_offset(s)
-                  : from_start ? ds_stream_first_offset(s)
-                               : last + 1;
+  uint64_t start = from.from_now     ? ds_stream_next_offset(s)
+                   : from.from_start ? ds_stream_first_offset(s)
+                                     : from.last + 1;
   ds_store_damage_t dmg;
   ds_store_stream_t *sst = ds_stream_store(s);
-  if (sst && from < ds_stream_next_offset(s) && ds_store_damage_at(sst, from, &dmg)) {
+  if (sst && start < ds_stream_next_offset(s) && ds_store_damage_at(sst, start, &dmg)) {
     /* the read would fail before its first event: say so instead of an empty 200 */
     char off[17];
-    ds_offset_format(from, off);
+    ds_offset_format(start, off);
     ds_error("agents", "reading %s from offset %s refused: its stored event %s is damaged (%s)",
              path, off, off, dmg.what);
     ds_streams_release(s);
@@ -421,7 +503,7 @@ static void handle_get(ds_agents_api_t *api, ds_http_req_t *req, const char *pat
   r->sub.on_publish = on_publish;
   r->sub.on_change = on_change;
   r->sub.ud = r;
-  r->next = from;
+  r->next = start;
   ds_stream_subscribe(s, &r->sub);
   r->anext = api->all_head;
   if (api->all_head) api->all_head->aprev = r;
@@ -429,6 +511,13 @@ static void handle_get(ds_agents_api_t *api, ds_http_req_t *req, const char *pat
   api->stats.readers_open++;
   ds_http_req_on_close(req, on_req_close, r);
   ds_http_stream_start(req, 200, sse_headers);
+  /* The first body bytes, at once (agents-api.md §3): a buffering proxy holds a response
+   * with headers only until body bytes come, which used to be the first event or keepalive. */
+  if (ds_http_stream_write_chunk(req, api->open_frame) != 0) {
+    reader_drop(r, "write failed");
+    return;
+  }
+  r->last_out = uv_now(api->loop);
   pump(r);
 }
 
@@ -462,13 +551,14 @@ static void handle_post(ds_agents_api_t *api, ds_http_req_t *req, const char *pa
   int rc = ds_streams_get(api->streams, path, DS_STREAMS_WATCH, 0, &s);
   if (rc != 0) {
     api->stats.append_errors++;
-    ds_http_respond_error(req, rc == DS_ENOSPC ? 507 : 500, NULL, "cannot open stream: %s",
-                          ds_strerror(rc));
+    respond_open_error(req, rc);
     return;
   }
   char err[256];
   uint64_t off = 0;
+  int existed = ds_stream_exists(s);
   rc = ds_stream_append_event(s, req->body, req->body_len, &off, err, sizeof err);
+  if (rc == DS_ECONFLICT && !existed) snprintf(err, sizeof err, "%s", CONFLICT_MSG);
   if (rc != 0) {
     api->stats.append_errors++;
     ds_streams_release(s);
@@ -532,11 +622,11 @@ ds_agents_api_t *ds_agents_api_new(uv_loop_t *loop, ds_streams_t *streams, const
   if (!api->opts.keepalive_ms) api->opts.keepalive_ms = 15000;
   if (!api->opts.subscriber_backlog_bytes) api->opts.subscriber_backlog_bytes = 4u << 20;
   api->keepalive_frame = ds_http_chunk_new(": keepalive\n\n", 13);
+  api->open_frame = ds_http_chunk_new(": open\n\n", 8);
   uv_timer_init(loop, &api->keepalive);
   api->keepalive.data = api;
   api->timer_open = 1;
-  uv_timer_start(&api->keepalive, on_keepalive, api->opts.keepalive_ms, api->opts.keepalive_ms);
-  uv_unref((uv_handle_t *)&api->keepalive);
+  uv_unref((uv_handle_t *)&api->keepalive); /* started by ka_arm() while live readers exist */
   return api;
 }
 
@@ -551,6 +641,7 @@ void ds_agents_api_shutdown(ds_agents_api_t *api) {
 void ds_agents_api_free(ds_agents_api_t *api) {
   if (!api) return;
   ds_rbuf_unref(api->keepalive_frame);
+  ds_rbuf_unref(api->open_frame);
   ds_rbuf_unref(api->chunk_src);
   ds_rbuf_unref(api->chunk);
   ds_buf_free(&api->batch);

@@ -108,6 +108,7 @@ static void add_common_headers(void *ud, const ds_http_req_t *req, const ds_http
   if (!ds_http_headers_have(hdrs, "Cross-Origin-Resource-Policy"))
     ds_buf_puts(out, "Cross-Origin-Resource-Policy: cross-origin\r\n");
   if (!req || ds_http_headers_have(hdrs, "Access-Control-Allow-Origin")) return;
+  if (ds_http_req_header_count(req, "origin") != 1) return; /* none, or refused (two) */
   const char *allow = ds_auth_cors_origin(app->auth, ds_http_req_header(req, "origin"));
   if (!allow) return;
   ds_buf_printf(out, "Access-Control-Allow-Origin: %s\r\n", allow);
@@ -118,13 +119,31 @@ static void add_common_headers(void *ud, const ds_http_req_t *req, const ds_http
                    "Producer-Seq, Producer-Expected-Seq, Producer-Received-Seq\r\n");
 }
 
-/* CORS preflight: answered before authorization, since browsers send no credentials. */
-static void handle_preflight(app_t *app, ds_http_req_t *req) {
+/* Cross-site request forgery: a browser labels every cross-origin request (and every
+ * POST) with its page's Origin, and a "simple" request (a no-cors fetch, a form) reaches us
+ * without any preflight. So a request from an origin that is not allowed is refused here,
+ * before routing, whatever its method, content type or route: nothing is stored, nothing
+ * runs. Requests without Origin (curl, servers) pass. Two Origin headers are refused
+ * rather than guessing which one a browser meant. */
+static int origin_allowed(app_t *app, ds_http_req_t *req) {
+  int n = ds_http_req_header_count(req, "origin");
   const char *origin = ds_http_req_header(req, "origin");
-  if (!ds_auth_cors_origin(app->auth, origin)) {
-    ds_http_respond_error(req, 403, NULL, "origin not allowed");
-    return;
-  }
+  if (n == 0 || (n == 1 && ds_auth_origin_allowed(app->auth, origin))) return 1;
+  char shown[104];
+  size_t k = 0;
+  for (const char *p = origin; *p && k < sizeof shown - 4; p++)
+    shown[k++] = (*p >= 0x20 && *p < 0x7f && *p != '"' && *p != '\\') ? *p : '?';
+  shown[k] = '\0';
+  if (n > 1) ds_http_respond_error(req, 403, NULL, "cross-origin request refused: more than one Origin header");
+  else
+    ds_http_respond_error(req, 403, NULL,
+                          "cross-origin request refused: origin '%s' is not allowed (cors.allowed_origins)", shown);
+  return 0;
+}
+
+/* CORS preflight (of an allowed origin: origin_allowed ran first): answered before
+ * authorization, since browsers send no credentials. */
+static void handle_preflight(app_t *app, ds_http_req_t *req) {
   const char *asked = ds_http_req_header(req, "access-control-request-headers");
   ds_http_header_t h[] = {
       {"Access-Control-Allow-Methods", "GET, HEAD, POST, PUT, DELETE, OPTIONS"},
@@ -176,6 +195,7 @@ static int authorize(app_t *app, ds_http_req_t *req) {
 
 static void route(void *ud, ds_http_req_t *req) {
   app_t *app = ud;
+  if (!origin_allowed(app, req)) return;
   if (strcmp(req->method, "OPTIONS") == 0 && ds_http_req_header(req, "origin")) {
     handle_preflight(app, req);
     return;

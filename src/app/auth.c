@@ -1,4 +1,5 @@
-/* auth.c - bearer tokens with scopes per URL prefix, and allowed CORS origins. */
+/* auth.c - bearer tokens with scopes per URL prefix, and the browser origins allowed to
+ * call the server (the CSRF rule and CORS). */
 #include "app/auth.h"
 
 #include <lauxlib.h>
@@ -23,10 +24,16 @@ typedef struct {
 struct ds_auth_s {
   token_t *tokens;
   size_t ntokens;
-  int cors_any;
-  char **origins;
+  int cors_any;   /* "*" configured: every origin, "null" included */
+  char **origins; /* exact origins ("https://app.example"), "scheme://host:*" (any port or
+                     none) and "null"; the loopback patterns unless configured */
   size_t norigins;
 };
+
+/* Allowed when cors.allowed_origins is not set: pages served from this machine (a local UI
+ * on any port). Any other site, and a sandboxed iframe or file:// page ("null"), is not. */
+static const char *const DEFAULT_ORIGINS[] = {"http://localhost:*", "http://127.0.0.1:*",
+                                              "http://[::1]:*"};
 
 int ds_auth_enabled(const ds_auth_t *a) { return a && a->ntokens > 0; }
 
@@ -80,12 +87,84 @@ int ds_auth_check(const ds_auth_t *a, const char *method, const char *path, size
   return ds_access_allows(grant, ds_auth_scope_for_method(method), path, path_len) ? 0 : 403;
 }
 
-const char *ds_auth_cors_origin(const ds_auth_t *a, const char *origin) {
-  if (!origin) return NULL;
-  if (!a || a->cors_any) return "*";
+/* Length of "scheme://host" at the start of s (the host a name, or an IPv6 literal in
+ * brackets) followed by an optional ":port" (1-5 digits <= 65535) or, with
+ * allow_wild, ":*"; 0 when s is not exactly that. *wild is set for ":*". An origin is
+ * what browsers send: no path, no trailing '/', no userinfo. */
+static size_t origin_shape(const char *s, int allow_wild, int *wild) {
+  const char *p = s;
+  *wild = 0;
+  if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z'))) return 0;
+  while ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+         *p == '+' || *p == '-' || *p == '.')
+    p++;
+  if (strncmp(p, "://", 3) != 0) return 0;
+  p += 3;
+  const char *host = p;
+  if (*p == '[') {
+    p++;
+    while ((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f') || (*p >= 'A' && *p <= 'F') ||
+           *p == ':' || *p == '.')
+      p++;
+    if (*p != ']' || p == host + 1) return 0;
+    p++;
+  } else {
+    while ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+           *p == '-' || *p == '.' || *p == '_')
+      p++;
+    if (p == host) return 0;
+  }
+  size_t hostpart = (size_t)(p - s);
+  if (*p == '\0') return hostpart;
+  if (*p != ':') return 0;
+  p++;
+  if (allow_wild && strcmp(p, "*") == 0) {
+    *wild = 1;
+    return hostpart;
+  }
+  size_t d = strspn(p, "0123456789");
+  if (d == 0 || d > 5 || p[d] != '\0' || atol(p) > 65535) return 0;
+  return hostpart;
+}
+
+/* One allowed-origins entry against a request's Origin: scheme and host compare
+ * case-insensitively (browsers send them lowercase); "scheme://host:*" matches that host
+ * with any port or none. */
+static int origin_match(const char *pat, const char *origin) {
+  if (strcmp(pat, "null") == 0) return strcmp(origin, "null") == 0;
+  int wild = 0, owild = 0;
+  size_t ph = origin_shape(pat, 1, &wild);
+  if (!wild) return strcasecmp(pat, origin) == 0 && origin_shape(origin, 0, &owild) != 0;
+  size_t oh = origin_shape(origin, 0, &owild);
+  return oh == ph && strncasecmp(pat, origin, ph) == 0;
+}
+
+int ds_auth_origin_allowed(const ds_auth_t *a, const char *origin) {
+  if (!origin) return 1;
+  if (a && a->cors_any) return 1;
+  if (!a) return 0;
   for (size_t i = 0; i < a->norigins; i++)
-    if (strcmp(a->origins[i], origin) == 0) return a->origins[i];
-  return NULL;
+    if (origin_match(a->origins[i], origin)) return 1;
+  return 0;
+}
+
+const char *ds_auth_cors_origin(const ds_auth_t *a, const char *origin) {
+  if (!origin || !ds_auth_origin_allowed(a, origin)) return NULL;
+  return a && a->cors_any ? "*" : origin;
+}
+
+static void set_default_origins(ds_auth_t *a) {
+  size_t n = sizeof DEFAULT_ORIGINS / sizeof *DEFAULT_ORIGINS;
+  a->origins = ds_xcalloc(n, sizeof *a->origins);
+  for (size_t i = 0; i < n; i++) a->origins[i] = ds_xstrdup(DEFAULT_ORIGINS[i]);
+  a->norigins = n;
+}
+
+static void free_origins(ds_auth_t *a) {
+  for (size_t i = 0; i < a->norigins; i++) free(a->origins[i]);
+  free(a->origins);
+  a->origins = NULL;
+  a->norigins = 0;
 }
 
 void ds_auth_free(ds_auth_t *a) {
@@ -99,8 +178,7 @@ void ds_auth_free(ds_auth_t *a) {
     ds_access_free(a->tokens[i].grant);
   }
   free(a->tokens);
-  for (size_t i = 0; i < a->norigins; i++) free(a->origins[i]);
-  free(a->origins);
+  free_origins(a);
   free(a);
 }
 
@@ -204,7 +282,7 @@ static int load_tokens(lua_State *L, ds_auth_t *a, const char *path, char *err, 
 
 ds_auth_t *ds_auth_load(const char *config_path, char *err, size_t errlen) {
   ds_auth_t *a = ds_xcalloc(1, sizeof *a);
-  a->cors_any = 1;
+  set_default_origins(a);
   if (!config_path) return a;
   lua_State *L = luaL_newstate();
   luaL_openlibs(L);
@@ -225,12 +303,24 @@ ds_auth_t *ds_auth_load(const char *config_path, char *err, size_t errlen) {
     if (lua_istable(L, -1)) {
       lua_getfield(L, -1, "allowed_origins");
       if (!lua_isnil(L, -1)) {
+        free_origins(a); /* a configured list replaces the loopback default */
         if (string_list(L, &a->origins, &a->norigins) != 0) {
           rc = fail(err, errlen, config_path, "cors.allowed_origins must be \"*\" or a list of origins");
         } else {
-          a->cors_any = 0;
-          for (size_t i = 0; i < a->norigins; i++)
-            if (strcmp(a->origins[i], "*") == 0) a->cors_any = 1;
+          for (size_t i = 0; i < a->norigins && rc == 0; i++) {
+            const char *o = a->origins[i];
+            int wild;
+            if (strcmp(o, "*") == 0) {
+              a->cors_any = 1;
+            } else if (strcmp(o, "null") != 0 && !origin_shape(o, 1, &wild)) {
+              /* a typo ("https://app.example/") would silently never match */
+              char msg[200];
+              snprintf(msg, sizeof msg,
+                       "cors.allowed_origins[%zu] '%.60s' is not an origin (scheme://host[:port], "
+                       "scheme://host:*, \"null\" or \"*\")", i + 1, o);
+              rc = fail(err, errlen, config_path, msg);
+            }
+          }
         }
       }
     } else if (!lua_isnil(L, -1)) {

@@ -5,7 +5,8 @@
  * <token>, or ?access_token= for browsers' EventSource, which cannot set headers) whose
  * scopes include what the method does (read: GET/HEAD; append: POST/PUT/DELETE/PATCH) and
  * one of whose URL-path prefixes matches. Tokens are compared in constant time and never
- * logged. CORS: which Origins are allowed, and the headers to send.
+ * logged. Origins: which browser origins may call the server at all (a request from any
+ * other is refused before it is routed: cross-site request forgery) and the CORS answer.
  * Must not: know routes beyond the URL path, or hold request state.
  */
 #ifndef DS_APP_AUTH_H
@@ -17,8 +18,8 @@
 
 typedef struct ds_auth_s ds_auth_t;
 
-/** Loads `auth` and `cors` from the config file (NULL: auth off, CORS allows any origin).
- *  Returns NULL with a one-line reason in err on a malformed table. */
+/** Loads `auth` and `cors` from the config file (NULL: auth off, loopback origins only).
+ *  Returns NULL with a one-line reason in err on a malformed table or origin. */
 ds_auth_t *ds_auth_load(const char *config_path, char *err, size_t errlen);
 void ds_auth_free(ds_auth_t *a);
 int ds_auth_enabled(const ds_auth_t *a);
@@ -44,8 +45,17 @@ int ds_auth_authenticate(const ds_auth_t *a, const char *authorization, const ch
 int ds_auth_check(const ds_auth_t *a, const char *method, const char *path, size_t path_len,
                   const char *authorization, const char *query_token);
 
-/** The Access-Control-Allow-Origin value for a request's Origin header, or NULL when the
- *  origin is not allowed (or there was none). */
+/**
+ * The CSRF rule: 1 if a request with this Origin header (NULL: none) may be served. Allowed
+ * are requests without Origin (curl, servers: no browser is involved), and the origins of
+ * config.lua's `cors.allowed_origins` (exact origins, "scheme://host:*" for any port,
+ * "null" for sandboxed iframes and file:// pages, "*" for every origin); without that key,
+ * the loopback origins http://localhost:*, http://127.0.0.1:* and http://[::1]:*.
+ */
+int ds_auth_origin_allowed(const ds_auth_t *a, const char *origin);
+/** The Access-Control-Allow-Origin value for a request's Origin header ("*" when every
+ *  origin is allowed, else the origin itself, which is valid while the request is), or NULL
+ *  when the origin is not allowed or there was none. */
 const char *ds_auth_cors_origin(const ds_auth_t *a, const char *origin);
 
 /** Constant-time comparison of two byte strings (length differences leak only length). */

@@ -54,6 +54,31 @@ void ds_config_free(ds_config_t *c) {
   memset(c, 0, sizeof *c);
 }
 
+int ds_config_apply_env(ds_config_t *c, char *(*getenv_fn)(const char *name), char *err,
+                        size_t errlen) {
+  /* PORT as the original server (and its UI's dev script) read it; an empty value counts
+   * as unset, as `process.env.PORT || 3000` treats it. Strict digits: " 80", "+80", "0x50"
+   * or "80abc" are refused, not half-read. */
+  const char *port = getenv_fn("PORT");
+  if (port && *port) {
+    size_t n = strlen(port);
+    long v = 0;
+    int ok = n <= 5;
+    for (size_t i = 0; ok && i < n; i++) {
+      if (port[i] < '0' || port[i] > '9') ok = 0;
+      else v = v * 10 + (port[i] - '0');
+    }
+    if (!ok || v > 65535) {
+      snprintf(err, errlen, "PORT must be an integer from 0 to 65535, got '%.32s'", port);
+      for (char *q = err; *q; q++)
+        if ((unsigned char)*q < 0x20 || *q == 0x7f) *q = '?';
+      return -1;
+    }
+    c->port = (int)v;
+  }
+  return 0;
+}
+
 int ds_fsync_parse(const char *s) {
   if (strcmp(s, "always") == 0) return DS_FSYNC_ALWAYS;
   if (strcmp(s, "interval") == 0) return DS_FSYNC_INTERVAL;

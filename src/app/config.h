@@ -1,8 +1,8 @@
 /* config.h - the server's configuration: config.lua, then command-line flags.
  *
  * Provides: ds_config_t with every built-in default, loading of config.lua (a Lua chunk
- * that returns a table) with type and range checks that name the key, and the overrides
- * of the command line. A broken config.lua is refused with file:line (Lua's own message
+ * that returns a table) with type and range checks that name the key, the environment's
+ * PORT over it, and the overrides of the command line (precedence: flag > PORT > file). A broken config.lua is refused with file:line (Lua's own message
  * for syntax and runtime errors) or with the offending key.
  * Must not: start anything; it only reads and checks values. The Lua host re-reads the
  * `agents` table itself, so this module only checks that it is a table.
@@ -53,6 +53,12 @@ void ds_config_defaults(ds_config_t *c);
  *  message ("config.lua:12: ...") in err. */
 int ds_config_load(ds_config_t *c, const char *path, char *err, size_t errlen);
 void ds_config_free(ds_config_t *c);
+/** Applies the environment over config.lua's values (the command line then overrides both):
+ *  PORT, when set and not empty, must be an integer from 0 to 65535 (decimal digits only)
+ *  and becomes the port. `getenv_fn` is getenv (tests pass their own). Returns 0, or -1
+ *  with a one-line message in err. */
+int ds_config_apply_env(ds_config_t *c, char *(*getenv_fn)(const char *name), char *err,
+                        size_t errlen);
 /** Parses an fsync policy name; -1 when unknown. */
 int ds_fsync_parse(const char *s);
 

@@ -413,6 +413,16 @@ static int on_body(llhttp_t *p, const char *at, size_t len) {
   return 0;
 }
 
+/* A chunk announces its size before its data: one that cannot fit within the body limit
+ * is refused here, at once, instead of reading (or waiting the body timeout for) data that
+ * on_body would refuse anyway. Written as a subtraction: the size may be up to 2^64 - 1. */
+static int on_chunk_header(llhttp_t *p) {
+  ds__conn_t *c = p->data;
+  size_t max = c->srv->opts.max_body_bytes, have = c->req->body.len;
+  if (p->content_length > (uint64_t)(max - have)) return fail_cb(c, 413, "request body too large");
+  return 0;
+}
+
 static int on_message_complete(llhttp_t *p) {
   ds__conn_t *c = p->data;
   ds__req_t *r = c->req;
@@ -438,6 +448,7 @@ void ds__conn_settings(llhttp_settings_t *s) {
   s->on_header_value_complete = on_header_value_complete;
   s->on_headers_complete = on_headers_complete;
   s->on_body = on_body;
+  s->on_chunk_header = on_chunk_header;
   s->on_message_complete = on_message_complete;
   s->on_chunk_extension_name = on_chunk_extension;
   s->on_chunk_extension_value = on_chunk_extension;

@@ -6,7 +6,8 @@
  * shared reference-counted buffers. Keep-alive and pipelining (requests answered strictly
  * in order; parsing of the next request waits until the current response is complete),
  * chunked request bodies, `Expect: 100-continue`, limits on header and body size (431 /
- * 413 with JSON errors), a header timeout (slowloris), an idle keep-alive timeout, a
+ * 413 with JSON errors; a chunked body gets its 413 as soon as a chunk header announces a
+ * size the limit cannot hold), a header timeout (slowloris), an idle keep-alive timeout, a
  * connection limit, and bounded write backlogs.
  * Every error response this layer produces itself carries `Content-Type:
  * application/json` and `{"error": "<one line>"}`.

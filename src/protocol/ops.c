@@ -283,7 +283,11 @@ void ds__op_put(ds_protocol_t *p, ds_http_req_t *req, const char *path) {
   if (rc != 0) {
     ds__msgs_free(&msgs);
     ds__msgs_free(&body);
-    ds__respond_err(req, 500, "Cannot create stream");
+    /* DS_ECONFLICT: "x" and streams under "x.yaml/" cannot both exist (store.h) */
+    if (rc == DS_ECONFLICT)
+      ds__respond_err(req, 409, "Cannot create stream: a stream x and streams under x.yaml/ cannot both exist");
+    else
+      ds__respond_err(req, rc == DS_ENOSPC ? 507 : 500, "Cannot create stream");
     goto out;
   }
   st = ds__state_new(p, path);

@@ -90,6 +90,8 @@ typedef struct {
   size_t vlen, vcap;
   ds_member_t *ms;
   size_t mlen, mcap;
+  size_t *ix; /* scratch for duplicate-key detection in large objects */
+  size_t ixcap;
 } jp_t;
 
 /* Character classes for string bodies: 0 = plain byte copied as is, 1 = '"', 2 = '\\',
@@ -341,6 +343,65 @@ static int jp_array(jp_t *j, ds_value_t **out) {
   return 0;
 }
 
+/* ---- duplicate keys ---- */
+
+static inline int key_eq(const ds_member_t *a, const ds_member_t *b) {
+  return a->klen == b->klen && memcmp(a->key, b->key, a->klen) == 0;
+}
+
+/* Orders member indexes by key, then by position (so a run of equal keys is in input
+ * order); ctx is the member array. */
+static int ix_cmp(const void *pa, const void *pb, void *ctx) {
+  const ds_member_t *ms = ctx;
+  size_t a = *(const size_t *)pa, b = *(const size_t *)pb;
+  const ds_member_t *x = &ms[a], *y = &ms[b];
+  size_t n = x->klen < y->klen ? x->klen : y->klen;
+  int c = n ? memcmp(x->key, y->key, n) : 0;
+  if (c) return c;
+  if (x->klen != y->klen) return x->klen < y->klen ? -1 : 1;
+  return a < b ? -1 : a > b;
+}
+
+/* A key repeated in one object keeps its LAST value, once, at the position of its FIRST
+ * occurrence: what JavaScript's JSON.parse builds, and what a YAML mapping (which cannot
+ * repeat a key) can hold. ms[0..n) are the members in input order; returns the new count.
+ * Small objects compare pairwise; larger ones sort an index (O(n log n) whatever the keys:
+ * no hash an attacker could flood). Keys compare by decoded bytes ("x" == "\u0078"). */
+static size_t jp_dedupe(jp_t *j, ds_member_t *ms, size_t n) {
+  if (n < 2) return n;
+  size_t out = 0;
+  if (n <= 16) {
+    for (size_t i = 0; i < n; i++) {
+      size_t k = 0;
+      while (k < out && !key_eq(&ms[k], &ms[i])) k++;
+      if (k < out) ms[k].val = ms[i].val;
+      else ms[out++] = ms[i];
+    }
+    return out;
+  }
+  if (j->ixcap < n) {
+    j->ixcap = n;
+    j->ix = ds_xrealloc(j->ix, n * sizeof *j->ix);
+  }
+  for (size_t i = 0; i < n; i++) j->ix[i] = i;
+  qsort_r(j->ix, n, sizeof *j->ix, ix_cmp, ms); /* glibc / musl signature (_GNU_SOURCE) */
+  int dup = 0;
+  for (size_t r = 0; r < n;) {
+    size_t e = r + 1;
+    while (e < n && key_eq(&ms[j->ix[r]], &ms[j->ix[e]])) e++;
+    if (e - r > 1) { /* ix[r] is the first occurrence, ix[e - 1] the last */
+      dup = 1;
+      ms[j->ix[r]].val = ms[j->ix[e - 1]].val;
+      for (size_t k = r + 1; k < e; k++) ms[j->ix[k]].key = NULL; /* dropped */
+    }
+    r = e;
+  }
+  if (!dup) return n;
+  for (size_t i = 0; i < n; i++)
+    if (ms[i].key) ms[out++] = ms[i];
+  return out;
+}
+
 static int jp_object(jp_t *j, ds_value_t **out) {
   if (++j->depth > j->max_depth) return jp_depth_fail(j);
   j->p++; /* '{' */
@@ -382,6 +443,7 @@ static int jp_object(jp_t *j, ds_value_t **out) {
     }
   }
   size_t n = j->mlen - base;
+  if (n > 1) n = jp_dedupe(j, j->ms + base, n); /* (j->ms is NULL while no object had a member) */
   ds_value_t *obj = ds_value_object(j->a, n);
   if (n) memcpy(obj->u.obj.items, j->ms + base, n * sizeof *j->ms);
   obj->u.obj.len = n;
@@ -461,6 +523,7 @@ int ds_json_parse(ds_arena_t *a, const char *s, size_t n, int max_depth, ds_valu
   }
   free(j.vs);
   free(j.ms);
+  free(j.ix);
   if (rc) return rc;
   *out = v;
   return 0;

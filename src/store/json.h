@@ -21,8 +21,9 @@
  * Parses s[0..n) into a value tree in arena `a`.
  * Returns 0 and sets *out, or DS_EINVAL with a one-line reason in err (for example
  * "invalid JSON at byte 12: expected ':'", "invalid UTF-8 at byte 5", "nesting deeper
- * than 64"). Duplicate object keys are kept (last one is not merged): the writer
- * reproduces them in order.
+ * than 64"). A key repeated in one object keeps its last value, once, at the position
+ * of its first occurrence (as JavaScript's JSON.parse; agents-api.md §1), so every value
+ * the parser builds can be written as YAML, whose mappings cannot repeat a key.
  */
 int ds_json_parse(ds_arena_t *a, const char *s, size_t n, int max_depth, ds_value_t **out,
                   char *err, size_t errlen);

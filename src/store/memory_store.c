@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/buf.h"
 #include "core/err.h"
 #include "store/store_int.h"
 
@@ -16,14 +17,66 @@ static int mem_open(ds_store_t *st, char *err, size_t errlen) { return 0; }
 
 static void mem_close(ds_store_t *st) {}
 
+/* Finds the next directory segment (not the last one) of path[0..n) ending in ".yaml",
+ * searching from *pos: returns the length of the stream name "x" of that "x.yaml/" and moves
+ * *pos past it, or returns -1 when there is none. */
+static int next_yaml_dir(const char *path, size_t n, size_t *pos) {
+  for (size_t i = *pos; i < n; i++) {
+    if (path[i] != '/') continue;
+    if (i > 5 && memcmp(path + i - 5, ".yaml", 5) == 0 && path[i - 6] != '/') {
+      *pos = i + 1;
+      return (int)i - 5; /* the stream "x" of "x.yaml/": path[0, i - 5) */
+    }
+  }
+  return -1;
+}
+
+/* The yaml kind's name conflicts (store.h), kept here so both kinds answer alike: "x.yaml/..."
+ * cannot be created beside a stream "x", nor "x" beside streams under "x.yaml/". */
+typedef struct {
+  const char *prefix;
+  size_t n;
+  int found;
+} under_ctx_t;
+
+static void find_under(ds_store_stream_t *s, void *ud) {
+  under_ctx_t *u = ud;
+  if (s->path_len > u->n && memcmp(s->path, u->prefix, u->n) == 0) u->found = 1;
+}
+
+static int mem_conflict(ds_store_t *st, ds_store_stream_t *s) {
+  size_t pos = 0;
+  int cut;
+  while ((cut = next_yaml_dir(s->path, s->path_len, &pos)) >= 0) {
+    char *x = ds_xstrndup(s->path, (size_t)cut);
+    int taken = ds_store_exists(st, x);
+    free(x);
+    if (taken) return 1;
+  }
+  if (st->yaml_dirs == 0) return 0;
+  char *prefix = ds_xmalloc(s->path_len + sizeof ".yaml/");
+  memcpy(prefix, s->path, s->path_len);
+  memcpy(prefix + s->path_len, ".yaml/", sizeof ".yaml/");
+  under_ctx_t u = {prefix, s->path_len + 6, 0};
+  ds__store_foreach(st, find_under, &u);
+  free(prefix);
+  return u.found;
+}
+
 static int mem_load(ds_store_t *st, ds_store_stream_t *s, int create, uint64_t base) {
   if (!create) return DS_ENOTFOUND; /* not cached = never created (or deleted) */
+  if (mem_conflict(st, s)) return DS_ECONFLICT;
+  size_t pos = 0;
+  s->yaml_dir = next_yaml_dir(s->path, s->path_len, &pos) >= 0;
+  st->yaml_dirs += (size_t)s->yaml_dir;
   s->base = s->next = base;
   s->meta_state = 1;
   return 0;
 }
 
 static void mem_free_stream(ds_store_t *st, ds_store_stream_t *s) {
+  st->yaml_dirs -= (size_t)s->yaml_dir;
+  s->yaml_dir = 0;
   for (size_t i = 0; i < s->nrecs; i++) free(s->recs[i].p);
   free(s->recs);
   s->recs = NULL;

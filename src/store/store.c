@@ -246,6 +246,30 @@ int ds__store_path_ok(const char *path) {
   return 1;
 }
 
+/* 1 if seg[0..n) holds DS_STORE_RESERVED_MARK, ASCII case-insensitively (the mark is
+ * lowercase letters and dots, so OR-ing 0x20 folds only what matters). */
+static int segment_reserved(const char *seg, size_t n) {
+  static const char mark[] = DS_STORE_RESERVED_MARK;
+  size_t k = sizeof mark - 1;
+  for (size_t i = 0; i + k <= n; i++) {
+    size_t j = 0;
+    while (j < k && (seg[i + j] | 0x20) == mark[j]) j++;
+    if (j == k) return 1;
+  }
+  return 0;
+}
+
+int ds_store_name_check(const char *path, size_t n) {
+  size_t seg = 0;
+  for (size_t i = 0; i <= n; i++) {
+    if (i < n && path[i] != '/') continue;
+    if (i - seg > DS_STORE_SEGMENT_MAX) return DS_ETOOBIG;
+    if (segment_reserved(path + seg, i - seg)) return DS_EINVAL;
+    seg = i + 1;
+  }
+  return 0;
+}
+
 /* ---- public API ---- */
 
 int ds_store_open(const ds_store_opts_t *opts, ds_store_t **out, char *err, size_t errlen) {
@@ -325,6 +349,9 @@ int ds_store_get(ds_store_t *st, const char *path, int create, uint64_t base_off
     *out = s;
     return 0;
   }
+  /* Names that do not fit the mapping are never created, whichever route named them
+   * (subscription wake streams, forks, Lua...), so no directory can take a sidecar's name. */
+  if (create && ds_store_name_check(path, n) != 0) return DS_EINVAL;
   s = ds_xcalloc(1, sizeof *s);
   s->st = st;
   s->path = ds_xstrndup(path, n);

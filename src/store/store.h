@@ -76,13 +76,34 @@ int ds_store_open(const ds_store_opts_t *opts, ds_store_t **out, char *err, size
 void ds_store_close(ds_store_t *st);
 const char *ds_store_kind(const ds_store_t *st);
 
+/* The name mapping, the same for every kind (so both behave identically through the API):
+ * stream "a/b/c" is directory "a/b" holding "c.yaml" and the sidecars "c.yaml.<suffix>".
+ * - A segment is at most DS_STORE_SEGMENT_MAX bytes: file names are limited to 255 bytes and
+ *   the longest the store makes is "<segment>.yaml.meta.tmp" (14 more).
+ * - Names of the form "<x>.yaml.<y>" (DS_STORE_RESERVED_MARK, ASCII case-insensitive) are the
+ *   store's own (sidecars, temporary and set-aside files): a segment holding the mark is
+ *   refused before it reaches a store (ds_path_validate), so no directory can take the name
+ *   of another stream's sidecar, now or when a sidecar is added.
+ * - A stream "x" and a directory "x.yaml" (streams under "x.yaml/") would share one name:
+ *   creating the second of them fails with DS_ECONFLICT; reads see no stream. */
+#define DS_STORE_SEGMENT_MAX 241
+#define DS_STORE_RESERVED_MARK ".yaml."
+
+/** Checks path[0..n) against the name mapping above: 0 when every segment fits, else
+ *  DS_ETOOBIG (a segment longer than DS_STORE_SEGMENT_MAX) or DS_EINVAL (a segment holding
+ *  DS_STORE_RESERVED_MARK, ASCII case-insensitively). ds_store_get() refuses to create a
+ *  stream whose name fails it, whatever route named it; the API validates first
+ *  (ds_path_validate) to say why. */
+int ds_store_name_check(const char *path, size_t n);
+
 /**
  * Returns the stream for `path` (a validated stream path: segments joined by '/', no
  * "." / ".." / empty segment). Handles are owned and cached by the store and stay valid
  * until ds_store_delete() of that path or ds_store_close().
  * When the stream does not exist: with create == 0 returns DS_ENOTFOUND; otherwise
  * creates it empty with its first offset at `base_offset` (0 for ordinary streams, the
- * fork point for forks).
+ * fork point for forks), or returns DS_ECONFLICT when its name collides with an existing
+ * stream's, DS_EINVAL when it fails ds_store_name_check() (see the name mapping above).
  */
 int ds_store_get(ds_store_t *st, const char *path, int create, uint64_t base_offset,
                  ds_store_stream_t **out);

@@ -73,6 +73,7 @@ struct ds_store_stream_s {
   /* memory kind: every record's repr, index = offset - base */
   ds__crec_t *recs;
   size_t nrecs, caprecs;
+  int yaml_dir; /* memory kind: counted in st->yaml_dirs (a directory segment ends in ".yaml") */
 
   /* yaml kind */
   char *file;                           /* "<root>/<path>.yaml" */
@@ -162,6 +163,9 @@ struct ds_store_s {
    * least recently appended streams go first), so many streams cannot exhaust memory */
   size_t cache_total, cache_budget;
   ds_store_stream_t *cache_head, *cache_tail;
+  /* memory kind: streams with a directory segment ending in ".yaml" ("x.yaml/b"); a create
+   * looks for streams under "<path>.yaml/" (a name conflict, store.h) only while any exist */
+  size_t yaml_dirs;
 };
 
 /** Iterates every cached stream (the callback must not add or remove streams). */

@@ -838,6 +838,11 @@ static int y_load(ds_store_t *st, ds_store_stream_t *s, int create, uint64_t bas
     }
     s->need_dirsync = 1 + created; /* the parent, and the parent of each new directory */
     dirty_add(st, s);
+  } else if (fd < 0 && (errno == ENOTDIR || errno == EISDIR)) {
+    /* "x.yaml/..." beside a stream "x" (store.h, the name mapping): an ancestor is x's
+     * file, or this stream's file name is taken by the directory of streams under it.
+     * No stream lives here; creating one would need the name another stream holds. */
+    return create ? DS_ECONFLICT : DS_ENOTFOUND;
   } else if (fd < 0) {
     return map_errno(errno) == DS_ENOTFOUND ? DS_EIO : map_errno(errno);
   } else {
@@ -1102,9 +1107,13 @@ static long y_read(ds_store_stream_t *s, uint64_t from, size_t max_records, size
 /* ---- fsync rounds ---- */
 
 /* fdatasync of a file by name; a file deleted meanwhile needs no sync. */
+/* A round syncs what was written since the previous one, by name, in a worker, while the
+ * loop goes on: a stream deleted meanwhile has nothing left to sync. Its file is gone
+ * (ENOENT), or its directory "x.yaml" was removed and a stream "x" now holds that name as a
+ * file (ENOTDIR; store.h, the name mapping). */
 static int sync_file(const char *file) {
   int fd = open(file, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return errno == ENOENT ? 0 : DS_EIO;
+  if (fd < 0) return errno == ENOENT || errno == ENOTDIR ? 0 : DS_EIO;
   int rc = 0;
   if (fdatasync(fd) < 0) rc = map_errno(errno) == DS_ENOSPC ? DS_ENOSPC : DS_EIO;
   close(fd);
@@ -1119,7 +1128,9 @@ static void job_work(uv_work_t *req) {
   }
   for (size_t i = 0; i < job->ndirs; i++) {
     int rc = ds_file_fsync_dir(job->dirs[i]);
-    if (rc < 0 && rc != DS_ENOTFOUND && job->status == 0) job->status = DS_EIO;
+    struct stat sb; /* gone, or now a stream's file (see sync_file): nothing to sync */
+    int gone = rc < 0 && (stat(job->dirs[i], &sb) != 0 || !S_ISDIR(sb.st_mode));
+    if (rc < 0 && rc != DS_ENOTFOUND && !gone && job->status == 0) job->status = DS_EIO;
   }
 }
 

@@ -85,6 +85,30 @@ int ds_offset_parse(const char *s, size_t n, uint64_t *out) {
   return 0;
 }
 
+/* The code point of a path character refused although it is valid UTF-8, or 0. These are
+ * invisible or layout-changing: C1 controls (U+0080..U+009F), the Unicode Bidi_Control set
+ * (U+061C, U+200E, U+200F, U+202A..U+202E, U+2066..U+2069: they can make two different
+ * paths, or a log line, display alike: "Trojan Source") and the line and paragraph
+ * separators U+2028/U+2029 (line breaks to YAML 1.1 readers, JavaScript and log viewers).
+ * *len gets the sequence's length. */
+static unsigned path_forbidden_cp(const unsigned char *p, const unsigned char *end, size_t *len) {
+  if (p[0] == 0xC2 && end - p >= 2 && p[1] >= 0x80 && p[1] <= 0x9F) {
+    *len = 2;
+    return 0x80u + (p[1] - 0x80u);
+  }
+  if (p[0] == 0xD8 && end - p >= 2 && p[1] == 0x9C) {
+    *len = 2;
+    return 0x061C;
+  }
+  if (p[0] == 0xE2 && end - p >= 3) {
+    unsigned cp = ((unsigned)(p[0] & 0x0F) << 12) | ((unsigned)(p[1] & 0x3F) << 6) | (p[2] & 0x3F);
+    *len = 3;
+    if (cp == 0x200E || cp == 0x200F || (cp >= 0x2028 && cp <= 0x202E) || (cp >= 0x2066 && cp <= 0x2069))
+      return cp;
+  }
+  return 0;
+}
+
 int ds_path_validate(const char *p, size_t n, char *err, size_t errlen) {
   if (n == 0) {
     snprintf(err, errlen, "empty stream path");
@@ -110,6 +134,19 @@ int ds_path_validate(const char *p, size_t n, char *err, size_t errlen) {
         snprintf(err, errlen, "stream path segment '.' or '..' is not allowed");
         return -1;
       }
+      /* Every segment becomes a file or directory name (see the name mapping in store.h):
+       * both views and both store kinds refuse the same names. */
+      int nc = ds_store_name_check(p + seg, len);
+      if (nc == DS_ETOOBIG) {
+        snprintf(err, errlen, "stream path segment of %zu bytes: at most %d bytes per segment (file-name limit)",
+                 len, DS_STORE_SEGMENT_MAX);
+        return -1;
+      }
+      if (nc != 0) {
+        snprintf(err, errlen, "stream path segment contains '%s': names like <x>%s<y> are reserved for the store's files",
+                 DS_STORE_RESERVED_MARK, DS_STORE_RESERVED_MARK);
+        return -1;
+      }
       seg = i + 1;
       continue;
     }
@@ -121,6 +158,17 @@ int ds_path_validate(const char *p, size_t n, char *err, size_t errlen) {
     if (c == '\\') {
       snprintf(err, errlen, "stream path contains a backslash");
       return -1;
+    }
+    if (c >= 0x80) {
+      size_t k = 1;
+      unsigned cp = path_forbidden_cp((const unsigned char *)p + i, (const unsigned char *)p + n, &k);
+      if (cp) {
+        snprintf(err, errlen, "stream path contains the %s U+%04X",
+                 cp <= 0x9F ? "C1 control character" : cp >= 0x2028 && cp <= 0x2029 ? "line or paragraph separator"
+                                                                           : "bidirectional control character",
+                 cp);
+        return -1;
+      }
     }
   }
   return 0;

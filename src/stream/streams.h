@@ -142,8 +142,10 @@ void ds_offset_format(uint64_t off, char out[17]);
 int ds_offset_parse(const char *s, size_t n, uint64_t *out);
 
 /** Validates a decoded stream path per the contract (1-512 bytes of UTF-8, '/'-separated
- *  non-empty segments, no "." or "..", no NUL/control characters, no backslash). Returns
- *  0, or -1 with the reason in err. */
+ *  non-empty segments, no "." or "..", no NUL/control characters, no backslash) and the
+ *  store's name mapping (store.h: segments of at most DS_STORE_SEGMENT_MAX bytes, none
+ *  holding the reserved ".yaml."), without C1 controls, Unicode bidi controls or U+2028/
+ *  U+2029. Returns 0, or -1 with a one-line reason (under 128 bytes) in err. */
 int ds_path_validate(const char *p, size_t n, char *err, size_t errlen);
 
 typedef struct ds_streams_stats_s {

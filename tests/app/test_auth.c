@@ -27,9 +27,52 @@ static void test_off_by_default(void **state) {
   assert_non_null(a);
   assert_false(ds_auth_enabled(a));
   assert_int_equal(ds_auth_check(a, "POST", "/agents/x", 9, NULL, NULL), 0);
-  assert_string_equal(ds_auth_cors_origin(a, "https://x.example"), "*");
+  /* without cors.allowed_origins only loopback origins (any port) are allowed */
+  assert_null(ds_auth_cors_origin(a, "https://x.example"));
+  assert_false(ds_auth_origin_allowed(a, "https://x.example"));
+  assert_false(ds_auth_origin_allowed(a, "null"));
+  assert_true(ds_auth_origin_allowed(a, NULL)); /* no Origin: not a browser */
   assert_null(ds_auth_cors_origin(a, NULL));
+  const char *ok[] = {"http://localhost:5173", "http://localhost", "http://127.0.0.1:3000", "http://[::1]:80",
+                      "http://LocalHost:1"};
+  for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+    assert_true(ds_auth_origin_allowed(a, ok[i]));
+    assert_string_equal(ds_auth_cors_origin(a, ok[i]), ok[i]);
+  }
+  const char *no[] = {"https://localhost:5173", "http://localhost.evil", "http://localhost:5173.evil",
+                      "http://localhost:", "http://localhost:65536", "http://localhost:5173/", "http://127.0.0.2",
+                      "http://[::2]:80", "http://user@localhost", "localhost:5173", ""};
+  for (size_t i = 0; i < sizeof no / sizeof no[0]; i++) {
+    assert_false(ds_auth_origin_allowed(a, no[i]));
+    assert_null(ds_auth_cors_origin(a, no[i]));
+  }
   ds_auth_free(a);
+}
+
+static void test_origins_configured(void **state) {
+  (void)state;
+  char *p = write_tmp("return { cors = { allowed_origins = { 'https://app.example', 'http://dev.example:*', 'null' } } }\n");
+  char err[200];
+  ds_auth_t *a = ds_auth_load(p, err, sizeof err);
+  assert_non_null(a);
+  assert_true(ds_auth_origin_allowed(a, "https://app.example"));
+  assert_false(ds_auth_origin_allowed(a, "https://app.example:8443"));
+  assert_true(ds_auth_origin_allowed(a, "http://dev.example:8080"));
+  assert_true(ds_auth_origin_allowed(a, "null"));
+  assert_string_equal(ds_auth_cors_origin(a, "null"), "null");
+  assert_false(ds_auth_origin_allowed(a, "http://localhost:5173")); /* the list replaced the default */
+  ds_auth_free(a);
+  unlink(p);
+  free(p);
+  p = write_tmp("return { cors = { allowed_origins = '*' } }\n");
+  a = ds_auth_load(p, err, sizeof err);
+  assert_non_null(a);
+  assert_true(ds_auth_origin_allowed(a, "https://anything.example"));
+  assert_true(ds_auth_origin_allowed(a, "null"));
+  assert_string_equal(ds_auth_cors_origin(a, "https://anything.example"), "*");
+  ds_auth_free(a);
+  unlink(p);
+  free(p);
 }
 
 static void test_tokens(void **state) {
@@ -67,6 +110,10 @@ static void test_bad_tables(void **state) {
       "return { auth = { tokens = { { token = 'short' } } } }",
       "return { auth = { tokens = { { token = 'long-enough', scopes = {'write'} } } } }",
       "return { cors = { allowed_origins = 5 } }",
+      "return { cors = { allowed_origins = { 'https://app.example/' } } }",
+      "return { cors = { allowed_origins = { 'app.example' } } }",
+      "return { cors = { allowed_origins = { 'https://*.example' } } }",
+      "return { cors = { allowed_origins = { '' } } }",
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     char *p = write_tmp(bad[i]);
@@ -90,6 +137,7 @@ static void test_ct_equal(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_off_by_default),
+      cmocka_unit_test(test_origins_configured),
       cmocka_unit_test(test_tokens),
       cmocka_unit_test(test_bad_tables),
       cmocka_unit_test(test_ct_equal),

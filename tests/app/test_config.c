@@ -100,11 +100,45 @@ static void test_refusals(void **state) {
                  "protocol.webhook_allow_networks must be");
 }
 
+/* The PORT environment variable (ds_config_apply_env) with a fake environment. */
+static const char *g_port;
+static char *fake_getenv(const char *name) { return strcmp(name, "PORT") == 0 ? (char *)g_port : NULL; }
+
+static void test_env_port(void **state) {
+  (void)state;
+  ds_config_t c;
+  ds_config_defaults(&c);
+  char err[160];
+  g_port = NULL; /* unset: config.lua's value stays */
+  assert_int_equal(ds_config_apply_env(&c, fake_getenv, err, sizeof err), 0);
+  assert_int_equal(c.port, 3000);
+  g_port = ""; /* empty counts as unset */
+  assert_int_equal(ds_config_apply_env(&c, fake_getenv, err, sizeof err), 0);
+  assert_int_equal(c.port, 3000);
+  static const struct { const char *v; int port; } ok[] = {{"0", 0}, {"8080", 8080}, {"65535", 65535}, {"00080", 80}};
+  for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {
+    g_port = ok[i].v;
+    assert_int_equal(ds_config_apply_env(&c, fake_getenv, err, sizeof err), 0);
+    assert_int_equal(c.port, ok[i].port);
+  }
+  c.port = 3000;
+  static const char *const bad[] = {"65536", "-1", "+80", " 80", "80 ", "0x50", "8e3", "abc", "123456", "99999999999999999999", "8\n0"};
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    g_port = bad[i];
+    assert_int_equal(ds_config_apply_env(&c, fake_getenv, err, sizeof err), -1);
+    assert_non_null(strstr(err, "PORT must be an integer from 0 to 65535"));
+    assert_null(strchr(err, '\n'));
+    assert_int_equal(c.port, 3000);
+  }
+  ds_config_free(&c);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_defaults),
       cmocka_unit_test(test_values),
       cmocka_unit_test(test_refusals),
+      cmocka_unit_test(test_env_port),
   };
   return cmocka_run_group_tests_name("config", tests, NULL, NULL);
 }

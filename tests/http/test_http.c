@@ -661,6 +661,48 @@ static void test_limits(void **s) {
   http_run(&o, c_limits);
 }
 
+/* A chunk whose announced size alone would pass the body limit is refused at its chunk
+ * header, before its data: 413 at once, not 408 once the body timeout (here the default
+ * 30 s, far beyond the client's 5 s receive timeout) expires. Also when the chunks before
+ * it fit and only the sum passes, and for a size far beyond any limit. */
+static void c_chunk_over_limit(test_ctx_t *t) {
+  /* 0x100000 = 1 MiB announced against a 1000-byte limit; only 3 bytes of it are sent */
+  expect_error(t, "POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n100000\r\nabc", 413,
+               "too large");
+  /* 600 bytes fit; the next chunk announces 600 more (1200 > 1000) */
+  ds_buf_t b = DS_BUF_INIT;
+  ds_buf_puts(&b, "POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n258\r\n");
+  for (int k = 0; k < 600; k++) ds_buf_putc(&b, 'a');
+  ds_buf_puts(&b, "\r\n258\r\nab");
+  expect_error(t, ds_buf_cstr(&b), 413, "too large");
+  ds_buf_free(&b);
+  /* a 16-hex-digit size (2^64 - 1): no overflow in the check */
+  expect_error(t, "POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFF\r\nab", 413,
+               "too large");
+  /* exactly the limit still passes */
+  cli_t c;
+  resp_t r;
+  CHECK(cli_open(t, &c, 0) == 0);
+  ds_buf_t ok = DS_BUF_INIT;
+  ds_buf_puts(&ok, "POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3E8\r\n");
+  for (int k = 0; k < 1000; k++) ds_buf_putc(&ok, 'z');
+  ds_buf_puts(&ok, "\r\n0\r\n\r\n");
+  CHECK(cli_sends(&c, ds_buf_cstr(&ok)) == 0);
+  ds_buf_free(&ok);
+  CHECK(cli_response(&c, &r, 0) == 0);
+  CHECK(r.status == 200);
+  char *zs = calloc(1, 1002);
+  memset(zs, 'z', 1000);
+  CHECK(strstr(r.body, zs) != NULL); /* the whole 1000-byte body reached the handler */
+  free(zs);
+  resp_free(&r);
+  cli_close(&c);
+}
+static void test_chunk_over_limit(void **s) {
+  ds_http_opts_t o = {.max_body_bytes = 1000};
+  http_run(&o, c_chunk_over_limit);
+}
+
 static void c_nul_header(test_ctx_t *t) {
   cli_t c;
   resp_t r;
@@ -1012,6 +1054,7 @@ int main(void) {
       cmocka_unit_test(test_keepalive),   cmocka_unit_test(test_pipeline),
       cmocka_unit_test(test_chunked),     cmocka_unit_test(test_continue),
       cmocka_unit_test(test_limits),      cmocka_unit_test(test_nul_header),
+      cmocka_unit_test(test_chunk_over_limit),
       cmocka_unit_test(test_upgrade),
       cmocka_unit_test(test_timeouts),    cmocka_unit_test(test_maxconn),
       cmocka_unit_test(test_head_http10), cmocka_unit_test(test_streaming),

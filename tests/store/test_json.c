@@ -11,6 +11,7 @@
 
 #include <cmocka.h>
 
+#include "core/buf.h"
 #include "core/err.h"
 #include "store/json.h"
 
@@ -78,9 +79,42 @@ static void test_valid_containers(void **st) {
   expect_rt("{}", "{}");
   expect_rt("[]", "[]");
   expect_rt(" { \"a\" : [ 1 , 2 , { } , [ ] ] , \"b\" : null } ", "{\"a\":[1,2,{},[]],\"b\":null}");
-  /* duplicate keys are kept, in order */
-  expect_rt("{\"a\":1,\"a\":2,\"b\":3,\"a\":4}", "{\"a\":1,\"a\":2,\"b\":3,\"a\":4}");
+  /* a repeated key keeps its last value at its first position, once (JSON.parse) */
+  expect_rt("{\"a\":1,\"a\":2,\"b\":3,\"a\":4}", "{\"a\":4,\"b\":3}");
   expect_rt("[[[[]]]]", "[[[[]]]]");
+}
+
+/* Duplicate keys everywhere a value is built: nested objects, objects inside arrays, keys
+ * equal only after decoding escapes, keys with NUL bytes, many members (the sorted path),
+ * and a value replaced by one of another type. */
+static void test_duplicate_keys(void **st) {
+  (void)st;
+  expect_rt("{\"x\":1,\"x\":2}", "{\"x\":2}");
+  expect_rt("{\"a\":{\"k\":1,\"k\":2},\"a\":{\"k\":3,\"j\":0,\"k\":4}}", "{\"a\":{\"k\":4,\"j\":0}}");
+  expect_rt("[{\"a\":1,\"a\":2},{\"a\":[1],\"b\":0,\"a\":null}]", "[{\"a\":2},{\"a\":null,\"b\":0}]");
+  expect_rt("{\"x\":1,\"\\u0078\":2,\"y\":3}", "{\"x\":2,\"y\":3}");
+  expect_rt("{\"a\\u0000b\":1,\"a\":2,\"a\\u0000b\":3,\"a\\u0000\":4}",
+            "{\"a\\u0000b\":3,\"a\":2,\"a\\u0000\":4}");
+  expect_rt("{\"\":1,\"\":2}", "{\"\":2}");
+  expect_rt("{\"a\":1,\"b\":2}", "{\"a\":1,\"b\":2}");
+  /* 300 members, keys k0..k99 three times: the last round's values, first round's order */
+  ds_buf_t in = DS_BUF_INIT, want = DS_BUF_INIT;
+  ds_buf_putc(&in, '{');
+  for (int round = 0; round < 3; round++)
+    for (int i = 0; i < 100; i++) ds_buf_printf(&in, "%s\"k%d\":%d", round || i ? "," : "", i, round * 1000 + i);
+  ds_buf_puts(&in, ",\"tail\":true}");
+  ds_buf_putc(&want, '{');
+  for (int i = 0; i < 100; i++) ds_buf_printf(&want, "%s\"k%d\":%d", i ? "," : "", i, 2000 + i);
+  ds_buf_puts(&want, ",\"tail\":true}");
+  expect_rt(ds_buf_cstr(&in), ds_buf_cstr(&want));
+  /* 5000 distinct keys: none dropped */
+  ds_buf_reset(&in);
+  ds_buf_putc(&in, '{');
+  for (int i = 0; i < 5000; i++) ds_buf_printf(&in, "%s\"%d\":%d", i ? "," : "", 4999 - i, i);
+  ds_buf_putc(&in, '}');
+  expect_rt(ds_buf_cstr(&in), ds_buf_cstr(&in));
+  ds_buf_free(&in);
+  ds_buf_free(&want);
 }
 
 static void test_escapes(void **st) {
@@ -364,6 +398,7 @@ static void test_value_api(void **st) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_valid_scalars),     cmocka_unit_test(test_valid_containers),
+      cmocka_unit_test(test_duplicate_keys),
       cmocka_unit_test(test_escapes),           cmocka_unit_test(test_nul_inside_string),
       cmocka_unit_test(test_invalid_syntax),    cmocka_unit_test(test_invalid_numbers),
       cmocka_unit_test(test_invalid_strings),   cmocka_unit_test(test_invalid_utf8),

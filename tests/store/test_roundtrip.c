@@ -225,6 +225,29 @@ static void check_layout(const ds_buf_t *y, const ds_value_t *v) {
     fail_msg("%zu column-0 lines, expected %zu:\n%.*s", col0, expect_col0, (int)y->len, y->data);
 }
 
+/* v as the JSON parser builds it: in every object a repeated key keeps its last value,
+ * once, at its first position (JSON.parse). Written plainly (quadratic), independently of
+ * the parser's own merge, which it checks. */
+static ds_value_t *merged(ds_arena_t *a, const ds_value_t *v) {
+  if (v->type == DS_V_ARRAY) {
+    ds_value_t *arr = ds_value_array(a, v->u.arr.len);
+    for (size_t i = 0; i < v->u.arr.len; i++) ds_value_array_push(a, arr, merged(a, v->u.arr.items[i]));
+    return arr;
+  }
+  if (v->type != DS_V_OBJECT) return (ds_value_t *)v;
+  ds_value_t *obj = ds_value_object(a, v->u.obj.len);
+  for (size_t i = 0; i < v->u.obj.len; i++) {
+    const ds_member_t *m = &v->u.obj.items[i];
+    size_t k = 0;
+    while (k < obj->u.obj.len &&
+           !(obj->u.obj.items[k].klen == m->klen && memcmp(obj->u.obj.items[k].key, m->key, m->klen) == 0))
+      k++;
+    if (k < obj->u.obj.len) obj->u.obj.items[k].val = merged(a, m->val);
+    else ds_value_object_add(a, obj, m->key, m->klen, merged(a, m->val));
+  }
+  return obj;
+}
+
 /* One full round trip; returns the YAML length (for statistics). */
 static size_t roundtrip_one(ds_value_t *v) {
   ds_arena_t a;
@@ -235,7 +258,10 @@ static size_t roundtrip_one(ds_value_t *v) {
   ds_value_t *p, *back;
   if (ds_json_parse(&a, j1.data, j1.len, 1000, &p, err, sizeof err) != 0)
     fail_msg("compact JSON does not reparse: %s\n%.*s", err, (int)j1.len, j1.data);
-  assert_true(ds_value_equal(v, p));
+  /* the generator repeats keys now and then; parsing merges them */
+  assert_true(ds_value_equal(merged(&a, v), p));
+  ds_buf_reset(&j1);
+  ds_json_write(&j1, p);
   ds_yaml_emit_doc(&y, p);
   check_layout(&y, p);
   if (ds_yaml_load_doc(&a, y.data, y.len, &back, err, sizeof err) != 0)

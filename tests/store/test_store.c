@@ -302,6 +302,59 @@ static void test_nested_list_delete(void **state) {
   fx_done(&f);
 }
 
+/* The name mapping (store.h), the same for both kinds: names that do not fit are never
+ * created (whichever caller names them), reads of them find nothing; "x.yaml/..." beside a
+ * stream "x" is DS_ECONFLICT in both orders, until the other one is deleted; a and a/b are
+ * fine. */
+static void test_name_mapping(void **state) {
+  fx_t f;
+  fx_init(&f, *state);
+  fx_open(&f);
+  ds_store_stream_t *s;
+  char seg[300];
+  memset(seg, 's', sizeof seg);
+  seg[DS_STORE_SEGMENT_MAX] = '\0';
+  assert_int_equal(ds_store_name_check(seg, strlen(seg)), 0);
+  assert_int_equal(ds_store_get(f.st, seg, 1, 0, &s), 0); /* 241 bytes: fits, meta included */
+  assert_int_equal(ds_store_meta_set(s, "{}", 2), 0);
+  seg[DS_STORE_SEGMENT_MAX] = 's';
+  seg[DS_STORE_SEGMENT_MAX + 1] = '\0';
+  assert_int_equal(ds_store_name_check(seg, strlen(seg)), DS_ETOOBIG);
+  assert_int_equal(ds_store_get(f.st, seg, 1, 0, &s), DS_EINVAL);
+  static const char *const reserved[] = {"c.yaml.offset", "d/c.yaml.idx/e", "c.YAML.meta", "c.yaml.meta.tmp", "c.yaml.x"};
+  for (size_t i = 0; i < sizeof reserved / sizeof *reserved; i++) {
+    assert_int_equal(ds_store_name_check(reserved[i], strlen(reserved[i])), DS_EINVAL);
+    assert_int_equal(ds_store_get(f.st, reserved[i], 1, 0, &s), DS_EINVAL);
+  }
+  assert_int_equal(ds_store_name_check("c.yaml/b", 8), 0);
+  assert_int_equal(ds_store_name_check("c.yaml", 6), 0);
+  /* x first, then x.yaml/... */
+  assert_int_equal(ds_store_get(f.st, "c", 1, 0, &s), 0);
+  assert_int_equal(t_append(s, 1, "c"), 0);
+  assert_int_equal(ds_store_get(f.st, "c.yaml/b", 1, 0, &s), DS_ECONFLICT);
+  assert_int_equal(ds_store_get(f.st, "c.yaml/b/z", 1, 0, &s), DS_ECONFLICT);
+  assert_int_equal(ds_store_get(f.st, "c.yaml/b", 0, 0, &s), DS_ENOTFOUND);
+  /* x.yaml/... first, then x */
+  assert_int_equal(ds_store_get(f.st, "d.yaml/b/z", 1, 0, &s), 0);
+  assert_int_equal(t_append(s, 1, "d"), 0);
+  assert_int_equal(ds_store_get(f.st, "d", 1, 0, &s), DS_ECONFLICT);
+  assert_int_equal(ds_store_get(f.st, "d.yaml/b", 1, 0, &s), 0); /* a directory's stream: fine */
+  assert_int_equal(ds_store_get(f.st, "d", 0, 0, &s), DS_ENOTFOUND);
+  assert_int_equal(ds_store_delete(f.st, "d.yaml/b/z"), 0);
+  assert_int_equal(ds_store_delete(f.st, "d.yaml/b"), 0);
+  assert_int_equal(ds_store_get(f.st, "d", 1, 0, &s), 0);
+  /* a and a/b */
+  assert_int_equal(ds_store_get(f.st, "a", 1, 0, &s), 0);
+  assert_int_equal(ds_store_get(f.st, "a/b", 1, 0, &s), 0);
+  if (is_yaml(&f)) { /* the same answers after a restart (nothing cached) */
+    fx_reopen(&f);
+    assert_int_equal(ds_store_get(f.st, "c.yaml/b", 1, 0, &s), DS_ECONFLICT);
+    assert_int_equal(ds_store_get(f.st, "c", 0, 0, &s), 0);
+    assert_int_equal(ds_store_next_offset(s), 1);
+  }
+  fx_done(&f);
+}
+
 static void test_large_stream_reads(void **state) {
   fx_t f;
   fx_init(&f, *state);
@@ -468,6 +521,44 @@ static void test_yaml_fsync_always(void **state) {
   assert_int_equal(ds_store_sync(f.st, on_sync, NULL), 0);
   fx_done(&f);
   assert_int_equal(g_sync_calls, 7);
+}
+
+/* A round syncs by name in a worker while the loop goes on. When a stream "x.yaml/b" it
+ * covers is deleted meanwhile and a stream "x" takes the name "x.yaml" as its file, the
+ * round finds ENOTDIR where the file and directory were: nothing is left to sync, not an
+ * I/O error (which failed the round's syncs and logged "fsync failed"). The threadpool is
+ * held busy so that the round's work runs only after the loop has made that change. */
+static uv_sem_t g_hold;
+static void hold_work(uv_work_t *w) { uv_sem_wait(&g_hold); }
+static void hold_done(uv_work_t *w, int status) { free(w); }
+
+static void test_yaml_fsync_after_rename_of_dir(void **state) {
+  fx_t f;
+  fx_init(&f, "yaml");
+  f.opts.fsync = DS_FSYNC_ALWAYS;
+  fx_open(&f);
+  enum { HOLDERS = 16 }; /* more than libuv's pool (4 unless UV_THREADPOOL_SIZE) */
+  assert_int_equal(uv_sem_init(&g_hold, 0), 0);
+  for (int i = 0; i < HOLDERS; i++) {
+    uv_work_t *w = calloc(1, sizeof *w);
+    assert_int_equal(uv_queue_work(&f.loop, w, hold_work, hold_done), 0);
+  }
+  ds_store_stream_t *s;
+  assert_int_equal(ds_store_get(f.st, "d.yaml/b", 1, 0, &s), 0); /* new file and directory */
+  assert_int_equal(t_append(s, 1, "b"), 0);
+  g_sync_calls = 0;
+  g_sync_status = 0;
+  g_sync_store = NULL; /* on_sync must not look at a store later tests no longer have */
+  assert_int_equal(ds_store_sync(f.st, on_sync, NULL), 0); /* the round is queued, held */
+  assert_int_equal(ds_store_delete(f.st, "d.yaml/b"), 0);
+  assert_int_equal(ds_store_get(f.st, "d", 1, 0, &s), 0); /* "d.yaml" is now a file */
+  assert_int_equal(t_append(s, 1, "d"), 0);
+  for (int i = 0; i < HOLDERS; i++) uv_sem_post(&g_hold);
+  while (g_sync_calls < 1) uv_run(&f.loop, UV_RUN_ONCE);
+  assert_int_equal(g_sync_status, 0);
+  uv_run(&f.loop, UV_RUN_NOWAIT);
+  uv_sem_destroy(&g_hold);
+  fx_done(&f);
 }
 
 static void test_yaml_fsync_interval(void **state) {
@@ -670,11 +761,14 @@ int main(void) {
       cmocka_unit_test_prestate(test_meta, (void *)"memory"),
       cmocka_unit_test_prestate(test_nested_list_delete, (void *)"yaml"),
       cmocka_unit_test_prestate(test_nested_list_delete, (void *)"memory"),
+      cmocka_unit_test_prestate(test_name_mapping, (void *)"yaml"),
+      cmocka_unit_test_prestate(test_name_mapping, (void *)"memory"),
       cmocka_unit_test_prestate(test_large_stream_reads, (void *)"yaml"),
       cmocka_unit_test_prestate(test_large_stream_reads, (void *)"memory"),
       cmocka_unit_test(test_yaml_restart),
       cmocka_unit_test(test_yaml_invalid_doc),
       cmocka_unit_test(test_yaml_fsync_always),
+      cmocka_unit_test(test_yaml_fsync_after_rename_of_dir),
       cmocka_unit_test(test_yaml_fsync_interval),
       cmocka_unit_test(test_yaml_fsync_never),
       cmocka_unit_test(test_yaml_open_file_lru),

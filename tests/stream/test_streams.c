@@ -135,10 +135,40 @@ static void test_paths(void **state) {
     assert_int_equal(ds_path_validate(bad[i], strlen(bad[i]), err, sizeof err), -1);
   char longp[600];
   memset(longp, 'a', sizeof longp);
+  for (size_t i = 128; i < sizeof longp; i += 129) longp[i] = '/'; /* segments of 128 bytes */
   assert_int_equal(ds_path_validate(longp, 512, err, sizeof err), 0);
   assert_int_equal(ds_path_validate(longp, 513, err, sizeof err), -1);
   assert_int_equal(ds_path_validate("\xff", 1, err, sizeof err), -1);
   assert_int_equal(ds_path_validate("a\0b", 3, err, sizeof err), -1);
+  /* the store's name mapping: at most 241 bytes per segment, no ".yaml." inside one */
+  memset(longp, 's', sizeof longp);
+  assert_int_equal(ds_path_validate(longp, DS_STORE_SEGMENT_MAX, err, sizeof err), 0);
+  assert_int_equal(ds_path_validate(longp, DS_STORE_SEGMENT_MAX + 1, err, sizeof err), -1);
+  assert_non_null(strstr(err, "241"));
+  longp[DS_STORE_SEGMENT_MAX + 1] = '/';
+  assert_int_equal(ds_path_validate(longp, DS_STORE_SEGMENT_MAX + 3, err, sizeof err), -1);
+  const char *reserved[] = {"c.yaml.idx", "a/c.yaml.meta/b", "c.YAML.offset", ".yaml.x"};
+  for (size_t i = 0; i < sizeof reserved / sizeof reserved[0]; i++) {
+    assert_int_equal(ds_path_validate(reserved[i], strlen(reserved[i]), err, sizeof err), -1);
+    assert_non_null(strstr(err, "reserved"));
+  }
+  assert_int_equal(ds_path_validate("c.yaml/b", 8, err, sizeof err), 0);
+  assert_int_equal(ds_path_validate("c.yaml", 6, err, sizeof err), 0);
+  /* C1 controls, bidi controls, line/paragraph separators; neighbours are fine */
+  const struct { const char *p; const char *cp; } refused[] = {
+      {"a\xc2\x80", "U+0080"}, {"\xc2\x9f", "U+009F"}, {"\xd8\x9c", "U+061C"}, {"\xe2\x80\x8e", "U+200E"},
+      {"\xe2\x80\x8f", "U+200F"}, {"\xe2\x80\xa8", "U+2028"}, {"\xe2\x80\xa9", "U+2029"},
+      {"\xe2\x80\xaa", "U+202A"}, {"x/\xe2\x80\xae", "U+202E"}, {"\xe2\x81\xa6", "U+2066"},
+      {"\xe2\x81\xa9", "U+2069"}};
+  for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+    assert_int_equal(ds_path_validate(refused[i].p, strlen(refused[i].p), err, sizeof err), -1);
+    assert_non_null(strstr(err, refused[i].cp));
+    assert_true(strlen(err) < 128);
+  }
+  const char *fine[] = {"\xc2\xa0", "\xe2\x80\x8d", "\xe2\x80\xaf", "\xe2\x81\xa5", "\xe2\x81\xaa", "\xd8\x9b",
+                        "\xe2\x80\xa7"};
+  for (size_t i = 0; i < sizeof fine / sizeof fine[0]; i++)
+    assert_int_equal(ds_path_validate(fine[i], strlen(fine[i]), err, sizeof err), 0);
 }
 
 static void test_offsets(void **state) {
