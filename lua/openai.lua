@@ -29,6 +29,21 @@ local DEFAULTS = {
   stall_timeout_ms = 120000,
 }
 
+-- The type of each key of agents.models.openai (boot.lua checks them at start-up).
+M.SCHEMA = {
+  model = "string",
+  base_url = "string",
+  api_key_env = "string",
+  api_key = "string",
+  system_prompt = "string",
+  api = { "responses", "chat" },
+  connect_timeout_ms = "count",
+  timeout_ms = "count",
+  stall_timeout_ms = "count",
+  max_output_tokens = "count",
+  temperature = "number",
+}
+
 local cfg_get = models.settings(DEFAULTS)
 local one_line = models.one_line
 

@@ -89,10 +89,12 @@ static void handle_stats(app_t *app, ds_http_req_t *req) {
     b.len--; /* reopen the object */
     ds_buf_printf(&b,
                   ",\"lua\":{\"tasks_live\":%llu,\"refs\":%llu,\"hooks_failed\":%llu,"
-                  "\"events_dispatched\":%llu,\"tasks_killed\":%llu,\"mem_bytes\":%llu}}",
+                  "\"events_dispatched\":%llu,\"tasks_killed\":%llu,\"mem_bytes\":%llu,"
+                  "\"tasks_refused\":%llu,\"plugins_disabled\":%llu}}",
                   (unsigned long long)ls.tasks_live, (unsigned long long)ls.refs,
                   (unsigned long long)ls.hooks_failed, (unsigned long long)ls.events_dispatched,
-                  (unsigned long long)ls.tasks_killed, (unsigned long long)ls.mem_bytes);
+                  (unsigned long long)ls.tasks_killed, (unsigned long long)ls.mem_bytes,
+                  (unsigned long long)ls.tasks_refused, (unsigned long long)ls.plugins_disabled);
   }
   respond_json(req, 200, &b);
   ds_buf_free(&b);

@@ -33,6 +33,7 @@ ds_lua_host_t *ds_lua_host_new(uv_loop_t *loop, ds_streams_t *streams, const ds_
 int ds_lua_host_handle(ds_lua_host_t *h, ds_http_req_t *req);
 typedef struct ds_lua_host_stats_s {
   uint64_t tasks_live, refs, hooks_failed, events_dispatched, tasks_killed, mem_bytes;
+  uint64_t tasks_refused, plugins_disabled; /* spawns over a cap; plugins disabled since start */
 } ds_lua_host_stats_t;
 /** Counters for /debug/stats and tests (refs and tasks_live return to their baseline
  *  once every hook and request has finished). */

@@ -6,6 +6,8 @@
  * is "running" or "ended".
  * Must not: resume anything itself (sched.c does, from the loop).
  */
+#include <string.h>
+
 #include "core/clock.h"
 #include "core/err.h"
 #include "lua/lhost.h"
@@ -25,8 +27,15 @@ static int l_spawn(lua_State *L) {
   box->t = NULL;
   luaL_setmetatable(L, TASK_MT);
   lua_insert(L, 1); /* [box fn args] */
-  ds_task_t *t = ds__spawn(h, L, nargs, ds__current_plugin(L), -1, -1, NULL); /* [box] */
-  if (!t) return luaL_error(L, "ds.spawn: the host is shutting down");
+  ds__tctx_t *parent = ds__current_tctx(L);
+  ds__spawn_t sp = {.plugin = ds__current_plugin(L), .hook = -1, .route = -1, .capped = 1};
+  if (parent && parent->path) { /* a task works for the path its spawner worked for */
+    sp.path = parent->path->path;
+    sp.path_len = strlen(parent->path->path);
+  }
+  char why[256];
+  ds_task_t *t = ds__spawn(h, L, nargs, &sp, why, sizeof why); /* [box] */
+  if (!t) return luaL_error(L, "ds.spawn: %s", why);
   ds_task_retain(t);
   box->t = t;
   return 1;

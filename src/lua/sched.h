@@ -2,9 +2,11 @@
  *
  * Provides: ds_sched_t, which runs each task (a coroutine) until it finishes or blocks in
  * a yielding binding; the ready queue, drained from a uv_idle handle that is active only
- * while something is ready; per-task deadlines; an instruction budget per resume (a task
- * that runs too long without yielding is killed, and the kill re-arms on every line so
- * pcall cannot swallow it); counted coroutine refs with one release point (task end).
+ * while something is ready, at most a time slice per loop iteration (the rest wait for
+ * the next one, after the loop polled); per-task deadlines; a budget per resume (vm.h:
+ * every coroutine the task creates spends it too, and a task past it is killed, with no
+ * pcall or handler able to keep it alive); counted coroutine refs with one release point
+ * (task end).
  *
  * The contract for yielding bindings (OpenResty's cosocket shape):
  *   1. t = ds_task_current(L), raise if NULL (not in a task);
@@ -70,6 +72,8 @@ void ds_task_retain(ds_task_t *t);
 void ds_task_release(ds_task_t *t);
 /** 1 once the task ended (finished, failed, killed or cancelled). */
 int ds_task_ended(const ds_task_t *t);
+/** Why its last resume's budget was killed (DS_BUDGET_EXCEEDED, DS_BUDGET_MEMORY), or 0. */
+int ds_task_killed(const ds_task_t *t);
 void *ds_task_ud(const ds_task_t *t);
 ds_sched_t *ds_task_sched(const ds_task_t *t);
 

@@ -1,5 +1,5 @@
-/* vm.h - the Lua state of the host: accounted allocator, the one protected gateway,
- * counted registry references.
+/* vm.h - the Lua state of the host: accounted allocator, budgets that bound every piece
+ * of Lua, the one protected gateway, counted registry references.
  *
  * Provides: ds_vm_t, one lua_State with an allocator that counts bytes against a cap
  * (an allocation past the cap fails, which Lua turns into LUA_ERRMEM for the code that
@@ -7,6 +7,27 @@
  * handler adding a traceback - and ds_vm_ref()/ds_vm_unref(), luaL_ref wrappers whose
  * live count is reported at shutdown (a leaked ref is a waiting coroutine or callback
  * that was never released).
+ *
+ * Budgets (ds_budget_t): whoever runs Lua (the scheduler for a task's resume, the host
+ * for the load phase, config.c for config.lua) enters a budget first; the code running
+ * then spends it, in "work units":
+ *   * VM instructions, counted by a count hook that every thread of the state carries
+ *     (set on the main thread at creation; Lua copies a thread's hook into each thread
+ *     it creates, so coroutines made by coroutine.create/wrap are counted too);
+ *   * bytes allocated (one unit per DS_VM_BYTES_PER_UNIT), so an instruction that copies
+ *     a large string (concatenation, string.rep, upper...) costs what it does;
+ *   * C loops that neither run instructions nor allocate, which charge their steps with
+ *     ds_vm_charge (pattern matching, table.sort/move/insert/remove, plain find...).
+ * Past the limit, or when an allocation stays refused at the memory cap, the budget is
+ * killed: the running thread raises "file:line: <what> exceeded", the hook is re-armed on
+ * every line and instruction (Redis' luaMaskCountHook) of the running thread and of the
+ * budget's root, so any further instruction raises again, and the state's pcall, xpcall,
+ * coroutine.resume and coroutine.wrap pass a kill on instead of catching it. From the
+ * hook the kill is thrown as a memory error, which runs no message handler (Lua runs
+ * handlers of errors raised in a hook with hooks off: one that loops would never stop);
+ * ds_vm_push_kill gives the real message to whoever catches it. __close handlers run
+ * under the budget; __gc metamethods run with hooks off in Lua, so plugins may not set
+ * them (lua/boot.lua's sandbox refuses them).
  * Must not: know about tasks, streams or HTTP; exit() on any error.
  */
 #ifndef DS_LUA_VM_H
@@ -15,10 +36,29 @@
 #include <lauxlib.h>
 #include <lua.h>
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct ds_vm_s ds_vm_t;
 
-/** Creates a state with the standard libraries open. mem_limit 0 = no cap. NULL on OOM. */
+/* The count hook fires every DS_VM_HOOK_STEP instructions. */
+#define DS_VM_HOOK_STEP 1000
+/* Bytes allocated per work unit (an instruction costs one unit, about 3 ns; copying or
+ * touching 16 fresh bytes costs about as much). */
+#define DS_VM_BYTES_PER_UNIT 16
+
+enum { DS_BUDGET_LIVE = 0, DS_BUDGET_EXCEEDED, DS_BUDGET_MEMORY };
+
+/** A budget: the bound of one run of Lua code. Plain struct, owned by whoever runs it. */
+typedef struct ds_budget_s {
+  const char *what; /* names it in the kill message: "instruction budget" */
+  uint64_t limit;   /* work units per entry; 0 = unlimited (memory kills still apply) */
+  uint64_t left;
+  int killed;       /* DS_BUDGET_LIVE, or why it was killed */
+  lua_State *root;  /* the thread the code started on (may be NULL) */
+} ds_budget_t;
+
+/** Creates a state with the standard libraries open (their looping functions bounded,
+ *  see l_bounded.c and l_pattern.c). mem_limit 0 = no cap. NULL on OOM. */
 ds_vm_t *ds_vm_new(size_t mem_limit);
 /** Closes the state; returns the number of refs still held (each logged with ds_warn). */
 long ds_vm_free(ds_vm_t *vm);
@@ -33,7 +73,8 @@ int ds_vm_pcall(lua_State *L, int nargs, int nresults);
  *  non-string errors via __tostring. */
 int ds_vm_msghandler(lua_State *L);
 /** Pushes "msg\ntraceback" for an error object at the top of co's stack (after a failed
- *  lua_resume) onto L. */
+ *  lua_resume) onto L. Runs no Lua (an error object's __tostring is not called: it could
+ *  loop outside every budget). */
 void ds_vm_push_traceback(lua_State *L, lua_State *co);
 
 /** luaL_ref(L, LUA_REGISTRYINDEX) on the value at the top (popped), counted. */
@@ -46,5 +87,39 @@ size_t ds_vm_mem_used(const ds_vm_t *vm);
 size_t ds_vm_mem_peak(const ds_vm_t *vm);
 void ds_vm_set_mem_limit(ds_vm_t *vm, size_t limit);
 size_t ds_vm_mem_limit(const ds_vm_t *vm);
+/** Counts C memory held on behalf of Lua (task structs, queued events) against the same
+ *  cap: bytes > 0 is refused (returns -1, nothing counted) when it would pass the cap;
+ *  bytes < 0 gives it back. */
+int ds_vm_account(ds_vm_t *vm, ptrdiff_t bytes);
+
+/* ---- budgets ---- */
+
+/** Fills b: `limit` units, not killed; root is re-armed with the running thread on a kill. */
+void ds_budget_init(ds_budget_t *b, const char *what, uint64_t limit, lua_State *root);
+/** Makes b the budget of the code run from now on; returns the one it replaces (give it
+ *  back to ds_vm_leave). NULL means "no budget": host code between runs. */
+ds_budget_t *ds_vm_enter(ds_vm_t *vm, ds_budget_t *b);
+void ds_vm_leave(ds_vm_t *vm, ds_budget_t *prev);
+ds_budget_t *ds_vm_budget(const ds_vm_t *vm);
+/** The thread running now (set by whoever resumes one: the scheduler, coroutine.resume
+ *  and coroutine.wrap of the state); a kill from the allocator re-arms it. Returns the
+ *  previous value, to restore after the resume. */
+lua_State *ds_vm_set_running(ds_vm_t *vm, lua_State *co);
+/** Spends `units` of the current budget from a C function called by L; raises the kill
+ *  when it is exhausted (or already killed). A no-op without a budget. Call it before
+ *  holding anything a raise would leak. */
+void ds_vm_charge(lua_State *L, uint64_t units);
+/** 1 when the current budget was killed (a protected call must let the error through). */
+int ds_vm_killed(lua_State *L);
+/** Raises the kill of the current budget (file:line of the running Lua code first). */
+int ds_vm_raise_kill(lua_State *L);
+/** Pushes the message of the last kill. A kill raised from the hook reaches pcall and
+ *  lua_resume as a memory error ("not enough memory"): whoever catches the error of a
+ *  killed budget reports this instead. */
+void ds_vm_push_kill(lua_State *L);
+
+/* internal: installed by ds_vm_new */
+void ds__bounded_open(lua_State *L); /* l_bounded.c */
+void ds__pattern_open(lua_State *L); /* l_pattern.c */
 
 #endif

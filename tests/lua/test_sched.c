@@ -320,9 +320,138 @@ static void test_memory_cap_is_an_error_not_an_abort(void **state) {
   spawn(f, "local t = {} for i = 1, 1e7 do t[i] = ('x'):rep(100) .. i end");
   run(f);
   assert_int_equal(f->done_err, 1);
-  assert_non_null(strstr(f->last_err, "not enough memory"));
+  if (!strstr(f->last_err, "memory limit exceeded") && !strstr(f->last_err, "not enough memory"))
+    fail_msg("got: %s", f->last_err);
   ds_vm_set_mem_limit(f->vm, 0);
   lua_gc(f->L, LUA_GCCOLLECT);
+}
+
+/* ---- every escape route of the budget (issue 12, item 2) ---- */
+
+/* Runs `code` as a task under a small budget beside a survivor that sleeps through it;
+ * the runaway must be killed with `want` in its message and the survivor must finish. */
+static void expect_killed(fx_t *f, const char *code, const char *want) {
+  f->done_ok = f->done_err = 0;
+  f->last_err[0] = 0;
+  ds_sched_set_budget(f->s, 200000);
+  assert_int_equal(luaL_loadbuffer(f->L, code, strlen(code), "@plugins/escape.lua"), LUA_OK);
+  assert_non_null(ds_sched_spawn(f->s, f->L, 0, on_done, f));
+  spawn(f, "sleep(1); survivor = (survivor or 0) + 1");
+  run(f);
+  if (f->done_err != 1 || f->done_ok != 1 || !strstr(f->last_err, want))
+    fail_msg("code %s: ok=%d err=%d, got: %s", code, f->done_ok, f->done_err, f->last_err);
+}
+
+static void test_budget_covers_nested_coroutines(void **state) {
+  fx_t *f = *state;
+  expect_killed(f, "coroutine.wrap(function() while true do end end)()", "instruction budget exceeded");
+  expect_killed(f,
+                "local co = coroutine.create(function() while true do pcall(function() while true do end end) end end)\n"
+                "while true do pcall(coroutine.resume, co) end",
+                "instruction budget exceeded");
+  /* a coroutine that keeps yielding: each resume is cheap, the loop around it is not */
+  expect_killed(f, "local co = coroutine.wrap(function() while true do coroutine.yield(1) end end)\n"
+                   "while true do co() end",
+                "instruction budget exceeded");
+  /* three levels deep, the kill is not caught on the way up */
+  expect_killed(f,
+                "local function deep(n) if n == 0 then while true do end end\n"
+                "  local ok, e = coroutine.resume(coroutine.create(deep), n - 1); return ok, e end\n"
+                "while true do pcall(deep, 3) end",
+                "instruction budget exceeded");
+  ds_sched_stats_t st;
+  ds_sched_stats(f->s, &st);
+  assert_int_equal(st.killed, 4);
+}
+
+static void test_budget_kill_passes_error_handlers(void **state) {
+  fx_t *f = *state;
+  /* the handler runs after an ordinary error and never returns */
+  expect_killed(f, "xpcall(error, function() while true do end end)", "instruction budget exceeded");
+  expect_killed(f, "while true do xpcall(error, function() while true do end end) end", "instruction budget exceeded");
+  /* the handler of the kill itself: it must not run hook-free */
+  expect_killed(f, "xpcall(function() while true do end end, function() while true do end end)",
+                "instruction budget exceeded");
+  expect_killed(f,
+                "xpcall(function() xpcall(function() while true do end end, function() while true do end end) end,\n"
+                "  function() while true do end end)",
+                "instruction budget exceeded");
+  /* a __close handler that loops, run by the unwinding of the kill */
+  expect_killed(f,
+                "local c <close> = setmetatable({}, {__close = function() while true do end end})\n"
+                "while true do end",
+                "instruction budget exceeded");
+  /* an error object whose __tostring loops: reporting must not run it */
+  expect_killed(f, "error(setmetatable({}, {__tostring = function() while true do end end}))", "table value");
+}
+
+static void test_pathological_patterns_are_killed(void **state) {
+  fx_t *f = *state;
+  static const char *const calls[] = {
+      "string.find(s, p)", "string.match(s, p)", "string.gsub(s, p, 'x')",
+      "for x in string.gmatch(s, p) do end", "s:find(p, 1)",
+  };
+  for (size_t i = 0; i < sizeof calls / sizeof *calls; i++) {
+    char code[256];
+    snprintf(code, sizeof code, "local s = string.rep('a', 30) .. 'b'\nlocal p = string.rep('a*', 20) .. 'c'\n%s",
+             calls[i]);
+    expect_killed(f, code, "instruction budget exceeded");
+  }
+  /* patterns still work, and cost only what they do (a few units per subject byte) */
+  ds_sched_set_budget(f->s, 1000000);
+  spawn(f, "assert(('hello world'):match('(%w+) (%w+)') == 'hello')\n"
+           "assert(select(2, ('a,b,,c'):gsub(',', ';')) == 3)\n"
+           "local s = string.rep('ab', 20000); assert(#s:gsub('b', '') == 20000)");
+  f->done_ok = 0;
+  run(f);
+  assert_int_equal(f->done_ok, 1);
+}
+
+static void test_c_loops_are_charged(void **state) {
+  fx_t *f = *state;
+  /* used to loop 2^62 times without allocating a byte */
+  spawn(f, "assert(string.rep('', 2^62) == '' and string.rep('', 10, '') == '')");
+  f->done_ok = 0;
+  run(f);
+  assert_int_equal(f->done_ok, 1);
+  expect_killed(f, "local t = {} for i = 1, 1e6 do table.insert(t, 1, i) end", "instruction budget exceeded");
+  expect_killed(f, "table.move({}, 1, math.maxinteger - 1, 2)", "instruction budget exceeded");
+  expect_killed(f, "table.concat({}, '', 1, 1e12)", "instruction budget exceeded");
+  expect_killed(f, "local t = {} for i = 1, 3e4 do t[i] = i end while true do table.sort(t) end",
+                "instruction budget exceeded");
+  /* one instruction copying a megabyte costs what the copy does */
+  expect_killed(f, "local s = string.rep('x', 1 << 20) while true do local y = s .. '!' end",
+                "instruction budget exceeded");
+  expect_killed(f, "local s = string.rep('x', 1 << 20) while true do local n = utf8.len(s) end",
+                "instruction budget exceeded");
+}
+
+static void test_memory_kill_is_not_swallowed(void **state) {
+  fx_t *f = *state;
+  ds_vm_set_mem_limit(f->vm, ds_vm_mem_used(f->vm) + (4u << 20));
+  /* without a budget on instructions: only the memory kill can stop it */
+  ds_sched_set_budget(f->s, 0);
+  spawn(f, "hog = {} while true do pcall(function() hog[#hog + 1] = {} end) end");
+  spawn(f, "sleep(1); survivor = 1");
+  run(f);
+  assert_int_equal(f->done_err, 1);
+  assert_int_equal(f->done_ok, 1);
+  if (!strstr(f->last_err, "memory limit exceeded")) fail_msg("got: %s", f->last_err);
+  assert_int_equal(luaL_dostring(f->L, "hog = nil"), LUA_OK);
+  ds_vm_set_mem_limit(f->vm, 0);
+  lua_gc(f->L, LUA_GCCOLLECT);
+}
+
+/* A task's coroutine belongs to the scheduler: Lua may not resume or close it. */
+static void test_task_coroutine_is_not_lua_s(void **state) {
+  fx_t *f = *state;
+  spawn(f, "victim = coroutine.running(); sleep(20); victim_done = true");
+  spawn(f, "local ok, e = pcall(coroutine.resume, victim); assert(not ok and e:find('scheduler'), e)\n"
+           "ok, e = pcall(coroutine.close, victim); assert(not ok and e:find('cancel the task'), e)");
+  run(f);
+  assert_int_equal(f->done_ok, 2);
+  assert_int_equal(f->done_err, 0);
+  assert_int_equal(luaL_dostring(f->L, "assert(victim_done); victim = nil"), LUA_OK);
 }
 
 int main(void) {
@@ -341,6 +470,12 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_shutdown_cancels_everything, setup, teardown),
       cmocka_unit_test_setup_teardown(test_refs_are_counted, setup, teardown),
       cmocka_unit_test_setup_teardown(test_memory_cap_is_an_error_not_an_abort, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_budget_covers_nested_coroutines, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_budget_kill_passes_error_handlers, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_pathological_patterns_are_killed, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_c_loops_are_charged, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_memory_kill_is_not_swallowed, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_task_coroutine_is_not_lua_s, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
