@@ -180,6 +180,7 @@ ds_vm_t *ds_config_eval(const char *path, char *err, size_t errlen) {
   lua_State *L = ds_vm_state(vm);
   ds_budget_t b;
   ds_budget_init(&b, "instruction budget of config.lua", DS_CONFIG_BUDGET, L);
+  ds_budget_set_time(&b, DS_CONFIG_TIME_LIMIT_MS);
   ds_budget_t *outer = ds_vm_enter(vm, &b);
   lua_State *was = ds_vm_set_running(vm, L);
   lua_pushcfunction(L, msgh);

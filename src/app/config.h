@@ -57,6 +57,7 @@ void ds_config_free(ds_config_t *c);
  * file's name instead of hanging it. */
 #define DS_CONFIG_BUDGET 100000000u         /* work units (vm.h), about 0.3 s of CPU */
 #define DS_CONFIG_MEM_LIMIT ((size_t)64 << 20)
+#define DS_CONFIG_TIME_LIMIT_MS 2000u
 
 /** Evaluates config.lua at path in a fresh Lua state under DS_CONFIG_BUDGET and
  *  DS_CONFIG_MEM_LIMIT; returns the state with the table it returned alone on its stack

@@ -390,8 +390,13 @@ static void on_dispatch(uv_idle_t *idle) {
 /* ---- load phase ---- */
 
 /* The load phase runs under one budget per plugin (and one for config.lua and lua/). */
+/* What one load-phase run (config.lua's agents table with lua/, or one plugin) may take
+ * on the clock, whatever its instruction budget: start-up cannot hang on one. */
+#define LOAD_TIME_LIMIT_MS 2000
+
 static void load_budget_arm(ds_lua_host_t *h) {
   ds_budget_init(&h->load_bud, "instruction budget of the load phase", h->load_budget, h->L);
+  ds_budget_set_time(&h->load_bud, LOAD_TIME_LIMIT_MS);
   h->load_outer = ds_vm_enter(h->vm, &h->load_bud);
   ds_vm_set_running(h->vm, h->L);
 }
@@ -510,6 +515,9 @@ static int init_state(lua_State *L) {
   lua_pop(L, 1);
   lua_getfield(L, -1, "max_hook_errors");
   h->max_hook_errors = (int)lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  lua_getfield(L, -1, "task_time_limit_ms");
+  ds_sched_set_time_limit(h->sched, (uint64_t)lua_tointeger(L, -1));
   lua_pop(L, 1);
   lua_getfield(L, -1, "max_tasks_per_plugin");
   h->max_tasks_per_plugin = (unsigned)lua_tointeger(L, -1);

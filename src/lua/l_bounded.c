@@ -53,7 +53,7 @@ static int l_pcall(lua_State *L) {
   return finish_pcall(L, st, 0);
 }
 
-static int l_xpcall(lua_State *L) {
+int ds__xpcall(lua_State *L) {
   int n = lua_gettop(L);
   luaL_checktype(L, 2, LUA_TFUNCTION);
   lua_pushboolean(L, 1); /* [f h args... true] */
@@ -274,7 +274,7 @@ static void wrap(lua_State *L, const char *name, lua_CFunction fn) {
 void ds__bounded_open(lua_State *L) {
   lua_pushcfunction(L, l_pcall);
   lua_setglobal(L, "pcall");
-  lua_pushcfunction(L, l_xpcall);
+  lua_pushcfunction(L, ds__xpcall);
   lua_setglobal(L, "xpcall");
   lua_newtable(L); /* the set of threads killed from the hook, weak keys */
   lua_createtable(L, 0, 1);

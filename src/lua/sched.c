@@ -44,7 +44,7 @@ struct ds_sched_s {
   lua_State *L;
   uv_idle_t idle;
   int idle_open, idle_active, shut;
-  uint64_t budget;
+  uint64_t budget, time_ms;
   ds_task_t *rhead, *rtail;
   size_t rcount;
   ds_task_t *live;
@@ -67,6 +67,7 @@ ds_sched_t *ds_sched_new(uv_loop_t *loop, ds_vm_t *vm) {
 }
 
 void ds_sched_set_budget(ds_sched_t *s, uint64_t instructions) { s->budget = instructions; }
+void ds_sched_set_time_limit(ds_sched_t *s, uint64_t ms) { s->time_ms = ms; }
 
 void ds_sched_stats(const ds_sched_t *s, ds_sched_stats_t *out) { *out = s->st; }
 
@@ -193,6 +194,7 @@ static void close_thread(ds_sched_t *s, ds_task_t *t) {
   if (t->budget.killed) return;
   ds_budget_t b;
   ds_budget_init(&b, "instruction budget", s->budget, t->co);
+  ds_budget_set_time(&b, s->time_ms);
   ds_budget_t *outer = ds_vm_enter(s->vm, &b);
   lua_State *was_running = ds_vm_set_running(s->vm, t->co);
   if (lua_resetthread(t->co) != LUA_OK) lua_pop(t->co, 1); /* a __close handler's error */
@@ -217,6 +219,7 @@ static void task_resume(ds_sched_t *s, ds_task_t *t) {
   t->state = T_RUNNING;
   /* every resume gets a fresh budget; the threads it creates inherit the vm's hook */
   ds_budget_init(&t->budget, "instruction budget", s->budget, co);
+  ds_budget_set_time(&t->budget, s->time_ms);
   ds_budget_t *outer = ds_vm_enter(s->vm, &t->budget);
   lua_State *was_running = ds_vm_set_running(s->vm, co);
   s->current = t;

@@ -47,8 +47,10 @@ typedef struct ds_sched_stats_s {
 } ds_sched_stats_t;
 
 ds_sched_t *ds_sched_new(uv_loop_t *loop, ds_vm_t *vm);
-/** Instructions a task may run per resume before it is killed (0 = unlimited). */
+/** Work units (vm.h) a task may spend per resume before it is killed (0 = unlimited). */
 void ds_sched_set_budget(ds_sched_t *s, uint64_t instructions);
+/** Wall-clock milliseconds a resume may last before the task is killed (0 = unlimited). */
+void ds_sched_set_time_limit(ds_sched_t *s, uint64_t ms);
 /** Cancels every task and closes the idle handle (the caller runs the loop after). */
 void ds_sched_shutdown(ds_sched_t *s);
 /** Frees the scheduler (after shutdown and the loop ran); returns the tasks leaked. */

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/clock.h"
 #include "core/log.h"
 
 struct ds_vm_s {
@@ -112,6 +113,8 @@ static void format_kill(lua_State *L) {
   char what[160];
   if (b && b->killed == DS_BUDGET_MEMORY)
     snprintf(what, sizeof what, "memory limit exceeded (an allocation past the cap failed)");
+  else if (b && b->killed == DS_BUDGET_TIME)
+    snprintf(what, sizeof what, "time limit exceeded (ran %llu ms without yielding)", (unsigned long long)b->time_ms);
   else
     snprintf(what, sizeof what, "%s exceeded (runaway code without yielding)",
              b && b->what ? b->what : "instruction budget");
@@ -138,14 +141,29 @@ void ds_vm_push_kill(lua_State *L) {
   lua_pushstring(L, vm->kill_msg);
 }
 
+/* Whether an xpcall of the state is running on L's stack (its message handler would run
+ * for an error raised now). */
+static int in_xpcall(lua_State *L) {
+  lua_Debug ar;
+  for (int level = 0; lua_getstack(L, level, &ar); level++) {
+    if (!lua_getinfo(L, "f", &ar)) continue; /* [.. f] */
+    int found = lua_tocfunction(L, -1) == ds__xpcall;
+    lua_pop(L, 1);
+    if (found) return 1;
+  }
+  return 0;
+}
+
 /* Raises the kill from inside the hook. An error raised with lua_error there would run
  * the message handler of an enclosing xpcall while hooks are off (Lua disables them for
- * the hook's duration), so a handler that loops would never be stopped. A memory error
- * is thrown without calling any handler: the hook asks for an allocation the allocator
- * refuses (twice: Lua retries after an emergency collection), and the error object is
- * replaced by the kill message wherever the error is caught (ds_vm_push_kill). */
+ * the hook's duration), so a handler that loops would never be stopped. When one is on
+ * the stack, a memory error is thrown instead, which runs no handler: the hook asks for
+ * an allocation the allocator refuses (twice: Lua retries after an emergency collection,
+ * which is the price of this path), and the error object is replaced by the kill message
+ * wherever the error is caught (ds_vm_push_kill). */
 static void throw_kill(lua_State *L) {
   ds_vm_t *vm = ds_vm_of(L);
+  if (!in_xpcall(L)) ds_vm_raise_kill(L);
   format_kill(L);
   vm->throwing = 1;
   lua_newuserdatauv(L, KILL_ALLOC, 0); /* does not return */
@@ -166,12 +184,14 @@ static void vm_hook(lua_State *L, lua_Debug *ar) {
     /* re-armed under a budget that was killed; this thread now runs under a live one */
     lua_sethook(L, vm_hook, LUA_MASKCOUNT, DS_VM_HOOK_STEP);
   }
-  if (!b || ar->event != LUA_HOOKCOUNT || !b->limit) return;
-  if (b->left > (uint64_t)count) {
-    b->left -= (uint64_t)count;
-    return;
-  }
-  kill(vm, b, DS_BUDGET_EXCEEDED);
+  if (!b || ar->event != LUA_HOOKCOUNT) return;
+  int why = DS_BUDGET_LIVE;
+  if (b->deadline_ns && ds_clock_mono_ns() > b->deadline_ns) why = DS_BUDGET_TIME;
+  else if (!b->limit) return;
+  else if (b->left > (uint64_t)count) b->left -= (uint64_t)count;
+  else why = DS_BUDGET_EXCEEDED;
+  if (why == DS_BUDGET_LIVE) return;
+  kill(vm, b, why);
   arm_kill(L);
   throw_kill(L);
 }
@@ -297,8 +317,15 @@ void ds_budget_init(ds_budget_t *b, const char *what, uint64_t limit, lua_State 
   b->what = what;
   b->limit = limit;
   b->left = limit;
+  b->deadline_ns = 0;
+  b->time_ms = 0;
   b->killed = DS_BUDGET_LIVE;
   b->root = root;
+}
+
+void ds_budget_set_time(ds_budget_t *b, uint64_t ms) {
+  b->time_ms = ms;
+  b->deadline_ns = ms ? ds_clock_mono_ns() + ms * 1000000u : 0;
 }
 
 ds_budget_t *ds_vm_enter(ds_vm_t *vm, ds_budget_t *b) {
@@ -331,12 +358,13 @@ void ds_vm_charge(lua_State *L, uint64_t units) {
     arm_kill(L);
     ds_vm_raise_kill(L);
   }
-  if (!b->limit) return;
-  if (b->left > units) {
-    b->left -= units;
-    return;
-  }
-  kill(vm, b, DS_BUDGET_EXCEEDED);
+  int why = DS_BUDGET_LIVE;
+  if (b->deadline_ns && ds_clock_mono_ns() > b->deadline_ns) why = DS_BUDGET_TIME;
+  else if (!b->limit) return;
+  else if (b->left > units) b->left -= units;
+  else why = DS_BUDGET_EXCEEDED;
+  if (why == DS_BUDGET_LIVE) return;
+  kill(vm, b, why);
   arm_kill(L);
   ds_vm_raise_kill(L);
 }

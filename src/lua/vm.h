@@ -18,16 +18,24 @@
  *     a large string (concatenation, string.rep, upper...) costs what it does;
  *   * C loops that neither run instructions nor allocate, which charge their steps with
  *     ds_vm_charge (pattern matching, table.sort/move/insert/remove, plain find...).
+ * Units are deterministic (tests rely on them) but only approximate time: a unit of
+ * allocation-heavy code (a table growing, its garbage collector's work, tostring) costs
+ * ten times what a unit of a plain loop does. So a budget may also carry a wall-clock
+ * limit, checked by the same hook (every DS_VM_HOOK_STEP instructions) and by
+ * ds_vm_charge: that is what bounds how long one run holds the loop.
  * Past the limit, or when an allocation stays refused at the memory cap, the budget is
  * killed: the running thread raises "file:line: <what> exceeded", the hook is re-armed on
  * every line and instruction (Redis' luaMaskCountHook) of the running thread and of the
  * budget's root, so any further instruction raises again, and the state's pcall, xpcall,
- * coroutine.resume and coroutine.wrap pass a kill on instead of catching it. From the
- * hook the kill is thrown as a memory error, which runs no message handler (Lua runs
- * handlers of errors raised in a hook with hooks off: one that loops would never stop);
- * ds_vm_push_kill gives the real message to whoever catches it. __close handlers run
- * under the budget; __gc metamethods run with hooks off in Lua, so plugins may not set
- * them (lua/boot.lua's sandbox refuses them).
+ * coroutine.resume and coroutine.wrap pass a kill on instead of catching it. Lua runs the
+ * message handler of an error raised in a hook with hooks off (one that loops would
+ * never stop), so when an xpcall is on the stack the hook throws the kill as a memory
+ * error, which runs no handler (at the cost of one emergency collection);
+ * ds_vm_push_kill gives the real message to whoever catches it. A thread that dies of a
+ * kill raised in the hook keeps its hooks off (Lua restores them only in a protected
+ * call), so its pending __close handlers never run (sched.c, l_bounded.c). Other __close
+ * handlers run under the budget; __gc metamethods run with hooks off in Lua, so plugins
+ * may not set them (lua/boot.lua's sandbox refuses them).
  * Must not: know about tasks, streams or HTTP; exit() on any error.
  */
 #ifndef DS_LUA_VM_H
@@ -46,13 +54,15 @@ typedef struct ds_vm_s ds_vm_t;
  * touching 16 fresh bytes costs about as much). */
 #define DS_VM_BYTES_PER_UNIT 16
 
-enum { DS_BUDGET_LIVE = 0, DS_BUDGET_EXCEEDED, DS_BUDGET_MEMORY };
+enum { DS_BUDGET_LIVE = 0, DS_BUDGET_EXCEEDED, DS_BUDGET_MEMORY, DS_BUDGET_TIME };
 
 /** A budget: the bound of one run of Lua code. Plain struct, owned by whoever runs it. */
 typedef struct ds_budget_s {
   const char *what; /* names it in the kill message: "instruction budget" */
   uint64_t limit;   /* work units per entry; 0 = unlimited (memory kills still apply) */
   uint64_t left;
+  uint64_t deadline_ns; /* monotonic; 0 = none (ds_budget_set_time) */
+  uint64_t time_ms;     /* the time it was given, for the message */
   int killed;       /* DS_BUDGET_LIVE, or why it was killed */
   lua_State *root;  /* the thread the code started on (may be NULL) */
 } ds_budget_t;
@@ -94,8 +104,11 @@ int ds_vm_account(ds_vm_t *vm, ptrdiff_t bytes);
 
 /* ---- budgets ---- */
 
-/** Fills b: `limit` units, not killed; root is re-armed with the running thread on a kill. */
+/** Fills b: `limit` units, no time limit, not killed; root is re-armed with the running
+ *  thread on a kill. */
 void ds_budget_init(ds_budget_t *b, const char *what, uint64_t limit, lua_State *root);
+/** Gives b a wall-clock limit of ms from now (0 = none). */
+void ds_budget_set_time(ds_budget_t *b, uint64_t ms);
 /** Makes b the budget of the code run from now on; returns the one it replaces (give it
  *  back to ds_vm_leave). NULL means "no budget": host code between runs. */
 ds_budget_t *ds_vm_enter(ds_vm_t *vm, ds_budget_t *b);
@@ -120,6 +133,7 @@ void ds_vm_push_kill(lua_State *L);
 
 /* internal: installed by ds_vm_new */
 void ds__bounded_open(lua_State *L); /* l_bounded.c */
+int ds__xpcall(lua_State *L);        /* l_bounded.c: the state's xpcall */
 void ds__pattern_open(lua_State *L); /* l_pattern.c */
 
 #endif
