@@ -102,6 +102,9 @@ function M:finish(st, req, ok, err)
   if ok then
     self:emit(st, E.ended, obj(self.ds, "requestOffset", req.offset))
   else
+    -- the operator's record of every failed answer (refused, 401, stall, cut, malformed...)
+    self.ds.log.warn(("agent: request %s on %s (model %s) failed: %s"):format(req.offset, st.path,
+      tostring(req.model_name), one_line(err)))
     self:emit(st, E.cancelled, obj(self.ds, "requestOffset", req.offset, "reason", "error", "message", one_line(err)))
   end
   self:next(st)

@@ -12,6 +12,7 @@
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "core/buf.h"
 #include "core/err.h"
@@ -149,6 +150,20 @@ static int on_sse_event(const ds_sse_event_t *ev, void *ud) {
   return 0;
 }
 
+/* Whether a Content-Type value names an event stream; an answer without one counts as a
+ * stream too (some servers omit it). Anything else - a complete JSON answer from a server
+ * that ignored `stream: true`, an HTML page from a proxy - is passed on as body chunks
+ * for the caller to read whole. */
+static int is_event_stream(const ds_http_header_t *h, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    if (strcasecmp(h[i].name, "content-type") != 0) continue;
+    const char *v = h[i].value;
+    while (*v == ' ') v++;
+    return strncasecmp(v, "text/event-stream", 17) == 0;
+  }
+  return 1;
+}
+
 static void cb_headers(ds_http_xfer_t *x, long status, const ds_http_header_t *h, size_t n, void *ud) {
   hreq_t *r = ud;
   r->status = status;
@@ -159,7 +174,7 @@ static void cb_headers(ds_http_xfer_t *x, long status, const ds_http_header_t *h
   }
   r->nhdr = n;
   r->headers_ready = 1;
-  r->sse_on = r->sse_wanted && status >= 200 && status < 300;
+  r->sse_on = r->sse_wanted && status >= 200 && status < 300 && is_event_stream(h, n);
   wake(r);
 }
 
