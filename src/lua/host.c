@@ -150,8 +150,14 @@ static int release_plugin(lua_State *L) {
 }
 
 /* Disables plugin p (never the lua/ policy): its hooks and routes stop, its other tasks
- * are cancelled, what it holds in Lua is released. */
-static void disable_plugin(ds_lua_host_t *h, int p, const char *why) {
+ * are cancelled, what it holds in Lua is released; with `collect`, a full collection
+ * gives the memory back now (a plugin that filled the state to its cap: otherwise the
+ * next task to allocate would pay an emergency collection, and the stats would keep
+ * showing the memory until then). */
+static void disable_plugin_gc(ds_lua_host_t *h, int p, const char *why, int collect);
+static void disable_plugin(ds_lua_host_t *h, int p, const char *why) { disable_plugin_gc(h, p, why, 0); }
+
+static void disable_plugin_gc(ds_lua_host_t *h, int p, const char *why, int collect) {
   if (p <= 0 || (size_t)p >= h->nplugins || h->plugins[p].disabled) return;
   h->plugins[p].disabled = 1;
   h->plugins_disabled++;
@@ -167,6 +173,7 @@ static void disable_plugin(ds_lua_host_t *h, int p, const char *why) {
     lua_pushcfunction(h->L, release_plugin);
     lua_pushinteger(h->L, p);
     if (ds_vm_pcall(h->L, 1, 0) != LUA_OK) lua_pop(h->L, 1);
+    if (collect) lua_gc(h->L, LUA_GCCOLLECT);
   }
 }
 
@@ -209,7 +216,7 @@ static void task_done(ds_task_t *t, int status, lua_State *L, void *ud) {
     if (ds_task_killed(t) == DS_BUDGET_MEMORY && c->plugin > 0) {
       /* it took the Lua state to its cap: whatever it keeps would starve every other
        * task, so it goes now and its memory with it */
-      disable_plugin(h, c->plugin, "memory limit reached (agents.memory_limit_mb)");
+      disable_plugin_gc(h, c->plugin, "memory limit reached (agents.memory_limit_mb)", 1);
     } else {
       plugin_failed(h, c->plugin);
     }
@@ -262,6 +269,71 @@ ds_task_t *ds__spawn(ds_lua_host_t *h, lua_State *L, int nargs, const ds__spawn_
   if (h->live) h->live->prev = c;
   h->live = c;
   return t;
+}
+
+/* ---- ds.on_start, ds.on_shutdown ---- */
+
+/* Registers the function at 1 in list (load phase only). */
+static int add_lifecycle(lua_State *L, ds__lifecycle_t **list, size_t *n, const char *what) {
+  ds_lua_host_t *h = ds__host_of(L);
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  if (h->phase != DS_PHASE_LOAD) return luaL_error(L, "%s: register in the load phase", what);
+  *list = ds_xrealloc(*list, (*n + 1) * sizeof **list);
+  lua_pushvalue(L, 1);
+  (*list)[*n].fn_ref = ds_vm_ref(L);
+  (*list)[*n].plugin = ds__current_plugin(L);
+  (*n)++;
+  return 0;
+}
+
+/* ds.on_start(fn): fn runs as a task once the run phase begins (start-up work that needs
+ * I/O, such as closing what a crash left open). */
+static int l_on_start(lua_State *L) {
+  ds_lua_host_t *h = ds__host_of(L);
+  return add_lifecycle(L, &h->starts, &h->nstarts, "ds.on_start");
+}
+
+/* ds.on_shutdown(fn): fn runs at shutdown, before tasks are cancelled, outside any task
+ * (it cannot yield: synchronous appends only) and bounded by DS_LUA_SHUTDOWN_MS. */
+static int l_on_shutdown(lua_State *L) {
+  ds_lua_host_t *h = ds__host_of(L);
+  return add_lifecycle(L, &h->stops, &h->nstops, "ds.on_shutdown");
+}
+
+static void run_starts(ds_lua_host_t *h) {
+  for (size_t i = 0; i < h->nstarts; i++) {
+    ds__lifecycle_t *lc = &h->starts[i];
+    if (lc->plugin > 0 && h->plugins[lc->plugin].disabled) continue;
+    lua_rawgeti(h->L, LUA_REGISTRYINDEX, lc->fn_ref);
+    ds__spawn_t sp = {.plugin = lc->plugin, .hook = -1, .route = -1};
+    char why[256];
+    if (!ds__spawn(h, h->L, 0, &sp, why, sizeof why))
+      ds_error("lua", "plugin %s: start-up task not run: %s", h->plugins[lc->plugin].name, why);
+  }
+}
+
+/* The shutdown functions, one budget for them all: whatever is left when it runs out
+ * stays for the next start to close. */
+static void run_stops(ds_lua_host_t *h) {
+  if (!h->nstops) return;
+  ds_budget_t b;
+  ds_budget_init(&b, "instruction budget of the shutdown", h->load_budget, h->L);
+  ds_budget_set_time(&b, DS_LUA_SHUTDOWN_MS);
+  ds_budget_t *outer = ds_vm_enter(h->vm, &b);
+  lua_State *was = ds_vm_set_running(h->vm, h->L);
+  for (size_t i = 0; i < h->nstops && !b.killed; i++) {
+    ds__lifecycle_t *lc = &h->stops[i];
+    if (lc->plugin > 0 && h->plugins[lc->plugin].disabled) continue;
+    lua_rawgeti(h->L, LUA_REGISTRYINDEX, lc->fn_ref);
+    if (ds_vm_pcall(h->L, 0, 0) != LUA_OK) {
+      char line[512];
+      ds_error("lua", "plugin %s: shutdown function failed: %s", h->plugins[lc->plugin].name,
+               first_line(lua_tostring(h->L, -1), line, sizeof line));
+      lua_pop(h->L, 1);
+    }
+  }
+  ds_vm_set_running(h->vm, was);
+  ds_vm_leave(h->vm, outer);
 }
 
 /* ---- ds.on and the decorator chain ---- */
@@ -452,6 +524,11 @@ static int init_state(lua_State *L) {
   lua_setfield(L, -2, "ws"); /* [ds] */
   lua_pushcfunction(L, l_on);
   lua_setfield(L, -2, "on");
+  lua_pushcfunction(L, l_on_start);
+  lua_setfield(L, -2, "on_start");
+  lua_pushcfunction(L, l_on_shutdown);
+  lua_setfield(L, -2, "on_shutdown");
+  ds__marks_open(L);
   lua_getglobal(L, "package");
   lua_getfield(L, -1, "loaded");  /* [ds package loaded] */
   lua_pushvalue(L, -3);
@@ -674,6 +751,7 @@ ds_lua_host_t *ds_lua_host_new(uv_loop_t *loop, ds_streams_t *streams, const ds_
   h->loop = loop;
   h->streams = streams;
   h->ds_ref = h->route_runner_ref = LUA_NOREF;
+  h->marks_dir = o.state_dir ? ds_xstrdup(o.state_dir) : NULL;
   h->vm = ds_vm_new(0);
   if (!h->vm) {
     free(h);
@@ -742,6 +820,7 @@ ds_lua_host_t *ds_lua_host_new(uv_loop_t *loop, ds_streams_t *streams, const ds_
   lua_gc(h->L, LUA_GCCOLLECT);
   h->phase = DS_PHASE_RUN;
   ds_streams_add_observer(streams, observer, h);
+  run_starts(h);
   return h;
 }
 
@@ -761,6 +840,7 @@ void ds_lua_host_stats(const ds_lua_host_t *h, ds_lua_host_stats_t *out) {
 void ds_lua_host_shutdown(ds_lua_host_t *h) {
   if (!h || h->phase == DS_PHASE_DOWN) return;
   int was_run = h->phase == DS_PHASE_RUN;
+  if (was_run) run_stops(h); /* still the run phase: appends work */
   h->phase = DS_PHASE_DOWN;
   if (was_run) ds_streams_remove_observer(h->streams, observer, h);
   while (h->phead) {
@@ -809,6 +889,11 @@ int ds_lua_host_free(ds_lua_host_t *h) {
     }
     free(h->paths);
   }
+  for (size_t i = 0; i < h->nstarts; i++) ds_vm_unref(L, h->starts[i].fn_ref);
+  for (size_t i = 0; i < h->nstops; i++) ds_vm_unref(L, h->stops[i].fn_ref);
+  free(h->starts);
+  free(h->stops);
+  free(h->marks_dir);
   ds_vm_unref(L, h->ds_ref);
   ds_vm_unref(L, h->route_runner_ref);
   ds_sched_stats_t st;

@@ -1,9 +1,9 @@
-/* l_task.c - ds.spawn, ds.sleep, ds.now_ms, ds.iso_now and the ds.Task handle.
+/* l_task.c - ds.spawn, ds.task, ds.sleep, ds.now_ms, ds.iso_now and the ds.Task handle.
  *
  * ds.Task is an I/O object (habits §4.1): a box holding a retained ds_task_t; the task
  * struct outlives the task until the box is collected. task:cancel() stops a task that
  * is not the running one (its wait is released, its coroutine closed); task:status()
- * is "running" or "ended".
+ * is "running" or "ended". ds.task() is the running task's own handle (nil outside one).
  * Must not: resume anything itself (sched.c does, from the loop).
  */
 #include <string.h>
@@ -36,6 +36,18 @@ static int l_spawn(lua_State *L) {
   char why[256];
   ds_task_t *t = ds__spawn(h, L, nargs, &sp, why, sizeof why); /* [box] */
   if (!t) return luaL_error(L, "ds.spawn: %s", why);
+  ds_task_retain(t);
+  box->t = t;
+  return 1;
+}
+
+/* ds.task() -> the running task's handle, or nil outside a task. */
+static int l_task(lua_State *L) {
+  ds_task_t *t = ds_task_current(L);
+  if (!t) return 0;
+  task_box_t *box = lua_newuserdatauv(L, sizeof *box, 0);
+  box->t = NULL;
+  luaL_setmetatable(L, TASK_MT);
   ds_task_retain(t);
   box->t = t;
   return 1;
@@ -96,7 +108,8 @@ static int l_iso_now(lua_State *L) {
 static const luaL_Reg task_methods[] = {{"cancel", l_task_cancel}, {"status", l_task_status}, {NULL, NULL}};
 static const luaL_Reg task_meta[] = {{"__gc", l_task_gc}, {NULL, NULL}};
 static const luaL_Reg funcs[] = {
-    {"spawn", l_spawn}, {"sleep", l_sleep}, {"now_ms", l_now_ms}, {"iso_now", l_iso_now}, {NULL, NULL}};
+    {"spawn", l_spawn}, {"task", l_task}, {"sleep", l_sleep}, {"now_ms", l_now_ms}, {"iso_now", l_iso_now},
+    {NULL, NULL}};
 
 void ds__task_open(lua_State *L) {
   /* [ds] */

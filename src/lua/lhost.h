@@ -54,6 +54,12 @@ typedef struct ds__pathcount_s {
 
 typedef struct ds__tctx_s ds__tctx_t;
 
+/* A function registered with ds.on_start or ds.on_shutdown, and its plugin. */
+typedef struct ds__lifecycle_s {
+  int fn_ref;
+  int plugin;
+} ds__lifecycle_t;
+
 typedef struct ds__pending_s ds__pending_t;
 typedef struct ds__lsub_s ds__lsub_t;
 typedef struct ds__lreq_s ds__lreq_t;
@@ -89,6 +95,9 @@ struct ds_lua_host_s {
   ds__lsub_t *subs; /* live Lua subscriptions */
   ds__lreq_t *reqs; /* HTTP requests owned by Lua routes */
   ds_l_http_t *httpc; /* outbound HTTP for ds.http.request (l_http_client.c) */
+  char *marks_dir;    /* ds.marks' files; NULL: kept in memory (l_marks.c) */
+  ds__lifecycle_t *starts, *stops; /* ds.on_start / ds.on_shutdown functions */
+  size_t nstarts, nstops;
   ds_l_ws_t *wsc;     /* outbound WebSockets for ds.ws.connect (l_ws.c) */
   uint64_t events_seen, events_dispatched, hooks_failed;
 };
@@ -145,6 +154,7 @@ void ds__log_open(lua_State *L);
 void ds__stream_open(lua_State *L);
 void ds__http_open(lua_State *L);
 void ds__task_open(lua_State *L);
+void ds__marks_open(lua_State *L);
 /** Closes every Lua subscription (host shutdown, before the streams go). */
 void ds__stream_close_all(ds_lua_host_t *h);
 /** Answers and releases every Lua-owned request (host shutdown). */

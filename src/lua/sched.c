@@ -140,11 +140,13 @@ static void task_end(ds_task_t *t, int status) {
   if (status == LUA_OK) s->st.finished++;
   else if (status == -1) s->st.cancelled++;
   else s->st.failed++;
-  if (t->done) t->done(t, status, s->L, t->done_ud);
+  /* the coroutine goes first: what done does (a collection, when a plugin is disabled)
+   * must find it unreachable */
   *extra(t->co) = NULL;
   ds_vm_unref(s->L, t->co_ref);
   t->co_ref = LUA_NOREF;
   t->co = NULL;
+  if (t->done) t->done(t, status, s->L, t->done_ud);
   if (t->timer_open) uv_close((uv_handle_t *)&t->timer, on_timer_closed);
   ds_task_release(t);
 }
