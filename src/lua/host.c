@@ -97,14 +97,17 @@ static ds__pathcount_t *path_find(ds_lua_host_t *h, const char *p, size_t n, int
   ds__pathcount_t *e = ds_xmalloc(sizeof *e + n + 1);
   memcpy(e->path, p, n);
   e->path[n] = 0;
-  e->n = 0;
+  e->n = e->held = 0;
   e->next = h->paths[b];
   h->paths[b] = e;
   return e;
 }
 
-static void path_release(ds_lua_host_t *h, ds__pathcount_t *e) {
-  if (!e || --e->n > 0) return;
+static void path_release(ds_lua_host_t *h, ds__pathcount_t *e, int counted) {
+  if (!e) return;
+  if (counted) e->n--;
+  else e->held--;
+  if (e->n > 0 || e->held > 0) return;
   ds__pathcount_t **pp = &h->paths[path_hash(e->path, strlen(e->path))];
   while (*pp && *pp != e) pp = &(*pp)->next;
   if (*pp) *pp = e->next;
@@ -196,8 +199,9 @@ static void task_done(ds_task_t *t, int status, lua_State *L, void *ud) {
   if (c->prev) c->prev->next = c->next;
   else h->live = c->next;
   if (c->next) c->next->prev = c->prev;
-  if ((size_t)c->plugin < h->nplugins && h->plugins[c->plugin].tasks > 0) h->plugins[c->plugin].tasks--;
-  path_release(h, c->path);
+  if (c->counted && (size_t)c->plugin < h->nplugins && h->plugins[c->plugin].tasks > 0)
+    h->plugins[c->plugin].tasks--;
+  path_release(h, c->path, c->counted);
   ds_vm_account(h->vm, -(ptrdiff_t)TASK_C_BYTES);
   if (c->req) {
     ds__http_task_done(c->req, status, L);
@@ -231,7 +235,7 @@ ds_task_t *ds__spawn(ds_lua_host_t *h, lua_State *L, int nargs, const ds__spawn_
   if (sp->capped && pl && h->max_tasks_per_plugin && pl->tasks >= h->max_tasks_per_plugin) {
     snprintf(why, whylen, "plugin %s already has %u live tasks (agents.max_tasks_per_plugin)", pl->name, pl->tasks);
     refusal = why;
-  } else if (sp->capped && pc && h->max_tasks_per_path && pc->n >= h->max_tasks_per_path) {
+  } else if (sp->cap_path && pc && h->max_tasks_per_path && pc->n >= h->max_tasks_per_path) {
     snprintf(why, whylen, "path %s already has %u live tasks (agents.max_tasks_per_path)", pc->path, pc->n);
     refusal = why;
   } else if (ds_vm_account(h->vm, TASK_C_BYTES) != 0) {
@@ -257,11 +261,16 @@ ds_task_t *ds__spawn(ds_lua_host_t *h, lua_State *L, int nargs, const ds__spawn_
     return NULL;
   }
   c->task = t;
+  /* Only capped spawns count toward the caps: the lua/ policy's hook tasks (one per
+   * stored event, however many a client sends at once) must not use up the room its own
+   * request tasks need. A task still records its path, for the tasks it spawns. */
+  c->counted = sp->capped;
   if (sp->path) {
     c->path = pc ? pc : path_find(h, sp->path, sp->path_len, 1);
-    c->path->n++;
+    if (c->counted) c->path->n++;
+    else c->path->held++;
   }
-  if (pl) {
+  if (pl && c->counted) {
     pl->tasks++;
     pl->capped = 0;
   }

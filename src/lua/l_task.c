@@ -28,7 +28,7 @@ static int l_spawn(lua_State *L) {
   luaL_setmetatable(L, TASK_MT);
   lua_insert(L, 1); /* [box fn args] */
   ds__tctx_t *parent = ds__current_tctx(L);
-  ds__spawn_t sp = {.plugin = ds__current_plugin(L), .hook = -1, .route = -1, .capped = 1};
+  ds__spawn_t sp = {.plugin = ds__current_plugin(L), .hook = -1, .route = -1, .capped = 1, .cap_path = 1};
   if (parent && parent->path) { /* a task works for the path its spawner worked for */
     sp.path = parent->path->path;
     sp.path_len = strlen(parent->path->path);

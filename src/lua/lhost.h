@@ -47,7 +47,8 @@ typedef struct ds__plugin_s {
 /* Live tasks per stream path (for agents.max_tasks_per_path): a small chained hash. */
 typedef struct ds__pathcount_s {
   struct ds__pathcount_s *next;
-  unsigned n;
+  unsigned n;    /* live tasks counted toward the cap */
+  unsigned held; /* other live tasks naming this path (the entry lives while any does) */
   char path[];
 } ds__pathcount_t;
 #define DS__PATH_BUCKETS 1024
@@ -113,6 +114,7 @@ struct ds__tctx_s {
   ds__pathcount_t *path; /* the stream path it works for (hooks: the event's; spawned
                           * tasks inherit their spawner's); NULL for none */
   int cancelling;
+  int counted; /* counts toward agents.max_tasks_per_plugin / _per_path */
   ds__tctx_t *prev, *next; /* h->live */
 };
 
@@ -124,7 +126,10 @@ typedef struct ds__spawn_s {
   ds__lreq_t *req;  /* route tasks: their request */
   const char *path; /* stream path or NULL */
   size_t path_len;
-  int capped;       /* enforce agents.max_tasks_per_plugin / _per_path */
+  int capped;       /* counts toward, and is refused past, agents.max_tasks_per_plugin */
+  int cap_path;     /* refused past agents.max_tasks_per_path too (ds.spawn; a hook event
+                     * is refused only per plugin: a burst of events on one path is a
+                     * client's doing, a storm the plugin's) */
 } ds__spawn_t;
 
 /** The host of a Lua state (kept in the `ds` registry slot). */
