@@ -6,9 +6,16 @@
  * (ds.on, ds.http.route, models.register): ds.append, ds.spawn, ds.sleep... raise there.
  * Run phase: the streams observer copies each stored event that some hook cares about
  * (a scan of the registered types: no Lua, no allocation when nobody cares) into a
- * pending list; an idle handle turns each into one task per interested hook. A hook that
+ * pending list; an idle handle turns each into one task per interested hook. A task that
  * raises is logged with file:line; after agents.max_hook_errors failures its plugin is
- * disabled (the lua/ policy is only logged, never disabled).
+ * disabled (the lua/ policy is only logged, never disabled): its hooks and routes are
+ * dropped, its tasks cancelled and its _ENV emptied, so what it held is collected. A
+ * plugin task killed at the memory cap disables its plugin at once.
+ * Tasks are attributed to a plugin and a stream path and capped per plugin
+ * (agents.max_tasks_per_plugin) and, for ds.spawn, per path (agents.max_tasks_per_path);
+ * their C structures count against agents.memory_limit_mb (ds_vm_account).
+ * ds.on_start functions run as tasks when the run phase begins; ds.on_shutdown functions
+ * run at shutdown, before the tasks are cancelled, under a budget of DS_LUA_SHUTDOWN_MS.
  * Must not: run Lua inside the observer (it runs inside an append) or any library
  * callback.
  */

@@ -39,7 +39,8 @@ typedef void (*ds_task_cleanup_fn)(void *ud);
 /** Pushes results onto co and returns their count; co == NULL means "discard ud". */
 typedef int (*ds_task_retval_fn)(lua_State *co, void *ud);
 /** Called when a task ends: status LUA_OK, or an error status with the message (with
- *  traceback) at the top of L's stack (L is the main state; pop nothing). */
+ *  traceback) at the top of L's stack (L is the main state; pop nothing). The task's
+ *  coroutine is already released (a collection run here may free it). */
 typedef void (*ds_task_done_fn)(ds_task_t *t, int status, lua_State *L, void *ud);
 
 typedef struct ds_sched_stats_s {
