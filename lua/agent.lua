@@ -279,6 +279,7 @@ function M:close_orphans()
     if not (st and st.inflight) and not self.loading[path] then
       marks.remove(llm_loop.MARKS, path)
     end
+    coroutine.yield() -- many orphans must not hold the loop (this runs in a task)
   end
 end
 
