@@ -215,6 +215,15 @@ function M:start(st, prompt)
     return off
   end
   req.task = task
+  -- a model task killed (budget, time, memory) cannot end its request itself: this does
+  -- (finish is a no-op for a request already ended)
+  if task.on_end then
+    task:on_end(function(ok_end, err)
+      if not ok_end then
+        loop:finish(st, req, false, "the model's task failed: " .. tostring(err))
+      end
+    end)
+  end
   return off
 end
 

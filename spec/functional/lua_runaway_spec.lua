@@ -10,8 +10,11 @@
 -- instruction budget or the time limit of a resume, whichever comes first (both defaults). While it runs, one client keeps triggering it and another measures, one
 -- request at a time, the latency of GET /health and of an append on another path.
 -- The threshold is the issue's 100 ms on a normal build; an ASan build runs the same
--- budgets several times slower, so it gets 500 ms (a generous margin, stated here). The
--- measured maxima are printed.
+-- budgets several times slower, so it gets 500 ms. On a shared machine a CPU-bound kill
+-- takes longer on the wall clock than on the CPU: the threshold is multiplied by how
+-- much slower a fixed CPU-bound loop ran in this process around the measurement (1 on an
+-- idle machine) - a generous margin, stated here. The measured maxima and the factor are
+-- printed.
 -- Must not: sleep fixed times (it polls the log with deadlines) or leave processes behind.
 package.path = "./?.lua;" .. package.path
 local S = require("spec.support.lua_host_server")
@@ -61,8 +64,19 @@ end)
 
 local KINDS = { "nested", "storm", "hog", "pattern", "handler" }
 
-local function limit_ms()
-  return S.sanitized() and 500 or 100
+-- How much longer than its CPU time a fixed CPU-bound loop takes on the wall clock now.
+local function contention()
+  local c0, w0 = os.clock(), socket.gettime()
+  local x = 0
+  for i = 1, 3000000 do
+    x = x + i % 7
+  end
+  local cpu, wall = os.clock() - c0, socket.gettime() - w0
+  return math.max(1, wall / math.max(cpu, 1e-3)), x
+end
+
+local function limit_ms(factor)
+  return (S.sanitized() and 500 or 100) * (factor or 1)
 end
 
 local function timed(conn, method, path, body)
@@ -114,6 +128,26 @@ local function max(list)
   return m
 end
 
+describe("a model that never yields", function()
+  it("is killed, and its request ends with request-cancelled reason error", function()
+    S.with_server({
+      agents = { default_model = "echo" },
+      plugins = { ["spin.lua"] = 'models.register("spin", { start = function() while true do end end })\n' },
+    }, function(srv)
+      local p = "runaway/model"
+      assert.equal(204, srv:post(p, T.config, { model = "spin" }))
+      local _, fin = srv:prompt(p, T.user, { content = "spin please" })
+      assert.equal(T.cancelled, fin.type)
+      assert.equal("error", fin.payload.reason)
+      assert.truthy(fin.payload.message:find("^the model's task failed: .*spin%.lua:1: .*exceeded"), fin.payload.message)
+      -- the path goes on
+      assert.equal(204, srv:post(p, T.config, { model = "echo" }))
+      local _, fin2 = srv:prompt(p, T.user, { content = "and echo" })
+      assert.equal(T.ended, fin2.type)
+    end)
+  end)
+end)
+
 describe("a misbehaving plugin", function()
   it("never holds /health or appends on other paths longer than the limit, and gets disabled", function()
     S.with_server({
@@ -122,15 +156,18 @@ describe("a misbehaving plugin", function()
     }, function(srv)
       local report = {}
       for _, kind in ipairs(KINDS) do
+        local f1 = contention()
         local health, appends = misbehave(srv, kind)
+        local factor = math.max(f1, (contention()))
         local mh, ma = max(health), max(appends)
-        report[#report + 1] = ("%s: %d /health max %.1f ms, %d appends max %.1f ms"):format(kind, #health, mh, #appends, ma)
-        assert.is_true(mh < limit_ms(), ("%s: /health took %.1f ms"):format(kind, mh))
-        assert.is_true(ma < limit_ms(), ("%s: an append took %.1f ms"):format(kind, ma))
+        report[#report + 1] = ("%s: %d /health max %.1f ms, %d appends max %.1f ms (limit %.0f ms, contention x%.2f)")
+          :format(kind, #health, mh, #appends, ma, limit_ms(factor), factor)
+        assert.is_true(mh < limit_ms(factor), ("%s: /health took %.1f ms (limit %.0f)"):format(kind, mh, limit_ms(factor)))
+        assert.is_true(ma < limit_ms(factor), ("%s: an append took %.1f ms (limit %.0f)"):format(kind, ma, limit_ms(factor)))
         -- every sample's append is stored, none lost while the plugin misbehaved
         assert.equal(#appends, #srv:events("calm/" .. kind))
       end
-      print("\n  latency while misbehaving (limit " .. limit_ms() .. " ms):\n    " .. table.concat(report, "\n    "))
+      print("\n  latency while misbehaving:\n    " .. table.concat(report, "\n    "))
       local log = srv:log()
       local KILLED = ":%d+: [^\n]*exceeded %(" -- instruction budget or time limit
       assert.truthy(log:find("nested: hook for test:nested failed: [^\n]*nested%.lua" .. KILLED), log)

@@ -160,11 +160,20 @@ static int release_plugin(lua_State *L) {
 }
 
 /* Disables plugin p (never the lua/ policy): its hooks and routes stop, its other tasks
- * are cancelled, what it holds in Lua is released; with `collect`, a full collection
- * gives the memory back now (a plugin that filled the state to its cap: otherwise the
- * next task to allocate would pay an emergency collection, and the stats would keep
+ * are cancelled, what it holds in Lua is released; with `collect`, a collection in small
+ * steps gives the memory back soon (a plugin that filled the state to its cap: otherwise
+ * the next task to allocate would pay an emergency collection, and the stats would keep
  * showing the memory until then). */
 static void disable_plugin_gc(ds_lua_host_t *h, int p, const char *why, int collect);
+
+/* One step of the collection started by disable_plugin_gc, per loop turn, until a cycle
+ * completes: the memory a hog held comes back without one long pause (a full collection
+ * of a state at its cap is about 0.45 ms per MB here). */
+#define GC_STEP_KB 512
+static void on_gc_step(uv_timer_t *tm) {
+  ds_lua_host_t *h = tm->data;
+  if (h->phase != DS_PHASE_RUN || lua_gc(h->L, LUA_GCSTEP, GC_STEP_KB)) uv_timer_stop(tm);
+}
 static void disable_plugin(ds_lua_host_t *h, int p, const char *why) { disable_plugin_gc(h, p, why, 0); }
 
 static void disable_plugin_gc(ds_lua_host_t *h, int p, const char *why, int collect) {
@@ -183,7 +192,7 @@ static void disable_plugin_gc(ds_lua_host_t *h, int p, const char *why, int coll
     lua_pushcfunction(h->L, release_plugin);
     lua_pushinteger(h->L, p);
     if (ds_vm_pcall(h->L, 1, 0) != LUA_OK) lua_pop(h->L, 1);
-    if (collect) lua_gc(h->L, LUA_GCCOLLECT);
+    if (collect && h->gc_timer_open) uv_timer_start(&h->gc_timer, on_gc_step, 0, 1);
   }
 }
 
@@ -200,9 +209,45 @@ static void plugin_failed(ds_lua_host_t *h, int p) {
   }
 }
 
+/* Protected: [fn ok msg ctx(lightuserdata)] spawns fn(ok, msg) for the ended task's
+ * plugin and path (uncapped: it is that task's clean-up). */
+static int spawn_on_end(lua_State *L) {
+  ds__tctx_t *c = lua_touserdata(L, 4);
+  lua_pop(L, 1);
+  ds__spawn_t sp = {.plugin = c->plugin, .hook = -1, .route = -1};
+  if (c->path) {
+    sp.path = c->path->path;
+    sp.path_len = strlen(c->path->path);
+  }
+  char why[256];
+  if (!ds__spawn(c->h, L, 2, &sp, why, sizeof why)) ds_warn("lua", "task:on_end function not run: %s", why);
+  return 0;
+}
+
+/* The end of a task that has an on_end function: runs it (not for a cancelled task). */
+static void run_on_end(ds_lua_host_t *h, ds__tctx_t *c, int status, lua_State *L) {
+  int ref = c->on_end_ref;
+  c->on_end_ref = LUA_NOREF;
+  if (status == -1 || h->phase != DS_PHASE_RUN) {
+    ds_vm_unref(L, ref);
+    return;
+  }
+  char line[512];
+  const char *msg = status == LUA_OK ? NULL : first_line(lua_tostring(L, -1), line, sizeof line);
+  lua_pushcfunction(L, spawn_on_end);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+  ds_vm_unref(L, ref);
+  lua_pushboolean(L, status == LUA_OK);
+  if (msg) lua_pushstring(L, msg);
+  else lua_pushnil(L);
+  lua_pushlightuserdata(L, c);
+  if (ds_vm_pcall(L, 4, 0) != LUA_OK) lua_pop(L, 1);
+}
+
 static void task_done(ds_task_t *t, int status, lua_State *L, void *ud) {
   ds__tctx_t *c = ud;
   ds_lua_host_t *h = c->h;
+  if (c->on_end_ref != LUA_NOREF) run_on_end(h, c, status, L);
   if (c->prev) c->prev->next = c->next;
   else h->live = c->next;
   if (c->next) c->next->prev = c->prev;
@@ -255,6 +300,7 @@ ds_task_t *ds__spawn(ds_lua_host_t *h, lua_State *L, int nargs, const ds__spawn_
     return NULL;
   }
   ds__tctx_t *c = ds_xcalloc(1, sizeof *c);
+  c->on_end_ref = LUA_NOREF;
   c->h = h;
   c->plugin = sp->plugin;
   c->hook = sp->hook;
@@ -767,7 +813,6 @@ ds_lua_host_t *ds_lua_host_new(uv_loop_t *loop, ds_streams_t *streams, const ds_
   h->loop = loop;
   h->streams = streams;
   h->ds_ref = h->route_runner_ref = LUA_NOREF;
-  h->marks_dir = o.state_dir ? ds_xstrdup(o.state_dir) : NULL;
   h->vm = ds_vm_new(0);
   if (!h->vm) {
     free(h);
@@ -789,6 +834,10 @@ ds_lua_host_t *ds_lua_host_new(uv_loop_t *loop, ds_streams_t *streams, const ds_
     snprintf(err, errlen, "cannot create the HTTP client");
     return NULL;
   }
+  h->marks_dir = o.state_dir ? ds_xstrdup(o.state_dir) : NULL;
+  uv_timer_init(loop, &h->gc_timer);
+  h->gc_timer.data = h;
+  h->gc_timer_open = 1;
   uv_idle_init(loop, &h->dispatch);
   h->dispatch.data = h;
   h->dispatch_open = 1;
@@ -870,6 +919,10 @@ void ds_lua_host_shutdown(ds_lua_host_t *h) {
   ds_l_http_shutdown(h->httpc);
   ds_l_ws_shutdown(h->wsc);
   ds__http_close_all(h);
+  if (h->gc_timer_open) {
+    h->gc_timer_open = 0;
+    uv_close((uv_handle_t *)&h->gc_timer, NULL);
+  }
   if (h->dispatch_open) {
     if (h->dispatch_active) uv_idle_stop(&h->dispatch);
     h->dispatch_active = 0;

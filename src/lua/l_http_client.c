@@ -453,10 +453,18 @@ static int push_busy(lua_State *L) {
   return 3;
 }
 
+static int l_res_read(lua_State *L);
+static int l_res_read_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  return l_res_read(L);
+}
+
 static int l_res_read(lua_State *L) {
   hreq_t *r = check_open(L, 1);
   if (!r) return push_closed(L);
   if (r->reading) return push_busy(L);
+  if (r->head && ds_task_due(L)) return ds_task_pause(L, l_res_read_k, 0); /* a backlog: others first */
   int n = push_item_or_end(L, r);
   if (n >= 0) return n;
   ds_task_t *t = ds_task_current(L);
@@ -468,11 +476,19 @@ static int l_res_read(lua_State *L) {
 /* iterator: f(res, _) -> item or nil */
 static int l_res_iter_k(lua_State *L, int status, lua_KContext ctx);
 
+static int l_res_iter(lua_State *L);
+static int l_res_iter_again(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  return l_res_iter(L);
+}
+
 static int l_res_iter(lua_State *L) {
   lua_settop(L, 1);
   hreq_t *r = check_open(L, 1);
   if (!r) return 0;
   if (r->reading) return luaL_error(L, "Response:events: busy reading in another task");
+  if (r->head && ds_task_due(L)) return ds_task_pause(L, l_res_iter_again, 0);
   int n = push_item_or_end(L, r);
   if (n >= 0) return l_res_iter_k(L, LUA_OK, 0);
   ds_task_t *t = ds_task_current(L);

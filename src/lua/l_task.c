@@ -3,7 +3,8 @@
  * ds.Task is an I/O object (habits §4.1): a box holding a retained ds_task_t; the task
  * struct outlives the task until the box is collected. task:cancel() stops a task that
  * is not the running one (its wait is released, its coroutine closed); task:status()
- * is "running" or "ended". ds.task() is the running task's own handle (nil outside one).
+ * is "running" or "ended"; task:on_end(fn) runs fn(ok, msg) in a new task when it ends
+ * (not when cancelled). ds.task() is the running task's own handle (nil outside one).
  * Must not: resume anything itself (sched.c does, from the loop).
  */
 #include <string.h>
@@ -62,6 +63,27 @@ static int l_task_cancel(lua_State *L) {
   return 1;
 }
 
+/* task:on_end(fn): once the task ends by returning (fn(true)) or by an error or a kill
+ * (fn(false, "<one-line message>")) - not when cancelled - fn runs in a task of its own,
+ * for the same plugin and path: what a killed task can no longer do itself (the agent
+ * closes the request of a model task that was killed). Returns true, or false when the
+ * task already ended. Replaces an earlier one. */
+static int l_task_on_end(lua_State *L) {
+  task_box_t *box = luaL_checkudata(L, 1, TASK_MT);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  if (!box->t || ds_task_ended(box->t)) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  ds__tctx_t *c = ds_task_ud(box->t);
+  lua_pushvalue(L, 2);
+  int ref = ds_vm_ref(L);
+  ds_vm_unref(L, c->on_end_ref);
+  c->on_end_ref = ref;
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 static int l_task_status(lua_State *L) {
   task_box_t *box = luaL_checkudata(L, 1, TASK_MT);
   lua_pushstring(L, box->t && !ds_task_ended(box->t) ? "running" : "ended");
@@ -105,7 +127,8 @@ static int l_iso_now(lua_State *L) {
   return 1;
 }
 
-static const luaL_Reg task_methods[] = {{"cancel", l_task_cancel}, {"status", l_task_status}, {NULL, NULL}};
+static const luaL_Reg task_methods[] = {
+    {"cancel", l_task_cancel}, {"status", l_task_status}, {"on_end", l_task_on_end}, {NULL, NULL}};
 static const luaL_Reg task_meta[] = {{"__gc", l_task_gc}, {NULL, NULL}};
 static const luaL_Reg funcs[] = {
     {"spawn", l_spawn}, {"task", l_task}, {"sleep", l_sleep}, {"now_ms", l_now_ms}, {"iso_now", l_iso_now},

@@ -93,6 +93,8 @@ struct ds_lua_host_s {
   ds__pending_t *phead, *ptail;
   uv_idle_t dispatch;
   int dispatch_open, dispatch_active;
+  uv_timer_t gc_timer; /* collects in small steps after a plugin was disabled at the memory cap */
+  int gc_timer_open;
   ds__lsub_t *subs; /* live Lua subscriptions */
   ds__lreq_t *reqs; /* HTTP requests owned by Lua routes */
   ds_l_http_t *httpc; /* outbound HTTP for ds.http.request (l_http_client.c) */
@@ -115,6 +117,7 @@ struct ds__tctx_s {
                           * tasks inherit their spawner's); NULL for none */
   int cancelling;
   int counted; /* counts toward agents.max_tasks_per_plugin / _per_path */
+  int on_end_ref; /* task:on_end(fn): spawned with (ok, message) when it ends, or LUA_NOREF */
   ds__tctx_t *prev, *next; /* h->live */
 };
 

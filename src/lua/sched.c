@@ -27,6 +27,7 @@ struct ds_task_s {
   int timer_open;   /* uv_timer initialised and not yet closed */
   unsigned refs;    /* the scheduler's (until the end) + ds_task_retain()s */
   ds_budget_t budget; /* of the current (or last) resume */
+  uint64_t resumed_ns; /* when the current resume began */
   ds_task_cleanup_fn cleanup;
   void *cleanup_ud;
   ds_task_retval_fn retval;
@@ -226,6 +227,7 @@ static void task_resume(ds_sched_t *s, ds_task_t *t) {
   lua_State *was_running = ds_vm_set_running(s->vm, co);
   s->current = t;
   s->st.resumes++;
+  t->resumed_ns = uv_hrtime();
   int nres = 0;
   int rc = lua_resume(co, NULL, nargs, &nres);
   s->current = NULL;
@@ -317,6 +319,19 @@ int ds_task_block(lua_State *L, ds_task_t *t, ds_task_cleanup_fn cleanup, void *
   if (timeout_ms >= 0) uv_timer_start(&t->timer, on_deadline, (uint64_t)timeout_ms, 0);
   if (k) return lua_yieldk(L, 0, kctx, k);
   return lua_yield(L, 0);
+}
+
+int ds_task_due(lua_State *L) {
+  ds_task_t *t = ds_task_current(L);
+  return t && lua_isyieldable(L) && uv_hrtime() - t->resumed_ns > (uint64_t)DS_TASK_SLICE_MS * 1000000u;
+}
+
+int ds_task_pause(lua_State *L, lua_KFunction k, lua_KContext ctx) {
+  ds_task_t *t = ds_task_current(L);
+  if (!t) return luaL_error(L, "ds_task_pause outside a task");
+  /* task_resume sees the yield of a task no longer RUNNING and leaves it queued */
+  ready_push(t->s, t);
+  return lua_yieldk(L, 0, ctx, k);
 }
 
 void ds_task_wake(ds_task_t *t, ds_task_retval_fn retval, void *ud) {

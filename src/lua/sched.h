@@ -91,4 +91,15 @@ void ds_task_wake(ds_task_t *t, ds_task_retval_fn retval, void *ud);
 /** Pushes nil, "timeout", "timeout". */
 int ds_task_push_timeout(lua_State *co, void *ud);
 
+/* Cooperative slices. A binding whose fast path would return at once (data already
+ * queued) may instead let other tasks and I/O go first when the running task has run for
+ * DS_TASK_SLICE_MS in this resume: code that streams a backlog through such a binding
+ * then yields on its own, long before its time limit (sched.h's budget) would kill it. */
+#define DS_TASK_SLICE_MS 10
+/** 1 when L is a task that has run for a slice in this resume and can yield. */
+int ds_task_due(lua_State *L);
+/** Yields the running task for one round; on resume k(L, LUA_YIELD, ctx) runs on the stack
+ *  as it was (typically it redoes the call). Use as `return ds_task_pause(L, k, ctx);`. */
+int ds_task_pause(lua_State *L, lua_KFunction k, lua_KContext ctx);
+
 #endif

@@ -8,6 +8,7 @@
 #include <lualib.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/clock.h"
 #include "core/log.h"
@@ -114,7 +115,8 @@ static void format_kill(lua_State *L) {
   if (b && b->killed == DS_BUDGET_MEMORY)
     snprintf(what, sizeof what, "memory limit exceeded (an allocation past the cap failed)");
   else if (b && b->killed == DS_BUDGET_TIME)
-    snprintf(what, sizeof what, "time limit exceeded (ran %llu ms without yielding)", (unsigned long long)b->time_ms);
+    snprintf(what, sizeof what, "time limit exceeded (ran %llu ms of CPU without yielding)",
+             (unsigned long long)b->time_ms);
   else
     snprintf(what, sizeof what, "%s exceeded (runaway code without yielding)",
              b && b->what ? b->what : "instruction budget");
@@ -172,6 +174,27 @@ static void throw_kill(lua_State *L) {
   ds_vm_raise_kill(L);
 }
 
+static uint64_t thread_cpu_ns(void) {
+  struct timespec ts;
+  if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return 0;
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Whether b's time is up. The monotonic clock is the cheap check (every hook); the
+ * thread's CPU clock (a system call) is read at the first hook of the run and when the
+ * wall-clock deadline passes: if the thread was not on the CPU all that time, the
+ * deadline moves by what is left. */
+static int time_up(ds_budget_t *b) {
+  if (!b->deadline_ns) return 0;
+  if (!b->cpu_start_ns) b->cpu_start_ns = thread_cpu_ns() | 1;
+  uint64_t now = ds_clock_mono_ns();
+  if (now <= b->deadline_ns) return 0;
+  uint64_t used = thread_cpu_ns() - b->cpu_start_ns, limit = b->time_ms * 1000000u;
+  if (used >= limit) return 1;
+  b->deadline_ns = now + (limit - used);
+  return 0;
+}
+
 static void vm_hook(lua_State *L, lua_Debug *ar) {
   ds_vm_t *vm = ds_vm_of(L);
   ds_budget_t *b = vm->current;
@@ -186,7 +209,7 @@ static void vm_hook(lua_State *L, lua_Debug *ar) {
   }
   if (!b || ar->event != LUA_HOOKCOUNT) return;
   int why = DS_BUDGET_LIVE;
-  if (b->deadline_ns && ds_clock_mono_ns() > b->deadline_ns) why = DS_BUDGET_TIME;
+  if (time_up(b)) why = DS_BUDGET_TIME;
   else if (!b->limit) return;
   else if (b->left > (uint64_t)count) b->left -= (uint64_t)count;
   else why = DS_BUDGET_EXCEEDED;
@@ -319,6 +342,7 @@ void ds_budget_init(ds_budget_t *b, const char *what, uint64_t limit, lua_State 
   b->left = limit;
   b->deadline_ns = 0;
   b->time_ms = 0;
+  b->cpu_start_ns = 0;
   b->killed = DS_BUDGET_LIVE;
   b->root = root;
 }
@@ -326,6 +350,7 @@ void ds_budget_init(ds_budget_t *b, const char *what, uint64_t limit, lua_State 
 void ds_budget_set_time(ds_budget_t *b, uint64_t ms) {
   b->time_ms = ms;
   b->deadline_ns = ms ? ds_clock_mono_ns() + ms * 1000000u : 0;
+  b->cpu_start_ns = 0;
 }
 
 ds_budget_t *ds_vm_enter(ds_vm_t *vm, ds_budget_t *b) {
@@ -359,7 +384,7 @@ void ds_vm_charge(lua_State *L, uint64_t units) {
     ds_vm_raise_kill(L);
   }
   int why = DS_BUDGET_LIVE;
-  if (b->deadline_ns && ds_clock_mono_ns() > b->deadline_ns) why = DS_BUDGET_TIME;
+  if (time_up(b)) why = DS_BUDGET_TIME;
   else if (!b->limit) return;
   else if (b->left > units) b->left -= units;
   else why = DS_BUDGET_EXCEEDED;

@@ -20,9 +20,11 @@
  *     ds_vm_charge (pattern matching, table.sort/move/insert/remove, plain find...).
  * Units are deterministic (tests rely on them) but only approximate time: a unit of
  * allocation-heavy code (a table growing, its garbage collector's work, tostring) costs
- * ten times what a unit of a plain loop does. So a budget may also carry a wall-clock
- * limit, checked by the same hook (every DS_VM_HOOK_STEP instructions) and by
- * ds_vm_charge: that is what bounds how long one run holds the loop.
+ * ten times what a unit of a plain loop does. So a budget may also carry a time limit,
+ * checked by the same hook (every DS_VM_HOOK_STEP instructions) and by ds_vm_charge:
+ * that is what bounds how long one run holds the loop. It counts the loop thread's CPU
+ * time, not the wall clock (which is only the cheap first check): on a busy machine the
+ * time other processes take must not kill code that did nothing wrong.
  * Past the limit, or when an allocation stays refused at the memory cap, the budget is
  * killed: the running thread raises "file:line: <what> exceeded", the hook is re-armed on
  * every line and instruction (Redis' luaMaskCountHook) of the running thread and of the
@@ -62,7 +64,8 @@ typedef struct ds_budget_s {
   uint64_t limit;   /* work units per entry; 0 = unlimited (memory kills still apply) */
   uint64_t left;
   uint64_t deadline_ns; /* monotonic; 0 = none (ds_budget_set_time) */
-  uint64_t time_ms;     /* the time it was given, for the message */
+  uint64_t time_ms;     /* the time it was given */
+  uint64_t cpu_start_ns; /* the thread's CPU clock at the first hook of this run; 0 = not yet */
   int killed;       /* DS_BUDGET_LIVE, or why it was killed */
   lua_State *root;  /* the thread the code started on (may be NULL) */
 } ds_budget_t;
@@ -107,7 +110,7 @@ int ds_vm_account(ds_vm_t *vm, ptrdiff_t bytes);
 /** Fills b: `limit` units, no time limit, not killed; root is re-armed with the running
  *  thread on a kill. */
 void ds_budget_init(ds_budget_t *b, const char *what, uint64_t limit, lua_State *root);
-/** Gives b a wall-clock limit of ms from now (0 = none). */
+/** Gives b a time limit of ms of the loop thread's CPU time from now (0 = none). */
 void ds_budget_set_time(ds_budget_t *b, uint64_t ms);
 /** Makes b the budget of the code run from now on; returns the one it replaces (give it
  *  back to ds_vm_leave). NULL means "no budget": host code between runs. */
