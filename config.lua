@@ -88,7 +88,7 @@ return {
     plugins_disabled = {},              -- plugin names never loaded
     -- Every key below is type-checked: a wrong type refuses the start, naming the key.
     instruction_budget = 10000000,      -- work units (instructions, 16 allocated bytes, C loop steps) a task may spend without yielding
-    task_time_limit_ms = 50,            -- ... and wall-clock ms; past either it is killed (no pcall can keep it)
+    task_time_limit_ms = 50,            -- ... and ms of CPU time; past either it is killed (no pcall can keep it)
     load_instruction_budget = 10000000, -- ... and a plugin's load phase in total
     max_hook_errors = 5,                -- a plugin whose tasks fail this often is disabled
     memory_limit_mb = 512,              -- cap on the Lua state's memory; a plugin that reaches it is disabled
