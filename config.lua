@@ -3,7 +3,10 @@
 -- Every key is optional; the value shown is the built-in default. Unknown keys are
 -- refused (a typo must not silently run with a default). Command-line flags
 -- (--host, --port, --data-dir, --storage, --fsync, --long-poll-timeout, --log-level)
--- override what is set here; so does PORT in the environment (below --port). This file is Lua: os.getenv() and arithmetic work.
+-- override what is set here; so does PORT in the environment (below --port). This file is
+-- Lua: os.getenv() and arithmetic work. It is evaluated under a bound (100 million
+-- instructions, 2 s, 64 MB): a file that loops or grows without end refuses the start,
+-- naming the file, instead of hanging it.
 return {
   host = "127.0.0.1",         -- listen address; keep loopback unless behind a proxy (README: "Exposing the server")
   port = 3000,                -- 0 picks a free port; PORT in the environment overrides it, --port both
@@ -77,11 +80,19 @@ return {
         model = nil,                     -- sent as ?model=<name> when set
         api_key_env = "XAI_API_KEY",     -- name of the environment variable, never the key
         voice = "ara",
-        instructions = "You are a helpful voice assistant.",
+        instructions = "You are a helpful voice assistant. Keep your responses conversational and concise since they will be spoken aloud.",
+        -- the server transcribes the user's audio, so a spoken turn joins the history as
+        -- text (every model sees it); false: no transcription
+        input_audio_transcription = { model = "whisper-large-v3-turbo" },
+        -- server voice activity detection, sent as given (keys beyond these pass through);
+        -- false sends null (no server VAD)
+        turn_detection = { type = "server_vad", threshold = 0.5, prefix_padding_ms = 300,
+                           silence_duration_ms = 500, create_response = true },
         idle_timeout_ms = 300000,        -- close a path's idle realtime connection after
         ready_timeout_ms = 10000,        -- wait this long for session.updated after connecting
         connect_timeout_ms = 10000,      -- TCP + TLS + WebSocket handshake
         response_timeout_ms = 60000,     -- a silent upstream fails the request after
+        transcription_timeout_ms = 5000, -- an audio prompt waits this long after the answer for its transcription
       },
       echo = {
         delay_ms = 0,                    -- pause before each streamed word (demos, tests)
@@ -91,10 +102,14 @@ return {
     plugin_dir = "plugins",             -- relative to the directory holding lua/
     plugins_enabled = nil,              -- list of plugin names to load; nil = all found
     plugins_disabled = {},              -- plugin names never loaded
-    instruction_budget = 50000000,      -- Lua instructions a hook may run without yielding
+    -- Every key below is type-checked: a wrong type refuses the start, naming the key.
+    instruction_budget = 10000000,      -- work units (instructions, 16 allocated bytes, C loop steps) a task may spend without yielding
+    task_time_limit_ms = 50,            -- ... and ms of CPU time; past either it is killed (no pcall can keep it)
     load_instruction_budget = 10000000, -- ... and a plugin's load phase in total
-    max_hook_errors = 5,                -- a plugin whose hooks fail this often is disabled
-    memory_limit_mb = 512,              -- cap on the Lua state's memory
+    max_hook_errors = 5,                -- a plugin whose tasks fail this often is disabled
+    memory_limit_mb = 512,              -- cap on the Lua state's memory; a plugin that reaches it is disabled
+    max_tasks_per_plugin = 1000,        -- live tasks of one plugin; ds.spawn raises beyond
+    max_tasks_per_path = 100,           -- live tasks working for one stream path
     max_cached_paths = 10000,           -- per-path agent states kept; idle ones beyond are rebuilt from the stream
   },
 }

@@ -30,21 +30,61 @@ local E = require("events")
 
 local M = {}
 
--- The defaults of agents.models.grok (boot.lua fills them into the config from here).
+-- The defaults of agents.models.grok (boot.lua fills them into the config from here):
+-- what the original project sent in session.update.
 local DEFAULTS = {
   url = "wss://api.x.ai/v1/realtime",
   api_key_env = "XAI_API_KEY",
   voice = "ara",
-  instructions = "You are a helpful voice assistant.",
+  instructions = "You are a helpful voice assistant. Keep your responses conversational and concise since they will be spoken aloud.",
+  -- the server transcribes the user's audio (conversation.item.input_audio_transcription.completed),
+  -- so a spoken turn joins the history as text; false: no transcription
+  input_audio_transcription = { model = "whisper-large-v3-turbo" },
+  -- server voice activity detection; false sends null (the client decides turns)
+  turn_detection = {
+    type = "server_vad",
+    threshold = 0.5,
+    prefix_padding_ms = 300,
+    silence_duration_ms = 500,
+    create_response = true,
+  },
   idle_timeout_ms = 300000,
   ready_timeout_ms = 10000,
   connect_timeout_ms = 10000,
   response_timeout_ms = 60000,
+  -- after response.done, how long an audio prompt waits for its transcription
+  transcription_timeout_ms = 5000,
 }
 M.DEFAULTS = DEFAULTS
 
+-- The type of each key of agents.models.grok (boot.lua checks them at start-up). The two
+-- nested tables are sent upstream as given: keys beyond those listed pass unchecked.
+M.SCHEMA = {
+  url = "string",
+  model = "string",
+  api_key_env = "string",
+  api_key = "string",
+  voice = "string",
+  instructions = "string",
+  input_audio_transcription = { or_false = true, open = true, fields = { model = "string", language = "string",
+    prompt = "string" } },
+  turn_detection = { or_false = true, open = true, fields = { type = "string", threshold = "number",
+    prefix_padding_ms = "count", silence_duration_ms = "count", create_response = "boolean",
+    interrupt_response = "boolean" } },
+  idle_timeout_ms = "count",
+  ready_timeout_ms = "count",
+  connect_timeout_ms = "count",
+  response_timeout_ms = "count",
+  transcription_timeout_ms = "count",
+}
+
 local cfg_get = models.settings(DEFAULTS)
 local one_line = models.one_line
+
+---Whether the session asks the server to transcribe the user's audio.
+function M.transcribes(cfg)
+  return type(cfg_get(cfg, "input_audio_transcription")) == "table"
+end
 
 ---The session.update message (a table for ds.json.encode).
 function M.session_update(ds, cfg)
@@ -52,15 +92,17 @@ function M.session_update(ds, cfg)
   local fmt = function()
     return obj("type", "audio/pcm", "rate", 48000)
   end
-  local td = cfg.turn_detection
-  if type(td) ~= "table" then
-    td = obj("type", "server_vad")
-  end
-  return obj("type", "session.update", "session", obj(
+  local td = cfg_get(cfg, "turn_detection")
+  local session = obj(
     "instructions", cfg_get(cfg, "instructions"),
     "voice", cfg_get(cfg, "voice"),
     "audio", obj("input", obj("format", fmt()), "output", obj("format", fmt())),
-    "turn_detection", td))
+    "turn_detection", type(td) == "table" and td or ds.json.null) -- (a plain table encodes with sorted keys)
+  local tr = cfg_get(cfg, "input_audio_transcription")
+  if type(tr) == "table" then
+    session.input_audio_transcription = tr
+  end
+  return obj("type", "session.update", "session", session)
 end
 
 ---conversation.item.create messages for history turns from..to (text turns only).
@@ -317,6 +359,7 @@ function M.new(ds)
     local timeout = math.tointeger(cfg_get(cfg, "response_timeout_ms")) or 60000
     local current -- our response id, once response.created arrived
     local transcript = {}
+    local heard = prompt.kind ~= "audio" or not M.transcribes(cfg) -- the user's turn as text, or none due
     while true do
       local raw, err, code = ws:receive(timeout)
       if not raw then
@@ -360,6 +403,8 @@ function M.new(ds)
         end
         if t == "response.output_audio_transcript.delta" and type(msg.delta) == "string" then
           transcript[#transcript + 1] = msg.delta
+        elseif t == "conversation.item.input_audio_transcription.completed" then
+          heard = true
         end
         if t == "response.done" then
           conn.known = #msgs + ((#transcript > 0) and 1 or 0)
@@ -369,6 +414,32 @@ function M.new(ds)
             local detail = type(r.status_details) == "table" and r.status_details.error or nil
             local m = type(detail) == "table" and detail.message or "response failed"
             return nil, "Grok response failed: " .. one_line(m)
+          end
+          if not heard then
+            -- the transcription of the user's audio may come after the answer: it is the
+            -- user's turn in the history, so the request waits for it (bounded)
+            local wait = math.tointeger(cfg_get(cfg, "transcription_timeout_ms")) or 0
+            local deadline = ds.now_ms() + wait
+            while ws:state() == "open" do
+              local left = deadline - ds.now_ms()
+              if left <= 0 then
+                ds.log.warn(("grok: no transcription of the audio prompt on %s (request %s) within %d ms")
+                  :format(tostring(ctx.path), tostring(ctx.request_offset), wait))
+                break
+              end
+              local late = ws:receive(left)
+              if not late then
+                break
+              end
+              local lm = decode(ds, late)
+              if lm then
+                track(conn, lm, response_id(lm))
+                if lm.type == "conversation.item.input_audio_transcription.completed" then
+                  ctx:append_raw(E.grok, late, lm)
+                  break
+                end
+              end
+            end
           end
           return
         elseif t == "error" then

@@ -45,7 +45,9 @@ function M:apply(ev)
   elseif t == E.started then
     local turn = { role = "assistant", kind = "text", text = "", parts = {}, request = ev.offset }
     self.turns[#self.turns + 1] = turn
-    self.by_request[ev.offset] = turn
+    if ev.offset ~= nil then
+      self.by_request[ev.offset] = turn
+    end
     self.current = turn
   elseif t == E.sse then
     local turn = self.by_request[p.requestOffset]

@@ -8,12 +8,19 @@
 -- with mode "queue".
 -- Every event it appends is also fed to the path's history, so the history seen live is
 -- the one a replay of the stream would build.
+-- A path with a request in flight has a mark in ds.marks' set "open-requests" (key the
+-- path, value the request's offset), set with request-started and removed with its
+-- terminal event: after a crash, the next start finds the orphans there (agent.lua)
+-- without reading every stream. At shutdown every request in flight ends with
+-- request-cancelled reason "shutdown".
 -- Must not: decide which events mean what (agent.lua) or talk to an upstream (models).
 local history_mod = require("history")
 local E = require("events")
 
 local M = {}
 M.__index = M
+
+M.MARKS = "open-requests" -- the ds.marks set of paths with a request in flight
 
 ---@param ds table the host module
 ---@param models table the model registry
@@ -67,6 +74,24 @@ function M:emit_raw(st, etype, payload_json, decoded)
   return stored(self, st, etype, decoded, self.ds.append_raw(st.path, etype, payload_json))
 end
 
+-- The mark of a path with a request in flight (see the file header); a failure to keep it
+-- only costs the eager close after a crash, so it is logged, not raised.
+function M:mark(st)
+  local marks = self.ds.marks
+  if not marks then
+    return
+  end
+  local ok, err
+  if st.inflight then
+    ok, err = marks.set(M.MARKS, st.path, st.inflight.offset)
+  else
+    ok, err = marks.remove(M.MARKS, st.path)
+  end
+  if not ok then
+    self.ds.log.warn(("agent: cannot record the open request of %s: %s"):format(st.path, tostring(err)))
+  end
+end
+
 -- Stops a request's model and task without appending anything. Idempotent.
 local function abort(req)
   if req.done then
@@ -98,10 +123,14 @@ function M:finish(st, req, ok, err)
   req.ctx.cancelled = true
   if st.inflight == req then
     st.inflight = nil
+    self:mark(st)
   end
   if ok then
     self:emit(st, E.ended, obj(self.ds, "requestOffset", req.offset))
   else
+    -- the operator's record of every failed answer (refused, 401, stall, cut, malformed...)
+    self.ds.log.warn(("agent: request %s on %s (model %s) failed: %s"):format(req.offset, st.path,
+      tostring(req.model_name), one_line(err)))
     self:emit(st, E.cancelled, obj(self.ds, "requestOffset", req.offset, "reason", "error", "message", one_line(err)))
   end
   self:next(st)
@@ -171,13 +200,30 @@ function M:start(st, prompt)
     end,
   }
   st.inflight = req
+  self:mark(st)
   if old and not old.done then
     abort(old)
     self:emit(st, E.cancelled, obj(ds, "requestOffset", old.offset, "reason", "interrupted", "message",
       "interrupted by a new message"))
     self:emit(st, E.interrupted, obj(ds, "requestOffset", old.offset))
   end
-  req.task = ds.spawn(run, self, st, req)
+  -- a spawn can be refused (agents.max_tasks_per_path, the memory cap): the request then
+  -- ends at once, with the reason
+  local spawned, task = pcall(ds.spawn, run, self, st, req)
+  if not spawned then
+    self:finish(st, req, false, "cannot run the model: " .. one_line(task))
+    return off
+  end
+  req.task = task
+  -- a model task killed (budget, time, memory) cannot end its request itself: this does
+  -- (finish is a no-op for a request already ended)
+  if task.on_end then
+    task:on_end(function(ok_end, err)
+      if not ok_end then
+        loop:finish(st, req, false, "the model's task failed: " .. tostring(err))
+      end
+    end)
+  end
   return off
 end
 
@@ -191,9 +237,25 @@ function M:cancel(st)
     return false
   end
   st.inflight = nil
+  self:mark(st)
   abort(req)
   self:emit(st, E.cancelled, obj(self.ds, "requestOffset", req.offset, "reason", "cancelled", "message",
     "cancelled by the user"))
+  return true
+end
+
+---Ends the request in flight because the server stops: its model and task stop and
+---request-cancelled reason "shutdown" is appended (called outside any task: no yield).
+function M:shutdown(st)
+  local req = st.inflight
+  if not req then
+    return false
+  end
+  st.inflight = nil
+  abort(req)
+  self:emit(st, E.cancelled, obj(self.ds, "requestOffset", req.offset, "reason", "shutdown", "message",
+    "server shutting down"))
+  self:mark(st)
   return true
 end
 
@@ -207,6 +269,7 @@ function M:close_orphan(st)
   st.inflight = nil
   self:emit(st, E.cancelled, obj(self.ds, "requestOffset", req.offset, "reason", "error", "message",
     "server restarted during the request"))
+  self:mark(st)
 end
 
 ---Starts the next prompt waiting (stored-but-unstarted first, then the queue) when no

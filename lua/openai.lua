@@ -29,6 +29,21 @@ local DEFAULTS = {
   stall_timeout_ms = 120000,
 }
 
+-- The type of each key of agents.models.openai (boot.lua checks them at start-up).
+M.SCHEMA = {
+  model = "string",
+  base_url = "string",
+  api_key_env = "string",
+  api_key = "string",
+  system_prompt = "string",
+  api = { "responses", "chat" },
+  connect_timeout_ms = "count",
+  timeout_ms = "count",
+  stall_timeout_ms = "count",
+  max_output_tokens = "count",
+  temperature = "number",
+}
+
 local cfg_get = models.settings(DEFAULTS)
 local one_line = models.one_line
 
@@ -155,25 +170,71 @@ local function read_body(res, limit)
   return table.concat(parts)
 end
 
-local function http_error(ds, res)
-  local status = res:status()
-  local body = read_body(res, 65536)
-  local detail
-  local v = ds.json.decode(body)
-  if type(v) == "table" then
-    local e = v.error
-    if type(e) == "table" and type(e.message) == "string" then
-      detail = e.message
-    elseif type(e) == "string" then
-      detail = e
-    elseif type(v.message) == "string" then
-      detail = v.message
+-- The first non-empty line of a text, blanks folded.
+local function first_line(text)
+  for line in tostring(text):gmatch("[^\r\n]+") do
+    line = line:gsub("%s+", " "):gsub("^ ", ""):gsub(" $", "")
+    if line ~= "" then
+      return line
     end
   end
-  if not detail then
-    detail = body ~= "" and body or "no error message"
+  return ""
+end
+
+-- What an error body says, whatever its shape: OpenAI's {"error": {"message"}}, the
+-- {"error": "Not Found", "message": "Cannot POST /x"} of many frameworks (both kept),
+-- {"detail": ...} (FastAPI), {"errors": [{"message"}]}, a plain-text body (its first
+-- line) or an HTML page (its title, else its first line of text).
+function M.error_detail(ds, body)
+  local v = ds.json.decode(body)
+  if type(v) == "table" then
+    local e, parts = v.error, {}
+    local function add(x)
+      if type(x) == "string" and x ~= "" then
+        for _, seen in ipairs(parts) do
+          if seen == x then
+            return
+          end
+        end
+        parts[#parts + 1] = x
+      end
+    end
+    if type(e) == "table" then
+      add(e.message)
+      if #parts == 0 then
+        add(e.code ~= nil and tostring(e.code) or nil)
+        add(e.type)
+      end
+    else
+      add(e)
+    end
+    add(v.message)
+    if type(v.detail) == "table" and type(v.detail[1]) == "table" then
+      add(v.detail[1].msg)
+    else
+      add(v.detail)
+    end
+    if type(v.errors) == "table" and type(v.errors[1]) == "table" then
+      add(v.errors[1].message)
+    end
+    if #parts > 0 then
+      return table.concat(parts, ": ")
+    end
   end
-  return ("OpenAI HTTP %d: %s"):format(status, one_line(detail, 200))
+  if body:find("^%s*<") then -- HTML (or XML): its title, or its text
+    local title = body:match("<[Tt][Ii][Tt][Ll][Ee][^>]*>([^<]*)<")
+    if title and first_line(title) ~= "" then
+      return first_line(title)
+    end
+    body = body:gsub("<[^>]*>", "\n")
+  end
+  local line = first_line(body)
+  return line ~= "" and line or "no error message"
+end
+
+local function http_error(ds, res)
+  local status = res:status()
+  return ("OpenAI HTTP %d: %s"):format(status, one_line(M.error_detail(ds, read_body(res, 65536)), 200))
 end
 
 local function error_text(e)
@@ -303,6 +364,79 @@ local function stream_chat(ds, ctx, res)
   end
 end
 
+-- A server that ignores `stream: true` answers with the whole response as one JSON
+-- document: read it (bounded) and emit the same parts a stream would have given.
+local WHOLE_LIMIT = 16 << 20
+
+local function whole_answer(ds, ctx, res, chat)
+  local obj = ds.json.obj
+  local body = read_body(res, WHOLE_LIMIT + 1)
+  local _, err, code = res:error()
+  if err then
+    return nil, M.message_for(code, err)
+  end
+  if #body > WHOLE_LIMIT then
+    return nil, ("OpenAI sent a whole JSON answer larger than %d bytes instead of a stream"):format(WHOLE_LIMIT)
+  end
+  local v, jerr = ds.json.decode(body)
+  if type(v) ~= "table" then
+    return nil, "OpenAI sent malformed data: a JSON answer that does not parse (" .. one_line(jerr or "not an object",
+      120) .. ")"
+  end
+  if v.error ~= nil and v.error ~= ds.json.null then
+    ctx:emit(obj("type", "error", "error", v.error))
+    return nil, "OpenAI error: " .. one_line(M.error_detail(ds, body), 200)
+  end
+  local text, id, reason, usage, meta
+  if type(v.choices) == "table" then -- chat.completion
+    local choice = type(v.choices[1]) == "table" and v.choices[1] or {}
+    local msg = type(choice.message) == "table" and choice.message or {}
+    text = type(msg.content) == "string" and msg.content or ""
+    id = tostring(v.id or "text")
+    reason = FINISH[choice.finish_reason] or "unknown"
+    local u = type(v.usage) == "table" and v.usage or {}
+    usage = usage_part(ds, u.prompt_tokens, u.completion_tokens, u.total_tokens)
+    meta = obj("type", "response-metadata", "id", v.id, "modelId", v.model, "timestamp", iso(ds, v.created))
+  elseif type(v.output) == "table" then -- a Responses object
+    if v.status == "failed" then
+      local e = type(v.error) == "table" and v.error or "response failed"
+      ctx:emit(obj("type", "error", "error", e))
+      return nil, "OpenAI error: " .. one_line(error_text(e), 200)
+    end
+    local pieces = {}
+    for _, item in ipairs(v.output) do
+      if type(item) == "table" and item.type == "message" then
+        id = id or item.id
+        for _, c in ipairs(type(item.content) == "table" and item.content or {}) do
+          if type(c) == "table" and c.type == "output_text" and type(c.text) == "string" then
+            pieces[#pieces + 1] = c.text
+          end
+        end
+      end
+    end
+    text, id = table.concat(pieces), tostring(id or v.id or "text")
+    reason = "stop"
+    if v.status == "incomplete" then
+      local d = type(v.incomplete_details) == "table" and v.incomplete_details.reason or nil
+      reason = FINISH[d] or "unknown"
+    end
+    local u = type(v.usage) == "table" and v.usage or {}
+    usage = usage_part(ds, u.input_tokens, u.output_tokens, u.total_tokens)
+    meta = obj("type", "response-metadata", "id", v.id, "modelId", v.model, "timestamp", iso(ds, v.created_at))
+  else
+    return nil, ("OpenAI sent a JSON answer that is neither a %s nor a stream (object %s)")
+      :format(chat and "chat.completion" or "Responses object", tostring(v.object))
+  end
+  ctx:emit(meta)
+  ctx:emit(obj("type", "text-start", "id", id))
+  if text ~= "" then
+    ctx:emit(obj("type", "text-delta", "id", id, "delta", text))
+  end
+  ctx:emit(obj("type", "text-end", "id", id))
+  ctx:emit(obj("type", "finish", "reason", reason, "usage", usage))
+  return true
+end
+
 ---Creates the model object.
 ---@param ds table the host module
 function M.new(ds)
@@ -339,9 +473,16 @@ function M.new(ds)
     end
     ctx.openai_res = res
     local ok, msg
+    local ctype = (res:headers()["content-type"] or ""):lower()
+    local chat = cfg_get(cfg, "api") == "chat"
     if res:status() < 200 or res:status() > 299 then
       ok, msg = nil, http_error(ds, res)
-    elseif cfg_get(cfg, "api") == "chat" then
+    elseif ctype:find("json", 1, true) then
+      ok, msg = whole_answer(ds, ctx, res, chat)
+    elseif ctype ~= "" and not ctype:find("text/event-stream", 1, true) then
+      ok, msg = nil, ("OpenAI answered %d with %s instead of an event stream: %s"):format(res:status(),
+        ctype:gsub(";.*", ""), one_line(M.error_detail(ds, read_body(res, 65536)), 200))
+    elseif chat then
       ok, msg = stream_chat(ds, ctx, res)
     else
       ok, msg = stream_responses(ds, ctx, res)

@@ -164,11 +164,15 @@ describe("grok model against the fake realtime server", function()
       local seen = grok:messages(conn)
       assert.equal("session.update", seen[1].msg.type)
       local s = seen[1].msg.session
+      -- what the original sent (issue 12, item 19)
       assert.equal("ara", s.voice)
-      assert.equal("You are a helpful voice assistant.", s.instructions)
+      assert.equal("You are a helpful voice assistant. Keep your responses conversational and concise since "
+        .. "they will be spoken aloud.", s.instructions)
       assert.same({ type = "audio/pcm", rate = 48000 }, s.audio.input.format)
       assert.same({ type = "audio/pcm", rate = 48000 }, s.audio.output.format)
-      assert.equal("server_vad", s.turn_detection.type)
+      assert.same({ type = "server_vad", threshold = 0.5, prefix_padding_ms = 300, silence_duration_ms = 500,
+        create_response = true }, s.turn_detection)
+      assert.same({ model = "whisper-large-v3-turbo" }, s.input_audio_transcription)
       assert.equal("conversation.item.create", seen[2].msg.type)
       assert.same({ type = "message", role = "user", content = { { type = "input_text", text = marker } } },
         seen[2].msg.item)
@@ -446,6 +450,110 @@ describe("grok model against the fake realtime server", function()
       { "assistant", table.concat(answer3) },
       { "user", "delta question for grok" },
     }, tail)
+  end)
+end)
+
+-- Issue 12, item 19: the session settings are configurable, and the user's spoken turn
+-- joins the history through the server's transcription - also when it arrives after the
+-- answer.
+describe("grok session settings and transcription", function()
+  local grok, openai
+  setup(function()
+    grok = U.start("grok")
+    openai = U.start("openai", { pace_ms = 1 })
+  end)
+  teardown(function()
+    if grok then
+      grok:stop()
+    end
+    if openai then
+      openai:stop()
+    end
+  end)
+
+  local function env()
+    return { XAI_API_KEY = "xai-test-key", XAI_REALTIME_URL = grok.url, OPENAI_API_KEY = "sk-test",
+      OPENAI_BASE_URL = openai.base }
+  end
+
+  -- The user turns openai receives for the next prompt on p.
+  local function openai_user_turns(srv, p)
+    assert.equal(204, srv:post(p, T.config, { model = "openai" }))
+    local _, e = srv:prompt(p, T.user, { content = "and now in text" })
+    assert.equal(T.ended, e.type)
+    local reqs = openai:records("request")
+    local out = {}
+    for _, m in ipairs(reqs[#reqs].body.input) do
+      if m.role == "user" then
+        out[#out + 1] = m.content[1].text
+      end
+    end
+    return out
+  end
+
+  it("waits for a transcription that comes after the answer, and the turn joins the history", function()
+    with_server({ storage = "memory", env = env(),
+      agents = { models = { grok = { ready_timeout_ms = 1500, response_timeout_ms = 1500 } } } }, function(srv)
+      local p = "grok/late-transcript"
+      assert.equal(204, srv:post(p, T.config, { model = "grok" }))
+      grok:control("transcript=late")
+      local evs, e, R = srv:prompt(p, T.audio, { audio = b64(PCM:sub(1, 1440)) })
+      grok:control("transcript=now")
+      assert.equal(T.ended, e.type)
+      local kinds = {}
+      for _, m in ipairs(grok_payloads(evs, R)) do
+        kinds[#kinds + 1] = m.type
+      end
+      -- after response.done, before request-ended
+      assert.equal("response.done", kinds[#kinds - 1])
+      assert.equal("conversation.item.input_audio_transcription.completed", kinds[#kinds])
+      assert.same({ "1440 bytes of audio", "and now in text" }, openai_user_turns(srv, p))
+    end)
+  end)
+
+  it("sends the configured settings; without transcription the spoken turn stays out of the history", function()
+    with_server({ storage = "memory", env = env(), agents = { models = { grok = {
+      ready_timeout_ms = 1500, response_timeout_ms = 1500, instructions = "Be brief.", voice = "rex",
+      turn_detection = { threshold = 0.8 }, input_audio_transcription = false,
+    } } } }, function(srv)
+      local p = "grok/settings"
+      assert.equal(204, srv:post(p, T.config, { model = "grok" }))
+      local own = {} -- audio no other spec sends (PCM repeats every 256 bytes: a slice of it would not do)
+      for i = 1, 480 do
+        own[i] = string.char((i * 53 + 7) % 256)
+      end
+      local audio = b64(table.concat(own))
+      local evs, e, R = srv:prompt(p, T.audio, { audio = audio })
+      assert.equal(T.ended, e.type)
+      local s = grok:messages(grok:conn_of(audio:sub(1, 40)))[1].msg.session
+      assert.equal("Be brief.", s.instructions)
+      assert.equal("rex", s.voice)
+      assert.same({ type = "server_vad", threshold = 0.8, prefix_padding_ms = 300, silence_duration_ms = 500,
+        create_response = true }, s.turn_detection)
+      assert.is_nil(s.input_audio_transcription)
+      for _, m in ipairs(grok_payloads(evs, R)) do
+        assert.are_not.equal("conversation.item.input_audio_transcription.completed", m.type)
+      end
+      assert.same({ "and now in text" }, openai_user_turns(srv, p))
+    end)
+  end)
+
+  it("turns server VAD off with turn_detection = false", function()
+    with_server({ storage = "memory", env = env(), agents = { models = { grok = {
+      ready_timeout_ms = 1500, response_timeout_ms = 1500, turn_detection = false } } } }, function(srv)
+      local p = "grok/no-vad"
+      assert.equal(204, srv:post(p, T.config, { model = "grok" }))
+      local _, e = srv:prompt(p, T.user, { content = "no vad please" })
+      assert.equal(T.ended, e.type)
+      local s = grok:messages(grok:conn_of("no vad please"))[1].msg.session
+      assert.equal(require("cjson").null, s.turn_detection)
+    end)
+  end)
+
+  it("refuses to start on a setting of the wrong type, naming it", function()
+    local ok, err = pcall(S.start, { agents = { models = { grok = { turn_detection = { threshold = "high" } } } } })
+    assert.is_false(ok)
+    assert.truthy(tostring(err):find("agents.models.grok.turn_detection.threshold must be a number", 1, true), err)
   end)
 end)
 

@@ -74,6 +74,12 @@ local function check_stream(parts, R, evs)
 end
 
 
+-- issue 12, item 18: every failed answer is logged at warn with its path and request
+local function assert_logged(log, R, p, msg)
+  local line = ("warn lua:lua: agent: request %s on %s (model openai) failed: %s"):format(R, p, msg)
+  assert.truthy(log:find(line, 1, true), "no log line: " .. line)
+end
+
 local function http_stats(srv)
   return srv:stats()
 end
@@ -240,6 +246,28 @@ describe("openai model against the fake upstream", function()
     assert.equal(#evs2, #after)
   end)
 
+  -- issue 12, item 17: a server that ignores stream: true answers with the whole response
+  it("17. takes a whole JSON answer given instead of a stream as the answer", function()
+    local p = "openai/whole"
+    srv:post(p, T.config, { model = "openai" })
+    local evs, R, fin = ask(srv, p, "whole please [[fault:json]] [[tokens:5]]")
+    assert.equal(T.ended, fin.type)
+    local parts = parts_of(evs, R)
+    assert.same({ "response-metadata", "text-start", "text-delta", "text-end", "finish" }, kinds(parts))
+    assert.equal("Hello there, café ☕", parts[3].delta)
+    assert.matches("^resp_whole", parts[1].id)
+    assert.matches("^msg_whole", parts[2].id)
+    assert.equal("stop", parts[5].reason)
+    assert.is_true(parts[5].usage.inputTokens > 0)
+    assert.equal(5, parts[5].usage.outputTokens)
+    -- the answer joins the history like a streamed one
+    ask(srv, p, "and then [[tokens:2]]")
+    local r = fake:requests_with("and then")[1]
+    assert.same({ role = "assistant", content = { { type = "output_text", text = "Hello there, café ☕" } } },
+      r.body.input[2])
+    srv:wait_idle()
+  end)
+
   local FAULTS = {
     { "401", "^OpenAI HTTP 401: Incorrect API key provided" },
     { "429", "^OpenAI HTTP 429: Rate limit exceeded$" },
@@ -252,7 +280,13 @@ describe("openai model against the fake upstream", function()
     { "eof", "^OpenAI connection closed mid%-answer: the stream ended before response%.completed$" },
     { "failed", "^OpenAI error: The model crashed while generating$", "error" },
     { "error_event", "^OpenAI error: Rate limit reached during streaming$", "error" },
+    -- issue 12, item 18: bodies that are not OpenAI-shaped keep their detail
+    { "notfound", "^OpenAI HTTP 404: Not Found: Cannot POST /x$" },
+    { "plain", "^OpenAI HTTP 502: upstream connect error$" },
+    { "html", "^OpenAI answered 200 with text/html instead of an event stream: Sign in$" },
   }
+
+
   it("4. ends each fault with request-cancelled reason error and a one-line message; the next prompt works",
     function()
       local p = "openai/faults"
@@ -272,6 +306,7 @@ describe("openai model against the fake upstream", function()
           local parts = parts_of(evs, R)
           assert.equal(f[3], parts[#parts].type, f[1])
         end
+        assert_logged(srv:log(), R, p, m)
         -- the server is up and the next prompt succeeds
         local evs2, R2, fin2 = ask(srv, p, "after " .. f[1] .. " [[tokens:3]]")
         assert.equal(T.ended, fin2.type, "after " .. f[1])
@@ -324,6 +359,15 @@ describe("openai model configuration", function()
         assert.equal("OpenAI HTTP 429: Rate limit exceeded", fin3.payload.message)
         local _, _, fin4 = ask(srv, p, "chat cut [[fault:reset]] [[tokens:6]]")
         assert.matches("^OpenAI connection closed mid%-answer", fin4.payload.message)
+        -- issue 12, item 17: a whole chat.completion instead of a stream
+        local evs5, R5, fin5 = ask(srv, p, "chat whole [[fault:json]] [[tokens:3]]")
+        assert.equal(T.ended, fin5.type)
+        local p5 = parts_of(evs5, R5)
+        assert.same({ "response-metadata", "text-start", "text-delta", "text-end", "finish" }, kinds(p5))
+        assert.equal("Hello there,", p5[3].delta)
+        assert.matches("^chatcmpl%-whole", p5[1].id)
+        assert.same({ inputTokens = p5[5].usage.inputTokens, outputTokens = 3,
+          totalTokens = p5[5].usage.inputTokens + 3 }, p5[5].usage)
         srv:wait_idle()
       end)
   end)
@@ -453,6 +497,7 @@ describe("openai model configuration", function()
           assert.equal(R, fin.payload.requestOffset)
           assert.is_nil(fin.payload.message:find("\n"))
           assert.matches(c[3], fin.payload.message)
+          assert_logged(srv:log(), R, p, fin.payload.message)
         end
         srv:wait_idle()
       end)

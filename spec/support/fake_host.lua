@@ -1,7 +1,9 @@
 --- fake_host.lua - a deterministic, in-memory stand-in for the `ds` host module.
 --
--- Provides: what the C host gives lua/ and plugins (ds.on, ds.append, ds.read, ds.spawn,
--- ds.sleep, ds.now_ms, ds.iso_now, ds.log, ds.json.obj/null; F.json_obj on its own),
+-- Provides: what the C host gives lua/ and plugins (ds.on, ds.on_start, ds.on_shutdown,
+-- ds.append, ds.read, ds.spawn, ds.task, ds.sleep, ds.now_ms, ds.iso_now, ds.log, ds.marks,
+-- ds.json.obj/null; F.json_obj on its own), with h:start() / h:shutdown() running the
+-- start-up and shutdown functions, h.marks the marks by set,
 -- with tasks as plain coroutines, a ready queue run in FIFO order, and a virtual clock that
 -- only moves when the spec says so (h:run() drains ready tasks and fires due timers;
 -- h:advance(ms) moves the clock). Hooks run like in the real host: each stored event whose type some hook
@@ -45,6 +47,10 @@ function F.new()
     logs = {},
     live_tasks = 0,
     errors = {},
+    starts = {},
+    stops = {},
+    marks = {}, -- set -> {key = value}
+    current = nil, -- the task running
   }, F)
   local ds = { json = { null = NULL, obj = F.json_obj }, log = {} }
   h.ds = ds
@@ -75,6 +81,15 @@ function F.new()
     return off
   end
 
+  function ds.on_start(fn)
+    h.starts[#h.starts + 1] = fn
+  end
+
+  function ds.on_shutdown(fn)
+    h.stops[#h.stops + 1] = fn
+  end
+
+  -- as the host's: records as stored, then the offset after the last one
   function ds.read(path, from, max)
     local list = h.streams[path] or {}
     local out = {}
@@ -84,7 +99,32 @@ function F.new()
       end
       out[#out + 1] = copy(list[i])
     end
-    return out
+    return out, from + #out
+  end
+
+  ds.marks = {
+    set = function(set, key, value)
+      h.marks[set] = h.marks[set] or {}
+      h.marks[set][key] = value
+      return true
+    end,
+    remove = function(set, key)
+      if h.marks[set] then
+        h.marks[set][key] = nil
+      end
+      return true
+    end,
+    list = function(set)
+      local out = {}
+      for k, v in pairs(h.marks[set] or {}) do
+        out[#out + 1] = { key = k, value = v }
+      end
+      return out
+    end,
+  }
+
+  function ds.task()
+    return h.current
   end
 
   function ds.spawn(fn, ...)
@@ -116,8 +156,11 @@ function F.new()
         coroutine.close(task.co)
       end
     end
-    -- the method form task:cancel() works too
-    setmetatable(task, { __index = { cancel = function(t) t.cancel() end } })
+    -- the method forms task:cancel() and task:status() work too
+    setmetatable(task, { __index = {
+      cancel = function(t) t.cancel() end,
+      status = function(t) return t.done and "ended" or "running" end,
+    } })
     h.live_tasks = h.live_tasks + 1
     h.ready[#h.ready + 1] = { task = task, args = task.args }
     return task
@@ -157,7 +200,10 @@ function F:resume(entry)
   if task.done then
     return
   end
+  local outer = self.current
+  self.current = task
   local ok, req = coroutine.resume(task.co, table.unpack(entry.args, 1, entry.args.n))
+  self.current = outer
   if not ok then
     self.errors[#self.errors + 1] = req
   end
@@ -171,6 +217,24 @@ function F:resume(entry)
   if type(req) == "table" and req.sleep then
     self.seq = self.seq + 1
     self.timers[#self.timers + 1] = { at = self.now + req.sleep, seq = self.seq, task = task }
+  elseif not task.done then
+    -- a plain coroutine.yield(): ready again, after what is ready now (as the host does)
+    self.ready[#self.ready + 1] = { task = task, args = { n = 0 } }
+  end
+end
+
+---Runs the start-up functions as tasks (the host does once the run phase begins).
+function F:start()
+  for _, fn in ipairs(self.starts) do
+    self.ds.spawn(fn)
+  end
+  self:drain()
+end
+
+---Runs the shutdown functions outside any task (as the host does), then cancels every task.
+function F:shutdown()
+  for _, fn in ipairs(self.stops) do
+    fn()
   end
 end
 
@@ -230,7 +294,7 @@ end
 function F:events(path, etype)
   local out = {}
   for _, ev in ipairs(self.streams[path] or {}) do
-    if not etype or ev.type == etype then
+    if type(ev) == "table" and (not etype or ev.type == etype) then -- (a stream may hold other JSON)
       out[#out + 1] = ev
     end
   end
@@ -241,7 +305,7 @@ end
 function F:types(path)
   local out = {}
   for _, ev in ipairs(self.streams[path] or {}) do
-    out[#out + 1] = ev.type
+    out[#out + 1] = type(ev) == "table" and ev.type or type(ev)
   end
   return out
 end

@@ -27,7 +27,8 @@ S.T = require("spec.support.agent_events")
 local T = S.T
 
 ---@param opts table {agents = table, plugins = {name = source}, copy_plugins = {"echo.lua"},
----storage = "yaml" | "memory", env = {NAME = value}}
+---storage = "yaml" | "memory", env = {NAME = value}, root = a temp root to reuse (e.g. with
+---files placed in its data dir before the start; removed by cleanup only when it made it)}
 function S.start(opts)
   opts = opts or {}
   return server.start({
@@ -37,6 +38,7 @@ function S.start(opts)
     plugins = opts.plugins or {},
     copy_plugins = opts.copy_plugins,
     env = opts.env,
+    root = opts.root,
     stop_signal = "INT",
     expect_exit = false,
   })

@@ -493,3 +493,160 @@ describe("agents.max_cached_paths", function()
     assert.same({}, h.errors)
   end)
 end)
+
+-- Issue 12, item 10 (Lua side): a stored record that is not a well-formed agent event is
+-- logged with its place and skipped; it never stops the agent.
+describe("malformed stored events", function()
+  local function warns(h)
+    local out = {}
+    for _, l in ipairs(h.logs) do
+      if l.level == "warn" then
+        out[#out + 1] = l.msg
+      end
+    end
+    return out
+  end
+
+  it("are skipped when a path's state is rebuilt, and the next message is answered", function()
+    local h = setup()
+    h.streams[P] = {
+      1, -- JSON appended through /v1: a number, a string, null, a list, an object of another shape
+      "s",
+      h.ds.json.null,
+      { 1, "x" },
+      { role = "user", content = "not an event" },
+      { type = 5, payload = {} },
+      { type = T.user, payload = "a string payload" },
+      { type = T.user, payload = { content = "the real one" }, path = P, offset = "0000000000000007" },
+      { type = T.started, payload = { model = "echo" } }, -- no offset, no path: still replayable
+      { type = T.ended, payload = { requestOffset = "0000000000000008" } },
+    }
+    local h2 = setup(nil, h:dump())
+    say(h2, "next one")
+    h2:run()
+    assert.same({}, h2.errors)
+    local ends = h2:events(P, T.ended)
+    assert.equal(2, #ends) -- the stored one and the answer to "next one"
+    local w = warns(h2)
+    assert.truthy(w[1]:find("agent: skipping the malformed event at " .. P .. " offset 0000000000000000: a number", 1,
+      true), w[1])
+    assert.truthy(table.concat(w, "\n"):find("skipped 4 more malformed events at " .. P, 1, true))
+    -- the real message is in the history the model saw; the odd records are not
+    local h3, _, reg = setup(nil, h2:dump())
+    local m = recorder({ "ok" })
+    reg:register("m", m)
+    h3.ds.append(P, T.config, { model = "m" })
+    say(h3, "third")
+    h3:run()
+    assert.same({ "the real one", "next one", "third" }, (function()
+      local out = {}
+      for _, msg in ipairs(m.calls[1].messages) do
+        if msg.role == "user" then
+          out[#out + 1] = msg.text
+        end
+      end
+      return out
+    end)())
+  end)
+
+  it("are skipped live, logged with path and offset", function()
+    local h, agent = setup()
+    for _, ev in ipairs({ 42, { type = T.user }, { type = T.user, path = P, offset = "0000000000000009", payload = 7 },
+      { type = T.user, payload = {} } }) do
+      agent:handle(ev)
+    end
+    assert.same({}, h.errors)
+    local w = warns(h)
+    assert.equal(4, #w)
+    assert.truthy(w[3]:find("at " .. P .. " offset 0000000000000009: a payload that is a number", 1, true), w[3])
+    say(h, "fine")
+    h:run()
+    assert.equal(1, #h:events(P, T.ended))
+  end)
+end)
+
+describe("a long history", function()
+  it("is replayed in batches, and the events arriving meanwhile are handled in order after it", function()
+    local h = setup()
+    local list = {}
+    for i = 1, 2500 do
+      list[i] = { type = T.user, payload = { content = "old " .. i, mode = "background" }, version = "1", path = P,
+        offset = ("%016d"):format(i - 1) }
+    end
+    h.streams[P] = list
+    local h2, agent = setup(nil, h:dump())
+    say(h2, "first")
+    say(h2, "second", "queue")
+    -- the first hook task rebuilds (yielding between batches); the second waits behind it
+    h2:drain()
+    assert.same({}, h2.errors)
+    local started = h2:events(P, T.started)
+    assert.equal(2, #started)
+    assert.equal(2, #h2:events(P, T.ended))
+    local deltas = {}
+    for _, part in ipairs(parts(h2)) do
+      if part.type == "text-delta" then
+        deltas[#deltas + 1] = part.delta
+      end
+    end
+    assert.same({ "first", "second" }, deltas)
+    assert.is_nil(next(agent.loading))
+  end)
+end)
+
+-- Issue 12, item 14: shutdown closes what is in flight; a start closes what a crash left.
+describe("requests across a stop", function()
+  it("marks a path while its request is in flight", function()
+    local h, _, reg = setup()
+    reg:register("slow", recorder({ "a", "b" }, { delay = 10 }))
+    h.ds.append(P, T.config, { model = "slow" })
+    say(h, "hi")
+    h:advance(5)
+    local R = h:events(P, T.started)[1].offset
+    assert.same({ [P] = R }, h.marks["open-requests"])
+    h:run()
+    assert.same({}, h.marks["open-requests"])
+  end)
+
+  it("at shutdown ends the request in flight with reason shutdown", function()
+    local h, _, reg = setup()
+    local m = recorder({ "a", "b", "c" }, { delay = 10 })
+    reg:register("slow", m)
+    h.ds.append(P, T.config, { model = "slow" })
+    say(h, "hi")
+    h:advance(15)
+    h:shutdown()
+    local R = h:events(P, T.started)[1].offset
+    local c = h:events(P, T.cancelled)
+    assert.equal(1, #c)
+    assert.same({ requestOffset = R, reason = "shutdown", message = "server shutting down" }, c[1].payload)
+    assert.equal(1, m.cancels)
+    assert.same({}, h.marks["open-requests"])
+    -- its task was stopped: nothing more comes
+    local n = #h:events(P)
+    h:run()
+    assert.equal(n, #h:events(P))
+  end)
+
+  it("at start-up closes an orphan at once, without any new event on its path", function()
+    local h, _, reg = setup()
+    reg:register("slow", recorder({ "a", "b", "c" }, { delay = 10 }))
+    h.ds.append(P, T.config, { model = "slow" })
+    say(h, "hi")
+    h.ds.append("other/path", T.config, { model = "echo" })
+    h:advance(15)
+    local saved, marks = h:dump(), h.marks -- the process is killed here
+    marks["open-requests"]["stale/path"] = "0000000000000003" -- a mark whose request was closed
+    local h2 = setup(nil, saved)
+    h2.marks = marks
+    h2:start()
+    h2:run()
+    local n_saved = #saved[P]
+    assert.same({ "cancelled" }, short_types(h2, P, n_saved))
+    local c = h2:events(P, T.cancelled)[1].payload
+    assert.equal("error", c.reason)
+    assert.equal("server restarted during the request", c.message)
+    assert.same({}, h2.marks["open-requests"])
+    assert.same({}, h2.errors)
+  end)
+end)

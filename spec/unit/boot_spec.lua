@@ -46,6 +46,65 @@ describe("boot", function()
     assert.has_error(function() boot.normalize(42) end)
   end)
 
+  it("checks the type of every agents key and names the key it refuses", function()
+    local ok, err = pcall(boot.normalize, { models = { echo = { delay_ms = "x" } } })
+    assert.is_false(ok)
+    assert.equal('config: agents.models.echo.delay_ms must be a non-negative integer (got string "x")', err)
+    -- a value of the wrong type for each key of the schema, top level and per model
+    local wrong = { count = "ten", string = 10, number = "fast", boolean = "yes", ["string list"] = { 1, 2 } }
+    local function bad_value(t)
+      if type(t) == "string" then
+        return wrong[t]
+      elseif t.fields then
+        return 42
+      end
+      return "not-one-of-them" -- an enumeration
+    end
+    local n = 0
+    for key, t in pairs(boot.SCHEMA) do
+      ok, err = pcall(boot.normalize, { [key] = bad_value(t) })
+      assert.is_false(ok, key)
+      assert.truthy(err:find("agents." .. key .. " must be", 1, true), err)
+      n = n + 1
+    end
+    for model, schema in pairs(boot.MODEL_SCHEMA) do
+      for key, t in pairs(schema) do
+        ok, err = pcall(boot.normalize, { models = { [model] = { [key] = bad_value(t) } } })
+        assert.is_false(ok, model .. "." .. key)
+        assert.truthy(err:find(("agents.models.%s.%s must be"):format(model, key), 1, true), err)
+        n = n + 1
+      end
+    end
+    assert.is_true(n > 35)
+    -- nested settings are checked too, and unknown keys of a shipped model are refused
+    ok, err = pcall(boot.normalize, { models = { grok = { turn_detection = { threshold = "high" } } } })
+    assert.equal('config: agents.models.grok.turn_detection.threshold must be a number (got string "high")', err)
+    ok, err = pcall(boot.normalize, { models = { openai = { modle = "gpt-4o" } } })
+    assert.equal("config: unknown key agents.models.openai.modle", err)
+    ok, err = pcall(boot.normalize, { models = { openai = { api = "completions" } } })
+    assert.equal('config: agents.models.openai.api must be one of "responses", "chat" (got string "completions")', err)
+    -- false turns a nested feature off; a plugin's own model is not checked here
+    local c = boot.normalize({ models = { grok = { turn_detection = false, input_audio_transcription = false },
+      mine = { anything = {} } } })
+    assert.is_false(c.models.grok.turn_detection)
+    assert.same({ anything = {} }, c.models.mine)
+    -- a partial nested table keeps the other defaults
+    c = boot.normalize({ models = { grok = { turn_detection = { threshold = 0.7 } } } })
+    assert.same({ type = "server_vad", threshold = 0.7, prefix_padding_ms = 300, silence_duration_ms = 500,
+      create_response = true }, c.models.grok.turn_detection)
+  end)
+
+  it("refuses __gc metamethods in plugins (nothing bounds them)", function()
+    local h = fake.new()
+    local res = boot.start(h.ds, { default_model = "echo" })
+    local env = res.plugin_env("p")
+    assert.has_error(function()
+      load("setmetatable({}, {__gc = function() while true do end end})", "=p", "t", env)()
+    end, "setmetatable: __gc metamethods are not allowed in plugins (nothing bounds them); use <close>")
+    local t = load("return setmetatable({}, {__index = function() return 1 end})", "=p", "t", env)()
+    assert.equal(1, t.x)
+  end)
+
   it("gives each plugin its own environment over a read-only base", function()
     local h = fake.new()
     local res = boot.start(h.ds, { default_model = "echo" })

@@ -72,19 +72,34 @@ describe("grok helpers", function()
     return { ... }
   end
 
-  it("builds session.update with the documented fields and the configured values", function()
-    local m = grok.session_update(ds, { voice = "rex", instructions = "Be brief." })
+  it("builds session.update with what the original sent, and the configured values", function()
+    local defaults = grok.session_update(ds, {})
     assert.same({
       type = "session.update",
       session = {
-        instructions = "Be brief.",
-        voice = "rex",
+        instructions = "You are a helpful voice assistant. Keep your responses conversational and concise "
+          .. "since they will be spoken aloud.",
+        voice = "ara",
         audio = { input = { format = { type = "audio/pcm", rate = 48000 } },
           output = { format = { type = "audio/pcm", rate = 48000 } } },
-        turn_detection = { type = "server_vad" },
+        input_audio_transcription = { model = "whisper-large-v3-turbo" },
+        turn_detection = { type = "server_vad", threshold = 0.5, prefix_padding_ms = 300,
+          silence_duration_ms = 500, create_response = true },
       },
-    }, m)
-    assert.equal("ara", grok.session_update(ds, {}).session.voice)
+    }, defaults)
+    local m = grok.session_update(ds, { voice = "rex", instructions = "Be brief.",
+      turn_detection = { type = "semantic_vad" }, input_audio_transcription = { model = "whisper-1" } })
+    assert.equal("Be brief.", m.session.instructions)
+    assert.equal("rex", m.session.voice)
+    assert.same({ type = "semantic_vad" }, m.session.turn_detection)
+    assert.same({ model = "whisper-1" }, m.session.input_audio_transcription)
+    -- false turns each off: no transcription asked for, turn detection null
+    ds.json.null = "null"
+    local off = grok.session_update(ds, { turn_detection = false, input_audio_transcription = false })
+    assert.is_nil(off.session.input_audio_transcription)
+    assert.equal(ds.json.null, off.session.turn_detection)
+    assert.is_false(grok.transcribes({ input_audio_transcription = false }))
+    assert.is_true(grok.transcribes({}))
   end)
 
   it("turns text history into conversation items, skipping audio without a transcript", function()

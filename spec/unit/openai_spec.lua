@@ -37,6 +37,14 @@ local function fake_ds(script)
     function res.status()
       return script.status or 200
     end
+    function res.headers()
+      return script.headers or { ["content-type"] = "text/event-stream" }
+    end
+    function res.error()
+      if script.items[i + 1] == nil and script.tail_error and i >= #script.items then
+        return script.tail_error[1], script.tail_error[2]
+      end
+    end
     function res.read()
       i = i + 1
       local item = script.items[i]
@@ -215,7 +223,26 @@ describe("openai model", function()
     it("HTTP 502 without JSON", function()
       local ds = fake_ds({ status = 502, items = { "<html>\nbad gateway\n</html>" } })
       local _, _, r2 = run(ds, cfg, {}, "q")
-      assert.equal("OpenAI HTTP 502: <html> bad gateway </html>", r2)
+      assert.equal("OpenAI HTTP 502: bad gateway", r2)
+    end)
+
+    -- issue 12, item 18: error bodies that are not OpenAI-shaped keep their detail
+    it("error bodies of other shapes keep their detail, on one line", function()
+      local bodies = {
+        { 404, '{"error":"Not Found","message":"Cannot POST /x"}', "OpenAI HTTP 404: Not Found: Cannot POST /x" },
+        { 400, '{"message":"model is required"}', "OpenAI HTTP 400: model is required" },
+        { 422, '{"detail":[{"loc":["body"],"msg":"field required"}]}', "OpenAI HTTP 422: field required" },
+        { 401, '{"detail":"Invalid token"}', "OpenAI HTTP 401: Invalid token" },
+        { 500, '{"errors":[{"message":"backend down"}]}', "OpenAI HTTP 500: backend down" },
+        { 503, "Service Unavailable\nretry in 5 s\n", "OpenAI HTTP 503: Service Unavailable" },
+        { 502, "<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>",
+          "OpenAI HTTP 502: 502 Bad Gateway" },
+        { 500, "", "OpenAI HTTP 500: no error message" },
+      }
+      for _, b in ipairs(bodies) do
+        local _, _, r2 = run(fake_ds({ status = b[1], items = { b[2] } }), cfg, {}, "q")
+        assert.equal(b[3], r2)
+      end
     end)
 
     it("stall and close mid-answer", function()
@@ -250,6 +277,50 @@ describe("openai model", function()
       parts, _, r2 = run(fake_ds({ items = items }), cfg, {}, "q")
       assert.equal("OpenAI error: slow down", r2)
       assert.equal("error", parts[#parts].type)
+    end)
+  end)
+
+  -- issue 12, item 17: a server that ignores stream: true and answers with the whole
+  -- response as application/json gives the same parts
+  describe("a whole JSON answer instead of a stream", function()
+    local JSON = { ["content-type"] = "application/json; charset=utf-8" }
+    it("Responses object", function()
+      local body = cjson.encode({ id = "resp_9", object = "response", created_at = 1700000000, model = "gpt-4o-x",
+        status = "completed", output = { { id = "msg_9", type = "message", role = "assistant",
+          content = { { type = "output_text", text = "Hello " }, { type = "output_text", text = "world" } } } },
+        usage = { input_tokens = 5, output_tokens = 2, total_tokens = 7 } })
+      local parts, r1, r2 = run(fake_ds({ headers = JSON, items = { body:sub(1, 20), body:sub(21) } }), cfg, {}, "q")
+      assert.is_nil(r1)
+      assert.is_nil(r2)
+      assert.same({
+        { type = "response-metadata", id = "resp_9", modelId = "gpt-4o-x", timestamp = "2023-11-14T22:13:20.000Z" },
+        { type = "text-start", id = "msg_9" },
+        { type = "text-delta", id = "msg_9", delta = "Hello world" },
+        { type = "text-end", id = "msg_9" },
+        { type = "finish", reason = "stop", usage = { inputTokens = 5, outputTokens = 2, totalTokens = 7 } },
+      }, parts)
+    end)
+
+    it("chat.completion", function()
+      local body = cjson.encode({ id = "chatcmpl-9", object = "chat.completion", created = 1700000000, model = "m",
+        choices = { { index = 0, message = { role = "assistant", content = "Hi there" }, finish_reason = "length" } },
+        usage = { prompt_tokens = 4, completion_tokens = 2, total_tokens = 6 } })
+      local parts, _, r2 = run(fake_ds({ headers = JSON, items = { body } }), { api_key = "k", api = "chat" }, {}, "q")
+      assert.is_nil(r2)
+      assert.equal("response-metadata,text-start,text-delta,text-end,finish", types(parts))
+      assert.same({ type = "text-delta", id = "chatcmpl-9", delta = "Hi there" }, parts[3])
+      assert.same({ type = "finish", reason = "length", usage = { inputTokens = 4, outputTokens = 2, totalTokens = 6 } },
+        parts[5])
+    end)
+
+    it("anything else says what came", function()
+      local _, _, r2 = run(fake_ds({ headers = JSON, items = { '{"object":"list","data":[]}' } }), cfg, {}, "q")
+      assert.equal("OpenAI sent a JSON answer that is neither a Responses object nor a stream (object list)", r2)
+      _, _, r2 = run(fake_ds({ headers = JSON, items = { '{"error":{"message":"quota"}}' } }), cfg, {}, "q")
+      assert.equal("OpenAI error: quota", r2)
+      _, _, r2 = run(fake_ds({ headers = { ["content-type"] = "text/html" }, items = { "<title>Login</title>" } }),
+        cfg, {}, "q")
+      assert.equal("OpenAI answered 200 with text/html instead of an event stream: Login", r2)
     end)
   end)
 

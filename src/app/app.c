@@ -90,10 +90,12 @@ static void handle_stats(app_t *app, ds_http_req_t *req) {
     b.len--; /* reopen the object */
     ds_buf_printf(&b,
                   ",\"lua\":{\"tasks_live\":%llu,\"refs\":%llu,\"hooks_failed\":%llu,"
-                  "\"events_dispatched\":%llu,\"tasks_killed\":%llu,\"mem_bytes\":%llu}}",
+                  "\"events_dispatched\":%llu,\"tasks_killed\":%llu,\"mem_bytes\":%llu,"
+                  "\"tasks_refused\":%llu,\"plugins_disabled\":%llu}}",
                   (unsigned long long)ls.tasks_live, (unsigned long long)ls.refs,
                   (unsigned long long)ls.hooks_failed, (unsigned long long)ls.events_dispatched,
-                  (unsigned long long)ls.tasks_killed, (unsigned long long)ls.mem_bytes);
+                  (unsigned long long)ls.tasks_killed, (unsigned long long)ls.mem_bytes,
+                  (unsigned long long)ls.tasks_refused, (unsigned long long)ls.plugins_disabled);
   }
   respond_json(req, 200, &b);
   ds_buf_free(&b);
@@ -239,11 +241,13 @@ static void begin_shutdown(app_t *app, const char *why) {
   uv_close((uv_handle_t *)&app->sigint, NULL);
   uv_close((uv_handle_t *)&app->sigterm, NULL);
   uv_close((uv_handle_t *)&app->trim, NULL);
-  /* End live readers first (final chunk), then stop HTTP: connections with a complete
-   * response are flushed; in-flight appends were already stored synchronously. */
+  /* The agent first: it closes its requests in flight (request-cancelled, reason
+   * "shutdown"), then its tasks are cancelled and Lua-routed requests answered. Then live
+   * readers end (final chunk, after those events), then HTTP stops: connections with a
+   * complete response are flushed; in-flight appends were already stored synchronously. */
+  ds_lua_host_shutdown(app->lua);
   ds_agents_api_shutdown(app->agents);
   ds_protocol_shutdown(app->protocol);
-  ds_lua_host_shutdown(app->lua); /* cancels tasks; Lua-routed requests get their answer */
   ds_http_server_stop(app->http, on_http_stopped, app);
 }
 
@@ -348,8 +352,13 @@ int ds_app_run(const ds_config_t *cfg) {
   app.protocol = ds_protocol_new(&app.loop, app.streams, &po);
   ds_buf_free(&subs_dir);
   if (cfg->agents_enabled) {
-    ds_lua_host_opts_t lo = {.config_path = cfg->config_path};
+    /* the agent's marks (open requests) are as durable as the store: beside the streams */
+    ds_buf_t marks_dir = DS_BUF_INIT;
+    if (strcmp(ds_store_kind(app.store), "yaml") == 0) ds_buf_printf(&marks_dir, "%s/agents", data_dir);
+    ds_lua_host_opts_t lo = {.config_path = cfg->config_path,
+                             .state_dir = marks_dir.len ? ds_buf_cstr(&marks_dir) : NULL};
     app.lua = ds_lua_host_new(&app.loop, app.streams, &lo, err, sizeof err);
+    ds_buf_free(&marks_dir);
     if (!app.lua) {
       ds_error("server", "refusing to start: Lua agent layer: %s", err);
       ds_agents_api_shutdown(app.agents);

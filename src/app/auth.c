@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "app/config.h"
 #include "core/buf.h"
 
 typedef struct {
@@ -284,15 +285,13 @@ ds_auth_t *ds_auth_load(const char *config_path, char *err, size_t errlen) {
   ds_auth_t *a = ds_xcalloc(1, sizeof *a);
   set_default_origins(a);
   if (!config_path) return a;
-  lua_State *L = luaL_newstate();
-  luaL_openlibs(L);
-  if (luaL_dofile(L, config_path) != LUA_OK || !lua_istable(L, -1)) {
-    /* config.c already validated the file; reaching this means it changed under us */
-    snprintf(err, errlen, "%s: cannot be re-read for auth settings", config_path);
-    lua_close(L);
+  /* bounded like every evaluation of config.lua (config.h) */
+  ds_vm_t *vm = ds_config_eval(config_path, err, errlen);
+  if (!vm) {
     ds_auth_free(a);
     return NULL;
   }
+  lua_State *L = ds_vm_state(vm);
   int rc = 0;
   lua_getfield(L, -1, "auth");
   if (lua_istable(L, -1)) rc = load_tokens(L, a, config_path, err, errlen);
@@ -327,7 +326,7 @@ ds_auth_t *ds_auth_load(const char *config_path, char *err, size_t errlen) {
       rc = fail(err, errlen, config_path, "cors must be a table");
     }
   }
-  lua_close(L);
+  ds_vm_free(vm);
   if (rc != 0) {
     ds_auth_free(a);
     return NULL;

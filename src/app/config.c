@@ -12,6 +12,7 @@
 #include "core/buf.h"
 #include "core/log.h"
 #include "net/egress.h"
+#include "lua/vm.h"
 
 void ds_config_defaults(ds_config_t *c) {
   memset(c, 0, sizeof *c);
@@ -237,26 +238,47 @@ static int msgh(lua_State *L) {
   return 1;
 }
 
-int ds_config_load(ds_config_t *c, const char *path, char *err, size_t errlen) {
-  lua_State *L = luaL_newstate();
-  if (!L) {
+ds_vm_t *ds_config_eval(const char *path, char *err, size_t errlen) {
+  ds_vm_t *vm = ds_vm_new(DS_CONFIG_MEM_LIMIT);
+  if (!vm) {
     snprintf(err, errlen, "%s: cannot create a Lua state", path);
-    return -1;
+    return NULL;
   }
-  luaL_openlibs(L);
+  lua_State *L = ds_vm_state(vm);
+  ds_budget_t b;
+  ds_budget_init(&b, "instruction budget of config.lua", DS_CONFIG_BUDGET, L);
+  ds_budget_set_time(&b, DS_CONFIG_TIME_LIMIT_MS);
+  ds_budget_t *outer = ds_vm_enter(vm, &b);
+  lua_State *was = ds_vm_set_running(vm, L);
   lua_pushcfunction(L, msgh);
   int rc = luaL_loadfilex(L, path, "t");
   if (rc == LUA_OK) rc = lua_pcall(L, 0, 1, 1);
-  if (rc != LUA_OK) {
-    snprintf(err, errlen, "%s", lua_tostring(L, -1));
-    lua_close(L);
-    return -1;
+  if (rc != LUA_OK && b.killed) { /* thrown as a memory error: say what it was */
+    lua_pop(L, 1);
+    ds_vm_push_kill(L);
   }
+  ds_vm_set_running(vm, was);
+  ds_vm_leave(vm, outer);
+  if (rc != LUA_OK) {
+    const char *m = lua_tostring(L, -1);
+    if (m && strncmp(m, path, strlen(path)) == 0) snprintf(err, errlen, "%s", m);
+    else snprintf(err, errlen, "%s: %s", path, m ? m : "error");
+    ds_vm_free(vm);
+    return NULL;
+  }
+  lua_remove(L, 1); /* the handler: the result is alone on the stack */
   if (!lua_istable(L, -1)) {
     snprintf(err, errlen, "%s: must return a table (got %s)", path, luaL_typename(L, -1));
-    lua_close(L);
-    return -1;
+    ds_vm_free(vm);
+    return NULL;
   }
+  return vm;
+}
+
+int ds_config_load(ds_config_t *c, const char *path, char *err, size_t errlen) {
+  ds_vm_t *vm = ds_config_eval(path, err, errlen);
+  if (!vm) return -1;
+  lua_State *L = ds_vm_state(vm);
   ctx_t x = {path, err, errlen, 0};
   static const char *const top[] = {"host", "port", "data_dir", "storage", "fsync",
                                     "fsync_interval_ms", "log_level", "limits", "sse",
@@ -328,7 +350,7 @@ int ds_config_load(ds_config_t *c, const char *path, char *err, size_t errlen) {
     else if (!lua_istable(L, -1)) bad(&x, "agents", "must be a table or false");
     lua_pop(L, 1);
   }
-  lua_close(L);
+  ds_vm_free(vm);
   if (x.failed) return -1;
   free(c->config_path);
   c->config_path = ds_xstrdup(path);

@@ -12,6 +12,7 @@
 
 #include <stddef.h>
 
+#include "lua/vm.h"
 #include "store/store.h"
 
 typedef struct ds_config_s {
@@ -59,6 +60,17 @@ void ds_config_free(ds_config_t *c);
  *  with a one-line message in err. */
 int ds_config_apply_env(ds_config_t *c, char *(*getenv_fn)(const char *name), char *err,
                         size_t errlen);
+/* config.lua is a program: each evaluation (here, for auth settings, and the Lua host's)
+ * runs bounded, so an endless loop or a runaway allocation refuses start-up with the
+ * file's name instead of hanging it. */
+#define DS_CONFIG_BUDGET 100000000u         /* work units (vm.h), about 0.3 s of CPU */
+#define DS_CONFIG_MEM_LIMIT ((size_t)64 << 20)
+#define DS_CONFIG_TIME_LIMIT_MS 2000u
+
+/** Evaluates config.lua at path in a fresh Lua state under DS_CONFIG_BUDGET and
+ *  DS_CONFIG_MEM_LIMIT; returns the state with the table it returned alone on its stack
+ *  (free it with ds_vm_free), or NULL with a one-line message naming the file in err. */
+ds_vm_t *ds_config_eval(const char *path, char *err, size_t errlen);
 /** Parses an fsync policy name; -1 when unknown. */
 int ds_fsync_parse(const char *s);
 

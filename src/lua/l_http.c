@@ -211,7 +211,10 @@ static int build_and_spawn(lua_State *L) {
   box->r = r;
   lua_pushcclosure(L, l_respond, 1); /* [a runner fn req respond] */
   lua_setfield(L, -2, "respond");    /* [a runner fn req] */
-  a->t = ds__spawn(a->h, L, 2, a->rt->plugin, -1, a->ri, r); /* [a] */
+  ds__spawn_t sp = {.plugin = a->rt->plugin, .hook = -1, .route = a->ri, .req = r, .capped = 1};
+  char why[256];
+  a->t = ds__spawn(a->h, L, 2, &sp, why, sizeof why); /* [a] */
+  if (!a->t) ds_warn("lua", "route %s %s not run: %s", a->rt->method, a->rt->prefix, why);
   return 0;
 }
 

@@ -12,6 +12,7 @@
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "core/buf.h"
 #include "core/err.h"
@@ -149,6 +150,20 @@ static int on_sse_event(const ds_sse_event_t *ev, void *ud) {
   return 0;
 }
 
+/* Whether a Content-Type value names an event stream; an answer without one counts as a
+ * stream too (some servers omit it). Anything else - a complete JSON answer from a server
+ * that ignored `stream: true`, an HTML page from a proxy - is passed on as body chunks
+ * for the caller to read whole. */
+static int is_event_stream(const ds_http_header_t *h, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    if (strcasecmp(h[i].name, "content-type") != 0) continue;
+    const char *v = h[i].value;
+    while (*v == ' ') v++;
+    return strncasecmp(v, "text/event-stream", 17) == 0;
+  }
+  return 1;
+}
+
 static void cb_headers(ds_http_xfer_t *x, long status, const ds_http_header_t *h, size_t n, void *ud) {
   hreq_t *r = ud;
   r->status = status;
@@ -159,7 +174,7 @@ static void cb_headers(ds_http_xfer_t *x, long status, const ds_http_header_t *h
   }
   r->nhdr = n;
   r->headers_ready = 1;
-  r->sse_on = r->sse_wanted && status >= 200 && status < 300;
+  r->sse_on = r->sse_wanted && status >= 200 && status < 300 && is_event_stream(h, n);
   wake(r);
 }
 
@@ -438,10 +453,18 @@ static int push_busy(lua_State *L) {
   return 3;
 }
 
+static int l_res_read(lua_State *L);
+static int l_res_read_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  return l_res_read(L);
+}
+
 static int l_res_read(lua_State *L) {
   hreq_t *r = check_open(L, 1);
   if (!r) return push_closed(L);
   if (r->reading) return push_busy(L);
+  if (r->head && ds_task_due(L)) return ds_task_pause(L, l_res_read_k, 0); /* a backlog: others first */
   int n = push_item_or_end(L, r);
   if (n >= 0) return n;
   ds_task_t *t = ds_task_current(L);
@@ -453,11 +476,19 @@ static int l_res_read(lua_State *L) {
 /* iterator: f(res, _) -> item or nil */
 static int l_res_iter_k(lua_State *L, int status, lua_KContext ctx);
 
+static int l_res_iter(lua_State *L);
+static int l_res_iter_again(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  return l_res_iter(L);
+}
+
 static int l_res_iter(lua_State *L) {
   lua_settop(L, 1);
   hreq_t *r = check_open(L, 1);
   if (!r) return 0;
   if (r->reading) return luaL_error(L, "Response:events: busy reading in another task");
+  if (r->head && ds_task_due(L)) return ds_task_pause(L, l_res_iter_again, 0);
   int n = push_item_or_end(L, r);
   if (n >= 0) return l_res_iter_k(L, LUA_OK, 0);
   ds_task_t *t = ds_task_current(L);

@@ -10,8 +10,11 @@
  *     "ECLOSED", "EPROTO", "EIO", "EINVAL").
  *   res:status()   -> integer HTTP status
  *   res:headers()  -> table, lower-case names -> value (repeated headers joined by ", ")
- *   res:read()     -> next item, yielding while none is queued: with sse=true and a 2xx
- *                     status an event table {event=, data=, id=}, otherwise a string chunk;
+ *   res:read()     -> next item, yielding while none is queued: with sse=true, a 2xx
+ *                     status and a Content-Type of text/event-stream (or none) an event
+ *                     table {event=, data=, id=}, otherwise a string chunk (so a server
+ *                     that answers a stream request with a whole JSON document, or a proxy
+ *                     with an HTML page, can be read and reported as what it is);
  *                     nil at the clean end; nil, msg, code on failure (then forever).
  *   res:events()   -> iterator over read() for a generic `for`; stops at the end or at a
  *                     failure, which res:error() then returns as msg, code.

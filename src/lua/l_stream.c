@@ -7,9 +7,13 @@
  *       the same with the payload given as JSON text, stored as a POSTed payload would be
  *       (never re-encoded through a Lua table: key order, numbers and escapes survive as
  *       the store keeps them); invalid JSON returns nil, msg, "EINVAL".
- *   ds.read(path, from, max) -> {events...} | nil, msg, code
- *       events with offset >= from (an integer), at most max (default 1000), decoded;
- *       a path never written reads as {}.
+ *   ds.read(path, from, max) -> {records...}, next | nil, msg, code
+ *       records with offset >= from (an integer), at most max (default 1000), each
+ *       decoded as stored: an /agents event is a table with its envelope, but a stream
+ *       may also hold other JSON (a /v1 append: a number, a string, ds.json.null...) or
+ *       text that is not JSON (given as the string). `next` is the offset after the last
+ *       record returned (from when none): read on from there. Offsets are consecutive, so
+ *       record i has offset next - #records + i - 1. A path never written reads as {}.
  *   ds.subscribe(path, from) -> sub       events with offset >= from (default: the next)
  *   sub:next(timeout_ms) -> event | nil, "timeout" | nil, "closed"   (yields; the default
  *       timeout is 30000 ms; -1 waits forever)
@@ -126,6 +130,7 @@ typedef struct {
   int tbl;
   lua_Integer n;
   int err;
+  uint64_t next; /* after the last record delivered */
 } read_ctx_t;
 
 static void push_record(lua_State *L, const char *repr, size_t len) {
@@ -134,11 +139,11 @@ static void push_record(lua_State *L, const char *repr, size_t len) {
 }
 
 static int on_record(void *ud, uint64_t offset, const char *repr, size_t len) {
-  (void)offset;
   read_ctx_t *c = ud;
   luaL_checkstack(c->L, 8, "ds.read");
   push_record(c->L, repr, len);
   lua_rawseti(c->L, c->tbl, ++c->n);
+  c->next = offset + 1;
   return 0;
 }
 
@@ -153,12 +158,16 @@ static int l_read(lua_State *L) {
   lua_newtable(L);
   ds_stream_t *s = NULL;
   int rc = ds_streams_get(h->streams, path, 0, 0, &s);
-  if (rc == DS_ENOTFOUND) return 1;
+  if (rc == DS_ENOTFOUND) {
+    lua_pushinteger(L, from);
+    return 2;
+  }
   if (rc != 0) return fail(L, rc, ds_strerror(rc));
-  read_ctx_t c = {L, lua_gettop(L), 0, 0};
+  read_ctx_t c = {L, lua_gettop(L), 0, 0, (uint64_t)from};
   long got = ds_store_read(ds_stream_store(s), (uint64_t)from, (size_t)max, (size_t)64 << 20, on_record, &c);
   if (got < 0) return fail(L, (int)got, ds_strerror((int)got));
-  return 1;
+  lua_pushinteger(L, (lua_Integer)c.next);
+  return 2;
 }
 
 /* ---- subscriptions ---- */
@@ -268,7 +277,7 @@ static int next_try(lua_State *L) {
   if (!ls || ls->closed) return fail(L, DS_ECLOSED, "closed");
   lua_settop(L, 2);
   ds_stream_t *s = ls->stream;
-  read_ctx_t c = {L, 0, -1, 0};
+  read_ctx_t c = {L, 0, -1, 0, 0};
   long got = ds_store_read(ds_stream_store(s), ls->next, 1, (size_t)64 << 20, one_record, &c);
   if (got < 0) return fail(L, (int)got, ds_strerror((int)got));
   if (got > 0) {

@@ -287,11 +287,19 @@ static int receive_k(lua_State *L, int status, lua_KContext ctx) {
   return push_closed(L); /* woken without a message: only when released */
 }
 
+static int l_ws_receive(lua_State *L);
+static int l_ws_receive_again(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  return l_ws_receive(L);
+}
+
 static int l_ws_receive(lua_State *L) {
   conn_t *c = check_conn(L, 1);
   lua_Integer timeout = luaL_optinteger(L, 2, -1);
   lua_settop(L, 2);
   if (!c) return push_closed(L);
+  if (ds_task_due(L)) return ds_task_pause(L, l_ws_receive_again, 0); /* a backlog: others first */
   int n = push_message(L, c);
   if (n >= 0) return n;
   ds_task_t *t = ds_task_current(L);

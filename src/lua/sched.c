@@ -11,8 +11,10 @@
 
 enum { T_READY = 0, T_RUNNING, T_BLOCKED, T_ENDED };
 
-/* The count hook fires every HOOK_STEP instructions; the budget is checked then. */
-#define HOOK_STEP 1000
+/* One idle round resumes ready tasks for at most this long, then lets the loop poll
+ * (the rest stay ready for the next round): however many tasks are ready, I/O is never
+ * held up for more than a slice plus one task's budget. */
+#define SLICE_NS ((uint64_t)10 * 1000 * 1000)
 
 struct ds_task_s {
   ds_sched_t *s;
@@ -22,10 +24,10 @@ struct ds_task_s {
   int first;        /* not started yet: its arguments are on co's stack */
   int nargs;        /* ... and this many of them */
   int k_mode;       /* blocked with a continuation: a timeout resumes with `false` */
-  int killed;       /* budget exceeded: every further line raises */
   int timer_open;   /* uv_timer initialised and not yet closed */
   unsigned refs;    /* the scheduler's (until the end) + ds_task_retain()s */
-  uint64_t budget_left;
+  ds_budget_t budget; /* of the current (or last) resume */
+  uint64_t resumed_ns; /* when the current resume began */
   ds_task_cleanup_fn cleanup;
   void *cleanup_ud;
   ds_task_retval_fn retval;
@@ -43,7 +45,7 @@ struct ds_sched_s {
   lua_State *L;
   uv_idle_t idle;
   int idle_open, idle_active, shut;
-  uint64_t budget;
+  uint64_t budget, time_ms;
   ds_task_t *rhead, *rtail;
   size_t rcount;
   ds_task_t *live;
@@ -66,6 +68,7 @@ ds_sched_t *ds_sched_new(uv_loop_t *loop, ds_vm_t *vm) {
 }
 
 void ds_sched_set_budget(ds_sched_t *s, uint64_t instructions) { s->budget = instructions; }
+void ds_sched_set_time_limit(ds_sched_t *s, uint64_t ms) { s->time_ms = ms; }
 
 void ds_sched_stats(const ds_sched_t *s, ds_sched_stats_t *out) { *out = s->st; }
 
@@ -78,6 +81,7 @@ ds_task_t *ds_task_current(lua_State *L) {
 }
 
 int ds_task_ended(const ds_task_t *t) { return t->state == T_ENDED; }
+int ds_task_killed(const ds_task_t *t) { return t->budget.killed; }
 void *ds_task_ud(const ds_task_t *t) { return t->done_ud; }
 ds_sched_t *ds_task_sched(const ds_task_t *t) { return t->s; }
 
@@ -137,11 +141,13 @@ static void task_end(ds_task_t *t, int status) {
   if (status == LUA_OK) s->st.finished++;
   else if (status == -1) s->st.cancelled++;
   else s->st.failed++;
-  if (t->done) t->done(t, status, s->L, t->done_ud);
+  /* the coroutine goes first: what done does (a collection, when a plugin is disabled)
+   * must find it unreachable */
   *extra(t->co) = NULL;
   ds_vm_unref(s->L, t->co_ref);
   t->co_ref = LUA_NOREF;
   t->co = NULL;
+  if (t->done) t->done(t, status, s->L, t->done_ud);
   if (t->timer_open) uv_close((uv_handle_t *)&t->timer, on_timer_closed);
   ds_task_release(t);
 }
@@ -181,30 +187,23 @@ ds_task_t *ds_sched_spawn(ds_sched_t *s, lua_State *L, int nargs, ds_task_done_f
   return t;
 }
 
-static void raise_here(lua_State *L, const char *what) {
-  lua_Debug ar;
-  if (lua_getstack(L, 0, &ar) && lua_getinfo(L, "Sl", &ar) && ar.currentline > 0) {
-    lua_pushfstring(L, "%s:%d: %s", ar.short_src, ar.currentline, what);
-  } else {
-    lua_pushstring(L, what);
-  }
-  lua_error(L);
-}
-
-static void budget_hook(lua_State *L, lua_Debug *ar) {
-  ds_task_t *t = *extra(L);
-  if (!t || t->co != L) return;
-  if (t->killed) raise_here(L, "task killed: instruction budget exceeded");
-  if (ar->event != LUA_HOOKCOUNT) return;
-  if (t->budget_left > HOOK_STEP) {
-    t->budget_left -= HOOK_STEP;
-    return;
-  }
-  t->killed = 1;
-  t->s->st.killed++;
-  /* re-arm on every line and instruction so that a pcall in the script cannot swallow it */
-  lua_sethook(L, budget_hook, LUA_MASKCOUNT | LUA_MASKLINE, 1);
-  raise_here(L, "instruction budget exceeded (runaway code without yielding)");
+/* Closes a task's coroutine that will not run again (failed or cancelled): its
+ * pending to-be-closed variables' __close handlers run now, protected and under a budget
+ * of their own (lua_settop would run them unprotected, and unbounded). */
+static void close_thread(ds_sched_t *s, ds_task_t *t) {
+  /* A task killed from the hook died with Lua's hooks off (vm.h): its handlers would run
+   * unbounded, so they do not run; its stack stays as it is until the thread is
+   * collected (C objects on it close in their __gc). */
+  if (t->budget.killed) return;
+  ds_budget_t b;
+  ds_budget_init(&b, "instruction budget", s->budget, t->co);
+  ds_budget_set_time(&b, s->time_ms);
+  ds_budget_t *outer = ds_vm_enter(s->vm, &b);
+  lua_State *was_running = ds_vm_set_running(s->vm, t->co);
+  if (lua_resetthread(t->co) != LUA_OK) lua_pop(t->co, 1); /* a __close handler's error */
+  lua_settop(t->co, 0);
+  ds_vm_set_running(s->vm, was_running);
+  ds_vm_leave(s->vm, outer);
 }
 
 static void task_resume(ds_sched_t *s, ds_task_t *t) {
@@ -221,17 +220,20 @@ static void task_resume(ds_sched_t *s, ds_task_t *t) {
     nargs = 0;
   }
   t->state = T_RUNNING;
-  if (s->budget && !t->killed) {
-    t->budget_left = s->budget;
-    lua_sethook(co, budget_hook, LUA_MASKCOUNT, HOOK_STEP);
-  } else if (!t->killed) {
-    lua_sethook(co, NULL, 0, 0);
-  }
+  /* every resume gets a fresh budget; the threads it creates inherit the vm's hook */
+  ds_budget_init(&t->budget, "instruction budget", s->budget, co);
+  ds_budget_set_time(&t->budget, s->time_ms);
+  ds_budget_t *outer = ds_vm_enter(s->vm, &t->budget);
+  lua_State *was_running = ds_vm_set_running(s->vm, co);
   s->current = t;
   s->st.resumes++;
+  t->resumed_ns = uv_hrtime();
   int nres = 0;
   int rc = lua_resume(co, NULL, nargs, &nres);
   s->current = NULL;
+  ds_vm_set_running(s->vm, was_running);
+  ds_vm_leave(s->vm, outer);
+  if (t->budget.killed && rc != LUA_OK && rc != LUA_YIELD) s->st.killed++;
   if (rc == LUA_YIELD) {
     lua_pop(co, nres);
     /* a plain coroutine.yield() inside a task: treat as "let others run" */
@@ -247,11 +249,12 @@ static void task_resume(ds_sched_t *s, ds_task_t *t) {
    * here, and this runs unprotected): lift the cap while building the message. */
   size_t cap = ds_vm_mem_limit(s->vm);
   ds_vm_set_mem_limit(s->vm, 0);
+  if (t->budget.killed) ds_vm_push_kill(co); /* not the "not enough memory" it was thrown as */
   ds_vm_push_traceback(s->L, co); /* [msg] on the main state */
+  ds_vm_set_mem_limit(s->vm, cap);
+  close_thread(s, t); /* its pending to-be-closed variables */
   task_end(t, rc);
   lua_pop(s->L, 1);
-  lua_settop(co, 0);
-  ds_vm_set_mem_limit(s->vm, cap);
 }
 
 static void on_idle(uv_idle_t *h) {
@@ -260,7 +263,9 @@ static void on_idle(uv_idle_t *h) {
    * I/O callbacks get their turn between rounds (a task that only yields cannot starve
    * the loop) */
   size_t n = s->rcount;
+  uint64_t until = uv_hrtime() + SLICE_NS;
   while (n-- > 0 && s->rhead) {
+    if (uv_hrtime() > until) break; /* the rest run next round, after the loop polled */
     ds_task_t *t = s->rhead;
     s->rhead = t->rnext;
     if (!s->rhead) s->rtail = NULL;
@@ -316,6 +321,19 @@ int ds_task_block(lua_State *L, ds_task_t *t, ds_task_cleanup_fn cleanup, void *
   return lua_yield(L, 0);
 }
 
+int ds_task_due(lua_State *L) {
+  ds_task_t *t = ds_task_current(L);
+  return t && lua_isyieldable(L) && uv_hrtime() - t->resumed_ns > (uint64_t)DS_TASK_SLICE_MS * 1000000u;
+}
+
+int ds_task_pause(lua_State *L, lua_KFunction k, lua_KContext ctx) {
+  ds_task_t *t = ds_task_current(L);
+  if (!t) return luaL_error(L, "ds_task_pause outside a task");
+  /* task_resume sees the yield of a task no longer RUNNING and leaves it queued */
+  ready_push(t->s, t);
+  return lua_yieldk(L, 0, ctx, k);
+}
+
 void ds_task_wake(ds_task_t *t, ds_task_retval_fn retval, void *ud) {
   if (t->state != T_BLOCKED) {
     if (retval) retval(NULL, ud);
@@ -347,7 +365,7 @@ int ds_task_cancel(ds_task_t *t) {
   }
   /* close the coroutine: pending to-be-closed variables run now */
   t->state = T_ENDED; /* no binding may block it while it closes */
-  if (lua_resetthread(t->co) != LUA_OK) lua_settop(t->co, 0);
+  close_thread(s, t);
   t->state = T_BLOCKED;
   task_end(t, -1);
   return 0;

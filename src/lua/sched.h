@@ -2,9 +2,11 @@
  *
  * Provides: ds_sched_t, which runs each task (a coroutine) until it finishes or blocks in
  * a yielding binding; the ready queue, drained from a uv_idle handle that is active only
- * while something is ready; per-task deadlines; an instruction budget per resume (a task
- * that runs too long without yielding is killed, and the kill re-arms on every line so
- * pcall cannot swallow it); counted coroutine refs with one release point (task end).
+ * while something is ready, at most a time slice per loop iteration (the rest wait for
+ * the next one, after the loop polled); per-task deadlines; a budget per resume (vm.h:
+ * every coroutine the task creates spends it too, and a task past it is killed, with no
+ * pcall or handler able to keep it alive); counted coroutine refs with one release point
+ * (task end).
  *
  * The contract for yielding bindings (OpenResty's cosocket shape):
  *   1. t = ds_task_current(L), raise if NULL (not in a task);
@@ -37,7 +39,8 @@ typedef void (*ds_task_cleanup_fn)(void *ud);
 /** Pushes results onto co and returns their count; co == NULL means "discard ud". */
 typedef int (*ds_task_retval_fn)(lua_State *co, void *ud);
 /** Called when a task ends: status LUA_OK, or an error status with the message (with
- *  traceback) at the top of L's stack (L is the main state; pop nothing). */
+ *  traceback) at the top of L's stack (L is the main state; pop nothing). The task's
+ *  coroutine is already released (a collection run here may free it). */
 typedef void (*ds_task_done_fn)(ds_task_t *t, int status, lua_State *L, void *ud);
 
 typedef struct ds_sched_stats_s {
@@ -45,8 +48,10 @@ typedef struct ds_sched_stats_s {
 } ds_sched_stats_t;
 
 ds_sched_t *ds_sched_new(uv_loop_t *loop, ds_vm_t *vm);
-/** Instructions a task may run per resume before it is killed (0 = unlimited). */
+/** Work units (vm.h) a task may spend per resume before it is killed (0 = unlimited). */
 void ds_sched_set_budget(ds_sched_t *s, uint64_t instructions);
+/** Wall-clock milliseconds a resume may last before the task is killed (0 = unlimited). */
+void ds_sched_set_time_limit(ds_sched_t *s, uint64_t ms);
 /** Cancels every task and closes the idle handle (the caller runs the loop after). */
 void ds_sched_shutdown(ds_sched_t *s);
 /** Frees the scheduler (after shutdown and the loop ran); returns the tasks leaked. */
@@ -70,6 +75,8 @@ void ds_task_retain(ds_task_t *t);
 void ds_task_release(ds_task_t *t);
 /** 1 once the task ended (finished, failed, killed or cancelled). */
 int ds_task_ended(const ds_task_t *t);
+/** Why its last resume's budget was killed (DS_BUDGET_EXCEEDED, DS_BUDGET_MEMORY), or 0. */
+int ds_task_killed(const ds_task_t *t);
 void *ds_task_ud(const ds_task_t *t);
 ds_sched_t *ds_task_sched(const ds_task_t *t);
 
@@ -83,5 +90,16 @@ int ds_task_block(lua_State *L, ds_task_t *t, ds_task_cleanup_fn cleanup, void *
 void ds_task_wake(ds_task_t *t, ds_task_retval_fn retval, void *ud);
 /** Pushes nil, "timeout", "timeout". */
 int ds_task_push_timeout(lua_State *co, void *ud);
+
+/* Cooperative slices. A binding whose fast path would return at once (data already
+ * queued) may instead let other tasks and I/O go first when the running task has run for
+ * DS_TASK_SLICE_MS in this resume: code that streams a backlog through such a binding
+ * then yields on its own, long before its time limit (sched.h's budget) would kill it. */
+#define DS_TASK_SLICE_MS 10
+/** 1 when L is a task that has run for a slice in this resume and can yield. */
+int ds_task_due(lua_State *L);
+/** Yields the running task for one round; on resume k(L, LUA_YIELD, ctx) runs on the stack
+ *  as it was (typically it redoes the call). Use as `return ds_task_pause(L, k, ctx);`. */
+int ds_task_pause(lua_State *L, lua_KFunction k, lua_KContext ctx);
 
 #endif

@@ -133,12 +133,35 @@ static void test_env_port(void **state) {
   ds_config_free(&c);
 }
 
+/* config.lua is a program: one that never ends or grows without bound must refuse the
+ * start, naming the file, not hang it (issue 12, item 2). Each of these used to run
+ * forever (or until the machine ran out of memory). */
+static void test_runaway_config_is_refused(void **state) {
+  (void)state;
+  expect_refusal("local x = 1\nwhile true do end\n", ":2: instruction budget of config.lua exceeded");
+  expect_refusal("coroutine.wrap(function() while true do pcall(function() while true do end end) end end)()\n",
+                 ":1: instruction budget of config.lua exceeded");
+  expect_refusal("local t = {}\nwhile true do t[#t + 1] = {} end\n", ":2: memory limit exceeded");
+  expect_refusal("local t = {}\nwhile true do t[#t + 1] = ('x'):rep(4096) .. #t end\n", "not enough memory");
+  expect_refusal("return (string.rep('a', 30) .. 'b'):find(string.rep('a*', 20) .. 'c')\n",
+                 ":1: instruction budget of config.lua exceeded");
+  expect_refusal("xpcall(error, function() while true do end end)\n", "instruction budget of config.lua exceeded");
+  /* the same bound for the second evaluation (auth settings) */
+  char *p = write_tmp("while true do end\n");
+  char err[256] = "";
+  assert_null(ds_config_eval(p, err, sizeof err));
+  if (!strstr(err, p) || !strstr(err, "exceeded")) fail_msg("error '%s' does not name the file", err);
+  unlink(p);
+  free(p);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_defaults),
       cmocka_unit_test(test_values),
       cmocka_unit_test(test_refusals),
       cmocka_unit_test(test_env_port),
+      cmocka_unit_test(test_runaway_config_is_refused),
   };
   return cmocka_run_group_tests_name("config", tests, NULL, NULL);
 }

@@ -94,6 +94,19 @@ static int l_wake_soon(lua_State *L) {
   return 0;
 }
 
+/* fast(): a binding with a fast path that lets others go first once the task used its slice */
+static int l_fast(lua_State *L);
+static int l_fast_k(lua_State *L, int st, lua_KContext c) {
+  (void)st;
+  (void)c;
+  return l_fast(L);
+}
+static int l_fast(lua_State *L) {
+  if (ds_task_due(L)) return ds_task_pause(L, l_fast_k, 0);
+  lua_pushinteger(L, 7);
+  return 1;
+}
+
 static int l_in_task(lua_State *L) {
   lua_pushboolean(L, ds_task_current(L) != NULL);
   return 1;
@@ -112,6 +125,7 @@ static int setup(void **state) {
   lua_register(f->L, "wait", l_wait);
   lua_register(f->L, "wake_soon", l_wake_soon);
   lua_register(f->L, "in_task", l_in_task);
+  lua_register(f->L, "fast", l_fast);
   lua_newtable(f->L);
   lua_setglobal(f->L, "log");
   G = f;
@@ -320,9 +334,155 @@ static void test_memory_cap_is_an_error_not_an_abort(void **state) {
   spawn(f, "local t = {} for i = 1, 1e7 do t[i] = ('x'):rep(100) .. i end");
   run(f);
   assert_int_equal(f->done_err, 1);
-  assert_non_null(strstr(f->last_err, "not enough memory"));
+  if (!strstr(f->last_err, "memory limit exceeded") && !strstr(f->last_err, "not enough memory"))
+    fail_msg("got: %s", f->last_err);
   ds_vm_set_mem_limit(f->vm, 0);
   lua_gc(f->L, LUA_GCCOLLECT);
+}
+
+/* ---- every escape route of the budget (issue 12, item 2) ---- */
+
+/* Runs `code` as a task under a small budget beside a survivor that sleeps through it;
+ * the runaway must be killed with `want` in its message and the survivor must finish. */
+static void expect_killed(fx_t *f, const char *code, const char *want) {
+  f->done_ok = f->done_err = 0;
+  f->last_err[0] = 0;
+  ds_sched_set_budget(f->s, 200000);
+  assert_int_equal(luaL_loadbuffer(f->L, code, strlen(code), "@plugins/escape.lua"), LUA_OK);
+  assert_non_null(ds_sched_spawn(f->s, f->L, 0, on_done, f));
+  spawn(f, "sleep(1); survivor = (survivor or 0) + 1");
+  run(f);
+  if (f->done_err != 1 || f->done_ok != 1 || !strstr(f->last_err, want))
+    fail_msg("code %s: ok=%d err=%d, got: %s", code, f->done_ok, f->done_err, f->last_err);
+}
+
+static void test_budget_covers_nested_coroutines(void **state) {
+  fx_t *f = *state;
+  expect_killed(f, "coroutine.wrap(function() while true do end end)()", "instruction budget exceeded");
+  expect_killed(f,
+                "local co = coroutine.create(function() while true do pcall(function() while true do end end) end end)\n"
+                "while true do pcall(coroutine.resume, co) end",
+                "instruction budget exceeded");
+  /* a coroutine that keeps yielding: each resume is cheap, the loop around it is not */
+  expect_killed(f, "local co = coroutine.wrap(function() while true do coroutine.yield(1) end end)\n"
+                   "while true do co() end",
+                "instruction budget exceeded");
+  /* three levels deep, the kill is not caught on the way up */
+  expect_killed(f,
+                "local function deep(n) if n == 0 then while true do end end\n"
+                "  local ok, e = coroutine.resume(coroutine.create(deep), n - 1); return ok, e end\n"
+                "while true do pcall(deep, 3) end",
+                "instruction budget exceeded");
+  ds_sched_stats_t st;
+  ds_sched_stats(f->s, &st);
+  assert_int_equal(st.killed, 4);
+}
+
+static void test_budget_kill_passes_error_handlers(void **state) {
+  fx_t *f = *state;
+  /* the handler runs after an ordinary error and never returns */
+  expect_killed(f, "xpcall(error, function() while true do end end)", "instruction budget exceeded");
+  expect_killed(f, "while true do xpcall(error, function() while true do end end) end", "instruction budget exceeded");
+  /* the handler of the kill itself: it must not run hook-free */
+  expect_killed(f, "xpcall(function() while true do end end, function() while true do end end)",
+                "instruction budget exceeded");
+  expect_killed(f,
+                "xpcall(function() xpcall(function() while true do end end, function() while true do end end) end,\n"
+                "  function() while true do end end)",
+                "instruction budget exceeded");
+  /* a __close handler that loops, run by the unwinding of the kill */
+  expect_killed(f,
+                "local c <close> = setmetatable({}, {__close = function() while true do end end})\n"
+                "while true do end",
+                "instruction budget exceeded");
+  /* an error object whose __tostring loops: reporting must not run it */
+  expect_killed(f, "error(setmetatable({}, {__tostring = function() while true do end end}))", "table value");
+}
+
+static void test_pathological_patterns_are_killed(void **state) {
+  fx_t *f = *state;
+  static const char *const calls[] = {
+      "string.find(s, p)", "string.match(s, p)", "string.gsub(s, p, 'x')",
+      "for x in string.gmatch(s, p) do end", "s:find(p, 1)",
+  };
+  for (size_t i = 0; i < sizeof calls / sizeof *calls; i++) {
+    char code[256];
+    snprintf(code, sizeof code, "local s = string.rep('a', 30) .. 'b'\nlocal p = string.rep('a*', 20) .. 'c'\n%s",
+             calls[i]);
+    expect_killed(f, code, "instruction budget exceeded");
+  }
+  /* patterns still work, and cost only what they do (a few units per subject byte) */
+  ds_sched_set_budget(f->s, 1000000);
+  spawn(f, "assert(('hello world'):match('(%w+) (%w+)') == 'hello')\n"
+           "assert(select(2, ('a,b,,c'):gsub(',', ';')) == 3)\n"
+           "local s = string.rep('ab', 20000); assert(#s:gsub('b', '') == 20000)");
+  f->done_ok = 0;
+  run(f);
+  assert_int_equal(f->done_ok, 1);
+}
+
+static void test_c_loops_are_charged(void **state) {
+  fx_t *f = *state;
+  /* used to loop 2^62 times without allocating a byte */
+  spawn(f, "assert(string.rep('', 2^62) == '' and string.rep('', 10, '') == '')");
+  f->done_ok = 0;
+  run(f);
+  assert_int_equal(f->done_ok, 1);
+  expect_killed(f, "local t = {} for i = 1, 1e6 do table.insert(t, 1, i) end", "instruction budget exceeded");
+  expect_killed(f, "table.move({}, 1, math.maxinteger - 1, 2)", "instruction budget exceeded");
+  expect_killed(f, "table.concat({}, '', 1, 1e12)", "instruction budget exceeded");
+  expect_killed(f, "local t = {} for i = 1, 3e4 do t[i] = i end while true do table.sort(t) end",
+                "instruction budget exceeded");
+  /* one instruction copying a megabyte costs what the copy does */
+  expect_killed(f, "local s = string.rep('x', 1 << 20) while true do local y = s .. '!' end",
+                "instruction budget exceeded");
+  expect_killed(f, "local s = string.rep('x', 1 << 20) while true do local n = utf8.len(s) end",
+                "instruction budget exceeded");
+}
+
+static void test_memory_kill_is_not_swallowed(void **state) {
+  fx_t *f = *state;
+  ds_vm_set_mem_limit(f->vm, ds_vm_mem_used(f->vm) + (4u << 20));
+  /* without a budget on instructions: only the memory kill can stop it */
+  ds_sched_set_budget(f->s, 0);
+  spawn(f, "hog = {} while true do pcall(function() hog[#hog + 1] = {} end) end");
+  spawn(f, "sleep(1); survivor = 1");
+  run(f);
+  assert_int_equal(f->done_err, 1);
+  assert_int_equal(f->done_ok, 1);
+  if (!strstr(f->last_err, "memory limit exceeded")) fail_msg("got: %s", f->last_err);
+  assert_int_equal(luaL_dostring(f->L, "hog = nil"), LUA_OK);
+  ds_vm_set_mem_limit(f->vm, 0);
+  lua_gc(f->L, LUA_GCCOLLECT);
+}
+
+/* A task's coroutine belongs to the scheduler: Lua may not resume or close it. */
+static void test_task_coroutine_is_not_lua_s(void **state) {
+  fx_t *f = *state;
+  spawn(f, "victim = coroutine.running(); sleep(20); victim_done = true");
+  spawn(f, "local ok, e = pcall(coroutine.resume, victim); assert(not ok and e:find('scheduler'), e)\n"
+           "ok, e = pcall(coroutine.close, victim); assert(not ok and e:find('cancel the task'), e)");
+  run(f);
+  assert_int_equal(f->done_ok, 2);
+  assert_int_equal(f->done_err, 0);
+  assert_int_equal(luaL_dostring(f->L, "assert(victim_done); victim = nil"), LUA_OK);
+}
+
+/* A binding whose data is ready still lets the loop turn once the task has run for a
+ * slice (so streaming a backlog never meets the time limit); before that it answers at
+ * once. Measured in CPU time spent, so it holds on any machine speed. */
+static void test_fast_path_pauses_after_a_slice(void **state) {
+  fx_t *f = *state;
+  spawn(f, "assert(fast() == 7)\n"
+           "local t0 = os.clock() while os.clock() - t0 < 0.015 do end\n"
+           "assert(fast() == 7)\n"
+           "done_fast = true");
+  ds_sched_stats_t before, after;
+  ds_sched_stats(f->s, &before);
+  run(f);
+  ds_sched_stats(f->s, &after);
+  assert_int_equal(f->done_ok, 1);
+  assert_int_equal(after.resumes - before.resumes, 2); /* the second fast() paused once */
 }
 
 int main(void) {
@@ -341,6 +501,13 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_shutdown_cancels_everything, setup, teardown),
       cmocka_unit_test_setup_teardown(test_refs_are_counted, setup, teardown),
       cmocka_unit_test_setup_teardown(test_memory_cap_is_an_error_not_an_abort, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_budget_covers_nested_coroutines, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_budget_kill_passes_error_handlers, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_pathological_patterns_are_killed, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_c_loops_are_charged, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_memory_kill_is_not_swallowed, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_task_coroutine_is_not_lua_s, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_fast_path_pauses_after_a_slice, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
