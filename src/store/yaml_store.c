@@ -807,6 +807,15 @@ static int y_load(ds_store_t *st, ds_store_stream_t *s, int create, uint64_t bas
      * create leaves no stream. A fork's base lives only in the .offset sidecar until its
      * first record, so that one is fsynced (forks are rare; plain creates stay cheap), and
      * for good in the .base sidecar, which open checks the first document against. */
+    /* A delete unlinks the .yaml first: one interrupted after it leaves the old stream's
+     * metadata (content type, closure, producers, TTL) behind, which must not become this
+     * stream's (found by tests/crash/explore.py) */
+    static const char *const stale[] = {".meta", ".meta.tmp"};
+    for (size_t i = 0; i < sizeof stale / sizeof *stale; i++) {
+      char *p = sidecar(s->file, stale[i]);
+      unlink(p);
+      free(p);
+    }
     if (base != 0) {
       rc = write_base_sidecar(s->file, base);
     } else { /* a .base left by an interrupted delete must not become this stream's start */
