@@ -24,13 +24,17 @@ Usage: explore.py [--policies always,interval,never] [--states N] [--jobs J] [--
   --seed-violation drop-acked
                     also feed the checker a state of the end of the `always` run with the
                     last acknowledged append to ag/a removed (must be reported)
+  --strict          count the known (reported, routed) violations of known_violations.json
+                    as failures too
 Environment: DS_BINARY (default build/durable-stream), DS_FSREC (default
 build/tests/libdsfsrec.so). Prints one summary line per policy and every violation (state,
-operations, what was lost or corrupt); exits 1 on any violation, 2 on a setup failure.
+operations, what was lost or corrupt); exits 1 on any violation that is not a known one
+(tests/crash/known_violations.json), 2 on a setup failure.
 Must not: leave servers or temporary directories behind (unless --keep).
 """
 import argparse
 import concurrent.futures
+import re
 import json
 import os
 import random
@@ -40,6 +44,7 @@ import tempfile
 import threading
 import time
 
+sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from crashx import checker, fsmodel, oplog  # noqa: E402
 from crashx import workload as W  # noqa: E402
@@ -133,24 +138,35 @@ def explore(args, policy, work):
     judge_policy = args.judge_as or policy
     rng = random.Random("%s-%s" % (args.seed, policy))
     points = list(model.points)
-    # candidates: every crash point's kill9 and min first, then the other families
-    per_point = max(4, min(16, 4 * args.states // max(1, len(points))))
-    images, order, cands = {}, [], []
-    for c in points:
-        for fam, tag, kept, torn in model.states(c, rng, per_point):
-            cands.append((c, fam, tag, kept, torn))
-    base = [x for x in cands if x[1] in ("kill9", "min")]
-    rest = [x for x in cands if x[1] not in ("kill9", "min")]
-    rng.shuffle(rest)
-    explored = []
-    for c, fam, tag, kept, torn in base + rest:
+    # rounds over the crash points in random order (kill9, prefixes, reorderings, torn
+    # writes; with each point's min state) until enough distinct states are found
+    images, order, explored = {}, [], []
+
+    def add(c, fam, tag, kept, torn, force=False):
         img = model.image(kept, torn)
         if img.digest not in images:
-            if len(images) >= args.states and fam not in ("min",):
-                continue
+            if len(images) >= args.states and not force:
+                return False
             images[img.digest] = img
             order.append(img.digest)
         explored.append((c, fam, tag, img.digest, kept, torn))
+        return True
+
+    mins = set()
+    for rnd in range(args.rounds):
+        if len(images) >= args.states:
+            break
+        pts = list(points)
+        rng.shuffle(pts)
+        for c in pts:
+            if len(images) >= args.states:
+                break
+            sts = model.states(c, rng, 4)
+            if c not in mins:  # the durable part of c: the lower bound of its other states
+                mins.add(c)
+                add(c, *sts[1], force=True)
+            for fam, tag, kept, torn in sts[:1] + sts[2:]:
+                add(c, fam, tag, kept, torn)
     if args.seed_violation == "drop-acked" and policy == "always":
         last = [pu for pu in model.pus if pu.kind == "write" and pu.path == "streams/ag/a.yaml"][-1]
         c = model.points[-1]
@@ -212,6 +228,20 @@ def explore(args, policy, work):
     return summary, viol
 
 
+def load_known():
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "known_violations.json")) as fh:
+        return json.load(fh)["known"]
+
+
+def known_id(known, v):
+    for k in known:
+        if k["category"] not in ("*", v["category"]) or (k.get("tags") and v["tag"] not in k["tags"]):
+            continue
+        if re.search(k["match"], v["text"]):
+            return k["id"]
+    return None
+
+
 def _interesting(text):
     return "\n".join(l for l in text.splitlines() if " error " in l or " warn " in l)[-1500:]
 
@@ -231,6 +261,8 @@ def main():
     ap.add_argument("--judge-as", default=None, choices=("always", "interval", "never"))
     ap.add_argument("--seed-violation", default=None, choices=("drop-acked",))
     ap.add_argument("--max-report", type=int, default=12)
+    ap.add_argument("--strict", action="store_true")
+    ap.add_argument("--rounds", type=int, default=40)
     args = ap.parse_args()
     args.states = args.states or (1000 if args.full else 60)
     args.binary = os.path.abspath(os.environ.get("DS_BINARY", os.path.join(ROOT, "build", "durable-stream")))
@@ -258,26 +290,38 @@ def main():
                   (policy, " judged as " + s["judged_as"] if s["judged_as"] != policy else "",
                    s["crash_points"], s["states_explored"], s["distinct_states_recovered"],
                    json.dumps(s["by_model"], sort_keys=True), s["violations"], s["seconds"]), flush=True)
+        known = [] if args.strict else load_known()
+        for x in allv:
+            x["known"] = known_id(known, x)
         with open(os.path.join(work, "report.json"), "w") as fh:
             json.dump({"summary": sums, "violations": allv}, fh, indent=1)
+        new = [x for x in allv if not x["known"]]
         if allv:
             groups = {}
             for x in allv:
-                groups.setdefault((x["policy"], x["category"], x["tag"]), []).append(x)
-            print("violations by policy, category and model:")
+                groups.setdefault((x["known"] or "NEW", x["policy"], x["category"], x["tag"]), []).append(x)
+            print("violations by known id (NEW: not known), policy, category and model:")
             for k in sorted(groups):
-                print("  %s %s [%s]: %d" % (k[0], k[1], k[2], len(groups[k])))
+                print("  %-26s %-8s %-12s [%s]: %d" % (k + (len(groups[k]),)))
             shown = 0
-            for k in sorted(groups):
-                for x in groups[k][:2]:
+            for k in sorted(groups, key=lambda k: (k[0] != "NEW", k)):
+                for x in groups[k][:1 if k[0] != "NEW" else 3]:
                     if shown >= args.max_report:
                         break
                     shown += 1
-                    print("--- %s %s [%s]\n  state: %s\n  %s%s" % (x["policy"], x["category"], x["tag"],
-                                                               x["state"], x["text"],
-                                                               ("\n  server log:\n    " + x["log"].replace("\n", "\n    ")) if x["log"] else ""))
+                    print("--- %s %s %s [%s]\n  state: %s\n  %s%s" % (
+                        x["known"] or "NEW", x["policy"], x["category"], x["tag"], x["state"],
+                        x["text"].replace("\n", "\n  "),
+                        ("\n  server log:\n    " + x["log"].replace("\n", "\n    ")) if x["log"] else ""))
             print("full report: %s" % os.path.join(work, "report.json"))
-        return 1 if allv else 0
+        if known:
+            seen = {x["known"] for x in allv}
+            print("known violations (reported and routed, see tests/crash/known_violations.json): " +
+                  ", ".join("%s %d" % (k["id"], sum(1 for x in allv if x["known"] == k["id"])) for k in known
+                            if k["id"] in seen) + ("; not seen in this run: " + ", ".join(
+                                k["id"] for k in known if k["id"] not in seen) if len(seen) < len(known) else ""))
+        print("new (unknown) violations: %d" % len(new))
+        return 1 if new else 0
     finally:
         if not args.keep and not args.out:
             shutil.rmtree(work, ignore_errors=True)

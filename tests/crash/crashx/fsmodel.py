@@ -22,8 +22,9 @@ be torn. States(c) generates them in families, each tagged with the weakest mode
              not; the first write after k may be torn (a byte prefix of it persisted).
   reorder    unsynced units persisted out of order: one unit dropped (it would have reached the
              disk later than all the others), or a random subset; kept writes may be torn.
-  writeback  as reorder, but a torn write may persist its size without its data: some 4 KiB
-             blocks of the write read back as zeros (ext4 data=writeback, ext2, some disks).
+  writeback  as reorder, but also data units of one file out of order (a later write kept, an
+             earlier one not: a hole of zeros), or a torn write persisting its size without
+             its data (some 4 KiB blocks read back as zeros): ext4 data=writeback, ext2.
 Image(kept, torn) builds the resulting directory tree (names -> contents), with a content hash
 so identical states are checked once.
 Must not: know what the files mean (that is the checker's business).
@@ -334,20 +335,42 @@ class Model:
             for u in rng.sample(unsynced, min(len(unsynced), max(1, budget // 4))):
                 kept = self.close_over(c, allk - {u.idx}, forced)
                 out.append(("drop-one", "reorder", kept, {}))
+            # atomic replace without fsync: the rename persisted, the new file's data not
+            # (XFS and others; ext4's auto_da_alloc happens to flush it)
+            for r in [u for u in unsynced if u.kind == "rename"]:
+                lost = {u.idx for u in unsynced if u.is_data and u.ino == r.ino and u.seq < r.seq}
+                if lost:
+                    out.append(("rename-before-data", "reorder",
+                                self.close_over(c, allk - lost, forced), {}))
             for _ in range(max(1, budget // 4)):
                 chosen = {u.idx for u in unsynced if rng.random() < 0.5}
                 kept = self.close_over(c, chosen, forced)
                 torn, tag = {}, "reorder"
                 for u in unsynced:
                     if u.idx in kept and u.kind == "write" and len(u.data) > 1 and rng.random() < 0.3:
-                        mode = rng.choice(("prefix", "prefix", "blocks"))
+                        mode = rng.choice(("prefix", "blocks"))
                         if mode == "blocks" and not self._spans_growth(u):
                             mode = "prefix"
                         torn[u.idx] = self.tear(u, rng, mode)
                         if mode == "blocks":
                             tag = "writeback"
                 out.append(("random", tag, kept, torn))
-        return out
+        return [(f, "writeback" if t == "reorder" and self.data_reordered(ups, k) else t, k, tn)
+                for f, t, k, tn in out]
+
+    def data_reordered(self, ups, kept):
+        """True when some file keeps a later data unit but not an earlier one: the file then
+        has a hole (zeros) or stale bytes where the earlier write went, which in-order data
+        write-back (ext4 data=ordered) cannot produce: a writeback-model state."""
+        dropped_first = {}
+        for pu in ups:
+            if not pu.is_data:
+                continue
+            if pu.idx not in kept:
+                dropped_first.setdefault(pu.ino, pu.seq)
+            elif pu.ino in dropped_first:
+                return True
+        return False
 
     def _spans_growth(self, w):
         return len(w.data) > 1

@@ -285,7 +285,7 @@ def parse_sse(body):
             elif line.startswith(b"data: "):
                 data.append(line[6:])
             elif line.startswith(b": error"):
-                out.append(("error", line.decode("utf-8", "replace")))
+                out.append(("error", line))
         if rid is not None:
             out.append((rid, b"\n".join(data)))
     return out
