@@ -25,7 +25,7 @@ Usage: explore.py [--policies always,interval,never] [--states N] [--jobs J] [--
                     also feed the checker a state of the end of the `always` run with the
                     last acknowledged append to ag/a removed (must be reported)
   --strict          count the known (reported, routed) violations of known_violations.json
-                    as failures too
+                    as failures too (--show-known prints an example of each)
 Environment: DS_BINARY (default build/durable-stream), DS_FSREC (default
 build/tests/libdsfsrec.so). Prints one summary line per policy and every violation (state,
 operations, what was lost or corrupt); exits 1 on any violation that is not a known one
@@ -263,6 +263,7 @@ def main():
     ap.add_argument("--max-report", type=int, default=12)
     ap.add_argument("--strict", action="store_true")
     ap.add_argument("--rounds", type=int, default=40)
+    ap.add_argument("--show-known", action="store_true")
     args = ap.parse_args()
     args.states = args.states or (1000 if args.full else 60)
     args.binary = os.path.abspath(os.environ.get("DS_BINARY", os.path.join(ROOT, "build", "durable-stream")))
@@ -305,6 +306,8 @@ def main():
                 print("  %-26s %-8s %-12s [%s]: %d" % (k + (len(groups[k]),)))
             shown = 0
             for k in sorted(groups, key=lambda k: (k[0] != "NEW", k)):
+                if k[0] != "NEW" and not args.show_known:
+                    continue
                 for x in groups[k][:1 if k[0] != "NEW" else 3]:
                     if shown >= args.max_report:
                         break
@@ -313,7 +316,8 @@ def main():
                         x["known"] or "NEW", x["policy"], x["category"], x["tag"], x["state"],
                         x["text"].replace("\n", "\n  "),
                         ("\n  server log:\n    " + x["log"].replace("\n", "\n    ")) if x["log"] else ""))
-            print("full report: %s" % os.path.join(work, "report.json"))
+            if args.out or args.keep:
+                print("full report: %s" % os.path.join(work, "report.json"))
         if known:
             seen = {x["known"] for x in allv}
             print("known violations (reported and routed, see tests/crash/known_violations.json): " +
