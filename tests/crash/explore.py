@@ -39,6 +39,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -101,7 +102,8 @@ def record(args, policy, out):
         raise RuntimeError("recorded server does not start: " + checker._tail(os.path.join(out, "recorded.log")))
     try:
         c = W.Client(srv.port, clog, lock, first_id=1000)
-        pre = W.recorded(c, srv.port, clog, lock, args.interval_ms)
+        pre = W.recorded(c, srv.port, clog, lock, args.interval_ms,
+                         settle_ms=args.interval_ms + args.margin_ms + 250)
         ref = W.reference(c)
         c.close()
     finally:
@@ -195,12 +197,17 @@ def explore(args, policy, work):
         return digest, res
 
     done = 0
-    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as ex:
-        for digest, res in ex.map(lambda a: run(*a), enumerate(order)):
+    ex = concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs)
+    try:
+        futs = [ex.submit(run, n, d) for n, d in enumerate(order)]
+        for fut in concurrent.futures.as_completed(futs):
+            digest, res = fut.result()
             results[digest] = res
             done += 1
             if done % 100 == 0:
                 log(args, "  %s: %d/%d states recovered" % (policy, done, len(order)))
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)  # on an interrupt: only the running ones finish
     # judge every explored (crash point, family) against its recovered image
     min_of = {}
     for c, fam, tag, digest, kept, torn in explored:
@@ -211,9 +218,13 @@ def explore(args, policy, work):
     window = (args.interval_ms + args.margin_ms) * 1000000
     viol = []
     by_tag = {}
+    oldest_lost = 0.0  # ms: the oldest acknowledged append any state lost (its age at the crash)
     for c, fam, tag, digest, kept, torn in explored:
         res = results[digest]
         by_tag[tag] = by_tag.get(tag, 0) + 1
+        if tag != "seeded":
+            for age in checker.lost_ages(res, facts, c, model.time_of(c)):
+                oldest_lost = max(oldest_lost, age / 1e6)
         vs = checker.judge(res, facts, judge_policy, c, model.time_of(c), window, fam,
                            lower=min_of.get(c) if fam != "min" else None)
         for cat, text in vs:
@@ -224,6 +235,8 @@ def explore(args, policy, work):
                "crash_points": len(points), "states_explored": len(explored),
                "distinct_states_recovered": len(order), "by_model": by_tag,
                "violations": len(viol), "seconds": round(time.time() - t0, 1),
+               "oldest_lost_ack_ms": round(oldest_lost, 1),
+               "run_ms": round((model.ops[-1].ns - model.ops[0].ns) / 1e6),
                "started": sum(1 for r in results.values() if r.get("started"))}
     return summary, viol
 
@@ -273,6 +286,10 @@ def main():
         if not os.path.exists(f):
             print("explore: %s not found (build first)" % f, file=sys.stderr)
             return 2
+    def on_term(signum, frame):
+        raise KeyboardInterrupt("signal %d" % signum)
+
+    signal.signal(signal.SIGTERM, on_term)
     work = args.out or tempfile.mkdtemp(prefix="ds-crashx-")
     if args.out:
         os.makedirs(work, exist_ok=True)
@@ -287,10 +304,12 @@ def main():
             sums.append(s)
             allv.extend(v)
             print("%s%s: %d crash points, %d states explored, %d distinct states recovered %s, "
-                  "%d violations (%.0f s)" %
+                  "%d violations; oldest acknowledged append lost: %.0f ms before the crash "
+                  "(recorded run %d ms) (%.0f s)" %
                   (policy, " judged as " + s["judged_as"] if s["judged_as"] != policy else "",
                    s["crash_points"], s["states_explored"], s["distinct_states_recovered"],
-                   json.dumps(s["by_model"], sort_keys=True), s["violations"], s["seconds"]), flush=True)
+                   json.dumps(s["by_model"], sort_keys=True), s["violations"],
+                   s["oldest_lost_ack_ms"], s["run_ms"], s["seconds"]), flush=True)
         known = [] if args.strict else load_known()
         for x in allv:
             x["known"] = known_id(known, x)
@@ -326,7 +345,12 @@ def main():
                                 k["id"] for k in known if k["id"] not in seen) if len(seen) < len(known) else ""))
         print("new (unknown) violations: %d" % len(new))
         return 1 if new else 0
+    except KeyboardInterrupt:
+        print("explore: interrupted", file=sys.stderr)
+        return 2
     finally:
+        for srv in list(W.LIVE):
+            srv.kill()
         if not args.keep and not args.out:
             shutil.rmtree(work, ignore_errors=True)
 

@@ -64,11 +64,11 @@ def recover(binary, image_dir, policy, config, log_path, probes=True):
         res["unknown"] = [p for p in _stream_files(image_dir) if p not in W.STREAMS]
         if probes:
             res["probes"] = _probes(c, res["streams"])
-    except (OSError, http.client.HTTPException, ValueError) as e:
+    except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError) as e:
         res["client_error"] = "%s: %s" % (type(e).__name__, e)
     finally:
         c.close()
-    res["exit"] = srv.stop()
+        res["exit"] = srv.stop()
     res["log"] = _tail(log_path)
     res["check_after"] = _check(binary, image_dir)
     return res
@@ -289,6 +289,18 @@ def judge(res, facts, policy, c, t_c, window_ns, family, lower=None):
                                   "leaked into the new one" % (x["status"], x["offset"], x["ctype"],
                                                                x["closed"], x["body"])))
     return v
+
+
+def lost_ages(res, facts, c, t_c):
+    """Ages (ns at the crash) of the acknowledged appends a recovered state does not hold,
+    whether or not the policy promised them: under `interval` the largest one is the loss
+    window actually observed."""
+    if not res.get("started"):
+        return []
+    have = tails(res)
+    return [t_c - f.ack_ns for f in facts.facts
+            if f.kind == "tail" and f.ack_seq <= c and not facts.voided(f, c)
+            and _fact_broken(f, res.get("streams") or {}, res.get("sub"), have)]
 
 
 def _fact_broken(f, streams, sub, have):

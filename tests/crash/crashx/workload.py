@@ -42,6 +42,9 @@ SUB_ID = "sub1"
 PRODUCER = "w1"
 
 
+LIVE = set()  # servers running now: explore.py stops them if it is interrupted
+
+
 class Server:
     def __init__(self, binary, data_dir, policy, config, log_path, env=None, preload=None):
         self.binary, self.data_dir, self.policy, self.config = binary, data_dir, policy, config
@@ -61,6 +64,7 @@ class Server:
             [self.binary, "--config", self.config, "--port", "0", "--data-dir", self.data_dir,
              "--fsync", self.policy, "--log-level", "info"],
             stdout=subprocess.PIPE, stderr=self.err, env=env, cwd=os.path.dirname(self.config))
+        LIVE.add(self)
         deadline = time.time() + timeout
         line = b""
         while time.time() < deadline:
@@ -97,6 +101,7 @@ class Server:
         self._close()
 
     def _close(self):
+        LIVE.discard(self)
         if self.proc and self.proc.stdout:
             self.proc.stdout.close()
         if getattr(self, "err", None):
@@ -188,8 +193,10 @@ def _pause(interval_ms, n=3):
     time.sleep(n * interval_ms / 1000.0)
 
 
-def recorded(c, port, log, lock, interval_ms):
-    """The recorded workload. Returns the paths deleted, with their content read just before."""
+def recorded(c, port, log, lock, interval_ms, settle_ms=0):
+    """The recorded workload. Returns the paths deleted, with their content read just before.
+    settle_ms: a quiet time at the end, so that the last crash points (the reference reads'
+    answers, the shutdown) lie beyond the interval policy's window for every acknowledgement."""
     pre_delete = {}
     c.agents("ag/a", {"k": "a-0"})
     c.agents("ag/b", {"k": "b-0"})
@@ -270,6 +277,7 @@ def recorded(c, port, log, lock, interval_ms):
            {"Producer-Id": PRODUCER, "Producer-Epoch": "0", "Producer-Seq": "4"})
     _pause(interval_ms)
     c.agents("ag/a", {"k": "a-last"})
+    time.sleep(settle_ms / 1000.0)
     return pre_delete
 
 
