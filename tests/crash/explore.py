@@ -18,7 +18,8 @@ Usage: explore.py [--policies always,interval,never] [--states N] [--jobs J] [--
                   [--interval-ms MS] [--margin-ms MS] [--out DIR] [--keep] [--quiet]
                   [--judge-as POLICY] [--seed-violation drop-acked]
   --states N        distinct crash states recovered per policy (default 60; --full: 1000)
-  --full            the long run: 1000 states per policy
+  --full            the long run: 1000 states per policy, and the kill9 and min states of
+                    every crash point (--every-point) whatever that adds
   --judge-as P      judge every recording with policy P's promise (a seeded violation:
                     `--policies never --judge-as always` must report lost acknowledgements)
   --seed-violation drop-acked
@@ -155,6 +156,12 @@ def explore(args, policy, work):
         return True
 
     mins = set()
+    if args.every_point:  # both extremes of every crash point: kill -9 there, and only its durable part
+        for c in points:
+            sts = model.states(c, rng, 0)
+            add(c, *sts[0], force=True)
+            add(c, *sts[1], force=True)
+            mins.add(c)
     for rnd in range(args.rounds):
         if len(images) >= args.states:
             break
@@ -277,8 +284,10 @@ def main():
     ap.add_argument("--strict", action="store_true")
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--show-known", action="store_true")
+    ap.add_argument("--every-point", action="store_true")
     args = ap.parse_args()
     args.states = args.states or (1000 if args.full else 60)
+    args.every_point = args.every_point or args.full
     args.binary = os.path.abspath(os.environ.get("DS_BINARY", os.path.join(ROOT, "build", "durable-stream")))
     bdir = os.environ.get("DS_BUILD_DIR", os.path.join(ROOT, "build"))
     args.fsrec = os.path.abspath(os.environ.get("DS_FSREC", os.path.join(bdir, "tests", "libdsfsrec.so")))

@@ -741,17 +741,18 @@ int close(int fd) {
   pthread_once(&g_once, resolve);
   if (!on()) return real_close(fd);
   t_in = 1;
+  /* forgotten before the number is released: another thread may get it the moment it is */
   fdent_t *e = data_fd(fd);
-  if (e) pthread_mutex_lock(&g_mu);
-  int r = real_close(fd);
-  int er = errno;
   if (e) {
+    pthread_mutex_lock(&g_mu);
     char *b = malloc(FB);
     base_fields(b, FB, "path", e, fd);
     emit1_locked("close", b, NULL, 0);
     free(b);
   }
   if (fd >= 0 && fd < MAXFD) fd_forget(fd);
+  int r = real_close(fd);
+  int er = errno;
   if (e) pthread_mutex_unlock(&g_mu);
   LEAVE(r, er)
 }
@@ -809,7 +810,7 @@ long syscall(long nr, ...) {
   if (on() && nr == SYS_close) {
     int fd = (int)a[0];
     if (fd >= 0 && fd < MAXFD && g_fds[fd].kind == FD_DATA) return close(fd);
-    if (fd >= 0 && fd < MAXFD) fd_forget(fd);
+    if (fd >= 0 && fd < MAXFD) fd_forget(fd); /* before the number is released */
   } else if (on() && (nr == SYS_write || nr == SYS_pwrite64 || nr == SYS_writev ||
                       nr == SYS_pwritev || nr == SYS_fsync || nr == SYS_fdatasync ||
                       nr == SYS_ftruncate) &&

@@ -234,6 +234,7 @@ def judge(res, facts, policy, c, t_c, window_ns, family, lower=None):
     ca = res.get("check_after", {})
     if ca.get("rc") not in (0, None):
         v.append(("check", "`check` after recovery exits %s:\n%s" % (ca.get("rc"), _findings(ca.get("out", "")))))
+    v.extend(_second_opinion(res))
     if res.get("unknown"):
         v.append(("unknown", "stream files nobody created: %r" % res["unknown"]))
     streams = res.get("streams") or {}
@@ -289,6 +290,26 @@ def judge(res, facts, policy, c, t_c, window_ns, family, lower=None):
                                   "leaked into the new one" % (x["status"], x["offset"], x["ctype"],
                                                                x["closed"], x["body"])))
     return v
+
+
+_DOC_DAMAGE = re.compile(r"^(?:.*/)?streams/(.+)\.yaml: byte \d+: (document \d+|not a stream file)", re.M)
+
+
+def _second_opinion(res):
+    """`check` (before the server touched the state) and the server must agree on which
+    streams hold damaged documents: a torn tail or stale sidecars are repaired at start-up, a
+    damaged document is not."""
+    said = set(_DOC_DAMAGE.findall(res.get("check_before", {}).get("out", "")))
+    said = {m[0] for m in said}
+    seen = set()
+    for p, r in (res.get("streams") or {}).items():
+        if r.get("status") == 200 and (r.get("v1_status") != 200 or r.get("agents_status", 200) != 200
+                                       or any(i == "error" for i, _ in r.get("agents", []))):
+            seen.add(p)
+    if said == seen:
+        return []
+    return [("second-opinion", "`check` finds damaged documents in %s, the server in %s"
+             % (sorted(said) or "no stream", sorted(seen) or "no stream"))]
 
 
 def lost_ages(res, facts, c, t_c):
