@@ -113,6 +113,8 @@ def record(args, policy, out):
         raise RuntimeError("recorded phase: server exit %r" % rc)
     with open(os.path.join(out, "client.json"), "w") as fh:
         json.dump({"log": clog, "reference": ref, "pre_delete": pre, "inos": inos}, fh)
+    if not os.path.exists(oplog_path):
+        raise RuntimeError("the recorder wrote no log (%s): was %s preloaded?" % (oplog_path, args.fsrec))
     ops = oplog.parse(oplog_path)
     model = fsmodel.Model(initial, inos, ops)
     if model.unsupported:

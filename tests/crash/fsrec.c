@@ -98,19 +98,36 @@ static void resolve(void) {
   R(dup); R(dup2); R(dup3); R(mmap); R(mmap64); R(copy_file_range);
   R(fallocate); R(posix_fallocate);
 #undef R
-  const char *root = getenv("DS_FSREC_ROOT"), *log = getenv("DS_FSREC_LOG");
-  g_fds = calloc(MAXFD, sizeof *g_fds);
-  if (!root || !log || !g_fds) return;
-  snprintf(g_root, sizeof g_root, "%s", root);
-  g_rootlen = strlen(g_root);
-  while (g_rootlen > 1 && g_root[g_rootlen - 1] == '/') g_root[--g_rootlen] = 0;
-  g_log = (int)real_syscall(SYS_open, log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  for (int i = 0; i < MAXFD; i++) g_fds[i].req = -1;
+}
+
+/* Opens the log once the environment can be read: a sanitizer runtime calls open() and
+ * read() while it starts, before libc has set up environ, so that must not decide "off". */
+extern char **environ;
+static pthread_mutex_t g_init_mu = PTHREAD_MUTEX_INITIALIZER;
+static volatile int g_state; /* 0: not decided yet, 1: recording, -1: off */
+
+static void init_log(void) {
+  pthread_mutex_lock(&g_init_mu);
+  if (g_state == 0 && environ) {
+    const char *root = getenv("DS_FSREC_ROOT"), *log = getenv("DS_FSREC_LOG");
+    fdent_t *fds = root && log ? calloc(MAXFD, sizeof *fds) : NULL;
+    if (fds) {
+      for (int i = 0; i < MAXFD; i++) fds[i].req = -1;
+      snprintf(g_root, sizeof g_root, "%s", root);
+      g_rootlen = strlen(g_root);
+      while (g_rootlen > 1 && g_root[g_rootlen - 1] == '/') g_root[--g_rootlen] = 0;
+      g_log = (int)real_syscall(SYS_open, log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+      g_fds = fds;
+    }
+    g_state = g_log >= 0 ? 1 : -1;
+  }
+  pthread_mutex_unlock(&g_init_mu);
 }
 
 static int on(void) {
   pthread_once(&g_once, resolve);
-  return g_log >= 0 && !t_in;
+  if (g_state == 0 && !t_in) init_log();
+  return g_state > 0 && !t_in;
 }
 
 static uint64_t now_ns(void) {
@@ -867,7 +884,7 @@ int posix_fallocate(int fd, off_t off, off_t len) {
 int accept(int fd, struct sockaddr *a, socklen_t *l) {
   pthread_once(&g_once, resolve);
   int r = real_accept(fd, a, l);
-  if (r >= 0 && r < MAXFD && g_fds) {
+  if (r >= 0 && r < MAXFD && on()) {
     fd_forget(r);
     g_fds[r].kind = FD_SOCK;
   }
@@ -876,7 +893,7 @@ int accept(int fd, struct sockaddr *a, socklen_t *l) {
 int accept4(int fd, struct sockaddr *a, socklen_t *l, int flags) {
   pthread_once(&g_once, resolve);
   int r = real_accept4(fd, a, l, flags);
-  if (r >= 0 && r < MAXFD && g_fds) {
+  if (r >= 0 && r < MAXFD && on()) {
     fd_forget(r);
     g_fds[r].kind = FD_SOCK;
   }
