@@ -1,7 +1,8 @@
 #!/bin/sh
 # crash_states.test.sh - crash-state explorer (tests/crash/explore.py), ctest smoke run.
 #
-# First shows that the explorer can fail: a recording under `never` judged with `always`'s
+# First checks the recorder and the model on every call they handle (fsrec_selftest.py), then
+# shows that the explorer can fail: a recording under `never` judged with `always`'s
 # promise must report lost acknowledged appends, and an `always` state with an acknowledged,
 # fsynced append removed (--seed-violation drop-acked) must be reported. Then explores a
 # sample of crash states per fsync policy (always, interval, never) and fails on any
@@ -28,6 +29,8 @@ if [ "${1:-}" = "--full" ]; then
 fi
 
 fail=0
+# 0. the recorder and the model on calls the server does not make today (openat, pwritev, ...)
+$PY tests/crash/fsrec_selftest.py || fail=1
 # 1. seeded violations: each run must exit 1 and name what it found
 out=$($PY tests/crash/explore.py --policies never --judge-as always --states 8 --max-report 0 2>&1)
 rc=$?

@@ -119,8 +119,26 @@ def record(args, policy, out):
     model = fsmodel.Model(initial, inos, ops)
     if model.unsupported:
         raise RuntimeError("the recorder saw operations the model cannot place: %r" % model.unsupported[:5])
+    # the recorder and the model together must reproduce the directory the run left
+    mismatch = model_vs_disk(model, live)
+    if mismatch:
+        raise RuntimeError("replaying the recorded operations does not give the directory the "
+                           "server left: %s" % mismatch)
     facts = checker.Facts(model, clog, ref, pre, first_recorded=1000)
     return model, facts, cfg
+
+
+def model_vs_disk(model, root):
+    """Differences between the model's state with every operation persisted and `root`."""
+    want = model.image({pu.idx for pu in model.pus}, {}).files()
+    have = {}
+    for dp, _, fns in os.walk(root):
+        for f in fns:
+            full = os.path.join(dp, f)
+            with open(full, "rb") as fh:
+                have[os.path.relpath(full, root)] = fh.read()
+    diff = sorted(set(want) ^ set(have)) + sorted(p for p in set(want) & set(have) if want[p] != have[p])
+    return ", ".join(diff[:10])
 
 
 def describe(model, c, fam, tag, kept, torn):
