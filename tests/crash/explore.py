@@ -275,7 +275,8 @@ def load_known():
 
 def known_id(known, v):
     for k in known:
-        if k["category"] not in ("*", v["category"]) or (k.get("tags") and v["tag"] not in k["tags"]):
+        cats = k["category"] if isinstance(k["category"], list) else [k["category"]]
+        if v["category"] not in cats or (k.get("tags") and v["tag"] not in k["tags"]):
             continue
         if re.search(k["match"], v["text"]):
             return k["id"]

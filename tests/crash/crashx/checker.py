@@ -61,9 +61,10 @@ def recover(binary, image_dir, policy, config, log_path, probes=True):
     try:
         res["streams"] = {p: W.read_stream(c, p) for p in W.STREAMS}
         res["sub"] = W.read_sub(c)
-        res["unknown"] = [p for p in _stream_files(image_dir) if p not in W.STREAMS]
+        res["files"] = _stream_files(image_dir)
+        res["unknown"] = [p for p in res["files"] if p not in W.STREAMS]
         if probes:
-            res["probes"] = _probes(c, res["streams"])
+            res["probes"] = _probes(c, res["streams"], res["files"])
     except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError) as e:
         res["client_error"] = "%s: %s" % (type(e).__name__, e)
     finally:
@@ -90,7 +91,7 @@ def _tail(path):
         return ""
 
 
-def _probes(c, streams):
+def _probes(c, streams, files):
     out = {}
     j = streams.get("p/json", {})
     if j.get("status") == 200 and j.get("v1_status") == 200 and j["headers"].get("stream-closed") != "true":
@@ -108,7 +109,7 @@ def _probes(c, streams):
         out["append"] = {"status": st, "offset": h.get("stream-offset"),
                          "have": len(a.get("agents", [])) if a.get("status") == 200 else 0,
                          "body": d[:200].decode("utf-8", "replace")}
-    if streams.get("p/del", {}).get("status") == 404:
+    if streams.get("p/del", {}).get("status") == 404 and "p/del" not in files:  # really absent
         st, h, d = c.req("POST", "/agents/p/del", json.dumps({"type": "crash:probe", "payload": {}}),
                          {"Content-Type": "application/json"})
         st2, h2, _ = c.req("HEAD", W.PREFIX + "p/del", None, {})
@@ -238,8 +239,13 @@ def judge(res, facts, policy, c, t_c, window_ns, family, lower=None):
     if res.get("unknown"):
         v.append(("unknown", "stream files nobody created: %r" % res["unknown"]))
     streams = res.get("streams") or {}
+    files = set(res.get("files") or ())
     for p, r in streams.items():
         ref = facts.refs.get(p)
+        if r.get("status") == 404 and p in files:
+            v.append(("hidden-damage", "%s: /v1 answers 404 'Stream not found' while its file exists "
+                                       "(the server cannot open it: /agents says %s)"
+                      % (p, r.get("agents_error") or "?")))
         v.extend(_judge_stream(p, r, ref, facts))
     have = tails(res)
     # facts: kill -9 (every policy) and the policy's power-loss promise
@@ -302,9 +308,14 @@ def _second_opinion(res):
     said = set(_DOC_DAMAGE.findall(res.get("check_before", {}).get("out", "")))
     said = {m[0] for m in said}
     seen = set()
+    files = set(res.get("files") or ())
     for p, r in (res.get("streams") or {}).items():
-        if r.get("status") == 200 and (r.get("v1_status") != 200 or r.get("agents_status", 200) != 200
+        own_v1 = not W.STREAMS[p].get("fork")  # a fork's /v1 view fails at its source's damage
+        if r.get("status") == 200 and ((own_v1 and r.get("v1_status") != 200)
+                                       or r.get("agents_status", 200) != 200
                                        or any(i == "error" for i, _ in r.get("agents", []))):
+            seen.add(p)
+        elif r.get("status") == 404 and p in files:  # a file the server cannot open
             seen.add(p)
     if said == seen:
         return []

@@ -33,7 +33,7 @@ STREAMS = {
     "p/json": {"kind": "json"},
     "p/bin": {"kind": "bin"},
     "p/close": {"kind": "json"},
-    "p/fork": {"kind": "json"},
+    "p/fork": {"kind": "json", "fork": True},  # its /v1 view reads its source's records too
     "p/wake": {"kind": "json", "server": True},  # the server appends the wake events
     "p/del": {"kind": "bin"},
     "p/ttl": {"kind": "json"},
