@@ -329,9 +329,8 @@ class Model:
                 if w.kind == "write" and len(w.data) > 1:
                     t = self.tear(w, rng, "prefix")
                     out.append(("prefix+torn", "ordered", kept | {w.idx}, {w.idx: t}))
-                    if self._spans_growth(w):
-                        out.append(("prefix+torn-blocks", "writeback", kept | {w.idx},
-                                    {w.idx: self.tear(w, rng, "blocks")}))
+                    out.append(("prefix+torn-blocks", "writeback", kept | {w.idx},
+                                {w.idx: self.tear(w, rng, "blocks")}))
             for u in rng.sample(unsynced, min(len(unsynced), max(1, budget // 4))):
                 kept = self.close_over(c, allk - {u.idx}, forced)
                 out.append(("drop-one", "reorder", kept, {}))
@@ -349,31 +348,27 @@ class Model:
                 for u in unsynced:
                     if u.idx in kept and u.kind == "write" and len(u.data) > 1 and rng.random() < 0.3:
                         mode = rng.choice(("prefix", "blocks"))
-                        if mode == "blocks" and not self._spans_growth(u):
-                            mode = "prefix"
                         torn[u.idx] = self.tear(u, rng, mode)
                         if mode == "blocks":
                             tag = "writeback"
                 out.append(("random", tag, kept, torn))
-        return [(f, "writeback" if t == "reorder" and self.data_reordered(ups, k) else t, k, tn)
+        return [(f, "writeback" if t != "writeback" and self.data_reordered(ups, k, tn) else t, k, tn)
                 for f, t, k, tn in out]
 
-    def data_reordered(self, ups, kept):
-        """True when some file keeps a later data unit but not an earlier one: the file then
-        has a hole (zeros) or stale bytes where the earlier write went, which in-order data
-        write-back (ext4 data=ordered) cannot produce: a writeback-model state."""
+    def data_reordered(self, ups, kept, torn):
+        """True when some file keeps a later data unit but not all of an earlier one (dropped
+        or torn): the file then has a hole (zeros), a cut document or stale bytes before data
+        written after it, which in-order data write-back (ext4 data=ordered) cannot produce: a
+        writeback-model state."""
         dropped_first = {}
         for pu in ups:
             if not pu.is_data:
                 continue
-            if pu.idx not in kept:
+            if pu.idx not in kept or pu.idx in torn:
                 dropped_first.setdefault(pu.ino, pu.seq)
             elif pu.ino in dropped_first:
                 return True
         return False
-
-    def _spans_growth(self, w):
-        return len(w.data) > 1
 
     @staticmethod
     def tear(w, rng, mode):
@@ -428,8 +423,7 @@ class Model:
                 else:
                     b.extend(b"\0" * (pu.size - len(b)))
             elif pu.kind in ("create", "link", "mkdir"):
-                target = pu.path if pu.kind != "link" else pu.path
-                names[target] = pu.ino
+                names[pu.path] = pu.ino
                 if self.inodes[pu.ino]["kind"] == "file":
                     buf(pu.ino)
             elif pu.kind in ("unlink", "rmdir"):
