@@ -484,9 +484,12 @@ static int load_idx_file(ds_store_stream_t *s, uint64_t good_end, int fd, int *r
   int ifd = open(p, O_RDONLY | O_CLOEXEC);
   free(p);
   size_t n = 0;
+  int partial = 0; /* a torn last entry (a power loss cut the sidecar's append): rewrite */
   if (ifd >= 0) {
     struct stat sb;
-    if (fstat(ifd, &sb) == 0 && sb.st_size >= 8) {
+    int ok = fstat(ifd, &sb) == 0;
+    partial = ok && sb.st_size % 8 != 0;
+    if (ok && sb.st_size >= 8) {
       n = (size_t)sb.st_size / 8;
       s->idx_cap = n + 64;
       s->idx = ds_xmalloc(s->idx_cap * sizeof *s->idx);
@@ -507,7 +510,7 @@ static int load_idx_file(ds_store_stream_t *s, uint64_t good_end, int fd, int *r
     bad = k - 1;
     k = 0;
   }
-  *repaired = k != n || (ifd < 0 && good_end > 0);
+  *repaired = k != n || partial || (ifd < 0 && good_end > 0);
   if (bad != n) /* entries that cannot be right, not merely missing ones (those are lag) */
     ds_warn("store", "%s.idx: damaged at entry %zu of %zu (byte %zu): rebuilt from the "
             "documents", s->file, bad, n, bad * 8);
@@ -807,6 +810,15 @@ static int y_load(ds_store_t *st, ds_store_stream_t *s, int create, uint64_t bas
      * create leaves no stream. A fork's base lives only in the .offset sidecar until its
      * first record, so that one is fsynced (forks are rare; plain creates stay cheap), and
      * for good in the .base sidecar, which open checks the first document against. */
+    /* A delete unlinks the .yaml first: one interrupted after it leaves the old stream's
+     * metadata (content type, closure, producers, TTL) behind, which must not become this
+     * stream's (found by tests/crash/explore.py) */
+    static const char *const stale[] = {".meta", ".meta.tmp"};
+    for (size_t i = 0; i < sizeof stale / sizeof *stale; i++) {
+      char *p = sidecar(s->file, stale[i]);
+      unlink(p);
+      free(p);
+    }
     if (base != 0) {
       rc = write_base_sidecar(s->file, base);
     } else { /* a .base left by an interrupted delete must not become this stream's start */
